@@ -1,0 +1,102 @@
+//! The built `command-api` binary as an operator runs it: configuration from the
+//! environment, JSON logs, graceful stop on SIGTERM, one-line errors. (The lifecycle is
+//! shared by all services through service-runtime; `system-tests` covers the other two.)
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use test_support::TestEnv;
+
+const BIN: &str = env!("CARGO_BIN_EXE_command-api");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[tokio::test]
+async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    TopicAdmin::new(&KafkaSettings::new(&env.brokers))?
+        .create(&TopicNames::new(&env.topic_prefix).all(2), 1)
+        .await?;
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("KAFKA_BROKERS", &env.brokers)
+        .env("DATABASE_URL", &env.database_url)
+        .env("TOPIC_PREFIX", &env.topic_prefix)
+        .env("EVENT_PARTITIONS", "2")
+        .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(&ready).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(killed.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(&l.expect("utf-8")).expect("every log line is JSON"))
+        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    for expected in [
+        "listening",
+        "dependency ready",
+        "shutdown requested",
+        "stopped",
+    ] {
+        assert!(
+            messages.contains(&expected),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_setting_is_one_line_on_stderr_and_exit_code_2() {
+    let output = Command::new(BIN)
+        .env_clear()
+        .env("EVENT_PARTITIONS", "many")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "command-api: configuration error: EVENT_PARTITIONS=\"many\" is invalid: invalid digit found in string"
+    );
+    assert!(output.stdout.is_empty());
+}

@@ -1,0 +1,20 @@
+//! The event log on Kafka. Generic over aggregates: it knows envelopes and topics, nothing
+//! of users or orders.
+//!
+//! - [`topics`]: the topic layout (names under a prefix, partition counts, retention) and the
+//!   preflight rules that refuse a topic able to lose events;
+//! - [`admin`]: creating and describing topics through the admin API, with bounded waits;
+//! - [`client`]: the librdkafka configurations (idempotent producer, manual-offset consumer);
+//! - [`record`]: envelope <-> Kafka record (key, value, headers);
+//! - [`error`]: the one error type, whose variants are outcomes.
+
+pub mod admin;
+pub mod client;
+pub mod error;
+pub mod record;
+pub mod topics;
+
+pub use admin::TopicAdmin;
+pub use client::KafkaSettings;
+pub use error::EventStoreError;
+pub use topics::{TopicNames, TopicSpec};

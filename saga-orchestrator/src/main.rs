@@ -1,0 +1,12 @@
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    service_runtime::run_binary(
+        saga_orchestrator::NAME,
+        saga_orchestrator::Config::from_env,
+        saga_orchestrator::Config::log_filter,
+        saga_orchestrator::build,
+    )
+    .await
+}

@@ -1,0 +1,62 @@
+//! The notifications service: messages to customers about their orders.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NotificationId, OrderId, UserId};
+use crate::message::message_family;
+
+/// What a notification tells the customer. At most one notification per (order, kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    OrderConfirmed,
+    PaymentDeclined,
+    OrderCancelled,
+}
+
+/// Send a notification (sent by the saga).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SendNotification {
+    pub notification_id: NotificationId,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub kind: NotificationKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct NotificationSent {
+    pub notification_id: NotificationId,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub kind: NotificationKind,
+    /// Delivery attempts it took, counting the successful one.
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct NotificationFailed {
+    pub notification_id: NotificationId,
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub kind: NotificationKind,
+    pub attempts: u32,
+    /// The last delivery error.
+    pub error: String,
+}
+
+message_family!(
+    /// Commands handled by the notification aggregate (sent by the saga).
+    NotificationCommand, Command, "notification", "notifications", notification_id,
+    [SendNotification = 1]
+);
+
+message_family!(
+    /// Events of the notification aggregate.
+    NotificationEvent, Event, "notification", "notifications", notification_id,
+    [NotificationSent = 1, NotificationFailed = 1]
+);

@@ -1,0 +1,201 @@
+# Functions behind ./dev: install what is missing, run a private Postgres cluster, the tansu
+# broker, the services and the nginx gateway, each recorded by a pid file under .local/ so
+# that `./dev down` stops exactly what was started and nothing else.
+# Sourced by ./dev; expects ROOT to be the repository root.
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'dev: %s\n' "$*" >&2; exit 1; }
+
+TANSU_VERSION=0.6.0
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# --- installation -------------------------------------------------------------------
+
+pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] && [ -x "$dir/initdb" ] && printf '%s' "$dir"
+}
+
+nginx_bin() {
+  command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && printf '/usr/sbin/nginx'; }
+}
+
+# Installs Debian packages without starting their services: the postgresql package would
+# otherwise create and start a cluster on port 5432, and nginx would take port 80.
+apt_install() {
+  local sudo=""
+  is_root || sudo="sudo"
+  log "installing Debian packages: $*"
+  $sudo mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] ||
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  local policy=/usr/sbin/policy-rc.d created_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    created_policy=1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  [ -z "$created_policy" ] || $sudo rm -f "$policy"
+}
+
+ensure_packages() {
+  local missing=()
+  pg_bin >/dev/null || missing+=(postgresql)
+  nginx_bin >/dev/null || missing+=(nginx)
+  command -v curl >/dev/null || missing+=(curl)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
+  nginx_bin >/dev/null || die "nginx is not installed"
+}
+
+ensure_tansu() {
+  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q " $TANSU_VERSION\$"; then
+    return
+  fi
+  log "installing tansu $TANSU_VERSION with cargo (about 13 minutes on 2 cores, once)"
+  cargo install "tansu@$TANSU_VERSION" --locked --features libsql,dynostore
+}
+
+ensure_tools() {
+  ensure_packages
+  ensure_tansu
+}
+
+# --- processes ------------------------------------------------------------------------
+
+# True when the pid in $1 is running and its command line contains $2.
+alive() {
+  local pidfile=$1 name=$2 pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
+}
+
+# Stops the process recorded in $1 (if it is still $2): SIGTERM, then SIGKILL after $3 s.
+stop_pidfile() {
+  local pidfile=$1 name=$2 grace=${3:-20} pid i
+  if alive "$pidfile" "$name"; then
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop within ${grace}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $name"
+  fi
+  rm -f "$pidfile"
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {
+  local host=$1 port=$2 seconds=$3 what=$4 i
+  for ((i = 0; i < seconds * 5; i++)); do
+    port_open "$host" "$port" && return 0
+    sleep 0.2
+  done
+  die "$what did not open $host:$port within ${seconds}s"
+}
+
+# Starts "$@" detached, logging to $2 and recording its pid in $1.
+start_detached() {
+  local pidfile=$1 logfile=$2
+  shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$logfile")"
+  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+# --- Postgres -------------------------------------------------------------------------
+
+as_postgres() {
+  if is_root; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The postgres user must be able to reach the data folder; grant traverse (o+x) on any
+# ancestor that blocks it (for example a checkout under /root).
+pg_make_reachable() {
+  is_root || return 0
+  local dir=$1
+  while [ "$dir" != "/" ]; do
+    if ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+      log "granting traverse permission on $dir so that the postgres user can reach its data"
+      chmod o+x "$dir"
+    fi
+    dir=$(dirname "$dir")
+  done
+}
+
+pg_running() {
+  as_postgres "$(pg_bin)/pg_ctl" status -D "$1/data" >/dev/null 2>&1
+}
+
+# pg_start DIR PORT: a private cluster in DIR listening on 127.0.0.1:PORT, with a
+# superuser shop/shop and a database shop.
+pg_start() {
+  local dir=$1 port=$2 bin
+  bin=$(pg_bin)
+  mkdir -p "$dir"
+  pg_make_reachable "$dir"
+  if pg_running "$dir"; then
+    log "Postgres already running in $dir"
+  else
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      log "initdb into $dir/data"
+      is_root && chown postgres: "$dir"
+      printf 'shop\n' >"$dir/pwfile"
+      is_root && chown postgres: "$dir/pwfile"
+      as_postgres "$bin/initdb" -D "$dir/data" -U shop --pwfile="$dir/pwfile" -E UTF8 \
+        --no-locale --auth-local=trust --auth-host=scram-sha-256 >"$dir/initdb.log" 2>&1 ||
+        die "initdb failed; see $dir/initdb.log"
+      rm -f "$dir/pwfile"
+    fi
+    log "starting Postgres on 127.0.0.1:$port"
+    as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+      -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$dir' -c max_connections=300" \
+      start >/dev/null || die "Postgres did not start; see $dir/postgres.log"
+  fi
+  PGPASSWORD=shop "$bin/psql" -h 127.0.0.1 -p "$port" -U shop -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'shop'" | grep -q 1 ||
+    PGPASSWORD=shop "$bin/psql" -h 127.0.0.1 -p "$port" -U shop -d postgres -qc "CREATE DATABASE shop"
+}
+
+pg_stop() {
+  local dir=$1
+  if [ -f "$dir/data/PG_VERSION" ] && pg_running "$dir"; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    log "stopped Postgres in $dir"
+  fi
+}
+
+# --- tansu ----------------------------------------------------------------------------
+
+# tansu_start DIR PORT: the broker on 127.0.0.1:PORT, storing in DIR/tansu.db (SQLite).
+# tansu resolves a relative sqlite:// path against its working directory, so it runs there.
+tansu_start() {
+  local dir port=$2
+  dir=$(mkdir -p "$1" && cd "$1" && pwd)
+  if alive "$dir/tansu.pid" "tansu broker"; then
+    log "tansu already running (pid $(cat "$dir/tansu.pid"))"
+    return
+  fi
+  port_open 127.0.0.1 "$port" && die "port $port is taken by a process this stack did not start"
+  log "starting tansu on 127.0.0.1:$port (storage $dir/tansu.db)"
+  (cd "$dir" && start_detached "$dir/tansu.pid" "$dir/tansu.log" \
+    tansu broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://tansu.db")
+  wait_port 127.0.0.1 "$port" 30 tansu
+}
+
+tansu_stop() { stop_pidfile "$1/tansu.pid" "tansu broker" 10; }

@@ -1,0 +1,27 @@
+//! What every shop service shares, so that each service crate holds only its own work.
+//!
+//! - [`settings`]: environment variables declared once with defaults and help;
+//! - [`infrastructure`]: broker and database settings, and the clients made from them;
+//! - [`readiness`] and [`probes`]: background probes with backoff behind `/ready`;
+//! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
+//! - [`problem`]: RFC 9457 problem details, the shape of every error answer;
+//! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
+//! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
+
+pub mod host;
+pub mod infrastructure;
+pub mod metrics;
+mod ops;
+pub mod probes;
+pub mod problem;
+pub mod readiness;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use host::{BoundService, Service, ServiceError};
+pub use infrastructure::{Infrastructure, ServiceConfig};
+pub use settings::{Env, Setting, SettingError};
+
+mod binary;
+pub use binary::run_binary;

@@ -1,0 +1,268 @@
+//! Helpers for tests of the assembled system: run the three services in-process on the
+//! test broker and Postgres, put the real nginx gateway in front of them, and hold a
+//! dependency back to see how services behave until it appears.
+//!
+//! The tests themselves live in `tests/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use service_runtime::{BoundService, Env, ServiceError};
+use test_support::TestEnv;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Partitions per topic in these tests: small, so topic creation stays quick.
+pub const PARTITIONS: i32 = 2;
+
+/// The repository root (for templates and files the tests read).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate sits in the repository")
+        .to_path_buf()
+}
+
+/// Creates every topic under the test's prefix.
+pub async fn create_topics(env: &TestEnv) -> anyhow::Result<()> {
+    let admin = TopicAdmin::new(&KafkaSettings::new(&env.brokers))?;
+    admin
+        .create(&TopicNames::new(&env.topic_prefix).all(PARTITIONS), 1)
+        .await?;
+    Ok(())
+}
+
+/// The environment a service would get, pointing at `brokers` and `database_url`,
+/// every service on an ephemeral port.
+pub fn service_env(env: &TestEnv, brokers: &str, database_url: &str) -> Env {
+    let partitions = PARTITIONS.to_string();
+    Env::from_pairs([
+        ("KAFKA_BROKERS", brokers),
+        ("KAFKA_TIMEOUT_MS", "2000"),
+        ("DATABASE_URL", database_url),
+        ("TOPIC_PREFIX", env.topic_prefix.as_str()),
+        ("EVENT_PARTITIONS", partitions.as_str()),
+        ("COMMAND_API_ADDR", "127.0.0.1:0"),
+        ("PROJECTIONS_ADDR", "127.0.0.1:0"),
+        ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
+    ])
+}
+
+/// One service running in this process until [`RunningService::stop`].
+#[derive(Debug)]
+pub struct RunningService {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServiceError>>,
+}
+
+impl RunningService {
+    pub fn start(name: &'static str, bound: BoundService) -> Self {
+        let addr = bound.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            name,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits for the service to stop by itself (a fatal dependency problem).
+    pub async fn stop_on_its_own(self) -> Result<(), ServiceError> {
+        self.task.await.expect("the service task does not panic")
+    }
+
+    /// Graceful stop; the service's own result.
+    pub async fn stop(mut self) -> Result<(), ServiceError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("the service task does not panic")
+    }
+}
+
+/// The three services, built from `env` and running.
+pub async fn start_services(env: &Env) -> anyhow::Result<Vec<RunningService>> {
+    let command_api = command_api::build(command_api::Config::from_env(env)?).await?;
+    let projections = projections::build(projections::Config::from_env(env)?).await?;
+    let saga = saga_orchestrator::build(saga_orchestrator::Config::from_env(env)?).await?;
+    Ok(vec![
+        RunningService::start(command_api::NAME, command_api),
+        RunningService::start(projections::NAME, projections),
+        RunningService::start(saga_orchestrator::NAME, saga),
+    ])
+}
+
+/// Polls `url` until it answers 200, up to `within`. Returns the last body either way.
+pub async fn wait_for_200(url: &str, within: Duration) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let response = client.get(url).timeout(Duration::from_secs(2)).send().await;
+        if let Ok(response) = response {
+            let ok = response.status() == 200;
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if ok {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("{url} not 200 within {within:?}; last answer {body}");
+            }
+        } else if Instant::now() > deadline {
+            bail!("{url} not answering within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real nginx gateway, configured from the repository's templates, in front of the
+/// given upstream addresses. Stopped when dropped.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(
+        command_api: SocketAddr,
+        projections: SocketAddr,
+        saga_orchestrator: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let nginx = std::env::var("SHOP_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        let dir = tempfile::tempdir()?;
+        let addr = free_port().await?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("tmp"))?;
+        // nginx workers run as `nobody` when the tests run as root.
+        set_mode(root, 0o755)?;
+        set_mode(&root.join("tmp"), 0o777)?;
+        let vars = [
+            ("GATEWAY_DIR", root.display().to_string()),
+            ("GATEWAY_LISTEN", addr.to_string()),
+            (
+                "GATEWAY_ACCESS_LOG",
+                root.join("access.log").display().to_string(),
+            ),
+            ("COMMAND_API_UPSTREAM", command_api.to_string()),
+            ("PROJECTIONS_UPSTREAM", projections.to_string()),
+            ("SAGA_ORCHESTRATOR_UPSTREAM", saga_orchestrator.to_string()),
+        ];
+        for (template, target) in [
+            ("gateway/shop.conf.template", "shop.conf"),
+            ("gateway/nginx.local.conf.template", "nginx.conf"),
+        ] {
+            let text = std::fs::read_to_string(repo_root().join(template))?;
+            std::fs::write(root.join(target), substitute(&text, &vars))?;
+        }
+        let child = Command::new(&nginx)
+            .arg("-p")
+            .arg(root)
+            .arg("-c")
+            .arg(root.join("nginx.conf"))
+            .arg("-e")
+            .arg(root.join("error.log"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {nginx}"))?;
+        let gateway = Self {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_for_200(&gateway.url("/health"), Duration::from_secs(10)).await?;
+        Ok(gateway)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `${NAME}` placeholders replaced as envsubst would, for the given names only.
+pub fn substitute(template: &str, vars: &[(&str, String)]) -> String {
+    vars.iter()
+        .fold(template.to_owned(), |text, (name, value)| {
+            text.replace(&format!("${{{name}}}"), value)
+        })
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// A loopback address nothing listens on (yet).
+pub async fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0").await?.local_addr()
+}
+
+/// A dependency held back: connections to [`Self::addr`] are refused until [`Self::open`],
+/// after which they are forwarded to the real target. Lets a test start a service while
+/// its broker or database is "down" and then watch it appear.
+#[derive(Debug)]
+pub struct HeldBack {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+}
+
+impl HeldBack {
+    pub async fn new(target: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            addr: free_port().await?,
+            target,
+        })
+    }
+
+    /// Starts forwarding; runs until the test ends.
+    pub async fn open(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let target = self.target;
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `host:port` of a `postgres://user:pw@host:port/db` URL.
+pub fn postgres_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .context("a postgres URL")?;
+    let host_port = authority.rsplit('@').next().context("a host")?;
+    Ok(host_port.parse()?)
+}

@@ -1,0 +1,100 @@
+//! The real nginx gateway, from the repository's config, in front of the three services.
+
+use std::time::Duration;
+
+use system_tests::{Gateway, create_topics, service_env, start_services, wait_for_200};
+use test_support::TestEnv;
+
+async fn get(url: &str) -> anyhow::Result<(u16, String, serde_json::Value)> {
+    let response = reqwest::get(url).await?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let body = response.json().await.unwrap_or_default();
+    Ok((status, content_type, body))
+}
+
+#[tokio::test]
+async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    create_topics(&env).await?;
+    let mut services = start_services(&service_env(&env, &env.brokers, &env.database_url)).await?;
+    let gateway = Gateway::start(services[0].addr, services[1].addr, services[2].addr).await?;
+
+    let (status, _, body) = get(&gateway.url("/health")).await?;
+    assert_eq!((status, body["service"].as_str()), (200, Some("gateway")));
+    for service in &services {
+        let ready = gateway.url(&format!("/{}/ready", service.name));
+        let body = wait_for_200(&ready, Duration::from_secs(30)).await?;
+        assert_eq!(body["service"], service.name);
+        let (status, _, body) = get(&gateway.url(&format!("/{}/health", service.name))).await?;
+        assert_eq!(
+            (status, body["service"].as_str()),
+            (200, Some(service.name))
+        );
+    }
+
+    // Reads of users and orders go to the query side, writes to the command side, sagas
+    // to the orchestrator. Until those routes exist, each service's problem+json 404 says
+    // who answered.
+    let client = reqwest::Client::new();
+    let (status, content_type, body) = get(&gateway.url("/v1/orders/42")).await?;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("on projections"),
+        "{body}"
+    );
+    let body: serde_json::Value = client
+        .post(gateway.url("/v1/orders/42/cancel"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("on command-api"),
+        "{body}"
+    );
+    let (_, _, body) = get(&gateway.url("/v1/sagas/42")).await?;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("on saga-orchestrator"),
+        "{body}"
+    );
+
+    // A service that is down: a prompt 503 problem with Retry-After, not a hang or HTML.
+    let saga = services.pop().expect("three services");
+    saga.stop().await?;
+    let response = client
+        .get(gateway.url("/v1/sagas/42"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(response.headers()["retry-after"], "2");
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["status"], 503);
+
+    for service in services {
+        service.stop().await?;
+    }
+    Ok(())
+}

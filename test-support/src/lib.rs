@@ -1,0 +1,110 @@
+//! Isolation for integration tests. `./dev test` starts a real broker (tansu) and a real
+//! Postgres cluster and exports where they are; [`TestEnv::new`] gives each test its own
+//! topic prefix and its own freshly created database on them, so tests run in parallel
+//! without seeing each other.
+//!
+//! This crate depends on nothing of ours, so every crate can use it in its tests without
+//! a dependency cycle.
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+/// Where the test command's broker listens (`host:port`).
+pub const KAFKA_ENV: &str = "SHOP_TEST_KAFKA_BROKERS";
+/// A URL of the test command's Postgres cluster with rights to create databases.
+pub const DATABASE_ENV: &str = "SHOP_TEST_DATABASE_URL";
+
+/// One test's private corner of the shared broker and Postgres.
+#[derive(Clone, Debug)]
+pub struct TestEnv {
+    /// Bootstrap servers of the test broker.
+    pub brokers: String,
+    /// A prefix no other test uses, to put in front of every topic name.
+    pub topic_prefix: String,
+    /// A URL of a database created for this test only.
+    pub database_url: String,
+    /// The database's name.
+    pub database: String,
+}
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: integration tests run through `./dev test`, which starts the broker and Postgres")
+    })
+}
+
+impl TestEnv {
+    /// A fresh prefix and a fresh database. Panics with the reason when the test
+    /// infrastructure is not there: a test that cannot reach it must fail, not pass.
+    pub async fn new() -> Self {
+        let brokers = required(KAFKA_ENV);
+        let admin_url = required(DATABASE_ENV);
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("t_{}", &id[..16]);
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin_url}: {e}"));
+        // The name is ours (hex from a UUID), never user input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        Self {
+            brokers,
+            topic_prefix: format!("t{}.", &id[..12]),
+            database_url: with_database(&admin_url, &database),
+            database,
+        }
+    }
+
+    /// A connection pool on this test's database.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// `url` with its database path replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|i| start + i))
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{database}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn swaps_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://a:b@127.0.0.1:5/postgres", "t_1"),
+            "postgres://a:b@127.0.0.1:5/t_1"
+        );
+        assert_eq!(
+            with_database("postgres://a@h:5/x?sslmode=disable", "t_2"),
+            "postgres://a@h:5/t_2?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:5", "t_3"), "postgres://h:5/t_3");
+    }
+}
