@@ -31,7 +31,7 @@ fn order_placed() -> Event<OrderEvent> {
         payload: OrderEvent::OrderPlaced(OrderPlaced {
             order_id,
             user_id: UserId::new(),
-            currency: "EUR".parse().unwrap(),
+            currency: "EUR".parse().expect("EUR is ISO 4217"),
             lines: vec![OrderLine {
                 sku: "SKU-ünïcödé \"quoted\"".into(),
                 quantity: 2,
