@@ -197,7 +197,19 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM is nginx's fast shutdown: the master stops its workers, then exits. SIGKILL
+    /// would orphan the workers, still listening, so it is only the last resort.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
