@@ -6,7 +6,7 @@
 
 pub mod config;
 
-use service_runtime::{BoundService, Service, ServiceError, probes};
+use service_runtime::{BoundService, Service, ServiceError};
 
 pub use config::Config;
 
@@ -15,17 +15,6 @@ pub const NAME: &str = "command-api";
 
 /// Assembles the command API: it depends on the broker (its topics) and on Postgres.
 pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let infra = &config.service.infrastructure;
-    let admin = infra
-        .admin()
-        .map_err(|e| ServiceError::Fatal(e.to_string()))?;
-    Service::new(NAME, config.service.addr)
-        .depends_on(probes::kafka(
-            admin,
-            infra.topic_specs(),
-            infra.kafka.timeout,
-        ))
-        .depends_on(probes::postgres(infra.pool(), None))
-        .bind()
-        .await
+    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, None)?;
+    service.bind().await
 }

@@ -26,17 +26,6 @@ pub fn migrator() -> Arc<Migrator> {
 
 /// Assembles the service: it depends on the broker (its topics) and on Postgres.
 pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let infra = &config.service.infrastructure;
-    let admin = infra
-        .admin()
-        .map_err(|e| ServiceError::Fatal(e.to_string()))?;
-    Service::new(NAME, config.service.addr)
-        .depends_on(probes::kafka(
-            admin,
-            infra.topic_specs(),
-            infra.kafka.timeout,
-        ))
-        .depends_on(probes::postgres(infra.pool(), Some(migrator())))
-        .bind()
-        .await
+    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, Some(migrator()))?;
+    service.bind().await
 }

@@ -23,6 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::metrics::{ServiceMetrics, track_http};
 use crate::ops::{OpsState, router as ops_router};
+use crate::probes;
 use crate::problem::Problem;
 use crate::readiness::{Dependency, Readiness};
 
@@ -77,6 +78,24 @@ impl Service {
             workers: Vec::new(),
             registry: Registry::with_prefix("shop"),
         }
+    }
+
+    /// A service on the shop's infrastructure: it depends on the broker (every topic fit
+    /// for use) and on Postgres (reachable, `migrator` applied). The pool is for its work.
+    pub fn on_infrastructure(
+        name: &'static str,
+        config: &crate::ServiceConfig,
+        migrator: Option<Arc<sqlx::migrate::Migrator>>,
+    ) -> Result<(Self, sqlx::PgPool), ServiceError> {
+        let infra = &config.infrastructure;
+        let admin = infra
+            .admin()
+            .map_err(|e| ServiceError::Fatal(e.to_string()))?;
+        let pool = infra.pool();
+        let service = Self::new(name, config.addr)
+            .depends_on(probes::kafka(admin, infra.topic_specs(), infra.kafka.timeout))
+            .depends_on(probes::postgres(pool.clone(), migrator));
+        Ok((service, pool))
     }
 
     /// The registry to add the service's own metrics to.
