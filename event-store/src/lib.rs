@@ -9,10 +9,17 @@
 //! - [`error`]: the one error type, whose variants are outcomes.
 
 pub mod admin;
+pub mod aggregate;
 pub mod client;
 pub mod error;
+pub mod gate;
+pub mod outcome;
+pub mod partitioner;
+pub mod position;
 pub mod record;
+pub mod sample;
 pub mod topics;
+pub mod writer;
 
 pub use admin::TopicAdmin;
 pub use client::KafkaSettings;

@@ -55,6 +55,9 @@ pub trait MessageFamily: Sized + Clone + std::fmt::Debug + PartialEq {
 
 /// Declares a family enum over payload structs, all of which carry the aggregate id in the
 /// same field: `message_family!(UserEvent, Event, "user", "users", user_id, [UserRegistered = 1, ...])`.
+/// Attributes before the name (docs, derives) are put on the enum. The calling crate needs
+/// `serde_json` and `schemars` as dependencies.
+#[macro_export]
 macro_rules! message_family {
     (
         $(#[$doc:meta])*
@@ -63,7 +66,6 @@ macro_rules! message_family {
     ) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq)]
-        #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
         pub enum $family {
             $($member($member),)+
         }
@@ -137,5 +139,3 @@ macro_rules! message_family {
         }
     };
 }
-
-pub(crate) use message_family;

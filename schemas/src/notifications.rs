@@ -4,7 +4,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NotificationId, OrderId, UserId};
-use crate::message::message_family;
 
 /// What a notification tells the customer. At most one notification per (order, kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -49,14 +48,16 @@ pub struct NotificationFailed {
     pub error: String,
 }
 
-message_family!(
+crate::message_family!(
     /// Commands handled by the notification aggregate (sent by the saga).
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     NotificationCommand, Command, "notification", "notifications", notification_id,
     [SendNotification = 1]
 );
 
-message_family!(
+crate::message_family!(
     /// Events of the notification aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     NotificationEvent, Event, "notification", "notifications", notification_id,
     [NotificationSent = 1, NotificationFailed = 1]
 );

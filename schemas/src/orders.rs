@@ -4,7 +4,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{OrderId, PaymentId, UserId};
-use crate::message::message_family;
 use crate::money::Currency;
 
 /// One line of an order.
@@ -99,14 +98,16 @@ pub struct OrderCancelled {
     pub cancelled_by: CancelledBy,
 }
 
-message_family!(
+crate::message_family!(
     /// Commands handled by the order aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     OrderCommand, Command, "order", "orders", order_id,
     [PlaceOrder = 1, CancelOrder = 1, ConfirmOrder = 1, RejectOrder = 1]
 );
 
-message_family!(
+crate::message_family!(
     /// Events of the order aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     OrderEvent, Event, "order", "orders", order_id,
     [OrderPlaced = 2, OrderConfirmed = 1, OrderRejected = 1, OrderCancelled = 1]
 );

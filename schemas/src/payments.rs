@@ -4,7 +4,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{OrderId, PaymentId, UserId};
-use crate::message::message_family;
 use crate::money::Money;
 
 /// Authorize the payment of an order, for exactly the order total.
@@ -55,14 +54,16 @@ pub struct PaymentRefunded {
     pub reason: String,
 }
 
-message_family!(
+crate::message_family!(
     /// Commands handled by the payment aggregate (sent by the saga).
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     PaymentCommand, Command, "payment", "payments", payment_id,
     [AuthorizePayment = 1, RefundPayment = 1]
 );
 
-message_family!(
+crate::message_family!(
     /// Events of the payment aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     PaymentEvent, Event, "payment", "payments", payment_id,
     [PaymentAuthorized = 1, PaymentDeclined = 1, PaymentRefunded = 1]
 );

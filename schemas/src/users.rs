@@ -4,7 +4,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::UserId;
-use crate::message::message_family;
 
 /// Register a new user. The email must not belong to another active user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -58,14 +57,16 @@ pub struct UserDeactivated {
     pub reason: Option<String>,
 }
 
-message_family!(
+crate::message_family!(
     /// Commands handled by the user aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserCommand, Command, "user", "users", user_id,
     [RegisterUser = 1, ChangeUserEmail = 1, DeactivateUser = 1]
 );
 
-message_family!(
+crate::message_family!(
     /// Events of the user aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserEvent, Event, "user", "users", user_id,
     [UserRegistered = 1, UserEmailChanged = 1, UserDeactivated = 1]
 );

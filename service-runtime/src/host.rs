@@ -93,7 +93,11 @@ impl Service {
             .map_err(|e| ServiceError::Fatal(e.to_string()))?;
         let pool = infra.pool();
         let service = Self::new(name, config.addr)
-            .depends_on(probes::kafka(admin, infra.topic_specs(), infra.kafka.timeout))
+            .depends_on(probes::kafka(
+                admin,
+                infra.topic_specs(),
+                infra.kafka.timeout,
+            ))
             .depends_on(probes::postgres(pool.clone(), migrator));
         Ok((service, pool))
     }

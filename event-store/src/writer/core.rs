@@ -1,0 +1,419 @@
+//! The decisions of one partition's writer, without I/O: which commands are duplicates,
+//! which conflict with their expected version, what the others decide on the current state,
+//! and how records read back from the log change that state (by the reader rule).
+//!
+//! A batch of commands is *planned* on a tentative copy of the touched aggregates, so a
+//! command sees the effects of the commands before it in the same batch. The plan only
+//! becomes state through [`PartitionCore::apply_event`] once the log confirms it.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use schemas::{Command, CommandId, Event, EventId, EventMeta, MessageFamily};
+
+use crate::aggregate::Aggregate;
+use crate::gate::Admission;
+use crate::outcome::Outcome;
+use crate::position::Position;
+
+/// How many outcomes each aggregate remembers for idempotency. A command id is answered
+/// from memory as long as fewer than this many newer commands hit the same aggregate.
+pub const REMEMBERED_OUTCOMES: usize = 32;
+
+/// One aggregate as the writer holds it.
+#[derive(Clone, Debug)]
+pub struct Slot<A: Aggregate> {
+    pub version: u64,
+    pub state: A::State,
+    pub last_position: Option<Position>,
+    pub recent: VecDeque<(CommandId, Outcome<A::Rejection>)>,
+}
+
+impl<A: Aggregate> Default for Slot<A> {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            state: A::State::default(),
+            last_position: None,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+impl<A: Aggregate> Slot<A> {
+    fn outcome_of(&self, command: CommandId) -> Option<&Outcome<A::Rejection>> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == command)
+            .map(|(_, o)| o)
+    }
+
+    /// Remembers (or, for a command with several events, updates) a command's outcome.
+    fn remember(&mut self, command: CommandId, outcome: Outcome<A::Rejection>) {
+        if let Some(entry) = self.recent.iter_mut().find(|(id, _)| *id == command) {
+            entry.1 = outcome;
+            return;
+        }
+        self.recent.push_back((command, outcome));
+        while self.recent.len() > REMEMBERED_OUTCOMES {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// What the writer does with one command of a batch.
+#[derive(Clone, Debug)]
+pub enum Plan<A: Aggregate> {
+    /// Seen before: answer the remembered outcome, append nothing.
+    Known(Outcome<A::Rejection>),
+    /// A duplicate of an earlier command in the same batch (by index): same answer.
+    SameAs(usize),
+    /// Refused or conflicting: record the outcome durably, then answer it.
+    Record(Outcome<A::Rejection>),
+    /// Append these events; accepted once the log confirms every one of them.
+    Append(Vec<Event<A::Event>>),
+}
+
+/// The state of every aggregate in one partition, as of `next_offset` in its event log.
+#[derive(Debug)]
+pub struct PartitionCore<A: Aggregate> {
+    pub service: &'static str,
+    pub partition: i32,
+    slots: HashMap<String, Slot<A>>,
+    /// The state reflects the event partition up to this offset (exclusive).
+    pub next_offset: i64,
+}
+
+impl<A: Aggregate> PartitionCore<A> {
+    pub fn new(partition: i32) -> Self {
+        Self {
+            service: A::Event::SERVICE,
+            partition,
+            slots: HashMap::new(),
+            next_offset: 0,
+        }
+    }
+
+    pub fn slot(&self, aggregate_id: &str) -> Option<&Slot<A>> {
+        self.slots.get(aggregate_id)
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = (&String, &Slot<A>)> {
+        self.slots.iter()
+    }
+
+    /// Restores one aggregate (from a snapshot).
+    pub fn restore(&mut self, aggregate_id: String, slot: Slot<A>) {
+        self.slots.insert(aggregate_id, slot);
+    }
+
+    /// Plans `commands` in order, each on the state the earlier ones would leave.
+    pub fn plan(&self, commands: &[Command<A::Command>], now: DateTime<Utc>) -> Vec<Plan<A>> {
+        let mut tentative: HashMap<String, (u64, A::State)> = HashMap::new();
+        let mut seen: HashMap<CommandId, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(commands.len());
+        for (index, command) in commands.iter().enumerate() {
+            if let Some(&first) = seen.get(&command.meta.id) {
+                plans.push(Plan::SameAs(first));
+                continue;
+            }
+            seen.insert(command.meta.id, index);
+            plans.push(self.plan_one(command, now, &mut tentative));
+        }
+        plans
+    }
+
+    fn plan_one(
+        &self,
+        command: &Command<A::Command>,
+        now: DateTime<Utc>,
+        tentative: &mut HashMap<String, (u64, A::State)>,
+    ) -> Plan<A> {
+        let aggregate_id = command.payload.aggregate_id();
+        let slot = self.slots.get(&aggregate_id);
+        if let Some(known) = slot.and_then(|s| s.outcome_of(command.meta.id)) {
+            return Plan::Known(known.clone());
+        }
+        let (version, state) = tentative.entry(aggregate_id.clone()).or_insert_with(|| {
+            slot.map_or((0, A::State::default()), |s| (s.version, s.state.clone()))
+        });
+        if let Some(expected) = command.meta.expected_version
+            && expected != *version
+        {
+            return Plan::Record(Outcome::Conflict {
+                aggregate_id,
+                expected,
+                current: *version,
+            });
+        }
+        match A::decide(state, &command.payload) {
+            Err(reason) => Plan::Record(Outcome::Rejected {
+                aggregate_id,
+                version: *version,
+                reason,
+            }),
+            Ok(payloads) => {
+                let events = payloads
+                    .into_iter()
+                    .map(|payload| {
+                        *version += 1;
+                        *state = A::evolve(std::mem::take(state), &payload);
+                        Event {
+                            meta: event_meta(command, *version, now),
+                            payload,
+                        }
+                    })
+                    .collect();
+                Plan::Append(events)
+            }
+        }
+    }
+
+    /// Applies one record of the event partition by the reader rule; a `Next` event
+    /// changes its aggregate and becomes its command's accepted outcome.
+    pub fn apply_event(&mut self, event: &Event<A::Event>, offset: i64) -> Admission {
+        self.next_offset = self.next_offset.max(offset + 1);
+        let aggregate_id = event.payload.aggregate_id();
+        let slot = self.slots.entry(aggregate_id.clone()).or_default();
+        let admission = Admission::of(slot.version, event.meta.version);
+        if admission == Admission::Next {
+            slot.state = A::evolve(std::mem::take(&mut slot.state), &event.payload);
+            slot.version = event.meta.version;
+            let position = Position {
+                service: self.service.to_owned(),
+                partition: self.partition,
+                offset,
+            };
+            slot.last_position = Some(position.clone());
+            let outcome = Outcome::Accepted {
+                aggregate_id,
+                version: slot.version,
+                position: Some(position),
+            };
+            slot.remember(event.meta.command_id, outcome);
+        }
+        admission
+    }
+
+    /// Passes over a record of the event partition that is not a usable event.
+    pub fn skip_record(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset + 1);
+    }
+
+    /// Remembers an outcome that appended no event (recorded in the log of outcomes).
+    pub fn remember(&mut self, command: CommandId, outcome: Outcome<A::Rejection>) {
+        let slot = self
+            .slots
+            .entry(outcome.aggregate_id().to_owned())
+            .or_default();
+        slot.remember(command, outcome);
+    }
+
+    /// The outcome remembered for `command` on `aggregate_id`, if any.
+    pub fn outcome_of(
+        &self,
+        aggregate_id: &str,
+        command: CommandId,
+    ) -> Option<&Outcome<A::Rejection>> {
+        self.slots.get(aggregate_id)?.outcome_of(command)
+    }
+
+    /// An `Accepted` outcome for a command that caused no event: the current version.
+    pub fn unchanged(&self, aggregate_id: &str) -> Outcome<A::Rejection> {
+        let slot = self.slots.get(aggregate_id);
+        Outcome::Accepted {
+            aggregate_id: aggregate_id.to_owned(),
+            version: slot.map_or(0, |s| s.version),
+            position: slot.and_then(|s| s.last_position.clone()),
+        }
+    }
+}
+
+fn event_meta<C>(command: &Command<C>, version: u64, now: DateTime<Utc>) -> EventMeta {
+    EventMeta {
+        id: EventId::new(),
+        version,
+        occurred_at: now,
+        command_id: command.meta.id,
+        correlation_id: command.meta.correlation_id,
+        causation_id: command.meta.id.as_uuid(),
+        traceparent: command.meta.traceparent.child(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::{CommandMeta, CorrelationId, TraceParent};
+
+    use super::*;
+    use crate::sample::{Deposit, Ledger, LedgerCommand, LedgerRejection, OpenAccount, Withdraw};
+
+    fn command(payload: impl Into<LedgerCommand>, expected: Option<u64>) -> Command<LedgerCommand> {
+        Command {
+            meta: CommandMeta {
+                id: CommandId::new(),
+                issuer: "/test".into(),
+                expected_version: expected,
+                issued_at: Utc::now(),
+                correlation_id: CorrelationId::new(),
+                causation_id: uuid::Uuid::now_v7(),
+                traceparent: TraceParent::new_root(),
+            },
+            payload: payload.into(),
+        }
+    }
+
+    fn open(id: &str) -> LedgerCommand {
+        OpenAccount {
+            account_id: id.into(),
+        }
+        .into()
+    }
+
+    fn deposit(id: &str, amount: u64) -> LedgerCommand {
+        Deposit {
+            account_id: id.into(),
+            amount,
+        }
+        .into()
+    }
+
+    /// Given: the commands are planned and their events confirmed at the next offsets.
+    fn given(core: &mut PartitionCore<Ledger>, commands: &[Command<LedgerCommand>]) {
+        for plan in core.plan(commands, Utc::now()) {
+            if let Plan::Append(events) = plan {
+                for event in events {
+                    let offset = core.next_offset;
+                    assert_eq!(core.apply_event(&event, offset), Admission::Next);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_decides_on_the_state_left_by_the_earlier_ones_in_its_batch() {
+        let core = PartitionCore::<Ledger>::new(0);
+        let plans = core.plan(
+            &[
+                command(open("a"), None),
+                command(deposit("a", 10), None),
+                command(
+                    Withdraw {
+                        account_id: "a".into(),
+                        amount: 11,
+                    },
+                    None,
+                ),
+            ],
+            Utc::now(),
+        );
+        let versions: Vec<u64> = plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Append(events) => Some(events[0].meta.version),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, [1, 2]);
+        assert!(matches!(
+            &plans[2],
+            Plan::Record(Outcome::Rejected {
+                version: 2,
+                reason: LedgerRejection::InsufficientFunds { balance: 10 },
+                ..
+            })
+        ));
+        // Nothing is state until the log confirms it.
+        assert!(core.slot("a").is_none());
+    }
+
+    #[test]
+    fn an_expected_version_that_is_not_current_is_a_conflict() {
+        let mut core = PartitionCore::<Ledger>::new(0);
+        given(&mut core, &[command(open("a"), None)]);
+        let plans = core.plan(
+            &[
+                command(deposit("a", 1), Some(0)),
+                command(deposit("a", 1), Some(1)),
+            ],
+            Utc::now(),
+        );
+        assert!(matches!(
+            &plans[0],
+            Plan::Record(Outcome::Conflict {
+                expected: 0,
+                current: 1,
+                ..
+            })
+        ));
+        assert!(matches!(&plans[1], Plan::Append(events) if events[0].meta.version == 2));
+    }
+
+    #[test]
+    fn a_command_id_seen_before_gets_its_outcome_back_and_appends_nothing() {
+        let mut core = PartitionCore::<Ledger>::new(3);
+        let first = command(open("a"), None);
+        given(&mut core, std::slice::from_ref(&first));
+        let again = core.plan(&[first.clone(), first.clone()], Utc::now());
+        let Plan::Known(Outcome::Accepted {
+            version, position, ..
+        }) = &again[0]
+        else {
+            panic!("expected the remembered outcome, got {:?}", again[0]);
+        };
+        assert_eq!(*version, 1);
+        assert_eq!(
+            position.as_ref().map(|p| (p.partition, p.offset)),
+            Some((3, 0))
+        );
+        assert!(matches!(again[1], Plan::SameAs(0)));
+
+        let refused = command(open("a"), None);
+        let Plan::Record(outcome) = core
+            .plan(std::slice::from_ref(&refused), Utc::now())
+            .remove(0)
+        else {
+            panic!("a second open is refused");
+        };
+        core.remember(refused.meta.id, outcome.clone());
+        assert!(matches!(
+            core.plan(&[refused], Utc::now()).remove(0),
+            Plan::Known(known) if known == outcome
+        ));
+    }
+
+    #[test]
+    fn the_log_decides_between_two_writers_first_record_wins() {
+        // Two writers planned version 2 of "a" on the same state; the log has both.
+        let mut core = PartitionCore::<Ledger>::new(0);
+        given(&mut core, &[command(open("a"), None)]);
+        let ours = core.plan(&[command(deposit("a", 5), None)], Utc::now());
+        let theirs = core.plan(&[command(deposit("a", 7), None)], Utc::now());
+        let (Plan::Append(ours), Plan::Append(theirs)) = (&ours[0], &theirs[0]) else {
+            panic!("both append");
+        };
+        assert_eq!(core.apply_event(&theirs[0], 1), Admission::Next);
+        assert_eq!(
+            core.apply_event(&ours[0], 2),
+            Admission::Duplicate { last: 2 }
+        );
+        assert_eq!(core.slot("a").map(|s| s.state.balance), Some(7));
+        assert_eq!(core.next_offset, 3);
+    }
+
+    #[test]
+    fn remembered_outcomes_are_bounded_per_aggregate() {
+        let mut core = PartitionCore::<Ledger>::new(0);
+        let first = command(open("a"), None);
+        given(&mut core, std::slice::from_ref(&first));
+        for _ in 0..REMEMBERED_OUTCOMES {
+            given(&mut core, &[command(deposit("a", 1), None)]);
+        }
+        assert!(core.outcome_of("a", first.meta.id).is_none());
+        assert_eq!(
+            core.slot("a").map(|s| s.recent.len()),
+            Some(REMEMBERED_OUTCOMES)
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! The write side: one writer per partition decides commands on state it holds itself,
+//! appends the events, and answers only once the log confirms them.
+
+pub mod core;
