@@ -3,7 +3,7 @@
 
 use crate::topics::TopicProblem;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EventStoreError {
     /// The broker did not answer in time or could not be reached: retry later (503).
     #[error("broker unavailable during {operation}: {reason}")]
@@ -20,6 +20,23 @@ pub enum EventStoreError {
     /// A topic is missing or configured so that it could lose or misroute events.
     #[error(transparent)]
     Topic(#[from] TopicProblem),
+    /// This instance does not (or no longer) write the aggregate's partition: retry, the
+    /// owner may have moved.
+    #[error("partition {partition} of {service} is not written here (ownership is moving); retry")]
+    NotOwner {
+        service: &'static str,
+        partition: i32,
+    },
+    /// Another writer appended to the partition; the command's events lost to its records
+    /// and readers drop them. Nothing of the command holds; retry.
+    #[error("another writer appended to partition {partition} of {service}; retry")]
+    Fenced {
+        service: &'static str,
+        partition: i32,
+    },
+    /// The decision cannot be appended safely in this mode.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The client could not be configured (a setting librdkafka rejects).
     #[error("invalid Kafka client configuration: {0}")]
     Configuration(String),

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `<prefix><service>.events` | configured | forever (`retention.ms=-1`) | the log of record |
 //! | `<prefix><service>.commands` | configured | 7 days | commands routed to their writer |
+//! | `<prefix><service>.outcomes` | configured | forever | outcomes of commands that appended no event |
 //! | `<prefix>deadletters` | configured | forever | records a reader could not use |
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ pub enum TopicRole {
     /// The log of record: must never be deleted or compacted.
     Events,
     Commands,
+    /// Rejections and conflicts: kept like events, since idempotency depends on them.
+    Outcomes,
     DeadLetters,
 }
 
@@ -39,7 +42,7 @@ pub struct TopicSpec {
 impl TopicSpec {
     fn new(name: String, role: TopicRole, partitions: i32) -> Self {
         let retention = match role {
-            TopicRole::Events | TopicRole::DeadLetters => -1,
+            TopicRole::Events | TopicRole::Outcomes | TopicRole::DeadLetters => -1,
             TopicRole::Commands => COMMAND_RETENTION_MS,
         };
         let configs = BTreeMap::from([
@@ -83,17 +86,27 @@ impl TopicNames {
         format!("{}{service}.commands", self.prefix)
     }
 
+    /// `<prefix><service>.outcomes`
+    pub fn outcomes(&self, service: &str) -> String {
+        format!("{}{service}.outcomes", self.prefix)
+    }
+
     /// `<prefix>deadletters`
     pub fn dead_letters(&self) -> String {
         format!("{}deadletters", self.prefix)
     }
 
-    /// Every topic the shop uses, with `partitions` partitions each. Command and event
-    /// topics of a service have the same count: partition p of the commands is served by the
-    /// writer that owns partition p of the events.
+    /// Every topic the shop uses, with `partitions` partitions each.
     pub fn all(&self, partitions: i32) -> Vec<TopicSpec> {
+        self.for_services(&SERVICES, partitions)
+    }
+
+    /// The topics of `services` (and the dead letters), `partitions` partitions each.
+    /// Command, outcome and event topics of a service have the same count: partition p of
+    /// each is served by the writer that owns partition p of the events.
+    pub fn for_services(&self, services: &[&str], partitions: i32) -> Vec<TopicSpec> {
         let mut specs = Vec::new();
-        for service in SERVICES {
+        for service in services {
             specs.push(TopicSpec::new(
                 self.events(service),
                 TopicRole::Events,
@@ -102,6 +115,11 @@ impl TopicNames {
             specs.push(TopicSpec::new(
                 self.commands(service),
                 TopicRole::Commands,
+                partitions,
+            ));
+            specs.push(TopicSpec::new(
+                self.outcomes(service),
+                TopicRole::Outcomes,
                 partitions,
             ));
         }
@@ -217,7 +235,8 @@ mod tests {
         assert_eq!(names.events("orders"), "tenant-a.orders.events");
         assert_eq!(names.commands("users"), "tenant-a.users.commands");
         assert_eq!(names.dead_letters(), "tenant-a.deadletters");
-        assert_eq!(TopicNames::new("").all(3).len(), 9);
+        assert_eq!(names.outcomes("orders"), "tenant-a.orders.outcomes");
+        assert_eq!(TopicNames::new("").all(3).len(), 13);
     }
 
     #[test]

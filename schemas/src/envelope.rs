@@ -95,6 +95,61 @@ pub struct CommandDocument {
     pub data: Value,
 }
 
+/// The outcome of a command that appended no event (a rejection or a version conflict),
+/// kept in `<service>.outcomes` so that the same command id gets the same answer after a
+/// restart or a takeover. `data` is the outcome as the writer answered it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutcomeDocument {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// The id of this record.
+    pub id: Uuid,
+    /// The service whose writer decided: `/shop/<service>`.
+    pub source: String,
+    /// `CommandRejected` or `CommandConflicted`.
+    #[serde(rename = "type")]
+    pub outcome_type: String,
+    /// The aggregate id; also the Kafka record key.
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    pub aggregatetype: String,
+    /// The command this is the outcome of.
+    pub commandid: CommandId,
+    /// The command's type, such as `PlaceOrder`.
+    pub commandtype: String,
+    pub correlationid: CorrelationId,
+    pub traceparent: TraceParent,
+    /// The outcome: `{"outcome": "rejected", "aggregate_id", "version", "reason"}` or
+    /// `{"outcome": "conflict", "aggregate_id", "expected", "current"}`.
+    pub data: Value,
+}
+
+impl OutcomeDocument {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope serializes to JSON infallibly")
+    }
+
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("content-type", CONTENT_TYPE.to_owned()),
+            ("ce_id", self.id.to_string()),
+            ("ce_source", self.source.clone()),
+            ("ce_type", self.outcome_type.clone()),
+            ("ce_subject", self.subject.clone()),
+            ("ce_aggregatetype", self.aggregatetype.clone()),
+            ("ce_commandid", self.commandid.to_string()),
+            ("ce_commandtype", self.commandtype.clone()),
+            ("ce_correlationid", self.correlationid.to_string()),
+            ("traceparent", self.traceparent.to_string()),
+        ]
+    }
+}
+
 /// Metadata of a typed event.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

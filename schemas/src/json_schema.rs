@@ -10,7 +10,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::json;
 
 use crate::catalog;
-use crate::envelope::{CommandDocument, EventDocument};
+use crate::envelope::{CommandDocument, EventDocument, OutcomeDocument};
 use crate::message::{MessageKind, MessageType};
 
 /// The folder the files live in, relative to the repository root.
@@ -32,6 +32,10 @@ pub fn files() -> BTreeMap<PathBuf, String> {
     files.insert(
         PathBuf::from("envelope/command.json"),
         render(root::<CommandDocument>()),
+    );
+    files.insert(
+        PathBuf::from("envelope/outcome.json"),
+        render(root::<OutcomeDocument>()),
     );
     files
 }

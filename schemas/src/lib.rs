@@ -26,7 +26,9 @@ pub mod trace;
 pub mod upcast;
 pub mod users;
 
-pub use envelope::{Command, CommandDocument, CommandMeta, Event, EventDocument, EventMeta};
+pub use envelope::{
+    Command, CommandDocument, CommandMeta, Event, EventDocument, EventMeta, OutcomeDocument,
+};
 pub use ids::{CommandId, CorrelationId, EventId, NotificationId, OrderId, PaymentId, UserId};
 pub use message::{MessageFamily, MessageKind, MessageType};
 pub use money::{Currency, Money};

@@ -2,11 +2,13 @@
 //! which conflict with their expected version, what the others decide on the current state,
 //! and how records read back from the log change that state (by the reader rule).
 //!
-//! A batch of commands is *planned* on a tentative copy of the touched aggregates, so a
-//! command sees the effects of the commands before it in the same batch. The plan only
-//! becomes state through [`PartitionCore::apply_event`] once the log confirms it.
+//! A batch decides at most one command per aggregate; a later command on the same
+//! aggregate is deferred to the next batch. So every event is decided on state made only of
+//! confirmed events, and the reader rule (next version, first record wins) cannot admit an
+//! event on top of a predecessor that lost to another writer. Plans become state only through
+//! [`PartitionCore::apply_event`], once the log confirms them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use schemas::{Command, CommandId, Event, EventId, EventMeta, MessageFamily};
@@ -73,6 +75,8 @@ pub enum Plan<A: Aggregate> {
     Record(Outcome<A::Rejection>),
     /// Append these events; accepted once the log confirms every one of them.
     Append(Vec<Event<A::Event>>),
+    /// An earlier command of the batch decides this aggregate: plan again next batch.
+    Defer,
 }
 
 /// The state of every aggregate in one partition, as of `next_offset` in its event log.
@@ -108,9 +112,10 @@ impl<A: Aggregate> PartitionCore<A> {
         self.slots.insert(aggregate_id, slot);
     }
 
-    /// Plans `commands` in order, each on the state the earlier ones would leave.
+    /// Plans `commands` in order; see the module documentation for why at most one
+    /// command per aggregate is decided.
     pub fn plan(&self, commands: &[Command<A::Command>], now: DateTime<Utc>) -> Vec<Plan<A>> {
-        let mut tentative: HashMap<String, (u64, A::State)> = HashMap::new();
+        let mut deciding: HashSet<String> = HashSet::new();
         let mut seen: HashMap<CommandId, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(commands.len());
         for (index, command) in commands.iter().enumerate() {
@@ -119,54 +124,57 @@ impl<A: Aggregate> PartitionCore<A> {
                 continue;
             }
             seen.insert(command.meta.id, index);
-            plans.push(self.plan_one(command, now, &mut tentative));
+            let aggregate_id = command.payload.aggregate_id();
+            let slot = self.slots.get(&aggregate_id);
+            if let Some(known) = slot.and_then(|s| s.outcome_of(command.meta.id)) {
+                plans.push(Plan::Known(known.clone()));
+            } else if deciding.insert(aggregate_id.clone()) {
+                plans.push(self.decide(command, aggregate_id, now));
+            } else {
+                plans.push(Plan::Defer);
+            }
         }
         plans
     }
 
-    fn plan_one(
+    fn decide(
         &self,
         command: &Command<A::Command>,
+        aggregate_id: String,
         now: DateTime<Utc>,
-        tentative: &mut HashMap<String, (u64, A::State)>,
     ) -> Plan<A> {
-        let aggregate_id = command.payload.aggregate_id();
-        let slot = self.slots.get(&aggregate_id);
-        if let Some(known) = slot.and_then(|s| s.outcome_of(command.meta.id)) {
-            return Plan::Known(known.clone());
-        }
-        let (version, state) = tentative.entry(aggregate_id.clone()).or_insert_with(|| {
-            slot.map_or((0, A::State::default()), |s| (s.version, s.state.clone()))
-        });
+        let (mut version, mut state) = self
+            .slots
+            .get(&aggregate_id)
+            .map_or((0, A::State::default()), |s| (s.version, s.state.clone()));
         if let Some(expected) = command.meta.expected_version
-            && expected != *version
+            && expected != version
         {
             return Plan::Record(Outcome::Conflict {
                 aggregate_id,
                 expected,
-                current: *version,
+                current: version,
             });
         }
-        match A::decide(state, &command.payload) {
+        match A::decide(&state, &command.payload) {
             Err(reason) => Plan::Record(Outcome::Rejected {
                 aggregate_id,
-                version: *version,
+                version,
                 reason,
             }),
-            Ok(payloads) => {
-                let events = payloads
+            Ok(payloads) => Plan::Append(
+                payloads
                     .into_iter()
                     .map(|payload| {
-                        *version += 1;
-                        *state = A::evolve(std::mem::take(state), &payload);
+                        version += 1;
+                        state = A::evolve(std::mem::take(&mut state), &payload);
                         Event {
-                            meta: event_meta(command, *version, now),
+                            meta: event_meta(command, version, now),
                             payload,
                         }
                     })
-                    .collect();
-                Plan::Append(events)
-            }
+                    .collect(),
+            ),
         }
     }
 
@@ -279,10 +287,13 @@ mod tests {
         .into()
     }
 
-    /// Given: the commands are planned and their events confirmed at the next offsets.
+    /// Given: each command is planned and its events confirmed at the next offsets.
     fn given(core: &mut PartitionCore<Ledger>, commands: &[Command<LedgerCommand>]) {
-        for plan in core.plan(commands, Utc::now()) {
-            if let Plan::Append(events) = plan {
+        for command in commands {
+            if let Plan::Append(events) = core
+                .plan(std::slice::from_ref(command), Utc::now())
+                .remove(0)
+            {
                 for event in events {
                     let offset = core.next_offset;
                     assert_eq!(core.apply_event(&event, offset), Admission::Next);
@@ -292,40 +303,41 @@ mod tests {
     }
 
     #[test]
-    fn a_command_decides_on_the_state_left_by_the_earlier_ones_in_its_batch() {
-        let core = PartitionCore::<Ledger>::new(0);
+    fn one_command_per_aggregate_is_decided_per_batch_the_rest_wait() {
+        let mut core = PartitionCore::<Ledger>::new(0);
         let plans = core.plan(
             &[
                 command(open("a"), None),
                 command(deposit("a", 10), None),
-                command(
-                    Withdraw {
-                        account_id: "a".into(),
-                        amount: 11,
-                    },
-                    None,
-                ),
+                command(open("b"), None),
             ],
             Utc::now(),
         );
-        let versions: Vec<u64> = plans
-            .iter()
-            .filter_map(|p| match p {
-                Plan::Append(events) => Some(events[0].meta.version),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(versions, [1, 2]);
+        assert!(matches!(&plans[0], Plan::Append(e) if e[0].meta.version == 1));
+        assert!(matches!(&plans[1], Plan::Defer));
+        assert!(matches!(&plans[2], Plan::Append(e) if e[0].meta.version == 1));
+        // Nothing is state until the log confirms it.
+        assert!(core.slot("a").is_none());
+
+        given(
+            &mut core,
+            &[command(open("a"), None), command(deposit("a", 10), None)],
+        );
+        let withdraw = command(
+            Withdraw {
+                account_id: "a".into(),
+                amount: 11,
+            },
+            None,
+        );
         assert!(matches!(
-            &plans[2],
+            core.plan(&[withdraw], Utc::now()).remove(0),
             Plan::Record(Outcome::Rejected {
                 version: 2,
                 reason: LedgerRejection::InsufficientFunds { balance: 10 },
                 ..
             })
         ));
-        // Nothing is state until the log confirms it.
-        assert!(core.slot("a").is_none());
     }
 
     #[test]

@@ -2,3 +2,7 @@
 //! appends the events, and answers only once the log confirms them.
 
 pub mod core;
+pub mod host;
+pub mod log;
+pub mod metrics;
+pub mod partition;

@@ -1,0 +1,490 @@
+//! Ownership of partitions and routing of commands to their writer.
+//!
+//! The lease is the consumer group of the command topic (`<prefix><service>.commands`,
+//! group `<prefix><service>-writers`): the instance the group assigns partition p to writes
+//! partition p of the event topic. On assignment the host builds (or, for a partition it
+//! had before, catches up) that partition's state and starts its writer; on revocation it
+//! stops the writer and keeps its state parked, since the group's eager protocol revokes
+//! everything at every rebalance and most partitions come straight back.
+//!
+//! Commands reach a writer two ways: [`WriteModel::execute`] in this process (the HTTP
+//! path, which skips the command topic when the partition is local) and records on the
+//! command topic (the saga's path), whose offsets are committed once their outcome is known.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::{Command, CommandDocument, MessageFamily};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregate;
+use crate::client::KafkaSettings;
+use crate::error::EventStoreError;
+use crate::outcome::Outcome;
+use crate::partitioner::partition_for;
+use crate::topics::TopicNames;
+use crate::writer::log::PartitionLog;
+use crate::writer::metrics::WriterMetrics;
+use crate::writer::partition::{PartitionWriter, Reply, Request};
+
+/// How a write model is set up.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub kafka: KafkaSettings,
+    pub topics: TopicNames,
+    pub partitions: i32,
+    /// How long `execute` waits for the aggregate's partition to be served here (after a
+    /// start or a rebalance) before answering "not owner".
+    pub ownership_wait: Duration,
+    /// Commands waiting for one partition's writer; beyond this, `execute` sheds load.
+    pub queue_capacity: usize,
+}
+
+impl WriterConfig {
+    pub fn new(kafka: KafkaSettings, topics: TopicNames, partitions: i32) -> Self {
+        Self {
+            kafka,
+            topics,
+            partitions,
+            ownership_wait: Duration::from_secs(10),
+            queue_capacity: 4096,
+        }
+    }
+}
+
+/// The handle callers use: `execute` a command, get its outcome.
+pub struct WriteModel<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A: Aggregate> Clone for WriteModel<A> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<A: Aggregate> std::fmt::Debug for WriteModel<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteModel")
+            .field("service", &A::Event::SERVICE)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<A: Aggregate> {
+    config: WriterConfig,
+    /// Queues of the partitions served here.
+    serving: RwLock<HashMap<i32, mpsc::Sender<Request<A>>>>,
+    /// Bumped whenever `serving` changes, to wake `execute` calls waiting for a partition.
+    changed: watch::Sender<u64>,
+}
+
+impl<A: Aggregate> WriteModel<A> {
+    /// The handle and the runtime that must run (as a service worker) for it to serve.
+    pub fn new(config: WriterConfig, metrics: WriterMetrics) -> (Self, WriterRuntime<A>) {
+        let shared = Arc::new(Shared {
+            config,
+            serving: RwLock::new(HashMap::new()),
+            changed: watch::channel(0).0,
+        });
+        let runtime = WriterRuntime {
+            shared: Arc::clone(&shared),
+            metrics,
+        };
+        (Self { shared }, runtime)
+    }
+
+    /// The partition that owns `aggregate_id`.
+    pub fn partition_of(&self, aggregate_id: &str) -> i32 {
+        partition_for(aggregate_id, self.shared.config.partitions)
+    }
+
+    /// Decides `command` and returns its outcome once it is durable: accepted (events in
+    /// Kafka), rejected or conflicting (outcome recorded), or the same outcome as before
+    /// when its id was seen. Errors mean nothing can be said yet: retry.
+    pub async fn execute(
+        &self,
+        command: Command<A::Command>,
+    ) -> Result<Outcome<A::Rejection>, EventStoreError> {
+        let partition = self.partition_of(&command.payload.aggregate_id());
+        let queue = self.queue_of(partition).await?;
+        let (reply, outcome) = oneshot::channel();
+        queue
+            .try_send(Request { command, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EventStoreError::Unavailable {
+                    operation: "execute",
+                    reason: format!("the writer of partition {partition} is saturated"),
+                },
+                mpsc::error::TrySendError::Closed(_) => self.not_owner(partition),
+            })?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(self.not_owner(partition)))
+    }
+
+    fn not_owner(&self, partition: i32) -> EventStoreError {
+        EventStoreError::NotOwner {
+            service: A::Event::SERVICE,
+            partition,
+        }
+    }
+
+    /// The queue of `partition`'s writer, waiting (bounded) while ownership settles.
+    async fn queue_of(&self, partition: i32) -> Result<mpsc::Sender<Request<A>>, EventStoreError> {
+        let mut changes = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
+        loop {
+            if let Some(queue) = self.shared.queue(partition) {
+                return Ok(queue);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(self.not_owner(partition)),
+            }
+        }
+    }
+
+    /// Partitions this instance serves now.
+    pub fn served_partitions(&self) -> Vec<i32> {
+        let mut served: Vec<i32> = self
+            .shared
+            .serving
+            .read()
+            .expect("serving lock")
+            .keys()
+            .copied()
+            .collect();
+        served.sort_unstable();
+        served
+    }
+}
+
+impl<A: Aggregate> Shared<A> {
+    fn queue(&self, partition: i32) -> Option<mpsc::Sender<Request<A>>> {
+        self.serving
+            .read()
+            .expect("serving lock")
+            .get(&partition)
+            .cloned()
+    }
+
+    fn set_serving(&self, partition: i32, queue: Option<mpsc::Sender<Request<A>>>) {
+        let mut serving = self.serving.write().expect("serving lock");
+        match queue {
+            Some(queue) => serving.insert(partition, queue),
+            None => serving.remove(&partition),
+        };
+        drop(serving);
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Forwards the group's rebalances to the runtime loop; rdkafka calls it while polling.
+struct OwnershipContext {
+    events: mpsc::UnboundedSender<Ownership>,
+}
+
+#[derive(Debug)]
+enum Ownership {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+impl ClientContext for OwnershipContext {}
+
+impl ConsumerContext for OwnershipContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let _ = self.events.send(Ownership::Revoked(partitions(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let _ = self.events.send(Ownership::Assigned(partitions(list)));
+        }
+    }
+}
+
+fn partitions(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// One partition being taken over or served.
+struct Running<A: Aggregate> {
+    stop: CancellationToken,
+    task: JoinHandle<Option<PartitionWriter<A>>>,
+}
+
+/// A command from the command topic whose outcome is awaited before its offset commits.
+struct InFlight<A: Aggregate> {
+    partition: i32,
+    offset: i64,
+    /// `None` when the record could not be decoded (skipped, with a warning).
+    command: Option<Command<A::Command>>,
+    outcome: oneshot::Receiver<Reply<A>>,
+}
+
+/// The loop that holds the lease and runs the partition writers. Run it as a worker.
+pub struct WriterRuntime<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+    metrics: WriterMetrics,
+}
+
+impl<A: Aggregate> std::fmt::Debug for WriterRuntime<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterRuntime")
+            .field("service", &A::Event::SERVICE)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> WriterRuntime<A> {
+    /// Joins the writers' group and serves until `stop`; then leaves the group, so that
+    /// another instance takes the partitions over without waiting for a session timeout.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.run_once(&stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(service = A::Event::SERVICE, error = %e, "writer runtime failed; restarting");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_once(&self, stop: &CancellationToken) -> Result<(), EventStoreError> {
+        let config = &self.shared.config;
+        let service = A::Event::SERVICE;
+        let producer: FutureProducer = config
+            .kafka
+            .producer()
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        let (events, mut ownership) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<OwnershipContext> = config
+            .kafka
+            .consumer(&format!("{}{service}-writers", config.topics.prefix()))
+            .create_with_context(OwnershipContext { events })
+            .map_err(|e| EventStoreError::from_kafka("join writers", e))?;
+        consumer
+            .subscribe(&[&config.topics.commands(service)])
+            .map_err(|e| EventStoreError::from_kafka("join writers", e))?;
+
+        let mut running: HashMap<i32, Running<A>> = HashMap::new();
+        let mut parked: HashMap<i32, PartitionWriter<A>> = HashMap::new();
+        let mut in_flight: VecDeque<InFlight<A>> = VecDeque::new();
+        let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
+        let outcome = loop {
+            tokio::select! {
+                () = stop.cancelled() => break Ok(()),
+                Some(change) = ownership.recv() => match change {
+                    Ownership::Assigned(list) => {
+                        for partition in list {
+                            let writer = parked.remove(&partition);
+                            running.insert(partition, self.start(partition, writer, producer.clone()));
+                        }
+                    }
+                    Ownership::Revoked(list) => {
+                        for partition in list {
+                            if let Some(writer) = self.halt(running.remove(&partition)).await {
+                                parked.insert(partition, writer);
+                            }
+                        }
+                        in_flight.clear();
+                    }
+                },
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        if let Some(flight) = self.forward(&message) {
+                            in_flight.push_back(flight);
+                        }
+                    }
+                    Err(e) => break Err(EventStoreError::from_kafka("consume commands", e)),
+                },
+                _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
+            }
+        };
+        for (_, run) in running.drain() {
+            self.halt(Some(run)).await;
+        }
+        self.commit_done(&consumer, &mut in_flight);
+        consumer.unsubscribe();
+        outcome
+    }
+
+    /// Starts serving `partition`: from its parked state (caught up) or from the log.
+    fn start(
+        &self,
+        partition: i32,
+        mut parked: Option<PartitionWriter<A>>,
+        producer: FutureProducer,
+    ) -> Running<A> {
+        let shared = Arc::clone(&self.shared);
+        let metrics = self.metrics.clone();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let log = PartitionLog::new(producer, shared.config.kafka.clone(), partition);
+            let mut writer = loop {
+                let attempt = match parked.take() {
+                    Some(mut writer) => writer.catch_up().await.map(|()| writer),
+                    None => {
+                        PartitionWriter::take_over(
+                            log.clone(),
+                            &shared.config.topics,
+                            metrics.clone(),
+                        )
+                        .await
+                    }
+                };
+                match attempt {
+                    Ok(writer) => break writer,
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "taking over failed; retrying");
+                        tokio::select! {
+                            () = token.cancelled() => return None,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            let (queue, requests) = mpsc::channel(shared.config.queue_capacity);
+            shared.set_serving(partition, Some(queue));
+            metrics
+                .owned_partitions
+                .get_or_create(&metrics.labels())
+                .inc();
+            tracing::info!(
+                partition,
+                seconds = started.elapsed().as_secs_f64(),
+                "serving partition"
+            );
+            writer = writer.serve(requests, token).await;
+            shared.set_serving(partition, None);
+            metrics
+                .owned_partitions
+                .get_or_create(&metrics.labels())
+                .dec();
+            Some(writer)
+        });
+        Running { stop, task }
+    }
+
+    /// Stops a partition's writer (after its current batch) and returns its state.
+    async fn halt(&self, running: Option<Running<A>>) -> Option<PartitionWriter<A>> {
+        let running = running?;
+        running.stop.cancel();
+        running.task.await.ok().flatten()
+    }
+
+    /// Hands a command record to its partition's writer; `None` when it cannot be read or
+    /// its partition is not served (it will be redelivered to the owner).
+    fn forward(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<InFlight<A>> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let command = message
+            .payload()
+            .and_then(|p| CommandDocument::from_json(p).ok())
+            .and_then(|d| d.decode::<A::Command>().ok());
+        let (reply, outcome) = oneshot::channel();
+        match (command, self.shared.queue(partition)) {
+            (Some(command), Some(queue)) => {
+                queue
+                    .try_send(Request {
+                        command: command.clone(),
+                        reply,
+                    })
+                    .ok()?;
+                Some(InFlight {
+                    partition,
+                    offset,
+                    command: Some(command),
+                    outcome,
+                })
+            }
+            (None, _) => {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    "command record cannot be decoded; skipped"
+                );
+                let _ = reply.send(Err(EventStoreError::Unsupported(
+                    "undecodable command".into(),
+                )));
+                Some(InFlight {
+                    partition,
+                    offset,
+                    command: None,
+                    outcome,
+                })
+            }
+            (Some(_), None) => None,
+        }
+    }
+
+    /// Sends a command whose attempt failed (broker trouble, a lost race) to its writer again.
+    fn retry(&self, flight: &mut InFlight<A>) {
+        let (Some(command), Some(queue)) =
+            (flight.command.clone(), self.shared.queue(flight.partition))
+        else {
+            return;
+        };
+        let (reply, outcome) = oneshot::channel();
+        if queue.try_send(Request { command, reply }).is_ok() {
+            flight.outcome = outcome;
+        }
+    }
+
+    /// Commits, per partition, the offsets of commands whose outcome is known, in order.
+    fn commit_done(
+        &self,
+        consumer: &StreamConsumer<OwnershipContext>,
+        in_flight: &mut VecDeque<InFlight<A>>,
+    ) {
+        let topic = self.shared.config.topics.commands(A::Event::SERVICE);
+        let mut done: HashMap<i32, i64> = HashMap::new();
+        while let Some(front) = in_flight.front_mut() {
+            match front.outcome.try_recv() {
+                // Decided (or never decidable): done.
+                Ok(Ok(_)) | Ok(Err(EventStoreError::Unsupported(_))) => {
+                    done.insert(front.partition, front.offset + 1);
+                    in_flight.pop_front();
+                }
+                // Retryable: try again; nothing after it commits until it is decided.
+                Ok(Err(_)) => {
+                    self.retry(front);
+                    break;
+                }
+                // Still deciding, or the partition moved (its new owner re-reads from the
+                // last committed offset).
+                Err(_) => break,
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, next) in done {
+            let _ = offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+        if let Err(e) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Async) {
+            tracing::warn!(error = %e, "committing command offsets failed; they will be redelivered");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! One partition of the log as its writer sees it: records are enqueued on a shared
+//! idempotent producer (acks=all) and confirmed by their delivery reports; ranges are read
+//! back with a short-lived consumer of that one partition (no group, no commits), only on
+//! the rare paths: taking over a partition, and resolving a gap after another writer wrote.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::client::KafkaSettings;
+use crate::error::EventStoreError;
+
+/// A record to append: key, JSON value, headers.
+#[derive(Debug)]
+pub struct OutgoingRecord {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: OwnedHeaders,
+}
+
+#[derive(Clone)]
+pub struct PartitionLog {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+    pub partition: i32,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionLog {
+    pub fn new(producer: FutureProducer, settings: KafkaSettings, partition: i32) -> Self {
+        Self {
+            producer,
+            settings,
+            partition,
+        }
+    }
+
+    /// Enqueues a record without waiting for it; the future resolves with its offset once
+    /// all in-sync replicas have it, or with the reason it could not be written.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        record: &OutgoingRecord,
+    ) -> Result<DeliveryFuture, EventStoreError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let kafka_record = FutureRecord::to(topic)
+                .partition(self.partition)
+                .key(&record.key)
+                .payload(&record.value)
+                .headers(record.headers.clone());
+            match self.producer.send_result(kafka_record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if waited < self.settings.timeout =>
+                {
+                    // The local queue drains as the broker acknowledges; wait, bounded.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    waited += Duration::from_millis(2);
+                }
+                Err((e, _)) => return Err(EventStoreError::from_kafka("append", e)),
+            }
+        }
+    }
+
+    /// The offset the next record of `topic` will get in this partition.
+    pub async fn end_offset(&self, topic: &str) -> Result<i64, EventStoreError> {
+        let producer = self.producer.clone();
+        let (topic, partition, timeout) = (topic.to_owned(), self.partition, self.settings.timeout);
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&topic, partition, timeout)
+        })
+        .await
+        .map_err(|e| EventStoreError::Unavailable {
+            operation: "fetch watermarks",
+            reason: e.to_string(),
+        })?
+        .map(|(_, high)| high)
+        .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))
+    }
+
+    /// Calls `each` for every record of `topic` in `[from, to)`, in offset order. Fails as
+    /// unavailable if the broker stops delivering for longer than the timeout.
+    pub async fn read_range(
+        &self,
+        topic: &str,
+        from: i64,
+        to: i64,
+        mut each: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), EventStoreError> {
+        if from >= to {
+            return Ok(());
+        }
+        let consumer = self.range_reader(topic, from)?;
+        let mut next = from;
+        while next < to {
+            let message = tokio::time::timeout(self.settings.timeout, consumer.recv())
+                .await
+                .map_err(|_| EventStoreError::Unavailable {
+                    operation: "read",
+                    reason: format!("no record of {topic}/{} past {next}", self.partition),
+                })?
+                .map_err(|e| EventStoreError::from_kafka("read", e))?;
+            let offset = message.offset();
+            if offset < next {
+                continue;
+            }
+            if offset >= to {
+                break;
+            }
+            each(&message);
+            next = offset + 1;
+        }
+        Ok(())
+    }
+
+    fn range_reader(&self, topic: &str, from: i64) -> Result<StreamConsumer, EventStoreError> {
+        let mut config = self.settings.consumer("event-store-range-reader");
+        config
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .set("queued.max.messages.kbytes", "65536");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("read", e))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, self.partition, Offset::Offset(from))
+            .map_err(|e| EventStoreError::from_kafka("read", e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| EventStoreError::from_kafka("read", e))?;
+        Ok(consumer)
+    }
+}

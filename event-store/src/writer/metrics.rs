@@ -1,0 +1,99 @@
+//! What the writers report at `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone, Debug)]
+pub struct WriterMetrics {
+    service: &'static str,
+    /// Commands answered, by outcome (accepted, rejected, conflict, duplicate, failed).
+    pub commands: Family<Labels, Counter>,
+    /// Events appended and confirmed.
+    pub appended: Family<Labels, Counter>,
+    /// Commands per batch.
+    pub batch_size: Family<Labels, Histogram>,
+    /// Records the reader rule dropped while the writer read its partition, by reason.
+    pub dropped: Family<Labels, Counter>,
+    /// Times an append found another writer's records before its own.
+    pub fenced: Family<Labels, Counter>,
+    /// Partitions served by this instance.
+    pub owned_partitions: Family<Labels, Gauge>,
+    /// Seconds from assignment to serving, per takeover.
+    pub takeover_seconds: Family<Labels, Histogram>,
+}
+
+impl WriterMetrics {
+    pub fn register(registry: &mut Registry, service: &'static str) -> Self {
+        let metrics = Self {
+            service,
+            commands: Family::default(),
+            appended: Family::default(),
+            batch_size: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 10))
+            }),
+            dropped: Family::default(),
+            fenced: Family::default(),
+            owned_partitions: Family::default(),
+            takeover_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+        };
+        registry.register(
+            "writer_commands",
+            "Commands answered by outcome",
+            metrics.commands.clone(),
+        );
+        registry.register(
+            "writer_appended_events",
+            "Events appended and confirmed",
+            metrics.appended.clone(),
+        );
+        registry.register(
+            "writer_batch_size",
+            "Commands per writer batch",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "writer_dropped_records",
+            "Records the reader rule dropped while a writer read its partition",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "writer_fenced_appends",
+            "Appends that found another writer's records first",
+            metrics.fenced.clone(),
+        );
+        registry.register(
+            "writer_owned_partitions",
+            "Partitions this instance writes",
+            metrics.owned_partitions.clone(),
+        );
+        registry.register(
+            "writer_takeover_seconds",
+            "Time from partition assignment to serving",
+            metrics.takeover_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Metrics that go nowhere, for writers run outside a service (tests, tools).
+    pub fn unregistered(service: &'static str) -> Self {
+        Self::register(&mut Registry::default(), service)
+    }
+
+    pub(crate) fn labels(&self) -> Labels {
+        vec![("service", self.service.to_owned())]
+    }
+
+    pub(crate) fn with(&self, key: &'static str, value: &str) -> Labels {
+        vec![
+            ("service", self.service.to_owned()),
+            (key, value.to_owned()),
+        ]
+    }
+}

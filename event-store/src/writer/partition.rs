@@ -1,0 +1,489 @@
+//! The writer of one partition: a task that takes commands in batches, plans them on its
+//! own state ([`PartitionCore`]), appends the events, and answers once the log confirms.
+//!
+//! Confirmation without transactions: offsets in a partition are dense, so if this
+//! batch's events got exactly the offsets following the last record the writer knows, no
+//! other writer's record came between and the plan holds as decided. Otherwise the writer
+//! reads the records it did not write, applies everything in log order by the reader rule
+//! (first record for a version wins), and answers "accepted" only for commands whose events
+//! all survived; the others get [`EventStoreError::Fenced`] and nothing of them holds.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use chrono::Utc;
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+use schemas::{
+    Command, CommandId, Event, EventDocument, EventId, MessageFamily, OutcomeDocument,
+    envelope::{DATA_CONTENT_TYPE, SPEC_VERSION, source_of},
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregate;
+use crate::error::EventStoreError;
+use crate::gate::Admission;
+use crate::outcome::Outcome;
+use crate::record::to_kafka_headers;
+use crate::topics::TopicNames;
+use crate::writer::core::{PartitionCore, Plan};
+use crate::writer::log::{OutgoingRecord, PartitionLog};
+use crate::writer::metrics::WriterMetrics;
+
+pub type Reply<A> = Result<Outcome<<A as Aggregate>::Rejection>, EventStoreError>;
+
+/// A command and where to send its outcome.
+#[derive(Debug)]
+pub struct Request<A: Aggregate> {
+    pub command: Command<A::Command>,
+    pub reply: oneshot::Sender<Reply<A>>,
+}
+
+/// How many queued commands one batch takes at most.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug)]
+pub struct PartitionWriter<A: Aggregate> {
+    core: PartitionCore<A>,
+    log: PartitionLog,
+    events_topic: String,
+    outcomes_topic: String,
+    metrics: WriterMetrics,
+    /// Set when the writer may be behind its partition (a failed append or read): it
+    /// catches up before deciding anything else.
+    behind: bool,
+}
+
+impl<A: Aggregate> PartitionWriter<A> {
+    /// Builds the partition's state from its log: every event by the reader rule, every
+    /// recorded outcome.
+    pub async fn take_over(
+        log: PartitionLog,
+        topics: &TopicNames,
+        metrics: WriterMetrics,
+    ) -> Result<Self, EventStoreError> {
+        let started = Instant::now();
+        let service = A::Event::SERVICE;
+        let mut writer = Self {
+            core: PartitionCore::new(log.partition),
+            events_topic: topics.events(service),
+            outcomes_topic: topics.outcomes(service),
+            log,
+            metrics,
+            behind: true,
+        };
+        writer.catch_up().await?;
+        writer.read_outcomes(0).await?;
+        let labels = writer.metrics.labels();
+        writer
+            .metrics
+            .takeover_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            service,
+            partition = writer.core.partition,
+            next_offset = writer.core.next_offset,
+            seconds = started.elapsed().as_secs_f64(),
+            "partition taken over"
+        );
+        Ok(writer)
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.core.partition
+    }
+
+    pub fn core(&self) -> &PartitionCore<A> {
+        &self.core
+    }
+
+    /// Serves commands from `queue` until `stop` is cancelled or the queue closes, then
+    /// hands the state back (a partition that returns to this instance resumes from it).
+    pub async fn serve(
+        mut self,
+        mut queue: mpsc::Receiver<Request<A>>,
+        stop: CancellationToken,
+    ) -> Self {
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => break,
+                request = queue.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+        // Whatever is still queued was not decided: its callers retry elsewhere.
+        self
+    }
+
+    /// Reads the event partition from where the state ends to the current end.
+    pub async fn catch_up(&mut self) -> Result<(), EventStoreError> {
+        let end = self.log.end_offset(&self.events_topic).await?;
+        self.apply_range(self.core.next_offset, end, &HashSet::new())
+            .await?;
+        self.behind = false;
+        Ok(())
+    }
+
+    async fn read_outcomes(&mut self, from: i64) -> Result<(), EventStoreError> {
+        let end = self.log.end_offset(&self.outcomes_topic).await?;
+        let core = &mut self.core;
+        self.log
+            .read_range(&self.outcomes_topic, from, end, |message| {
+                if let Some((command, outcome)) = decode_outcome::<A>(message) {
+                    core.remember(command, outcome);
+                }
+            })
+            .await
+    }
+
+    /// Applies the event records in `[from, to)` by the reader rule; returns which of the
+    /// event ids in `ours` were admitted, and whether any record was another writer's.
+    async fn apply_range(
+        &mut self,
+        from: i64,
+        to: i64,
+        ours: &HashSet<EventId>,
+    ) -> Result<(HashSet<EventId>, bool), EventStoreError> {
+        let mut admitted = HashSet::new();
+        let mut foreign = false;
+        let (core, metrics) = (&mut self.core, &self.metrics);
+        self.log
+            .read_range(&self.events_topic, from, to, |message| {
+                let offset = message.offset();
+                let Some(event) = decode_event::<A>(message) else {
+                    core.skip_record(offset);
+                    metrics
+                        .dropped
+                        .get_or_create(&metrics.with("reason", "undecodable"))
+                        .inc();
+                    return;
+                };
+                let mine = ours.contains(&event.meta.id);
+                foreign |= !mine;
+                match core.apply_event(&event, offset) {
+                    Admission::Next if mine => {
+                        admitted.insert(event.meta.id);
+                    }
+                    Admission::Next => {}
+                    dropped => {
+                        let reason = dropped.drop_reason().unwrap_or("unknown");
+                        metrics
+                            .dropped
+                            .get_or_create(&metrics.with("reason", reason))
+                            .inc();
+                    }
+                }
+            })
+            .await?;
+        Ok((admitted, foreign))
+    }
+
+    /// Decides and answers a batch; commands deferred by the plan (a second command on
+    /// an aggregate) go into the next round, after the first one's events are confirmed.
+    async fn process(&mut self, mut batch: Vec<Request<A>>) {
+        while !batch.is_empty() {
+            let labels = self.metrics.labels();
+            self.metrics
+                .batch_size
+                .get_or_create(&labels)
+                .observe(batch.len() as f64);
+            let commands: Vec<Command<A::Command>> =
+                batch.iter().map(|r| r.command.clone()).collect();
+            let results = if self.behind
+                && let Err(e) = self.catch_up().await
+            {
+                vec![Some(Err(e)); commands.len()]
+            } else {
+                self.decide_and_append(&commands).await
+            };
+            let mut deferred = Vec::new();
+            for (request, result) in batch.into_iter().zip(results) {
+                match result {
+                    Some(result) => self.answer(request, result),
+                    None => deferred.push(request),
+                }
+            }
+            batch = deferred;
+        }
+    }
+
+    fn answer(&self, request: Request<A>, result: Reply<A>) {
+        let label = match &result {
+            Ok(Outcome::Accepted { .. }) => "accepted",
+            Ok(Outcome::Rejected { .. }) => "rejected",
+            Ok(Outcome::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .commands
+            .get_or_create(&self.metrics.with("outcome", label))
+            .inc();
+        let _ = request.reply.send(result);
+    }
+
+    /// The result of each command, `None` for those deferred to the next round.
+    async fn decide_and_append(
+        &mut self,
+        commands: &[Command<A::Command>],
+    ) -> Vec<Option<Reply<A>>> {
+        let plans = self.core.plan(commands, Utc::now());
+        let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
+        self.append_planned(commands, &plans, &mut results).await;
+        self.record_planned(commands, &plans, &mut results).await;
+        for (i, plan) in plans.iter().enumerate() {
+            match plan {
+                Plan::Known(outcome) => results[i] = Some(Ok(outcome.clone())),
+                Plan::SameAs(first) => results[i] = results[*first].clone(),
+                _ => {}
+            }
+        }
+        results
+    }
+
+    fn fenced(&self) -> EventStoreError {
+        EventStoreError::Fenced {
+            service: A::Event::SERVICE,
+            partition: self.core.partition,
+        }
+    }
+
+    /// Appends the events of every `Append` plan (one per aggregate) and fills in results.
+    async fn append_planned(
+        &mut self,
+        commands: &[Command<A::Command>],
+        plans: &[Plan<A>],
+        results: &mut [Option<Reply<A>>],
+    ) {
+        let mut appends: Vec<(usize, &Event<A::Event>)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let Plan::Append(events) = plan else { continue };
+            match events.as_slice() {
+                [] => {
+                    results[i] = Some(Ok(self.core.unchanged(&commands[i].payload.aggregate_id())))
+                }
+                [event] => appends.push((i, event)),
+                // Several events of one command could be torn apart by a crash between
+                // them; without transactions they cannot be appended atomically.
+                _ => {
+                    results[i] = Some(Err(EventStoreError::Unsupported(
+                        "a command causing several events needs Kafka transactions".into(),
+                    )))
+                }
+            }
+        }
+        if appends.is_empty() {
+            return;
+        }
+        let events: Vec<&Event<A::Event>> = appends.iter().map(|(_, e)| *e).collect();
+        let admitted = self.append_events(&events).await;
+        for (i, event) in appends {
+            results[i] = Some(match &admitted {
+                Ok(admitted) if admitted.contains(&event.meta.id) => Ok(self
+                    .core
+                    .outcome_of(&event.payload.aggregate_id(), event.meta.command_id)
+                    .cloned()
+                    .expect("an admitted event leaves its command's outcome")),
+                Ok(_) => Err(self.fenced()),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+
+    /// Produces `events` in order and confirms them; the ids of those readers will accept.
+    async fn append_events(
+        &mut self,
+        events: &[&Event<A::Event>],
+    ) -> Result<HashSet<EventId>, EventStoreError> {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let document = event.to_document();
+            let record = OutgoingRecord {
+                key: document.subject.clone(),
+                value: document.to_json(),
+                headers: to_kafka_headers(&document.headers()),
+            };
+            match self.log.enqueue(&self.events_topic, &record).await {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(e) => {
+                    // Some may be in flight: the state is unknown until read back.
+                    self.behind = true;
+                    return Err(e);
+                }
+            }
+        }
+        let mut offsets = Vec::with_capacity(deliveries.len());
+        let mut failure = None;
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(delivery)) => offsets.push(delivery.offset),
+                Ok(Err((e, _))) => failure = Some(EventStoreError::from_kafka("append", e)),
+                Err(_) => {
+                    failure = Some(EventStoreError::Unavailable {
+                        operation: "append",
+                        reason: "producer shut down".into(),
+                    })
+                }
+            }
+        }
+        let ours: HashSet<EventId> = events.iter().map(|e| e.meta.id).collect();
+        let start = self.core.next_offset;
+        let contiguous = failure.is_none()
+            && offsets
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o == start + i as i64);
+        if contiguous {
+            let mut admitted = HashSet::with_capacity(events.len());
+            for (event, offset) in events.iter().zip(&offsets) {
+                // Planned on the current state, one event per aggregate: always the next.
+                if self.core.apply_event(event, *offset) == Admission::Next {
+                    admitted.insert(event.meta.id);
+                }
+            }
+            let labels = self.metrics.labels();
+            self.metrics
+                .appended
+                .get_or_create(&labels)
+                .inc_by(admitted.len() as u64);
+            return Ok(admitted);
+        }
+        self.reconcile(&ours, &offsets, failure).await
+    }
+
+    /// After a non-contiguous or failed append: read what the log really holds.
+    async fn reconcile(
+        &mut self,
+        ours: &HashSet<EventId>,
+        offsets: &[i64],
+        failure: Option<EventStoreError>,
+    ) -> Result<HashSet<EventId>, EventStoreError> {
+        let until = match (&failure, offsets.iter().max()) {
+            (None, Some(last)) => last + 1,
+            _ => match self.log.end_offset(&self.events_topic).await {
+                Ok(end) => end,
+                Err(e) => {
+                    self.behind = true;
+                    return Err(e);
+                }
+            },
+        };
+        let (admitted, foreign) = match self.apply_range(self.core.next_offset, until, ours).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.behind = true;
+                return Err(e);
+            }
+        };
+        if foreign {
+            let labels = self.metrics.labels();
+            self.metrics.fenced.get_or_create(&labels).inc();
+            tracing::warn!(
+                service = A::Event::SERVICE,
+                partition = self.core.partition,
+                "another writer appended to this partition; the log decided"
+            );
+        }
+        let labels = self.metrics.labels();
+        self.metrics
+            .appended
+            .get_or_create(&labels)
+            .inc_by(admitted.len() as u64);
+        match failure {
+            // Some events may still be in flight and land later; the next append's
+            // contiguity check (or catch-up) will see them.
+            Some(e) if admitted.is_empty() => {
+                self.behind = true;
+                Err(e)
+            }
+            _ => Ok(admitted),
+        }
+    }
+
+    /// Records the outcome of every `Record` plan in the outcomes log, then answers it.
+    async fn record_planned(
+        &mut self,
+        commands: &[Command<A::Command>],
+        plans: &[Plan<A>],
+        results: &mut [Option<Reply<A>>],
+    ) {
+        let mut pending = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let Plan::Record(outcome) = plan else {
+                continue;
+            };
+            let document = outcome_document::<A>(&commands[i], outcome);
+            let record = OutgoingRecord {
+                key: document.subject.clone(),
+                value: document.to_json(),
+                headers: to_kafka_headers(&document.headers()),
+            };
+            match self.log.enqueue(&self.outcomes_topic, &record).await {
+                Ok(delivery) => pending.push((i, outcome, delivery)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for (i, outcome, delivery) in pending {
+            results[i] = Some(match delivery.await {
+                Ok(Ok(_)) => {
+                    self.core.remember(commands[i].meta.id, outcome.clone());
+                    Ok(outcome.clone())
+                }
+                Ok(Err((e, _))) => Err(EventStoreError::from_kafka("record outcome", e)),
+                Err(_) => Err(EventStoreError::Unavailable {
+                    operation: "record outcome",
+                    reason: "producer shut down".into(),
+                }),
+            });
+        }
+    }
+}
+
+fn decode_event<A: Aggregate>(message: &BorrowedMessage<'_>) -> Option<Event<A::Event>> {
+    let document = EventDocument::from_json(message.payload()?).ok()?;
+    document.decode::<A::Event>().ok()
+}
+
+fn decode_outcome<A: Aggregate>(
+    message: &BorrowedMessage<'_>,
+) -> Option<(CommandId, Outcome<A::Rejection>)> {
+    let document = OutcomeDocument::from_json(message.payload()?).ok()?;
+    let outcome = serde_json::from_value(document.data).ok()?;
+    Some((document.commandid, outcome))
+}
+
+fn outcome_document<A: Aggregate>(
+    command: &Command<A::Command>,
+    outcome: &Outcome<A::Rejection>,
+) -> OutcomeDocument {
+    let outcome_type = match outcome {
+        Outcome::Conflict { .. } => "CommandConflicted",
+        _ => "CommandRejected",
+    };
+    OutcomeDocument {
+        specversion: SPEC_VERSION.to_owned(),
+        id: uuid::Uuid::now_v7(),
+        source: source_of(A::Event::SERVICE),
+        outcome_type: outcome_type.to_owned(),
+        subject: outcome.aggregate_id().to_owned(),
+        time: Utc::now(),
+        datacontenttype: DATA_CONTENT_TYPE.to_owned(),
+        aggregatetype: A::Event::AGGREGATE_TYPE.to_owned(),
+        commandid: command.meta.id,
+        commandtype: command.payload.type_name().to_owned(),
+        correlationid: command.meta.correlation_id,
+        traceparent: command.meta.traceparent,
+        data: serde_json::to_value(outcome).expect("outcomes serialize to JSON"),
+    }
+}
