@@ -192,7 +192,8 @@ tansu_start() {
   fi
   port_open 127.0.0.1 "$port" && die "port $port is taken by a process this stack did not start"
   log "starting tansu on 127.0.0.1:$port (storage $dir/tansu.db)"
-  (cd "$dir" && start_detached "$dir/tansu.pid" "$dir/tansu.log" \
+  # tansu logs through RUST_LOG too; do not let the services' filter make it chatty.
+  (cd "$dir" && RUST_LOG="${TANSU_LOG:-warn}" start_detached "$dir/tansu.pid" "$dir/tansu.log" \
     tansu broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://tansu.db")
   wait_port 127.0.0.1 "$port" 30 tansu

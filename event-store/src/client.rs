@@ -13,6 +13,9 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Upper bound for admin calls, metadata and deliveries.
     pub timeout: Duration,
+    /// How long a consumer-group member may stay silent before the group moves its
+    /// partitions: the failover time after a crash.
+    pub session_timeout: Duration,
 }
 
 impl KafkaSettings {
@@ -20,6 +23,8 @@ impl KafkaSettings {
         Self {
             brokers: brokers.into(),
             timeout: Duration::from_secs(5),
+            // Apache Kafka's smallest allowed value by default (group.min.session.timeout.ms).
+            session_timeout: Duration::from_secs(6),
         }
     }
 
@@ -61,7 +66,8 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", millis(self.session_timeout))
+            .set("heartbeat.interval.ms", millis(self.session_timeout / 3))
             .set("enable.partition.eof", "false");
         config
     }

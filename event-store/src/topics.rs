@@ -6,7 +6,7 @@
 //!
 //! | topic | partitions | retention | holds |
 //! |---|---|---|---|
-//! | `<prefix><service>.events` | configured | forever (`retention.ms=-1`) | the log of record |
+//! | `<prefix><service>.events` | configured | forever | the log of record |
 //! | `<prefix><service>.commands` | configured | 7 days | commands routed to their writer |
 //! | `<prefix><service>.outcomes` | configured | forever | outcomes of commands that appended no event |
 //! | `<prefix>deadletters` | configured | forever | records a reader could not use |
@@ -14,6 +14,15 @@
 use std::collections::BTreeMap;
 
 use schemas::catalog::SERVICES;
+
+/// `retention.ms` of topics kept forever: Long.MAX_VALUE, about 292 million years.
+///
+/// Not `-1`, Apache Kafka's "infinite": tansu 0.6.0's retention job deletes a record when
+/// `now - timestamp > retention.ms`, which `-1` makes true for every record, and it runs at
+/// broker start and every 10 minutes (measured: a topic with `-1` came back empty, offsets
+/// reset to 0, after a restart; one with this value kept every record). Apache Kafka accepts
+/// any value from -1 up, and treats this one as never.
+pub const FOREVER_MS: i64 = i64::MAX;
 
 /// How long routed commands are kept: long enough to diagnose, short enough not to grow.
 pub const COMMAND_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
@@ -42,7 +51,7 @@ pub struct TopicSpec {
 impl TopicSpec {
     fn new(name: String, role: TopicRole, partitions: i32) -> Self {
         let retention = match role {
-            TopicRole::Events | TopicRole::Outcomes | TopicRole::DeadLetters => -1,
+            TopicRole::Events | TopicRole::Outcomes | TopicRole::DeadLetters => FOREVER_MS,
             TopicRole::Commands => COMMAND_RETENTION_MS,
         };
         let configs = BTreeMap::from([
@@ -151,7 +160,7 @@ pub enum TopicProblem {
         expected: i32,
         found: i32,
     },
-    #[error("topic {topic} has {key}={found}, which {consequence}; it must be {expected}")]
+    #[error("topic {topic} has {key}={found}, {consequence}; it must be {expected}")]
     Config {
         topic: String,
         key: &'static str,
@@ -191,17 +200,22 @@ pub fn check(spec: &TopicSpec, observed: Option<&ObservedTopic>) -> Result<(), T
             key: "cleanup.policy",
             expected: "delete".into(),
             found: policy,
-            consequence: "would compact away events",
+            consequence: "which would compact away events",
         });
     }
     let retention = found("retention.ms");
-    if retention != "-1" {
+    if retention != FOREVER_MS.to_string() {
+        let consequence = if retention == "-1" {
+            "which tansu 0.6.0 treats as zero and deletes every record"
+        } else {
+            "which would delete events after a while"
+        };
         return Err(TopicProblem::Config {
             topic: spec.name.clone(),
             key: "retention.ms",
-            expected: "-1".into(),
+            expected: FOREVER_MS.to_string(),
             found: retention,
-            consequence: "would delete events after a while",
+            consequence,
         });
     }
     Ok(())
@@ -243,13 +257,16 @@ mod tests {
     fn event_topics_are_created_to_keep_everything() {
         let spec = orders_events();
         assert_eq!(spec.configs["cleanup.policy"], "delete");
-        assert_eq!(spec.configs["retention.ms"], "-1");
+        assert_eq!(spec.configs["retention.ms"], "9223372036854775807");
     }
 
     #[test]
     fn preflight_accepts_a_good_topic_and_names_each_fault() {
         let spec = orders_events();
-        let good = [("cleanup.policy", "delete"), ("retention.ms", "-1")];
+        let good = [
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "9223372036854775807"),
+        ];
         assert_eq!(check(&spec, Some(&observed(8, &good))), Ok(()));
 
         assert!(matches!(check(&spec, None), Err(TopicProblem::Missing(_))));
@@ -260,13 +277,20 @@ mod tests {
             "topic t.orders.events has 4 partitions, configured 8"
         );
 
-        let compacted = [("cleanup.policy", "compact"), ("retention.ms", "-1")];
+        let compacted = [
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "9223372036854775807"),
+        ];
         let err = check(&spec, Some(&observed(8, &compacted))).unwrap_err();
         assert!(err.to_string().contains("cleanup.policy=compact"), "{err}");
 
         let finite = [("cleanup.policy", "delete"), ("retention.ms", "604800000")];
         let err = check(&spec, Some(&observed(8, &finite))).unwrap_err();
         assert!(err.to_string().contains("retention.ms=604800000"), "{err}");
+
+        let minus_one = [("cleanup.policy", "delete"), ("retention.ms", "-1")];
+        let err = check(&spec, Some(&observed(8, &minus_one))).unwrap_err();
+        assert!(err.to_string().contains("tansu"), "{err}");
 
         let unreported = check(&spec, Some(&observed(8, &[]))).unwrap_err();
         assert!(unreported.is_fatal());

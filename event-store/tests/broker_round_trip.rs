@@ -65,7 +65,7 @@ async fn created_topics_pass_preflight_with_their_configs_reported() -> anyhow::
     let events = &observed[&format!("{}orders.events", env.topic_prefix)];
     assert_eq!(events.partitions, 3);
     assert_eq!(events.configs["cleanup.policy"], "delete");
-    assert_eq!(events.configs["retention.ms"], "-1");
+    assert_eq!(events.configs["retention.ms"], "9223372036854775807");
     Ok(())
 }
 
@@ -149,5 +149,33 @@ async fn an_event_envelope_comes_back_byte_for_byte_with_its_headers() -> anyhow
     assert_eq!(header_pairs(&message), expected_headers);
     let read_back = EventDocument::from_json(message.payload().context("a value")?)?;
     assert_eq!(read_back.decode::<OrderEvent>()?, event);
+    Ok(())
+}
+
+/// tansu 0.6.0 deletes every record of a topic with `retention.ms=-1` at start and every
+/// ten minutes; the topics we create must keep their records across a broker restart.
+#[tokio::test]
+async fn event_topics_keep_every_record_across_a_broker_restart() -> anyhow::Result<()> {
+    let mut broker = test_support::PrivateBroker::start().await;
+    let settings = KafkaSettings::new(&broker.brokers);
+    let names = TopicNames::new("");
+    TopicAdmin::new(&settings)?.create(&names.all(1), 1).await?;
+    let topic = names.events("orders");
+    let producer: FutureProducer = settings.producer().create()?;
+    for _ in 0..50 {
+        let document = order_placed().to_document();
+        let value = document.to_json();
+        let record = FutureRecord::to(&topic)
+            .key(&document.subject)
+            .payload(&value);
+        producer.send(record, WAIT).await.map_err(|(e, _)| e)?;
+    }
+    drop(producer);
+
+    broker.restart().await;
+    let consumer: StreamConsumer = settings.consumer("after-restart").create()?;
+    let (low, high) =
+        tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, WAIT)).await??;
+    assert_eq!((low, high), (0, 50), "records lost across a restart");
     Ok(())
 }

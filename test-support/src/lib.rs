@@ -108,3 +108,79 @@ mod tests {
         assert_eq!(with_database("postgres://h:5", "t_3"), "postgres://h:5/t_3");
     }
 }
+
+/// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests
+/// that restart or stop the broker (which they must not do to the shared one).
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub brokers: String,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    /// Starts `tansu broker` on a free port with its data in a fresh folder.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("shop-tansu-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a broker folder");
+        let mut broker = Self {
+            brokers: format!("127.0.0.1:{port}"),
+            dir,
+            child: None,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    async fn spawn(&mut self) {
+        let url = format!("tcp://{}", self.brokers);
+        let child = std::process::Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu on PATH (./dev test installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&self.brokers).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("private tansu did not listen on {}", self.brokers);
+    }
+
+    /// Stops the broker the hard way (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and storage.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use schemas::{Command, CommandId, Event, EventId, EventMeta, MessageFamily};
 
 use crate::aggregate::Aggregate;
@@ -18,9 +18,65 @@ use crate::gate::Admission;
 use crate::outcome::Outcome;
 use crate::position::Position;
 
-/// How many outcomes each aggregate remembers for idempotency. A command id is answered
-/// from memory as long as fewer than this many newer commands hit the same aggregate.
-pub const REMEMBERED_OUTCOMES: usize = 32;
+/// How long, and for how many commands at most, a partition remembers outcomes: a command
+/// id seen within the window gets its first outcome back, however many other commands
+/// came since, across restarts and takeovers (the outcomes are rebuilt from the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotencyWindow {
+    pub duration: TimeDelta,
+    /// A hard bound on memory; reaching it forgets the oldest outcomes early (logged).
+    pub max_commands: usize,
+}
+
+impl Default for IdempotencyWindow {
+    /// 24 hours, like the idempotency keys of payment APIs; at most a million commands.
+    fn default() -> Self {
+        Self {
+            duration: TimeDelta::hours(24),
+            max_commands: 1_000_000,
+        }
+    }
+}
+
+/// Outcomes of recent commands, oldest first for eviction.
+#[derive(Debug)]
+struct Remembered<R> {
+    window: IdempotencyWindow,
+    by_id: HashMap<CommandId, Outcome<R>>,
+    order: VecDeque<(DateTime<Utc>, CommandId)>,
+}
+
+impl<R> Remembered<R> {
+    fn new(window: IdempotencyWindow) -> Self {
+        Self {
+            window,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Remembers (or, for a command with several events, updates) an outcome decided at `at`.
+    fn insert(&mut self, command: CommandId, outcome: Outcome<R>, at: DateTime<Utc>) {
+        if self.by_id.insert(command, outcome).is_none() {
+            self.order.push_back((at, command));
+        }
+        let horizon = at - self.window.duration;
+        while let Some(&(when, oldest)) = self.order.front() {
+            let full = self.by_id.len() > self.window.max_commands;
+            if when >= horizon && !full {
+                break;
+            }
+            if full && when >= horizon {
+                tracing::warn!(
+                    max = self.window.max_commands,
+                    "idempotency memory full: forgetting outcomes younger than the window"
+                );
+            }
+            self.order.pop_front();
+            self.by_id.remove(&oldest);
+        }
+    }
+}
 
 /// One aggregate as the writer holds it.
 #[derive(Clone, Debug)]
@@ -28,7 +84,6 @@ pub struct Slot<A: Aggregate> {
     pub version: u64,
     pub state: A::State,
     pub last_position: Option<Position>,
-    pub recent: VecDeque<(CommandId, Outcome<A::Rejection>)>,
 }
 
 impl<A: Aggregate> Default for Slot<A> {
@@ -37,29 +92,6 @@ impl<A: Aggregate> Default for Slot<A> {
             version: 0,
             state: A::State::default(),
             last_position: None,
-            recent: VecDeque::new(),
-        }
-    }
-}
-
-impl<A: Aggregate> Slot<A> {
-    fn outcome_of(&self, command: CommandId) -> Option<&Outcome<A::Rejection>> {
-        self.recent
-            .iter()
-            .rev()
-            .find(|(id, _)| *id == command)
-            .map(|(_, o)| o)
-    }
-
-    /// Remembers (or, for a command with several events, updates) a command's outcome.
-    fn remember(&mut self, command: CommandId, outcome: Outcome<A::Rejection>) {
-        if let Some(entry) = self.recent.iter_mut().find(|(id, _)| *id == command) {
-            entry.1 = outcome;
-            return;
-        }
-        self.recent.push_back((command, outcome));
-        while self.recent.len() > REMEMBERED_OUTCOMES {
-            self.recent.pop_front();
         }
     }
 }
@@ -85,16 +117,18 @@ pub struct PartitionCore<A: Aggregate> {
     pub service: &'static str,
     pub partition: i32,
     slots: HashMap<String, Slot<A>>,
+    remembered: Remembered<A::Rejection>,
     /// The state reflects the event partition up to this offset (exclusive).
     pub next_offset: i64,
 }
 
 impl<A: Aggregate> PartitionCore<A> {
-    pub fn new(partition: i32) -> Self {
+    pub fn new(partition: i32, window: IdempotencyWindow) -> Self {
         Self {
             service: A::Event::SERVICE,
             partition,
             slots: HashMap::new(),
+            remembered: Remembered::new(window),
             next_offset: 0,
         }
     }
@@ -125,8 +159,7 @@ impl<A: Aggregate> PartitionCore<A> {
             }
             seen.insert(command.meta.id, index);
             let aggregate_id = command.payload.aggregate_id();
-            let slot = self.slots.get(&aggregate_id);
-            if let Some(known) = slot.and_then(|s| s.outcome_of(command.meta.id)) {
+            if let Some(known) = self.remembered.by_id.get(&command.meta.id) {
                 plans.push(Plan::Known(known.clone()));
             } else if deciding.insert(aggregate_id.clone()) {
                 plans.push(self.decide(command, aggregate_id, now));
@@ -199,7 +232,8 @@ impl<A: Aggregate> PartitionCore<A> {
                 version: slot.version,
                 position: Some(position),
             };
-            slot.remember(event.meta.command_id, outcome);
+            self.remembered
+                .insert(event.meta.command_id, outcome, event.meta.occurred_at);
         }
         admission
     }
@@ -209,22 +243,20 @@ impl<A: Aggregate> PartitionCore<A> {
         self.next_offset = self.next_offset.max(offset + 1);
     }
 
-    /// Remembers an outcome that appended no event (recorded in the log of outcomes).
-    pub fn remember(&mut self, command: CommandId, outcome: Outcome<A::Rejection>) {
-        let slot = self
-            .slots
-            .entry(outcome.aggregate_id().to_owned())
-            .or_default();
-        slot.remember(command, outcome);
+    /// Remembers an outcome that appended no event (recorded in the log of outcomes),
+    /// decided at `at`.
+    pub fn remember(
+        &mut self,
+        command: CommandId,
+        outcome: Outcome<A::Rejection>,
+        at: DateTime<Utc>,
+    ) {
+        self.remembered.insert(command, outcome, at);
     }
 
-    /// The outcome remembered for `command` on `aggregate_id`, if any.
-    pub fn outcome_of(
-        &self,
-        aggregate_id: &str,
-        command: CommandId,
-    ) -> Option<&Outcome<A::Rejection>> {
-        self.slots.get(aggregate_id)?.outcome_of(command)
+    /// The outcome remembered for `command`, if any.
+    pub fn outcome_of(&self, command: CommandId) -> Option<&Outcome<A::Rejection>> {
+        self.remembered.by_id.get(&command)
     }
 
     /// An `Accepted` outcome for a command that caused no event: the current version.
@@ -304,7 +336,7 @@ mod tests {
 
     #[test]
     fn one_command_per_aggregate_is_decided_per_batch_the_rest_wait() {
-        let mut core = PartitionCore::<Ledger>::new(0);
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
         let plans = core.plan(
             &[
                 command(open("a"), None),
@@ -342,29 +374,24 @@ mod tests {
 
     #[test]
     fn an_expected_version_that_is_not_current_is_a_conflict() {
-        let mut core = PartitionCore::<Ledger>::new(0);
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
         given(&mut core, &[command(open("a"), None)]);
-        let plans = core.plan(
-            &[
-                command(deposit("a", 1), Some(0)),
-                command(deposit("a", 1), Some(1)),
-            ],
-            Utc::now(),
-        );
+        let stale = core.plan(&[command(deposit("a", 1), Some(0))], Utc::now());
         assert!(matches!(
-            &plans[0],
+            &stale[0],
             Plan::Record(Outcome::Conflict {
                 expected: 0,
                 current: 1,
                 ..
             })
         ));
-        assert!(matches!(&plans[1], Plan::Append(events) if events[0].meta.version == 2));
+        let current = core.plan(&[command(deposit("a", 1), Some(1))], Utc::now());
+        assert!(matches!(&current[0], Plan::Append(events) if events[0].meta.version == 2));
     }
 
     #[test]
     fn a_command_id_seen_before_gets_its_outcome_back_and_appends_nothing() {
-        let mut core = PartitionCore::<Ledger>::new(3);
+        let mut core = PartitionCore::<Ledger>::new(3, IdempotencyWindow::default());
         let first = command(open("a"), None);
         given(&mut core, std::slice::from_ref(&first));
         let again = core.plan(&[first.clone(), first.clone()], Utc::now());
@@ -388,7 +415,7 @@ mod tests {
         else {
             panic!("a second open is refused");
         };
-        core.remember(refused.meta.id, outcome.clone());
+        core.remember(refused.meta.id, outcome.clone(), Utc::now());
         assert!(matches!(
             core.plan(&[refused], Utc::now()).remove(0),
             Plan::Known(known) if known == outcome
@@ -398,7 +425,7 @@ mod tests {
     #[test]
     fn the_log_decides_between_two_writers_first_record_wins() {
         // Two writers planned version 2 of "a" on the same state; the log has both.
-        let mut core = PartitionCore::<Ledger>::new(0);
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
         given(&mut core, &[command(open("a"), None)]);
         let ours = core.plan(&[command(deposit("a", 5), None)], Utc::now());
         let theirs = core.plan(&[command(deposit("a", 7), None)], Utc::now());
@@ -415,17 +442,42 @@ mod tests {
     }
 
     #[test]
-    fn remembered_outcomes_are_bounded_per_aggregate() {
-        let mut core = PartitionCore::<Ledger>::new(0);
+    fn outcomes_are_remembered_however_busy_the_aggregate_and_forgotten_after_the_window() {
+        let window = IdempotencyWindow {
+            duration: TimeDelta::hours(1),
+            max_commands: 1000,
+        };
+        let mut core = PartitionCore::<Ledger>::new(0, window);
         let first = command(open("a"), None);
         given(&mut core, std::slice::from_ref(&first));
-        for _ in 0..REMEMBERED_OUTCOMES {
+        for _ in 0..500 {
             given(&mut core, &[command(deposit("a", 1), None)]);
         }
-        assert!(core.outcome_of("a", first.meta.id).is_none());
-        assert_eq!(
-            core.slot("a").map(|s| s.recent.len()),
-            Some(REMEMBERED_OUTCOMES)
+        assert!(
+            core.outcome_of(first.meta.id).is_some(),
+            "500 later commands do not evict it"
         );
+
+        let later = Utc::now() + TimeDelta::hours(2);
+        core.remember(CommandId::new(), core.unchanged("a"), later);
+        assert!(
+            core.outcome_of(first.meta.id).is_none(),
+            "an hour-old outcome is forgotten"
+        );
+    }
+
+    #[test]
+    fn the_memory_cap_forgets_the_oldest_first() {
+        let window = IdempotencyWindow {
+            duration: TimeDelta::hours(1),
+            max_commands: 3,
+        };
+        let mut core = PartitionCore::<Ledger>::new(0, window);
+        let ids: Vec<CommandId> = (0..4).map(|_| CommandId::new()).collect();
+        for id in &ids {
+            core.remember(*id, core.unchanged("a"), Utc::now());
+        }
+        assert!(core.outcome_of(ids[0]).is_none());
+        assert!(ids[1..].iter().all(|id| core.outcome_of(*id).is_some()));
     }
 }

@@ -30,6 +30,7 @@ use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::partitioner::partition_for;
 use crate::topics::TopicNames;
+use crate::writer::core::IdempotencyWindow;
 use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
 use crate::writer::partition::{PartitionWriter, Reply, Request};
@@ -45,6 +46,8 @@ pub struct WriterConfig {
     pub ownership_wait: Duration,
     /// Commands waiting for one partition's writer; beyond this, `execute` sheds load.
     pub queue_capacity: usize,
+    /// How long command ids are recognized.
+    pub idempotency: IdempotencyWindow,
 }
 
 impl WriterConfig {
@@ -55,6 +58,7 @@ impl WriterConfig {
             partitions,
             ownership_wait: Duration::from_secs(10),
             queue_capacity: 4096,
+            idempotency: IdempotencyWindow::default(),
         }
     }
 }
@@ -348,6 +352,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                         PartitionWriter::take_over(
                             log.clone(),
                             &shared.config.topics,
+                            shared.config.idempotency,
                             metrics.clone(),
                         )
                         .await

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use schemas::{
@@ -27,7 +27,7 @@ use crate::gate::Admission;
 use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
-use crate::writer::core::{PartitionCore, Plan};
+use crate::writer::core::{IdempotencyWindow, PartitionCore, Plan};
 use crate::writer::log::{OutgoingRecord, PartitionLog};
 use crate::writer::metrics::WriterMetrics;
 
@@ -61,12 +61,13 @@ impl<A: Aggregate> PartitionWriter<A> {
     pub async fn take_over(
         log: PartitionLog,
         topics: &TopicNames,
+        window: IdempotencyWindow,
         metrics: WriterMetrics,
     ) -> Result<Self, EventStoreError> {
         let started = Instant::now();
         let service = A::Event::SERVICE;
         let mut writer = Self {
-            core: PartitionCore::new(log.partition),
+            core: PartitionCore::new(log.partition, window),
             events_topic: topics.events(service),
             outcomes_topic: topics.outcomes(service),
             log,
@@ -141,8 +142,8 @@ impl<A: Aggregate> PartitionWriter<A> {
         let core = &mut self.core;
         self.log
             .read_range(&self.outcomes_topic, from, end, |message| {
-                if let Some((command, outcome)) = decode_outcome::<A>(message) {
-                    core.remember(command, outcome);
+                if let Some((command, outcome, at)) = decode_outcome::<A>(message) {
+                    core.remember(command, outcome, at);
                 }
             })
             .await
@@ -292,7 +293,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             results[i] = Some(match &admitted {
                 Ok(admitted) if admitted.contains(&event.meta.id) => Ok(self
                     .core
-                    .outcome_of(&event.payload.aggregate_id(), event.meta.command_id)
+                    .outcome_of(event.meta.command_id)
                     .cloned()
                     .expect("an admitted event leaves its command's outcome")),
                 Ok(_) => Err(self.fenced()),
@@ -437,7 +438,8 @@ impl<A: Aggregate> PartitionWriter<A> {
         for (i, outcome, delivery) in pending {
             results[i] = Some(match delivery.await {
                 Ok(Ok(_)) => {
-                    self.core.remember(commands[i].meta.id, outcome.clone());
+                    self.core
+                        .remember(commands[i].meta.id, outcome.clone(), Utc::now());
                     Ok(outcome.clone())
                 }
                 Ok(Err((e, _))) => Err(EventStoreError::from_kafka("record outcome", e)),
@@ -457,10 +459,10 @@ fn decode_event<A: Aggregate>(message: &BorrowedMessage<'_>) -> Option<Event<A::
 
 fn decode_outcome<A: Aggregate>(
     message: &BorrowedMessage<'_>,
-) -> Option<(CommandId, Outcome<A::Rejection>)> {
+) -> Option<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)> {
     let document = OutcomeDocument::from_json(message.payload()?).ok()?;
     let outcome = serde_json::from_value(document.data).ok()?;
-    Some((document.commandid, outcome))
+    Some((document.commandid, outcome, document.time))
 }
 
 fn outcome_document<A: Aggregate>(
