@@ -17,6 +17,7 @@ use crate::aggregate::Aggregate;
 use crate::gate::Admission;
 use crate::outcome::Outcome;
 use crate::position::Position;
+use crate::writer::snapshot::SnapshotCut;
 
 /// How long, and for how many commands at most, a partition remembers outcomes: a command
 /// id seen within the window gets its first outcome back, however many other commands
@@ -60,7 +61,11 @@ impl<R> Remembered<R> {
         if self.by_id.insert(command, outcome).is_none() {
             self.order.push_back((at, command));
         }
-        let horizon = at - self.window.duration;
+        self.forget_before(at - self.window.duration);
+    }
+
+    /// Forgets outcomes decided before `horizon`, and the oldest beyond the cap.
+    fn forget_before(&mut self, horizon: DateTime<Utc>) {
         while let Some(&(when, oldest)) = self.order.front() {
             let full = self.by_id.len() > self.window.max_commands;
             if when >= horizon && !full {
@@ -79,11 +84,22 @@ impl<R> Remembered<R> {
 }
 
 /// One aggregate as the writer holds it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Slot<A: Aggregate> {
     pub version: u64,
     pub state: A::State,
     pub last_position: Option<Position>,
+}
+
+// By hand: a derive would demand `A: Clone`, though only its state is cloned.
+impl<A: Aggregate> Clone for Slot<A> {
+    fn clone(&self) -> Self {
+        Self {
+            version: self.version,
+            state: self.state.clone(),
+            last_position: self.last_position.clone(),
+        }
+    }
 }
 
 impl<A: Aggregate> Default for Slot<A> {
@@ -120,6 +136,12 @@ pub struct PartitionCore<A: Aggregate> {
     remembered: Remembered<A::Rejection>,
     /// The state reflects the event partition up to this offset (exclusive).
     pub next_offset: i64,
+    /// Outcome records are known up to this offset of the outcome partition (exclusive).
+    pub outcomes_next_offset: i64,
+    /// Changed since the last snapshot cut.
+    dirty: HashSet<String>,
+    fresh_outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)>,
+    events_since_cut: u64,
 }
 
 impl<A: Aggregate> PartitionCore<A> {
@@ -130,6 +152,10 @@ impl<A: Aggregate> PartitionCore<A> {
             slots: HashMap::new(),
             remembered: Remembered::new(window),
             next_offset: 0,
+            outcomes_next_offset: 0,
+            dirty: HashSet::new(),
+            fresh_outcomes: Vec::new(),
+            events_since_cut: 0,
         }
     }
 
@@ -232,8 +258,9 @@ impl<A: Aggregate> PartitionCore<A> {
                 version: slot.version,
                 position: Some(position),
             };
-            self.remembered
-                .insert(event.meta.command_id, outcome, event.meta.occurred_at);
+            self.dirty.insert(event.payload.aggregate_id());
+            self.events_since_cut += 1;
+            self.remember(event.meta.command_id, outcome, event.meta.occurred_at);
         }
         admission
     }
@@ -251,7 +278,50 @@ impl<A: Aggregate> PartitionCore<A> {
         outcome: Outcome<A::Rejection>,
         at: DateTime<Utc>,
     ) {
+        self.fresh_outcomes.push((command, outcome.clone(), at));
         self.remembered.insert(command, outcome, at);
+    }
+
+    /// Events applied since the last snapshot cut.
+    pub fn events_since_cut(&self) -> u64 {
+        self.events_since_cut
+    }
+
+    /// What changed since the last cut, as of the current offsets; `None` if nothing did.
+    pub fn take_cut(&mut self, now: DateTime<Utc>) -> Option<SnapshotCut<A>> {
+        if self.dirty.is_empty() && self.fresh_outcomes.is_empty() {
+            return None;
+        }
+        let aggregates = self
+            .dirty
+            .drain()
+            .filter_map(|id| self.slots.get(&id).map(|slot| (id, slot.clone())))
+            .collect();
+        self.events_since_cut = 0;
+        Some(SnapshotCut {
+            partition: self.partition,
+            events_offset: self.next_offset,
+            outcomes_offset: self.outcomes_next_offset,
+            aggregates,
+            outcomes: std::mem::take(&mut self.fresh_outcomes),
+            forget_before: now - self.remembered.window.duration,
+        })
+    }
+
+    /// Forgets what changed so far: the state is exactly what a snapshot holds.
+    pub fn mark_clean(&mut self) {
+        self.dirty.clear();
+        self.fresh_outcomes.clear();
+        self.events_since_cut = 0;
+    }
+
+    /// A cut that could not be saved: its changes go into the next one.
+    pub fn return_cut(&mut self, cut: SnapshotCut<A>) {
+        self.dirty
+            .extend(cut.aggregates.into_iter().map(|(id, _)| id));
+        let mut outcomes = cut.outcomes;
+        outcomes.append(&mut self.fresh_outcomes);
+        self.fresh_outcomes = outcomes;
     }
 
     /// The outcome remembered for `command`, if any.

@@ -33,7 +33,8 @@ use crate::topics::TopicNames;
 use crate::writer::core::IdempotencyWindow;
 use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
-use crate::writer::partition::{PartitionWriter, Reply, Request};
+use crate::writer::partition::{PartitionWriter, Reply, Request, SnapshotPolicy};
+use crate::writer::snapshot::Snapshots;
 
 /// How a write model is set up.
 #[derive(Clone, Debug)]
@@ -48,6 +49,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// How long command ids are recognized.
     pub idempotency: IdempotencyWindow,
+    /// Where partition snapshots are kept; without, a takeover replays the whole partition.
+    pub snapshots: Snapshots,
+    pub snapshot_policy: SnapshotPolicy,
 }
 
 impl WriterConfig {
@@ -59,6 +63,8 @@ impl WriterConfig {
             ownership_wait: Duration::from_secs(10),
             queue_capacity: 4096,
             idempotency: IdempotencyWindow::default(),
+            snapshots: None,
+            snapshot_policy: SnapshotPolicy::default(),
         }
     }
 }
@@ -353,6 +359,8 @@ impl<A: Aggregate> WriterRuntime<A> {
                             log.clone(),
                             &shared.config.topics,
                             shared.config.idempotency,
+                            shared.config.snapshots.clone(),
+                            shared.config.snapshot_policy,
                             metrics.clone(),
                         )
                         .await

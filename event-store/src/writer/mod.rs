@@ -6,3 +6,4 @@ pub mod host;
 pub mod log;
 pub mod metrics;
 pub mod partition;
+pub mod snapshot;

@@ -9,7 +9,7 @@
 //! all survived; the others get [`EventStoreError::Fenced`] and nothing of them holds.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::Message;
@@ -19,6 +19,7 @@ use schemas::{
     envelope::{DATA_CONTENT_TYPE, SPEC_VERSION, source_of},
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregate;
@@ -30,6 +31,7 @@ use crate::topics::TopicNames;
 use crate::writer::core::{IdempotencyWindow, PartitionCore, Plan};
 use crate::writer::log::{OutgoingRecord, PartitionLog};
 use crate::writer::metrics::WriterMetrics;
+use crate::writer::snapshot::{SnapshotCut, Snapshots};
 
 pub type Reply<A> = Result<Outcome<<A as Aggregate>::Rejection>, EventStoreError>;
 
@@ -43,6 +45,24 @@ pub struct Request<A: Aggregate> {
 /// How many queued commands one batch takes at most.
 const MAX_BATCH: usize = 512;
 
+/// When a partition writer cuts a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// After this many applied events...
+    pub every_events: u64,
+    /// ...or this long after the last cut, if anything changed.
+    pub every: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            every_events: 10_000,
+            every: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct PartitionWriter<A: Aggregate> {
     core: PartitionCore<A>,
@@ -53,29 +73,47 @@ pub struct PartitionWriter<A: Aggregate> {
     /// Set when the writer may be behind its partition (a failed append or read): it
     /// catches up before deciding anything else.
     behind: bool,
+    snapshots: Snapshots,
+    policy: SnapshotPolicy,
+    last_cut: Instant,
+    saving: Option<JoinHandle<Result<(), (EventStoreError, SnapshotCut<A>)>>>,
 }
 
 impl<A: Aggregate> PartitionWriter<A> {
-    /// Builds the partition's state from its log: every event by the reader rule, every
-    /// recorded outcome.
+    /// Builds the partition's state: from its last snapshot when there is one, then the
+    /// events and recorded outcomes after it, by the reader rule.
     pub async fn take_over(
         log: PartitionLog,
         topics: &TopicNames,
         window: IdempotencyWindow,
+        snapshots: Snapshots,
+        policy: SnapshotPolicy,
         metrics: WriterMetrics,
     ) -> Result<Self, EventStoreError> {
         let started = Instant::now();
         let service = A::Event::SERVICE;
+        let partition = log.partition;
+        let restored = match &snapshots {
+            Some(store) => store.load::<A>(partition, window).await?,
+            None => None,
+        };
+        let from_snapshot = restored.is_some();
         let mut writer = Self {
-            core: PartitionCore::new(log.partition, window),
+            core: restored.unwrap_or_else(|| PartitionCore::new(partition, window)),
             events_topic: topics.events(service),
             outcomes_topic: topics.outcomes(service),
             log,
             metrics,
             behind: true,
+            snapshots,
+            policy,
+            last_cut: Instant::now(),
+            saving: None,
         };
         writer.catch_up().await?;
-        writer.read_outcomes(0).await?;
+        writer
+            .read_outcomes(writer.core.outcomes_next_offset)
+            .await?;
         let labels = writer.metrics.labels();
         writer
             .metrics
@@ -84,7 +122,8 @@ impl<A: Aggregate> PartitionWriter<A> {
             .observe(started.elapsed().as_secs_f64());
         tracing::info!(
             service,
-            partition = writer.core.partition,
+            partition,
+            from_snapshot,
             next_offset = writer.core.next_offset,
             seconds = started.elapsed().as_secs_f64(),
             "partition taken over"
@@ -123,9 +162,59 @@ impl<A: Aggregate> PartitionWriter<A> {
                 }
             }
             self.process(batch).await;
+            self.maybe_snapshot().await;
         }
         // Whatever is still queued was not decided: its callers retry elsewhere.
+        self.final_snapshot().await;
         self
+    }
+
+    /// Cuts and saves a snapshot in the background when the policy says so; one at a time.
+    async fn maybe_snapshot(&mut self) {
+        let Some(store) = self.snapshots.clone() else {
+            return;
+        };
+        if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
+            return;
+        }
+        if let Some(finished) = self.saving.take() {
+            // Finished: this await returns at once.
+            self.settle_save(finished.await.ok());
+        }
+        let due = self.core.events_since_cut() >= self.policy.every_events
+            || self.last_cut.elapsed() >= self.policy.every;
+        if !due {
+            return;
+        }
+        self.last_cut = Instant::now();
+        if let Some(cut) = self.core.take_cut(Utc::now()) {
+            self.saving = Some(tokio::spawn(async move {
+                store.save(&cut).await.map_err(|e| (e, cut))
+            }));
+        }
+    }
+
+    fn settle_save(&mut self, result: Option<Result<(), (EventStoreError, SnapshotCut<A>)>>) {
+        if let Some(Err((e, cut))) = result {
+            tracing::warn!(partition = self.core.partition, error = %e, "snapshot not saved; retrying later");
+            self.core.return_cut(cut);
+        }
+    }
+
+    /// On leaving a partition: save what changed, so the next owner replays less.
+    async fn final_snapshot(&mut self) {
+        let Some(store) = self.snapshots.clone() else {
+            return;
+        };
+        if let Some(saving) = self.saving.take() {
+            self.settle_save(saving.await.ok());
+        }
+        if let Some(cut) = self.core.take_cut(Utc::now()) {
+            let saved = tokio::time::timeout(Duration::from_secs(5), store.save(&cut)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                self.core.return_cut(cut);
+            }
+        }
     }
 
     /// Reads the event partition from where the state ends to the current end.
@@ -139,14 +228,23 @@ impl<A: Aggregate> PartitionWriter<A> {
 
     async fn read_outcomes(&mut self, from: i64) -> Result<(), EventStoreError> {
         let end = self.log.end_offset(&self.outcomes_topic).await?;
+        self.read_outcome_range(from, end).await
+    }
+
+    /// Remembers the recorded outcomes in `[from, to)`; the first outcome of a command wins.
+    async fn read_outcome_range(&mut self, from: i64, to: i64) -> Result<(), EventStoreError> {
         let core = &mut self.core;
         self.log
-            .read_range(&self.outcomes_topic, from, end, |message| {
-                if let Some((command, outcome, at)) = decode_outcome::<A>(message) {
+            .read_range(&self.outcomes_topic, from, to, |message| {
+                if let Some((command, outcome, at)) = decode_outcome::<A>(message)
+                    && core.outcome_of(command).is_none()
+                {
                     core.remember(command, outcome, at);
                 }
             })
-            .await
+            .await?;
+        self.core.outcomes_next_offset = self.core.outcomes_next_offset.max(to);
+        Ok(())
     }
 
     /// Applies the event records in `[from, to)` by the reader rule; returns which of the
@@ -435,9 +533,11 @@ impl<A: Aggregate> PartitionWriter<A> {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
+        let mut offsets = Vec::new();
         for (i, outcome, delivery) in pending {
             results[i] = Some(match delivery.await {
-                Ok(Ok(_)) => {
+                Ok(Ok(delivery)) => {
+                    offsets.push(delivery.offset);
                     self.core
                         .remember(commands[i].meta.id, outcome.clone(), Utc::now());
                     Ok(outcome.clone())
@@ -448,6 +548,24 @@ impl<A: Aggregate> PartitionWriter<A> {
                     reason: "producer shut down".into(),
                 }),
             });
+        }
+        self.note_outcome_offsets(offsets).await;
+    }
+
+    /// Another writer may have recorded outcomes between ours: remember them too (a
+    /// command's first recorded outcome wins), so a retry gets what its caller was told.
+    async fn note_outcome_offsets(&mut self, mut offsets: Vec<i64>) {
+        offsets.sort_unstable();
+        let Some(&last) = offsets.last() else { return };
+        let start = self.core.outcomes_next_offset;
+        let contiguous = offsets
+            .iter()
+            .enumerate()
+            .all(|(i, o)| *o == start + i as i64);
+        if contiguous {
+            self.core.outcomes_next_offset = last + 1;
+        } else if let Err(e) = self.read_outcome_range(start, last + 1).await {
+            tracing::warn!(error = %e, "could not read outcomes another writer recorded");
         }
     }
 }

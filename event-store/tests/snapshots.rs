@@ -1,0 +1,149 @@
+//! Snapshots on the real broker and Postgres: a writer leaving its partition saves what
+//! changed; the next owner starts from the snapshot and replays only the tail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use event_store::outcome::Outcome;
+use event_store::sample::{Deposit, Ledger, LedgerCommand, OpenAccount, Withdraw};
+use event_store::writer::core::IdempotencyWindow;
+use event_store::writer::host::{WriteModel, WriterConfig};
+use event_store::writer::log::PartitionLog;
+use event_store::writer::metrics::WriterMetrics;
+use event_store::writer::partition::{PartitionWriter, SnapshotPolicy};
+use event_store::writer::snapshot::SnapshotStore;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::producer::FutureProducer;
+use schemas::{Command, CommandId, CommandMeta, CorrelationId, TraceParent};
+use test_support::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+fn command(payload: LedgerCommand) -> Command<LedgerCommand> {
+    Command {
+        meta: CommandMeta {
+            id: CommandId::new(),
+            issuer: "/test".into(),
+            expected_version: None,
+            issued_at: Utc::now(),
+            correlation_id: CorrelationId::new(),
+            causation_id: uuid::Uuid::now_v7(),
+            traceparent: TraceParent::new_root(),
+        },
+        payload,
+    }
+}
+
+fn deposit(account: &str, amount: u64) -> Command<LedgerCommand> {
+    command(
+        Deposit {
+            account_id: account.into(),
+            amount,
+        }
+        .into(),
+    )
+}
+
+#[tokio::test]
+async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    SnapshotStore::migrator().run(&pool).await?;
+    let store = Arc::new(SnapshotStore::new(pool.clone()));
+    let settings = KafkaSettings::new(&env.brokers);
+    let topics = TopicNames::new(&env.topic_prefix);
+    TopicAdmin::new(&settings)?
+        .create(&topics.for_services(&["ledger"], 1), 1)
+        .await?;
+    let mut config = WriterConfig::new(settings.clone(), topics.clone(), 1);
+    config.snapshots = Some(Arc::clone(&store));
+    config.snapshot_policy = SnapshotPolicy {
+        every_events: 10,
+        every: Duration::from_secs(3600),
+    };
+
+    let (model, runtime) =
+        WriteModel::<Ledger>::new(config.clone(), WriterMetrics::unregistered("ledger"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runtime.run(stop.clone()));
+    let opened = command(
+        OpenAccount {
+            account_id: "acc".into(),
+        }
+        .into(),
+    );
+    let first_outcome = model.execute(opened.clone()).await?;
+    for amount in 1..=24 {
+        model.execute(deposit("acc", amount)).await?;
+    }
+    let refused = command(
+        Withdraw {
+            account_id: "acc".into(),
+            amount: 10_000,
+        }
+        .into(),
+    );
+    let refusal = model.execute(refused.clone()).await?;
+    // Leaving the partition saves what changed since the last cut.
+    stop.cancel();
+    task.await?;
+
+    let (events_offset, version): (i64, i64) = sqlx::query_as(
+        "SELECT s.events_offset, a.version FROM event_store.snapshots s \
+         JOIN event_store.snapshot_aggregates a USING (service, partition) \
+         WHERE s.service = 'ledger' AND a.aggregate_id = 'acc'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        (events_offset, version),
+        (25, 25),
+        "the snapshot covers all 25 events"
+    );
+
+    // The tail: events the snapshot does not cover, written by a later owner.
+    let (model, runtime) = WriteModel::<Ledger>::new(
+        WriterConfig::new(settings.clone(), topics.clone(), 1),
+        WriterMetrics::unregistered("ledger"),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runtime.run(stop.clone()));
+    model.execute(deposit("acc", 1000)).await?;
+    stop.cancel();
+    task.await?;
+
+    // Tamper with the snapshot: if the next owner read the log from the start instead,
+    // it could not know this balance.
+    sqlx::query(
+        "UPDATE event_store.snapshot_aggregates SET state = jsonb_set(state, '{balance}', '5000') \
+         WHERE aggregate_id = 'acc'",
+    )
+    .execute(&pool)
+    .await?;
+    let producer: FutureProducer = settings.producer().create()?;
+    let writer = PartitionWriter::<Ledger>::take_over(
+        PartitionLog::new(producer, settings.clone(), 0),
+        &topics,
+        IdempotencyWindow::default(),
+        Some(Arc::clone(&store)),
+        SnapshotPolicy::default(),
+        WriterMetrics::unregistered("ledger"),
+    )
+    .await?;
+    let slot = writer.core().slot("acc").expect("the account");
+    assert_eq!(
+        slot.state.balance,
+        5000 + 1000,
+        "snapshot state plus the replayed tail"
+    );
+    assert_eq!(slot.version, 26);
+    assert_eq!(writer.core().next_offset, 26);
+    // Outcomes from before the snapshot are still answered the same.
+    assert_eq!(
+        writer.core().outcome_of(opened.meta.id),
+        Some(&first_outcome)
+    );
+    assert_eq!(writer.core().outcome_of(refused.meta.id), Some(&refusal));
+    assert!(matches!(refusal, Outcome::Rejected { .. }));
+    Ok(())
+}
