@@ -76,8 +76,11 @@ pub struct PartitionWriter<A: Aggregate> {
     snapshots: Snapshots,
     policy: SnapshotPolicy,
     last_cut: Instant,
-    saving: Option<JoinHandle<Result<(), (EventStoreError, SnapshotCut<A>)>>>,
+    saving: Option<JoinHandle<SaveResult<A>>>,
 }
+
+/// A background snapshot save; a failed cut comes back to be merged into the next one.
+type SaveResult<A> = Result<(), (EventStoreError, SnapshotCut<A>)>;
 
 impl<A: Aggregate> PartitionWriter<A> {
     /// Builds the partition's state: from its last snapshot when there is one, then the
@@ -194,7 +197,7 @@ impl<A: Aggregate> PartitionWriter<A> {
         }
     }
 
-    fn settle_save(&mut self, result: Option<Result<(), (EventStoreError, SnapshotCut<A>)>>) {
+    fn settle_save(&mut self, result: Option<SaveResult<A>>) {
         if let Some(Err((e, cut))) = result {
             tracing::warn!(partition = self.core.partition, error = %e, "snapshot not saved; retrying later");
             self.core.return_cut(cut);
