@@ -6,6 +6,13 @@
 //! - [`admin`]: creating and describing topics through the admin API, with bounded waits;
 //! - [`client`]: the librdkafka configurations (idempotent producer, manual-offset consumer);
 //! - [`record`]: envelope <-> Kafka record (key, value, headers);
+//! - [`aggregate`], [`writer`]: the write side: one writer per partition ([`writer::host`])
+//!   deciding on its own state ([`writer::core`]), confirming appends ([`writer::partition`]),
+//!   snapshots ([`writer::snapshot`]); [`partitioner`], [`position`], [`outcome`] describe it;
+//! - [`gate`]: the reader rule every reader applies (next contiguous version, first wins);
+//! - [`subscription`]: the read side's consumer: decoded batches, reader-owned offsets,
+//!   dead letters;
+//! - [`sample`]: a ledger aggregate that exercises the store without any shop domain;
 //! - [`error`]: the one error type, whose variants are outcomes.
 
 pub mod admin;
@@ -18,6 +25,7 @@ pub mod partitioner;
 pub mod position;
 pub mod record;
 pub mod sample;
+pub mod subscription;
 pub mod topics;
 pub mod writer;
 

@@ -1,0 +1,325 @@
+//! Subscriptions: how readers (projectors, the saga) consume the log. A subscription
+//! delivers decoded, upcast envelopes in batches with their positions; it never commits or
+//! stores an offset itself. The reader keeps its offsets next to its state (one Postgres
+//! transaction) and hands them back: at start, and after each commit, so that a partition
+//! assigned later starts exactly where the reader's state ends.
+//!
+//! A record that cannot be decoded is not the reader's problem to guess at: it goes to the
+//! dead-letter topic, unchanged, with headers naming the error, the reader and its original
+//! position, and the batch's offsets move past it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::{DecodeError, Event, EventDocument, MessageFamily};
+
+use crate::client::KafkaSettings;
+use crate::error::EventStoreError;
+
+/// A topic partition.
+pub type TopicPartition = (String, i32);
+
+/// Next offset to read, per topic partition.
+pub type Offsets = HashMap<TopicPartition, i64>;
+
+/// What a subscription turns records into.
+pub trait Decodable: Sized + Send + 'static {
+    fn decode(document: EventDocument) -> Result<Self, DecodeError>;
+}
+
+impl<E: MessageFamily + Send + 'static> Decodable for Event<E> {
+    fn decode(document: EventDocument) -> Result<Self, DecodeError> {
+        document.decode::<E>()
+    }
+}
+
+/// One decoded record and where it was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivered<T> {
+    pub item: T,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Records consumed together.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub delivered: Vec<Delivered<T>>,
+    /// The next offset of every partition the batch touched, dead letters included: what
+    /// the reader stores with the state the batch produced.
+    pub next_offsets: BTreeMap<TopicPartition, i64>,
+    pub dead_lettered: usize,
+}
+
+impl<T> Batch<T> {
+    pub fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+}
+
+/// Seeds every assignment with the reader's own offsets.
+struct SubscriptionContext {
+    known: Arc<Mutex<Offsets>>,
+}
+
+impl ClientContext for SubscriptionContext {}
+
+impl ConsumerContext for SubscriptionContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned: Vec<TopicPartition> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let known = self.known.lock().expect("offsets lock");
+                for (topic, partition) in assigned {
+                    let offset = known
+                        .get(&(topic.clone(), partition))
+                        .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                    let _ = tpl.set_partition_offset(&topic, partition, offset);
+                }
+                drop(known);
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "could not take the assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "could not release revoked partitions");
+                }
+            }
+            other => tracing::warn!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// A reader's view of some topics.
+pub struct Subscription<T: Decodable> {
+    consumer: Arc<StreamConsumer<SubscriptionContext>>,
+    dead_letters: FutureProducer,
+    dead_letter_topic: String,
+    reader: String,
+    known: Arc<Mutex<Offsets>>,
+    timeout: Duration,
+    _decodes: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Decodable> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Decodable> Subscription<T> {
+    /// Joins consumer group `group` on `topics`, starting every partition at the offset in
+    /// `stored` (or the beginning when the reader has none).
+    pub fn start(
+        settings: &KafkaSettings,
+        group: &str,
+        topics: &[String],
+        dead_letter_topic: String,
+        stored: Offsets,
+    ) -> Result<Self, EventStoreError> {
+        let known = Arc::new(Mutex::new(stored));
+        let mut config = settings.consumer(group);
+        config.set("fetch.wait.max.ms", "50");
+        let consumer: StreamConsumer<SubscriptionContext> = config
+            .create_with_context(SubscriptionContext {
+                known: Arc::clone(&known),
+            })
+            .map_err(|e| EventStoreError::from_kafka("subscribe", e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| EventStoreError::from_kafka("subscribe", e))?;
+        let dead_letters = settings
+            .producer()
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            dead_letters,
+            dead_letter_topic,
+            reader: group.to_owned(),
+            known,
+            timeout: settings.timeout,
+            _decodes: std::marker::PhantomData,
+        })
+    }
+
+    /// Tells the subscription the reader stored these offsets; a partition assigned later
+    /// starts there.
+    pub fn stored(&self, next_offsets: &BTreeMap<TopicPartition, i64>) {
+        let mut known = self.known.lock().expect("offsets lock");
+        for (key, offset) in next_offsets {
+            known.insert(key.clone(), *offset);
+        }
+    }
+
+    /// Partitions assigned to this reader now.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Up to `max` records: waits up to `wait` for the first, then takes what follows
+    /// within `linger` of the previous one. An empty batch means nothing arrived.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        linger: Duration,
+    ) -> Result<Batch<T>, EventStoreError> {
+        let mut batch = Batch {
+            delivered: Vec::new(),
+            next_offsets: BTreeMap::new(),
+            dead_lettered: 0,
+        };
+        let mut pending_dead = Vec::new();
+        let mut window = wait;
+        while batch.delivered.len() + batch.dead_lettered < max {
+            let message = match tokio::time::timeout(window, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(EventStoreError::from_kafka("consume", e)),
+                Ok(Ok(message)) => message,
+            };
+            window = linger;
+            let key = (message.topic().to_owned(), message.partition());
+            let offset = message.offset();
+            if self
+                .known
+                .lock()
+                .expect("offsets lock")
+                .get(&key)
+                .is_some_and(|next| offset < *next)
+            {
+                continue; // Already part of the reader's stored state.
+            }
+            batch.next_offsets.insert(key.clone(), offset + 1);
+            match decode::<T>(&message) {
+                Ok(item) => batch.delivered.push(Delivered {
+                    item,
+                    topic: key.0,
+                    partition: key.1,
+                    offset,
+                }),
+                Err(error) => {
+                    batch.dead_lettered += 1;
+                    pending_dead.push(self.dead_letter(&message, &error)?);
+                }
+            }
+        }
+        for delivery in pending_dead {
+            delivery
+                .await
+                .map_err(|_| EventStoreError::Unavailable {
+                    operation: "dead-letter",
+                    reason: "producer shut down".into(),
+                })?
+                .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))?;
+        }
+        Ok(batch)
+    }
+
+    /// Sends a record, as it was, to the dead-letter topic with why and where it was.
+    fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &DecodeError,
+    ) -> Result<rdkafka::producer::DeliveryFuture, EventStoreError> {
+        tracing::warn!(
+            reader = %self.reader,
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            %error,
+            "record cannot be decoded; sent to the dead letters"
+        );
+        let mut headers = message
+            .headers()
+            .map(|h| {
+                h.iter().fold(OwnedHeaders::new(), |acc, header| {
+                    acc.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    })
+                })
+            })
+            .unwrap_or_default();
+        for (key, value) in [
+            ("dlq_reader", self.reader.clone()),
+            ("dlq_error", error.to_string()),
+            ("dlq_topic", message.topic().to_owned()),
+            ("dlq_partition", message.partition().to_string()),
+            ("dlq_offset", message.offset().to_string()),
+            ("dlq_time", Utc::now().to_rfc3339()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let payload = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let record = FutureRecord::to(&self.dead_letter_topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.dead_letters
+            .send_result(record)
+            .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))
+    }
+
+    /// The end of each assigned partition: for lag.
+    pub async fn high_watermarks(&self) -> Result<Offsets, EventStoreError> {
+        let consumer = Arc::clone(&self.consumer);
+        let (assigned, timeout) = (self.assignment(), self.timeout);
+        // librdkafka's watermark call blocks its thread.
+        tokio::task::spawn_blocking(move || {
+            let mut ends = Offsets::new();
+            for (topic, partition) in assigned {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))?;
+                ends.insert((topic, partition), high);
+            }
+            Ok(ends)
+        })
+        .await
+        .map_err(|e| EventStoreError::Unavailable {
+            operation: "fetch watermarks",
+            reason: e.to_string(),
+        })?
+    }
+}
+
+fn decode<T: Decodable>(message: &BorrowedMessage<'_>) -> Result<T, DecodeError> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| DecodeError::Malformed("a record without a value".into()))?;
+    T::decode(EventDocument::from_json(payload)?)
+}
