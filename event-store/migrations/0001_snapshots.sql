@@ -26,13 +26,15 @@ CREATE TABLE event_store.snapshot_aggregates (
     PRIMARY KEY (service, partition, aggregate_id)
 );
 
-CREATE TABLE event_store.snapshot_outcomes (
-    service    text        NOT NULL,
-    partition  integer     NOT NULL,
-    command_id uuid        NOT NULL,
-    outcome    jsonb       NOT NULL,
-    decided_at timestamptz NOT NULL,
-    PRIMARY KEY (service, partition, command_id)
+-- Outcomes remembered for idempotency, in chunks: one row holds the outcomes a cut added
+-- (as a JSON array of [command id, outcome, decided at]), because a busy partition has a
+-- million of them in its window and a row each would make loading a snapshot slow.
+CREATE TABLE event_store.snapshot_outcome_chunks (
+    service   text        NOT NULL,
+    partition integer     NOT NULL,
+    chunk     bigserial,
+    -- The newest decision in the chunk: the chunk expires with it.
+    newest    timestamptz NOT NULL,
+    outcomes  bytea       NOT NULL,
+    PRIMARY KEY (service, partition, chunk)
 );
-
-CREATE INDEX snapshot_outcomes_by_age ON event_store.snapshot_outcomes (service, partition, decided_at);

@@ -132,7 +132,8 @@ impl PartitionLog {
         config
             .set("fetch.wait.max.ms", "10")
             .set("fetch.min.bytes", "1")
-            .set("queued.max.messages.kbytes", "65536");
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("queued.max.messages.kbytes", "131072");
         let consumer: StreamConsumer = config
             .create()
             .map_err(|e| EventStoreError::from_kafka("read", e))?;

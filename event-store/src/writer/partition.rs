@@ -149,6 +149,8 @@ impl<A: Aggregate> PartitionWriter<A> {
         mut queue: mpsc::Receiver<Request<A>>,
         stop: CancellationToken,
     ) -> Self {
+        // A takeover that replayed a long tail saves it before the first command.
+        self.maybe_snapshot().await;
         loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break,
@@ -213,7 +215,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             self.settle_save(saving.await.ok());
         }
         if let Some(cut) = self.core.take_cut(Utc::now()) {
-            let saved = tokio::time::timeout(Duration::from_secs(5), store.save(&cut)).await;
+            let saved = tokio::time::timeout(Duration::from_secs(30), store.save(&cut)).await;
             if !matches!(saved, Ok(Ok(()))) {
                 self.core.return_cut(cut);
             }

@@ -22,6 +22,10 @@ use crate::writer::core::{IdempotencyWindow, PartitionCore, Slot};
 /// The Postgres schema of the snapshot tables.
 pub const SCHEMA: &str = "event_store";
 
+/// Outcomes per stored chunk: small enough to write in one statement, few enough rows
+/// that loading a million of them is a handful of reads.
+const OUTCOMES_PER_CHUNK: usize = 50_000;
+
 /// What changed in one partition since the previous cut, as of its offsets.
 #[derive(Debug)]
 pub struct SnapshotCut<A: Aggregate> {
@@ -108,24 +112,22 @@ impl SnapshotStore {
             core.restore(row.get("aggregate_id"), slot);
         }
 
-        let outcomes = sqlx::query(
-            "SELECT command_id, outcome::text AS outcome, decided_at \
-             FROM event_store.snapshot_outcomes WHERE service = $1 AND partition = $2 \
-             ORDER BY decided_at",
+        let chunks = sqlx::query(
+            "SELECT outcomes FROM event_store.snapshot_outcome_chunks \
+             WHERE service = $1 AND partition = $2 ORDER BY chunk",
         )
         .bind(service)
         .bind(partition)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable("load snapshot"))?;
-        for row in outcomes {
-            let outcome: String = row.get("outcome");
-            let id: uuid::Uuid = row.get("command_id");
-            core.remember(
-                CommandId::from(id),
-                serde_json::from_str(&outcome).map_err(corrupt)?,
-                row.get("decided_at"),
-            );
+        for row in chunks {
+            let bytes: Vec<u8> = row.get("outcomes");
+            let outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)> =
+                serde_json::from_slice(&bytes).map_err(corrupt)?;
+            for (command, outcome, at) in outcomes {
+                core.remember(command, outcome, at);
+            }
         }
         core.mark_clean();
         Ok(Some(core))
@@ -176,33 +178,24 @@ impl SnapshotStore {
         .await
         .map_err(unavailable("save snapshot"))?;
 
-        let commands: Vec<uuid::Uuid> =
-            cut.outcomes.iter().map(|(id, _, _)| id.as_uuid()).collect();
-        let outcomes = cut
-            .outcomes
-            .iter()
-            .map(|(_, o, _)| serde_json::to_string(o))
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(corrupt)?;
-        let decided: Vec<DateTime<Utc>> = cut.outcomes.iter().map(|(_, _, at)| *at).collect();
+        for chunk in cut.outcomes.chunks(OUTCOMES_PER_CHUNK) {
+            let newest = chunk.iter().map(|(_, _, at)| *at).max();
+            let bytes = serde_json::to_vec(chunk).map_err(corrupt)?;
+            sqlx::query(
+                "INSERT INTO event_store.snapshot_outcome_chunks \
+                   (service, partition, newest, outcomes) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(service)
+            .bind(cut.partition)
+            .bind(newest)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable("save snapshot"))?;
+        }
         sqlx::query(
-            "INSERT INTO event_store.snapshot_outcomes (service, partition, command_id, outcome, decided_at) \
-             SELECT $1, $2, o.id, o.outcome::jsonb, o.at \
-             FROM UNNEST($3::uuid[], $4::text[], $5::timestamptz[]) AS o(id, outcome, at) \
-             ON CONFLICT (service, partition, command_id) DO NOTHING",
-        )
-        .bind(service)
-        .bind(cut.partition)
-        .bind(&commands)
-        .bind(&outcomes)
-        .bind(&decided)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable("save snapshot"))?;
-
-        sqlx::query(
-            "DELETE FROM event_store.snapshot_outcomes \
-             WHERE service = $1 AND partition = $2 AND decided_at < $3",
+            "DELETE FROM event_store.snapshot_outcome_chunks \
+             WHERE service = $1 AND partition = $2 AND newest < $3",
         )
         .bind(service)
         .bind(cut.partition)
