@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_store::sample::{AccountOpened, Ledger, LedgerEvent};
-use event_store::writer::core::IdempotencyWindow;
 use event_store::writer::log::PartitionLog;
 use event_store::writer::metrics::WriterMetrics;
-use event_store::writer::partition::{PartitionWriter, SnapshotPolicy};
+use event_store::writer::partition::{PartitionSettings, PartitionWriter};
 use event_store::writer::snapshot::SnapshotStore;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -98,9 +97,10 @@ async fn take_over(
     let writer = PartitionWriter::<Ledger>::take_over(
         PartitionLog::new(producer.clone(), settings.clone(), 0),
         &TopicNames::new(""),
-        IdempotencyWindow::default(),
-        snapshots,
-        SnapshotPolicy::default(),
+        &PartitionSettings {
+            snapshots,
+            ..PartitionSettings::default()
+        },
         WriterMetrics::unregistered("ledger"),
     )
     .await?;

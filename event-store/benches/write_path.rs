@@ -25,6 +25,9 @@ const ACCOUNTS: usize = 2_000;
 const COMMANDS: usize = 20_000;
 const CONCURRENCY: usize = 64;
 
+/// Key, value and headers of one raw record.
+type RawRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
+
 struct Run {
     seconds: f64,
     latencies: Vec<Duration>,
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             meta: open.meta,
             payload: OpenAccount {
                 account_id: account.clone(),
+                initial_deposit: None,
             }
             .into(),
         };
@@ -105,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     // Raw: the same event records (and headers), idempotent, acks=all, same concurrency.
     let producer: FutureProducer = settings.producer().create()?;
     let raw_topic = raw_topics.events("ledger");
-    let records: Arc<Vec<(String, Vec<u8>, Vec<(&'static str, String)>)>> = Arc::new(
+    let records: Arc<Vec<RawRecord>> = Arc::new(
         (0..COMMANDS)
             .map(|i| {
                 let account = &accounts[i % ACCOUNTS];

@@ -56,6 +56,17 @@ impl KafkaSettings {
         config
     }
 
+    /// A transactional producer for `transactional_id`: when a new producer with the same
+    /// id initializes, the broker fences the old one, so a paused writer's transactions can
+    /// never commit after its partition moved.
+    pub fn transactional_producer(&self, transactional_id: &str) -> ClientConfig {
+        let mut config = self.producer();
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000");
+        config
+    }
+
     /// A consumer in `group` that never commits or stores offsets on its own: readers
     /// keep their position next to their state (Postgres) or commit it explicitly.
     pub fn consumer(&self, group: &str) -> ClientConfig {

@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
 
-/// Open an account.
+/// Open an account, optionally with money in it: then the command causes two events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OpenAccount {
     pub account_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_deposit: Option<u64>,
 }
 
 /// Put money in.
@@ -86,12 +88,21 @@ impl Aggregate for Ledger {
     ) -> Result<Vec<LedgerEvent>, LedgerRejection> {
         match command {
             LedgerCommand::OpenAccount(_) if state.open => Err(LedgerRejection::AlreadyOpen),
-            LedgerCommand::OpenAccount(c) => Ok(vec![
-                AccountOpened {
+            LedgerCommand::OpenAccount(c) => {
+                let opened = AccountOpened {
                     account_id: c.account_id.clone(),
-                }
-                .into(),
-            ]),
+                };
+                let deposited = c
+                    .initial_deposit
+                    .filter(|amount| *amount > 0)
+                    .map(|amount| Deposited {
+                        account_id: c.account_id.clone(),
+                        amount,
+                    });
+                Ok(std::iter::once(opened.into())
+                    .chain(deposited.map(Into::into))
+                    .collect())
+            }
             _ if !state.open => Err(LedgerRejection::NotOpen),
             LedgerCommand::Deposit(c) => Ok(vec![
                 Deposited {

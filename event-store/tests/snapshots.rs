@@ -7,11 +7,10 @@ use std::time::Duration;
 use chrono::Utc;
 use event_store::outcome::Outcome;
 use event_store::sample::{Deposit, Ledger, LedgerCommand, OpenAccount, Withdraw};
-use event_store::writer::core::IdempotencyWindow;
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::log::PartitionLog;
 use event_store::writer::metrics::WriterMetrics;
-use event_store::writer::partition::{PartitionWriter, SnapshotPolicy};
+use event_store::writer::partition::{PartitionSettings, PartitionWriter, SnapshotPolicy};
 use event_store::writer::snapshot::SnapshotStore;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::FutureProducer;
@@ -56,8 +55,8 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
         .create(&topics.for_services(&["ledger"], 1), 1)
         .await?;
     let mut config = WriterConfig::new(settings.clone(), topics.clone(), 1);
-    config.snapshots = Some(Arc::clone(&store));
-    config.snapshot_policy = SnapshotPolicy {
+    config.partition.snapshots = Some(Arc::clone(&store));
+    config.partition.snapshot_policy = SnapshotPolicy {
         every_events: 10,
         every: Duration::from_secs(3600),
     };
@@ -69,6 +68,7 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
     let opened = command(
         OpenAccount {
             account_id: "acc".into(),
+            initial_deposit: None,
         }
         .into(),
     );
@@ -124,9 +124,10 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
     let writer = PartitionWriter::<Ledger>::take_over(
         PartitionLog::new(producer, settings.clone(), 0),
         &topics,
-        IdempotencyWindow::default(),
-        Some(Arc::clone(&store)),
-        SnapshotPolicy::default(),
+        &PartitionSettings {
+            snapshots: Some(Arc::clone(&store)),
+            ..PartitionSettings::default()
+        },
         WriterMetrics::unregistered("ledger"),
     )
     .await?;

@@ -87,6 +87,7 @@ fn open(account: &str) -> Command<LedgerCommand> {
     command(
         OpenAccount {
             account_id: account.into(),
+            initial_deposit: None,
         },
         None,
     )
@@ -270,6 +271,32 @@ async fn a_write_model_without_a_broker_answers_unavailable_in_bounded_time() ->
         started.elapsed()
     );
     assert!(err.to_string().contains("retry"), "{err}");
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_transactions_a_command_causing_several_events_is_refused_whole()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let ledgers = Ledgers::new(&env).await?;
+    let (model, stop, task) = ledgers.start();
+    let err = model
+        .execute(command(
+            OpenAccount {
+                account_id: "rich".into(),
+                initial_deposit: Some(100),
+            },
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, event_store::EventStoreError::Unsupported(_)),
+        "{err}"
+    );
+    assert!(ledgers.events().await?.is_empty(), "nothing appended");
     stop.cancel();
     task.await?;
     Ok(())

@@ -175,6 +175,7 @@ fn open(account: &str) -> Command<LedgerCommand> {
     command(
         OpenAccount {
             account_id: account.into(),
+            initial_deposit: None,
         }
         .into(),
     )

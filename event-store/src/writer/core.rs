@@ -377,6 +377,7 @@ mod tests {
     fn open(id: &str) -> LedgerCommand {
         OpenAccount {
             account_id: id.into(),
+            initial_deposit: None,
         }
         .into()
     }

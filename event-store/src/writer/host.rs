@@ -30,11 +30,9 @@ use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::partitioner::partition_for;
 use crate::topics::TopicNames;
-use crate::writer::core::IdempotencyWindow;
 use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
-use crate::writer::partition::{PartitionWriter, Reply, Request, SnapshotPolicy};
-use crate::writer::snapshot::Snapshots;
+use crate::writer::partition::{PartitionSettings, PartitionWriter, Reply, Request};
 
 /// How a write model is set up.
 #[derive(Clone, Debug)]
@@ -47,11 +45,8 @@ pub struct WriterConfig {
     pub ownership_wait: Duration,
     /// Commands waiting for one partition's writer; beyond this, `execute` sheds load.
     pub queue_capacity: usize,
-    /// How long command ids are recognized.
-    pub idempotency: IdempotencyWindow,
-    /// Where partition snapshots are kept; without, a takeover replays the whole partition.
-    pub snapshots: Snapshots,
-    pub snapshot_policy: SnapshotPolicy,
+    /// Idempotency window, snapshots, and whether Kafka transactions fence writers.
+    pub partition: PartitionSettings,
 }
 
 impl WriterConfig {
@@ -62,9 +57,7 @@ impl WriterConfig {
             partitions,
             ownership_wait: Duration::from_secs(10),
             queue_capacity: 4096,
-            idempotency: IdempotencyWindow::default(),
-            snapshots: None,
-            snapshot_policy: SnapshotPolicy::default(),
+            partition: PartitionSettings::default(),
         }
     }
 }
@@ -350,7 +343,23 @@ impl<A: Aggregate> WriterRuntime<A> {
         let token = stop.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let log = PartitionLog::new(producer, shared.config.kafka.clone(), partition);
+            let config = &shared.config;
+            let log = if config.partition.transactions {
+                let id = format!(
+                    "{}{}-writer-{partition}",
+                    config.topics.prefix(),
+                    A::Event::SERVICE
+                );
+                match PartitionLog::transactional(config.kafka.clone(), partition, &id) {
+                    Ok(log) => log,
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "cannot create a transactional producer");
+                        return None;
+                    }
+                }
+            } else {
+                PartitionLog::new(producer, config.kafka.clone(), partition)
+            };
             let mut writer = loop {
                 let attempt = match parked.take() {
                     Some(mut writer) => writer.catch_up().await.map(|()| writer),
@@ -358,9 +367,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                         PartitionWriter::take_over(
                             log.clone(),
                             &shared.config.topics,
-                            shared.config.idempotency,
-                            shared.config.snapshots.clone(),
-                            shared.config.snapshot_policy,
+                            &shared.config.partition,
                             metrics.clone(),
                         )
                         .await

@@ -46,6 +46,59 @@ impl PartitionLog {
         }
     }
 
+    /// A log whose producer is transactional (Apache Kafka), for `transactional_id`.
+    pub fn transactional(
+        settings: KafkaSettings,
+        partition: i32,
+        transactional_id: &str,
+    ) -> Result<Self, EventStoreError> {
+        let producer = settings
+            .transactional_producer(transactional_id)
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        Ok(Self::new(producer, settings, partition))
+    }
+
+    /// Runs one of librdkafka's blocking transaction calls off the async workers.
+    async fn transaction_step(
+        &self,
+        operation: &'static str,
+        step: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+    ) -> Result<(), TransactionError> {
+        let producer = self.producer.clone();
+        let timeout = self.settings.timeout;
+        let outcome = tokio::task::spawn_blocking(move || step(&producer, timeout))
+            .await
+            .map_err(|e| {
+                TransactionError::Retry(EventStoreError::Unavailable {
+                    operation,
+                    reason: e.to_string(),
+                })
+            })?;
+        outcome.map_err(|e| TransactionError::from_kafka(operation, e))
+    }
+
+    /// Registers as the only producer of this transactional id; fences earlier ones.
+    pub async fn init_transactions(&self) -> Result<(), TransactionError> {
+        self.transaction_step("init transactions", |p, t| p.init_transactions(t))
+            .await
+    }
+
+    pub async fn begin(&self) -> Result<(), TransactionError> {
+        self.transaction_step("begin transaction", |p, _| p.begin_transaction())
+            .await
+    }
+
+    pub async fn commit(&self) -> Result<(), TransactionError> {
+        self.transaction_step("commit transaction", |p, t| p.commit_transaction(t))
+            .await
+    }
+
+    pub async fn abort(&self) -> Result<(), TransactionError> {
+        self.transaction_step("abort transaction", |p, t| p.abort_transaction(t))
+            .await
+    }
+
     /// Enqueues a record without waiting for it; the future resolves with its offset once
     /// all in-sync replicas have it, or with the reason it could not be written.
     pub async fn enqueue(
@@ -92,8 +145,9 @@ impl PartitionLog {
         .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))
     }
 
-    /// Calls `each` for every record of `topic` in `[from, to)`, in offset order. Fails as
-    /// unavailable if the broker stops delivering for longer than the timeout.
+    /// Calls `each` for every record of `topic` in `[from, to)`, in offset order, stopping
+    /// early at the end of the partition (transaction markers take offsets no record has).
+    /// Fails as unavailable if the broker stops delivering for longer than the timeout.
     pub async fn read_range(
         &self,
         topic: &str,
@@ -112,8 +166,12 @@ impl PartitionLog {
                 .map_err(|_| EventStoreError::Unavailable {
                     operation: "read",
                     reason: format!("no record of {topic}/{} past {next}", self.partition),
-                })?
-                .map_err(|e| EventStoreError::from_kafka("read", e))?;
+                })?;
+            let message = match message {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(_)) => break,
+                Err(e) => return Err(EventStoreError::from_kafka("read", e)),
+            };
             let offset = message.offset();
             if offset < next {
                 continue;
@@ -130,6 +188,7 @@ impl PartitionLog {
     fn range_reader(&self, topic: &str, from: i64) -> Result<StreamConsumer, EventStoreError> {
         let mut config = self.settings.consumer("event-store-range-reader");
         config
+            .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "10")
             .set("fetch.min.bytes", "1")
             .set("max.partition.fetch.bytes", "16777216")
@@ -145,5 +204,35 @@ impl PartitionLog {
             .assign(&assignment)
             .map_err(|e| EventStoreError::from_kafka("read", e))?;
         Ok(consumer)
+    }
+}
+
+/// Why a transaction step failed: retry it (after an abort), or stop writing (fenced).
+#[derive(Debug, Clone)]
+pub enum TransactionError {
+    Retry(EventStoreError),
+    /// Another producer with this transactional id took over: this writer is a zombie.
+    Fenced(EventStoreError),
+}
+
+impl TransactionError {
+    fn from_kafka(operation: &'static str, e: KafkaError) -> Self {
+        let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
+            || matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            );
+        let error = EventStoreError::from_kafka(operation, e);
+        if fatal {
+            Self::Fenced(error)
+        } else {
+            Self::Retry(error)
+        }
+    }
+
+    pub fn into_inner(self) -> EventStoreError {
+        match self {
+            Self::Retry(e) | Self::Fenced(e) => e,
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
 use crate::writer::core::{IdempotencyWindow, PartitionCore, Plan};
-use crate::writer::log::{OutgoingRecord, PartitionLog};
+use crate::writer::log::{OutgoingRecord, PartitionLog, TransactionError};
 use crate::writer::metrics::WriterMetrics;
 use crate::writer::snapshot::{SnapshotCut, Snapshots};
 
@@ -63,6 +63,17 @@ impl Default for SnapshotPolicy {
     }
 }
 
+/// How a partition writer keeps its state and fences others.
+#[derive(Clone, Debug, Default)]
+pub struct PartitionSettings {
+    pub idempotency: IdempotencyWindow,
+    pub snapshots: Snapshots,
+    pub snapshot_policy: SnapshotPolicy,
+    /// Apache Kafka: one transaction per batch, and the broker fences earlier owners.
+    /// tansu 0.6.0 cannot commit transactions: there the log-order rule does the fencing.
+    pub transactions: bool,
+}
+
 #[derive(Debug)]
 pub struct PartitionWriter<A: Aggregate> {
     core: PartitionCore<A>,
@@ -75,6 +86,9 @@ pub struct PartitionWriter<A: Aggregate> {
     behind: bool,
     snapshots: Snapshots,
     policy: SnapshotPolicy,
+    transactional: bool,
+    /// A transactional writer whose producer was fenced: another owner took over.
+    fenced: bool,
     last_cut: Instant,
     saving: Option<JoinHandle<SaveResult<A>>>,
 }
@@ -88,15 +102,21 @@ impl<A: Aggregate> PartitionWriter<A> {
     pub async fn take_over(
         log: PartitionLog,
         topics: &TopicNames,
-        window: IdempotencyWindow,
-        snapshots: Snapshots,
-        policy: SnapshotPolicy,
+        settings: &PartitionSettings,
         metrics: WriterMetrics,
     ) -> Result<Self, EventStoreError> {
         let started = Instant::now();
         let service = A::Event::SERVICE;
         let partition = log.partition;
-        let restored = match &snapshots {
+        if settings.transactions {
+            // Fence earlier owners (and abort their open transaction) before reading, so
+            // nothing they write can land after the state is built.
+            log.init_transactions()
+                .await
+                .map_err(TransactionError::into_inner)?;
+        }
+        let window = settings.idempotency;
+        let restored = match &settings.snapshots {
             Some(store) => store.load::<A>(partition, window).await?,
             None => None,
         };
@@ -108,8 +128,10 @@ impl<A: Aggregate> PartitionWriter<A> {
             log,
             metrics,
             behind: true,
-            snapshots,
-            policy,
+            snapshots: settings.snapshots.clone(),
+            policy: settings.snapshot_policy,
+            transactional: settings.transactions,
+            fenced: false,
             last_cut: Instant::now(),
             saving: None,
         };
@@ -167,6 +189,13 @@ impl<A: Aggregate> PartitionWriter<A> {
                 }
             }
             self.process(batch).await;
+            if self.fenced {
+                tracing::warn!(
+                    partition = self.core.partition,
+                    "fenced by a newer owner; stopped writing"
+                );
+                break;
+            }
             self.maybe_snapshot().await;
         }
         // Whatever is still queued was not decided: its callers retry elsewhere.
@@ -309,6 +338,8 @@ impl<A: Aggregate> PartitionWriter<A> {
                 && let Err(e) = self.catch_up().await
             {
                 vec![Some(Err(e)); commands.len()]
+            } else if self.transactional {
+                self.decide_and_commit(&commands).await
             } else {
                 self.decide_and_append(&commands).await
             };
@@ -354,6 +385,164 @@ impl<A: Aggregate> PartitionWriter<A> {
             }
         }
         results
+    }
+
+    /// The transactional path: every event and recorded outcome of the batch in one Kafka
+    /// transaction; the state changes only once it commits.
+    async fn decide_and_commit(
+        &mut self,
+        commands: &[Command<A::Command>],
+    ) -> Vec<Option<Reply<A>>> {
+        let plans = self.core.plan(commands, Utc::now());
+        let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
+        let mut records: Vec<(usize, bool, OutgoingRecord)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            match plan {
+                Plan::Append(events) if events.is_empty() => {
+                    results[i] = Some(Ok(self.core.unchanged(&commands[i].payload.aggregate_id())));
+                }
+                Plan::Append(events) => {
+                    for event in events {
+                        let document = event.to_document();
+                        records.push((
+                            i,
+                            true,
+                            record_of(&document.subject, document.to_json(), &document.headers()),
+                        ));
+                    }
+                }
+                Plan::Record(outcome) => {
+                    let document = outcome_document::<A>(&commands[i], outcome);
+                    records.push((
+                        i,
+                        false,
+                        record_of(&document.subject, document.to_json(), &document.headers()),
+                    ));
+                }
+                Plan::Known(outcome) => results[i] = Some(Ok(outcome.clone())),
+                Plan::SameAs(_) | Plan::Defer => {}
+            }
+        }
+        if !records.is_empty() {
+            match self.commit_records(&records).await {
+                Ok(offsets) => {
+                    self.apply_committed(commands, &plans, &records, &offsets, &mut results)
+                }
+                Err(error) => {
+                    for (i, _, _) in &records {
+                        results[*i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        for (i, plan) in plans.iter().enumerate() {
+            if let Plan::SameAs(first) = plan {
+                results[i] = results[*first].clone();
+            }
+        }
+        results
+    }
+
+    /// Writes `records` in one transaction; their offsets once it committed.
+    async fn commit_records(
+        &mut self,
+        records: &[(usize, bool, OutgoingRecord)],
+    ) -> Result<Vec<i64>, EventStoreError> {
+        let outcome = async {
+            self.log.begin().await?;
+            let mut deliveries = Vec::with_capacity(records.len());
+            for (_, is_event, record) in records {
+                let topic = if *is_event {
+                    &self.events_topic
+                } else {
+                    &self.outcomes_topic
+                };
+                let delivery = self
+                    .log
+                    .enqueue(topic, record)
+                    .await
+                    .map_err(TransactionError::Retry)?;
+                deliveries.push(delivery);
+            }
+            let mut offsets = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(d)) => offsets.push(d.offset),
+                    Ok(Err((e, _))) => {
+                        return Err(TransactionError::Retry(EventStoreError::from_kafka(
+                            "append", e,
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(TransactionError::Retry(EventStoreError::Unavailable {
+                            operation: "append",
+                            reason: "producer shut down".into(),
+                        }));
+                    }
+                }
+            }
+            self.log.commit().await?;
+            Ok(offsets)
+        }
+        .await;
+        match outcome {
+            Ok(offsets) => Ok(offsets),
+            Err(TransactionError::Fenced(e)) => {
+                self.fenced = true;
+                let labels = self.metrics.labels();
+                self.metrics.fenced.get_or_create(&labels).inc();
+                tracing::warn!(partition = self.core.partition, error = %e, "transaction fenced");
+                Err(EventStoreError::NotOwner {
+                    service: A::Event::SERVICE,
+                    partition: self.core.partition,
+                })
+            }
+            Err(TransactionError::Retry(e)) => {
+                if let Err(abort) = self.log.abort().await {
+                    tracing::warn!(error = ?abort, "aborting the transaction failed");
+                    self.fenced = matches!(abort, TransactionError::Fenced(_));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// After a commit: apply the events at their offsets and remember recorded outcomes.
+    fn apply_committed(
+        &mut self,
+        commands: &[Command<A::Command>],
+        plans: &[Plan<A>],
+        records: &[(usize, bool, OutgoingRecord)],
+        offsets: &[i64],
+        results: &mut [Option<Reply<A>>],
+    ) {
+        let mut applied = records.iter().zip(offsets);
+        for (i, plan) in plans.iter().enumerate() {
+            match plan {
+                Plan::Append(events) if !events.is_empty() => {
+                    for event in events {
+                        let (_, offset) = applied.next().expect("one offset per record");
+                        self.core.apply_event(event, *offset);
+                    }
+                    let last = events.last().expect("not empty");
+                    let outcome = self.core.outcome_of(last.meta.command_id).cloned();
+                    results[i] = Some(outcome.ok_or_else(|| self.fenced()));
+                    let labels = self.metrics.labels();
+                    self.metrics
+                        .appended
+                        .get_or_create(&labels)
+                        .inc_by(events.len() as u64);
+                }
+                Plan::Record(outcome) => {
+                    let (_, offset) = applied.next().expect("one offset per record");
+                    self.core.outcomes_next_offset = self.core.outcomes_next_offset.max(offset + 1);
+                    self.core
+                        .remember(commands[i].meta.id, outcome.clone(), Utc::now());
+                    results[i] = Some(Ok(outcome.clone()));
+                }
+                _ => {}
+            }
+        }
     }
 
     fn fenced(&self) -> EventStoreError {
@@ -610,5 +799,13 @@ fn outcome_document<A: Aggregate>(
         correlationid: command.meta.correlation_id,
         traceparent: command.meta.traceparent,
         data: serde_json::to_value(outcome).expect("outcomes serialize to JSON"),
+    }
+}
+
+fn record_of(key: &str, value: Vec<u8>, headers: &[(&'static str, String)]) -> OutgoingRecord {
+    OutgoingRecord {
+        key: key.to_owned(),
+        value,
+        headers: to_kafka_headers(headers),
     }
 }
