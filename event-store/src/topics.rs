@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(names.commands("users"), "tenant-a.users.commands");
         assert_eq!(names.dead_letters(), "tenant-a.deadletters");
         assert_eq!(names.outcomes("orders"), "tenant-a.orders.outcomes");
-        assert_eq!(TopicNames::new("").all(3).len(), 13);
+        assert_eq!(TopicNames::new("").all(3).len(), 16);
     }
 
     #[test]

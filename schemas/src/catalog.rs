@@ -1,6 +1,7 @@
 //! The catalog of every message type and version, which drives JSON Schema generation
 //! and lets tools list what the system speaks.
 
+use crate::emails::{EmailCommand, EmailEvent};
 use crate::message::{MessageFamily, MessageKind, MessageType};
 use crate::notifications::{NotificationCommand, NotificationEvent};
 use crate::orders::{OrderCommand, OrderEvent, legacy::OrderPlacedV1};
@@ -12,6 +13,8 @@ pub fn current_types() -> Vec<MessageType> {
     [
         UserCommand::TYPES,
         UserEvent::TYPES,
+        EmailCommand::TYPES,
+        EmailEvent::TYPES,
         OrderCommand::TYPES,
         OrderEvent::TYPES,
         PaymentCommand::TYPES,
@@ -42,8 +45,15 @@ pub fn current_version(type_name: &str) -> Option<u32> {
         .map(|t| t.version)
 }
 
-/// The four services, which own one aggregate type each and name the topics.
-pub const SERVICES: [&str; 4] = ["users", "orders", "payments", "notifications"];
+/// The logs of the system, each owned by one aggregate type and naming its topics: the
+/// four services', plus the users service's email claims.
+pub const SERVICES: [&str; 5] = [
+    "users",
+    "user-emails",
+    "orders",
+    "payments",
+    "notifications",
+];
 
 #[cfg(test)]
 mod tests {

@@ -110,6 +110,31 @@ impl CommandId {
     }
 }
 
+impl NotificationId {
+    /// At most one notification per (order, kind): its id follows from them.
+    pub fn for_order(order: OrderId, kind: &str) -> Self {
+        Self(Uuid::new_v5(
+            &SHOP_NAMESPACE,
+            format!("notification\u{1f}{order}\u{1f}{kind}").as_bytes(),
+        ))
+    }
+}
+
+impl UserId {
+    /// A user id that follows from stable parts (an idempotency key), so a retried request
+    /// registers the same user.
+    pub fn derived(parts: &[&str]) -> Self {
+        Self(CommandId::derived(parts).as_uuid())
+    }
+}
+
+impl OrderId {
+    /// An order id that follows from stable parts (an idempotency key).
+    pub fn derived(parts: &[&str]) -> Self {
+        Self(CommandId::derived(parts).as_uuid())
+    }
+}
+
 impl PaymentId {
     /// One order has exactly one payment: its id follows from the order id.
     pub fn for_order(order: OrderId) -> Self {

@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`ids`], [`money`], [`trace`]: value types shared by all messages;
-//! - [`users`], [`orders`], [`payments`], [`notifications`]: one module per service, each
+//! - [`users`] (with [`emails`], its uniqueness log), [`orders`], [`payments`],
+//!   [`notifications`]: one module per service, each
 //!   declaring its command and event payloads and grouping them into families
 //!   ([`message::MessageFamily`]);
 //! - [`envelope`]: the JSON document written to Kafka and its typed form;
@@ -14,6 +15,7 @@
 //! This crate does no I/O: it is the vocabulary the other crates and outside tools share.
 
 pub mod catalog;
+pub mod emails;
 pub mod envelope;
 pub mod ids;
 pub mod json_schema;

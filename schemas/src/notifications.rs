@@ -15,7 +15,18 @@ pub enum NotificationKind {
     OrderCancelled,
 }
 
-/// Send a notification (sent by the saga).
+/// How delivering a notification went, after its retries. Delivery happens before the
+/// command is sent (by the saga's channel adapter), so that deciding stays free of I/O.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(tag = "delivery", rename_all = "snake_case")]
+pub enum DeliveryReport {
+    Delivered { attempts: u32 },
+    Failed { attempts: u32, error: String },
+}
+
+/// Record a notification's delivery (sent by the saga). At most one per (order, kind): the
+/// notification id follows from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SendNotification {
@@ -23,6 +34,7 @@ pub struct SendNotification {
     pub order_id: OrderId,
     pub user_id: UserId,
     pub kind: NotificationKind,
+    pub report: DeliveryReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -6,7 +6,23 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{OrderId, PaymentId, UserId};
 use crate::money::Money;
 
-/// Authorize the payment of an order, for exactly the order total.
+/// What the payment provider answered. The provider is called before the command is
+/// sent (by the saga, through its adapter), so that deciding stays free of I/O.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum ProviderVerdict {
+    Approved {
+        /// The provider's reference for the authorization.
+        reference: String,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+/// Record the provider's answer to authorizing an order's payment. One authorization per
+/// order, for exactly the order total.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct AuthorizePayment {
@@ -14,15 +30,20 @@ pub struct AuthorizePayment {
     pub order_id: OrderId,
     pub user_id: UserId,
     pub amount: Money,
+    /// The order's total, which the amount must equal.
+    pub order_total: Money,
+    pub verdict: ProviderVerdict,
 }
 
-/// Give back an authorized payment (a compensation step).
+/// Record that an authorized payment was given back (a compensation step).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RefundPayment {
     pub payment_id: PaymentId,
     pub order_id: OrderId,
     pub reason: String,
+    /// The provider's reference for the refund.
+    pub refund_reference: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -52,6 +73,7 @@ pub struct PaymentRefunded {
     pub order_id: OrderId,
     pub amount: Money,
     pub reason: String,
+    pub refund_reference: String,
 }
 
 crate::message_family!(

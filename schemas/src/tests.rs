@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::emails::{EmailCommand, EmailEvent};
 use crate::envelope::{Command, CommandDocument, CommandMeta, Event, EventDocument, EventMeta};
 use crate::message::MessageFamily;
 use crate::notifications::{NotificationCommand, NotificationEvent};
@@ -112,6 +113,10 @@ proptest! {
 
     #[test]
     fn user_commands_round_trip(meta: CommandMeta, payload: UserCommand) { command_round_trip(meta, payload) }
+    #[test]
+    fn email_events_round_trip(meta: EventMeta, payload: EmailEvent) { event_round_trip(meta, payload) }
+    #[test]
+    fn email_commands_round_trip(meta: CommandMeta, payload: EmailCommand) { command_round_trip(meta, payload) }
     #[test]
     fn order_commands_round_trip(meta: CommandMeta, payload: OrderCommand) { command_round_trip(meta, payload) }
     #[test]

@@ -1,0 +1,54 @@
+//! Email claims, the users service's uniqueness log: one aggregate per normalized email
+//! address, so that concurrent registrations with one email meet at a single writer and
+//! exactly one wins. Its topics are `<prefix>user-emails.*`, apart from the users' own,
+//! because a partition writer owns one aggregate type.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::UserId;
+
+/// Reserve an email for a user; refused while another user holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ClaimEmail {
+    /// The normalized address (the aggregate id).
+    pub email: String,
+    pub user_id: UserId,
+}
+
+/// Give an email back (its user changed address or was deactivated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ReleaseEmail {
+    pub email: String,
+    pub user_id: UserId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EmailClaimed {
+    pub email: String,
+    pub user_id: UserId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EmailReleased {
+    pub email: String,
+    pub user_id: UserId,
+}
+
+crate::message_family!(
+    /// Commands of the email-claim aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+    EmailCommand, Command, "email", "user-emails", email,
+    [ClaimEmail = 1, ReleaseEmail = 1]
+);
+
+crate::message_family!(
+    /// Events of the email-claim aggregate.
+    #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+    EmailEvent, Event, "email", "user-emails", email,
+    [EmailClaimed = 1, EmailReleased = 1]
+);
