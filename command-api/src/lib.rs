@@ -1,10 +1,12 @@
 //! The command side: HTTP commands for users and orders, validated by pure aggregates and
 //! appended to the log by the event store's single writer per partition.
 //!
+//! - [`domain`]: the aggregates, pure decide / evolve;
 //! - [`config`]: settings from the environment;
 //! - [`build`]: assembles the service (routes, dependencies) ready to run.
 
 pub mod config;
+pub mod domain;
 
 use service_runtime::{BoundService, Service, ServiceError};
 

@@ -112,11 +112,9 @@ impl CommandId {
 
 impl NotificationId {
     /// At most one notification per (order, kind): its id follows from them.
-    pub fn for_order(order: OrderId, kind: &str) -> Self {
-        Self(Uuid::new_v5(
-            &SHOP_NAMESPACE,
-            format!("notification\u{1f}{order}\u{1f}{kind}").as_bytes(),
-        ))
+    pub fn for_order(order: OrderId, kind: crate::notifications::NotificationKind) -> Self {
+        let name = format!("notification\u{1f}{order}\u{1f}{}", kind.as_str());
+        Self(Uuid::new_v5(&SHOP_NAMESPACE, name.as_bytes()))
     }
 }
 

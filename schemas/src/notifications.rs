@@ -15,6 +15,17 @@ pub enum NotificationKind {
     OrderCancelled,
 }
 
+impl NotificationKind {
+    /// The wire name (`order_confirmed`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::OrderConfirmed => "order_confirmed",
+            Self::PaymentDeclined => "payment_declined",
+            Self::OrderCancelled => "order_cancelled",
+        }
+    }
+}
+
 /// How delivering a notification went, after its retries. Delivery happens before the
 /// command is sent (by the saga's channel adapter), so that deciding stays free of I/O.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,488 @@
+//! Every rule of the write model, given / when / then, without I/O: given past events,
+//! when a command arrives, then these events (or this rejection).
+
+use event_store::aggregate::Aggregate;
+use schemas::emails::{EmailClaimed, EmailEvent};
+use schemas::notifications::{DeliveryReport, NotificationKind, SendNotification};
+use schemas::orders::{CancelOrder, CancelledBy, ConfirmOrder, OrderLine, PlaceOrder, RejectOrder};
+use schemas::payments::{AuthorizePayment, ProviderVerdict, RefundPayment};
+use schemas::users::{ChangeUserEmail, DeactivateUser, RegisterUser};
+use schemas::{Money, NotificationId, OrderId, PaymentId, UserId};
+
+use super::notifications::{Notification, NotificationRejection};
+use super::orders::{Order, OrderRejection, OrderStatus};
+use super::payments::{Payment, PaymentRejection};
+use super::users::{EmailClaim, EmailRejection, User, UserRejection, claim, release};
+use super::values::EmailAddress;
+
+/// Given these events, when this command: the events it causes, or why not.
+fn when<A: Aggregate>(
+    given: &[A::Event],
+    command: impl Into<A::Command>,
+) -> Result<Vec<A::Event>, A::Rejection> {
+    let state = given.iter().fold(A::State::default(), A::evolve);
+    A::decide(&state, &command.into())
+}
+
+/// The events of a command that must be accepted.
+fn then<A: Aggregate>(given: &[A::Event], command: impl Into<A::Command>) -> Vec<A::Event> {
+    when::<A>(given, command).expect("the command is accepted")
+}
+
+mod users {
+    use super::*;
+
+    fn register(user: UserId, name: &str, email: &str) -> RegisterUser {
+        RegisterUser {
+            user_id: user,
+            name: name.into(),
+            email: email.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_user_registers_with_a_trimmed_name_and_normalized_email() {
+        let user = UserId::new();
+        let events = then::<User>(&[], register(user, "  Ada Lovelace ", "Ada@Example.COM"));
+        let schemas::users::UserEvent::UserRegistered(e) = &events[0] else {
+            panic!("registered");
+        };
+        assert_eq!(
+            (e.name.as_str(), e.email.as_str()),
+            ("Ada Lovelace", "ada@example.com")
+        );
+    }
+
+    #[test]
+    fn bad_names_and_emails_and_second_registrations_are_refused() {
+        let user = UserId::new();
+        assert!(matches!(
+            when::<User>(&[], register(user, " ", "a@b.co")),
+            Err(UserRejection::InvalidName { .. })
+        ));
+        assert!(matches!(
+            when::<User>(&[], register(user, "A\u{7}", "a@b.co")),
+            Err(UserRejection::InvalidName { .. })
+        ));
+        assert!(matches!(
+            when::<User>(&[], register(user, "Ada", "nope")),
+            Err(UserRejection::InvalidEmail { .. })
+        ));
+        let registered = then::<User>(&[], register(user, "Ada", "a@b.co"));
+        assert_eq!(
+            when::<User>(&registered, register(user, "Ada", "a@b.co")),
+            Err(UserRejection::AlreadyRegistered)
+        );
+    }
+
+    #[test]
+    fn an_active_user_changes_email_but_not_to_the_same_one() {
+        let user = UserId::new();
+        let given = then::<User>(&[], register(user, "Ada", "a@b.co"));
+        let change = |email: &str| ChangeUserEmail {
+            user_id: user,
+            email: email.into(),
+        };
+        assert_eq!(
+            when::<User>(&given, change("A@B.co")),
+            Err(UserRejection::SameEmail)
+        );
+        let events = then::<User>(&given, change("ada@new.org"));
+        assert!(
+            matches!(&events[0], schemas::users::UserEvent::UserEmailChanged(e) if e.previous_email == "a@b.co")
+        );
+        assert_eq!(
+            when::<User>(&[], change("x@y.co")),
+            Err(UserRejection::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn a_deactivated_user_accepts_no_change() {
+        let user = UserId::new();
+        let mut given = then::<User>(&[], register(user, "Ada", "a@b.co"));
+        let deactivate = DeactivateUser {
+            user_id: user,
+            reason: Some("asked".into()),
+        };
+        given.extend(then::<User>(&given, deactivate.clone()));
+        assert_eq!(
+            when::<User>(&given, deactivate),
+            Err(UserRejection::UserDeactivated)
+        );
+        let change = ChangeUserEmail {
+            user_id: user,
+            email: "new@b.co".into(),
+        };
+        assert_eq!(
+            when::<User>(&given, change),
+            Err(UserRejection::UserDeactivated)
+        );
+    }
+}
+
+mod emails {
+    use super::*;
+
+    fn ada() -> EmailAddress {
+        EmailAddress::parse("ada@example.com").unwrap()
+    }
+
+    #[test]
+    fn an_email_belongs_to_one_user_at_a_time() {
+        let (first, second) = (UserId::new(), UserId::new());
+        let claimed = then::<EmailClaim>(&[], claim(&ada(), first));
+        assert_eq!(
+            when::<EmailClaim>(&claimed, claim(&ada(), second)),
+            Err(EmailRejection::EmailTaken)
+        );
+        // Claiming again for the same user, or releasing for someone else, changes nothing.
+        assert_eq!(then::<EmailClaim>(&claimed, claim(&ada(), first)), vec![]);
+        assert_eq!(
+            then::<EmailClaim>(&claimed, release(ada().as_str(), second)),
+            vec![]
+        );
+        let mut given = claimed;
+        given.extend(then::<EmailClaim>(&given, release(ada().as_str(), first)));
+        assert_eq!(
+            then::<EmailClaim>(&given, claim(&ada(), second)).len(),
+            1,
+            "free again"
+        );
+    }
+
+    #[test]
+    fn only_normalized_addresses_are_claimed() {
+        let command = schemas::emails::ClaimEmail {
+            email: "Ada@Example.com".into(),
+            user_id: UserId::new(),
+        };
+        assert!(matches!(
+            when::<EmailClaim>(&[], command),
+            Err(EmailRejection::InvalidEmail { .. })
+        ));
+        let given: Vec<EmailEvent> = vec![
+            EmailClaimed {
+                email: "ada@example.com".into(),
+                user_id: UserId::new(),
+            }
+            .into(),
+        ];
+        assert_eq!(
+            then::<EmailClaim>(&given, release("ada@example.com", UserId::new())),
+            vec![]
+        );
+    }
+}
+
+mod orders {
+    use super::*;
+
+    fn line(quantity: u32, unit_price_cents: u64) -> OrderLine {
+        OrderLine {
+            sku: "SKU-1".into(),
+            quantity,
+            unit_price_cents,
+        }
+    }
+
+    fn place(order: OrderId, lines: Vec<OrderLine>) -> PlaceOrder {
+        PlaceOrder {
+            order_id: order,
+            user_id: UserId::new(),
+            currency: "EUR".parse().unwrap(),
+            lines,
+        }
+    }
+
+    fn cancel(order: OrderId) -> CancelOrder {
+        CancelOrder {
+            order_id: order,
+            reason: "changed my mind".into(),
+            cancelled_by: CancelledBy::Customer,
+        }
+    }
+
+    #[test]
+    fn an_order_is_placed_with_its_total() {
+        let events = then::<Order>(&[], place(OrderId::new(), vec![line(2, 1250), line(1, 0)]));
+        assert!(
+            matches!(&events[0], schemas::orders::OrderEvent::OrderPlaced(e) if e.total_cents == 2500)
+        );
+    }
+
+    #[test]
+    fn lines_quantities_and_totals_are_bounded() {
+        let order = OrderId::new();
+        assert_eq!(
+            when::<Order>(&[], place(order, vec![])),
+            Err(OrderRejection::NoLines)
+        );
+        let too_many = vec![line(1, 1); 101];
+        assert_eq!(
+            when::<Order>(&[], place(order, too_many)),
+            Err(OrderRejection::TooManyLines { max: 100 })
+        );
+        assert_eq!(
+            when::<Order>(&[], place(order, vec![line(1, 1); 100])).map(|e| e.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            when::<Order>(&[], place(order, vec![line(1, 1), line(0, 1)])),
+            Err(OrderRejection::InvalidQuantity { line: 1, max: 1000 })
+        );
+        assert!(when::<Order>(&[], place(order, vec![line(1000, 1)])).is_ok());
+        assert!(matches!(
+            when::<Order>(&[], place(order, vec![line(1001, 1)])),
+            Err(OrderRejection::InvalidQuantity { .. })
+        ));
+        assert!(
+            when::<Order>(&[], place(order, vec![line(1000, 10_000)])).is_ok(),
+            "exactly 10,000,000"
+        );
+        assert!(matches!(
+            when::<Order>(&[], place(order, vec![line(1000, 10_000), line(1, 1)])),
+            Err(OrderRejection::TotalTooLarge { .. })
+        ));
+        assert!(
+            matches!(
+                when::<Order>(&[], place(order, vec![line(1000, u64::MAX)])),
+                Err(OrderRejection::TotalTooLarge { .. })
+            ),
+            "overflow is a rejection, not a panic"
+        );
+    }
+
+    #[test]
+    fn the_status_machine_allows_only_its_transitions() {
+        let order = OrderId::new();
+        let placed = then::<Order>(&[], place(order, vec![line(1, 100)]));
+        assert_eq!(
+            when::<Order>(&placed, place(order, vec![line(1, 1)])),
+            Err(OrderRejection::AlreadyPlaced)
+        );
+        assert_eq!(
+            when::<Order>(&[], cancel(order)),
+            Err(OrderRejection::UnknownOrder)
+        );
+
+        let confirm = ConfirmOrder {
+            order_id: order,
+            payment_id: PaymentId::for_order(order),
+        };
+        let mut confirmed = placed.clone();
+        confirmed.extend(then::<Order>(&placed, confirm.clone()));
+        assert_eq!(
+            then::<Order>(&confirmed, cancel(order)).len(),
+            1,
+            "a confirmed order can be cancelled"
+        );
+        assert_eq!(
+            when::<Order>(&confirmed, confirm.clone()),
+            Err(OrderRejection::InvalidTransition {
+                status: OrderStatus::Confirmed
+            })
+        );
+
+        let reject = RejectOrder {
+            order_id: order,
+            reason: "payment declined".into(),
+        };
+        let mut rejected = placed.clone();
+        rejected.extend(then::<Order>(&placed, reject));
+        assert_eq!(
+            when::<Order>(&rejected, cancel(order)),
+            Err(OrderRejection::InvalidTransition {
+                status: OrderStatus::Rejected
+            })
+        );
+
+        let mut cancelled = placed.clone();
+        cancelled.extend(then::<Order>(&placed, cancel(order)));
+        assert_eq!(
+            when::<Order>(&cancelled, confirm),
+            Err(OrderRejection::InvalidTransition {
+                status: OrderStatus::Cancelled
+            }),
+            "confirmation is refused once the customer cancelled"
+        );
+        assert!(when::<Order>(&cancelled, cancel(order)).is_err());
+    }
+}
+
+mod payments {
+    use super::*;
+
+    fn eur(cents: u64) -> Money {
+        Money::new(cents, "EUR".parse().unwrap())
+    }
+
+    fn authorize(
+        order: OrderId,
+        amount: u64,
+        total: u64,
+        verdict: ProviderVerdict,
+    ) -> AuthorizePayment {
+        AuthorizePayment {
+            payment_id: PaymentId::for_order(order),
+            order_id: order,
+            user_id: UserId::new(),
+            amount: eur(amount),
+            order_total: eur(total),
+            verdict,
+        }
+    }
+
+    fn approved() -> ProviderVerdict {
+        ProviderVerdict::Approved {
+            reference: "sim-1".into(),
+        }
+    }
+
+    fn refund(order: OrderId) -> RefundPayment {
+        RefundPayment {
+            payment_id: PaymentId::for_order(order),
+            order_id: order,
+            reason: "order cancelled".into(),
+            refund_reference: "sim-r-1".into(),
+        }
+    }
+
+    #[test]
+    fn one_authorization_per_order_for_exactly_the_total() {
+        let order = OrderId::new();
+        assert!(matches!(
+            when::<Payment>(&[], authorize(order, 999, 1000, approved())),
+            Err(PaymentRejection::AmountMismatch { .. })
+        ));
+        let mut wrong = authorize(order, 1000, 1000, approved());
+        wrong.payment_id = PaymentId::new();
+        assert_eq!(
+            when::<Payment>(&[], wrong),
+            Err(PaymentRejection::WrongPayment)
+        );
+        let authorized = then::<Payment>(&[], authorize(order, 1000, 1000, approved()));
+        assert_eq!(
+            when::<Payment>(&authorized, authorize(order, 1000, 1000, approved())),
+            Err(PaymentRejection::AlreadyDecided)
+        );
+    }
+
+    #[test]
+    fn a_declined_payment_is_final_and_not_refundable() {
+        let order = OrderId::new();
+        let declined = then::<Payment>(
+            &[],
+            authorize(
+                order,
+                1000,
+                1000,
+                ProviderVerdict::Declined {
+                    reason: "insufficient funds".into(),
+                },
+            ),
+        );
+        assert!(matches!(
+            &declined[0],
+            schemas::payments::PaymentEvent::PaymentDeclined(_)
+        ));
+        assert_eq!(
+            when::<Payment>(&declined, refund(order)),
+            Err(PaymentRejection::NotRefundable)
+        );
+        assert_eq!(
+            when::<Payment>(&[], refund(order)),
+            Err(PaymentRejection::NotRefundable)
+        );
+    }
+
+    #[test]
+    fn an_authorized_payment_is_refunded_once_for_its_amount() {
+        let order = OrderId::new();
+        let mut given = then::<Payment>(&[], authorize(order, 1000, 1000, approved()));
+        let refunded = then::<Payment>(&given, refund(order));
+        assert!(
+            matches!(&refunded[0], schemas::payments::PaymentEvent::PaymentRefunded(e) if e.amount == eur(1000))
+        );
+        given.extend(refunded);
+        assert_eq!(
+            when::<Payment>(&given, refund(order)),
+            Err(PaymentRejection::AlreadyRefunded)
+        );
+    }
+}
+
+mod notifications {
+    use super::*;
+
+    fn send(order: OrderId, kind: NotificationKind, report: DeliveryReport) -> SendNotification {
+        SendNotification {
+            notification_id: NotificationId::for_order(order, kind),
+            order_id: order,
+            user_id: UserId::new(),
+            kind,
+            report,
+        }
+    }
+
+    #[test]
+    fn at_most_one_notification_per_order_and_kind_with_its_attempts() {
+        let order = OrderId::new();
+        let kind = NotificationKind::OrderConfirmed;
+        let sent = then::<Notification>(
+            &[],
+            send(order, kind, DeliveryReport::Delivered { attempts: 3 }),
+        );
+        assert!(
+            matches!(&sent[0], schemas::notifications::NotificationEvent::NotificationSent(e) if e.attempts == 3)
+        );
+        assert_eq!(
+            when::<Notification>(
+                &sent,
+                send(order, kind, DeliveryReport::Delivered { attempts: 1 })
+            ),
+            Err(NotificationRejection::AlreadyRecorded)
+        );
+        let other_kind = NotificationKind::OrderCancelled;
+        assert!(
+            when::<Notification>(
+                &[],
+                send(order, other_kind, DeliveryReport::Delivered { attempts: 1 })
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_failed_delivery_is_recorded_with_its_error_and_ids_must_match() {
+        let order = OrderId::new();
+        let kind = NotificationKind::PaymentDeclined;
+        let failed = then::<Notification>(
+            &[],
+            send(
+                order,
+                kind,
+                DeliveryReport::Failed {
+                    attempts: 5,
+                    error: "HTTP 500".into(),
+                },
+            ),
+        );
+        assert!(
+            matches!(&failed[0], schemas::notifications::NotificationEvent::NotificationFailed(e) if e.attempts == 5)
+        );
+        let mut wrong = send(order, kind, DeliveryReport::Delivered { attempts: 1 });
+        wrong.notification_id = NotificationId::new();
+        assert_eq!(
+            when::<Notification>(&[], wrong),
+            Err(NotificationRejection::WrongNotification)
+        );
+        assert_eq!(
+            when::<Notification>(
+                &[],
+                send(order, kind, DeliveryReport::Delivered { attempts: 0 })
+            ),
+            Err(NotificationRejection::NoAttempt)
+        );
+    }
+}
