@@ -145,7 +145,7 @@ async fn serve_one_and_watch(
     let (queue, requests) = mpsc::channel(1);
     let (reply, outcome) = oneshot::channel();
     queue
-        .send(Request { command, reply })
+        .send(Request::Execute { command, reply })
         .await
         .expect("queue open");
     let serving = tokio::spawn(writer.serve(requests, CancellationToken::new()));

@@ -301,3 +301,18 @@ async fn without_transactions_a_command_causing_several_events_is_refused_whole(
     task.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_writer_answers_what_state_it_decides_on() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let ledgers = Ledgers::new(&env).await?;
+    let (model, stop, task) = ledgers.start();
+    assert_eq!(model.state_of("nobody").await?.0, 0);
+    model.execute(open("acc")).await?;
+    model.execute(deposit("acc", 42, None)).await?;
+    let (version, state) = model.state_of("acc").await?;
+    assert_eq!((version, state.balance), (2, 42));
+    stop.cancel();
+    task.await?;
+    Ok(())
+}

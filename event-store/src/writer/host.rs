@@ -122,7 +122,7 @@ impl<A: Aggregate> WriteModel<A> {
         let queue = self.queue_of(partition).await?;
         let (reply, outcome) = oneshot::channel();
         queue
-            .try_send(Request { command, reply })
+            .try_send(Request::Execute { command, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => EventStoreError::Unavailable {
                     operation: "execute",
@@ -131,6 +131,23 @@ impl<A: Aggregate> WriteModel<A> {
                 mpsc::error::TrySendError::Closed(_) => self.not_owner(partition),
             })?;
         outcome
+            .await
+            .unwrap_or_else(|_| Err(self.not_owner(partition)))
+    }
+
+    /// The current version and state of an aggregate, from its writer: as fresh as the
+    /// log (the writer's state is never behind what it confirmed). Version 0: no such aggregate.
+    pub async fn state_of(&self, aggregate_id: &str) -> Result<(u64, A::State), EventStoreError> {
+        let partition = self.partition_of(aggregate_id);
+        let queue = self.queue_of(partition).await?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .try_send(Request::Read {
+                aggregate_id: aggregate_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| self.not_owner(partition))?;
+        answer
             .await
             .unwrap_or_else(|_| Err(self.not_owner(partition)))
     }
@@ -426,7 +443,7 @@ impl<A: Aggregate> WriterRuntime<A> {
         match (command, self.shared.queue(partition)) {
             (Some(command), Some(queue)) => {
                 queue
-                    .try_send(Request {
+                    .try_send(Request::Execute {
                         command: command.clone(),
                         reply,
                     })
@@ -466,7 +483,7 @@ impl<A: Aggregate> WriterRuntime<A> {
             return;
         };
         let (reply, outcome) = oneshot::channel();
-        if queue.try_send(Request { command, reply }).is_ok() {
+        if queue.try_send(Request::Execute { command, reply }).is_ok() {
             flight.outcome = outcome;
         }
     }

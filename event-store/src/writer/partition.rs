@@ -35,11 +35,27 @@ use crate::writer::snapshot::{SnapshotCut, Snapshots};
 
 pub type Reply<A> = Result<Outcome<<A as Aggregate>::Rejection>, EventStoreError>;
 
-/// A command and where to send its outcome.
+/// What a partition writer is asked.
 #[derive(Debug)]
-pub struct Request<A: Aggregate> {
-    pub command: Command<A::Command>,
-    pub reply: oneshot::Sender<Reply<A>>,
+pub enum Request<A: Aggregate> {
+    /// Decide a command; the outcome goes to `reply`.
+    Execute {
+        command: Command<A::Command>,
+        reply: oneshot::Sender<Reply<A>>,
+    },
+    /// The current version and state of an aggregate (version 0: it does not exist), as
+    /// the writer decides on it: after the commands queued before this request.
+    Read {
+        aggregate_id: String,
+        reply: oneshot::Sender<Result<(u64, A::State), EventStoreError>>,
+    },
+}
+
+/// A command being executed.
+#[derive(Debug)]
+struct Execution<A: Aggregate> {
+    command: Command<A::Command>,
+    reply: oneshot::Sender<Reply<A>>,
 }
 
 /// How many queued commands one batch takes at most.
@@ -325,7 +341,35 @@ impl<A: Aggregate> PartitionWriter<A> {
 
     /// Decides and answers a batch; commands deferred by the plan (a second command on
     /// an aggregate) go into the next round, after the first one's events are confirmed.
-    async fn process(&mut self, mut batch: Vec<Request<A>>) {
+    async fn process(&mut self, requests: Vec<Request<A>>) {
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut reads = Vec::new();
+        for request in requests {
+            match request {
+                Request::Execute { command, reply } => batch.push(Execution { command, reply }),
+                Request::Read {
+                    aggregate_id,
+                    reply,
+                } => reads.push((aggregate_id, reply)),
+            }
+        }
+        self.execute(batch).await;
+        for (aggregate_id, reply) in reads {
+            let answer = if self.behind
+                && let Err(e) = self.catch_up().await
+            {
+                Err(e)
+            } else {
+                Ok(self
+                    .core
+                    .slot(&aggregate_id)
+                    .map_or((0, A::State::default()), |s| (s.version, s.state.clone())))
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    async fn execute(&mut self, mut batch: Vec<Execution<A>>) {
         while !batch.is_empty() {
             let labels = self.metrics.labels();
             self.metrics
@@ -354,7 +398,7 @@ impl<A: Aggregate> PartitionWriter<A> {
         }
     }
 
-    fn answer(&self, request: Request<A>, result: Reply<A>) {
+    fn answer(&self, request: Execution<A>, result: Reply<A>) {
         let label = match &result {
             Ok(Outcome::Accepted { .. }) => "accepted",
             Ok(Outcome::Rejected { .. }) => "rejected",
