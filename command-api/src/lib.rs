@@ -7,16 +7,44 @@
 
 pub mod config;
 pub mod domain;
+pub mod http;
+pub mod write_models;
 
-use service_runtime::{BoundService, Service, ServiceError};
+use std::sync::Arc;
+
+use event_store::writer::snapshot::SnapshotStore;
+use service_runtime::{BoundService, Service, ServiceError, probes};
+
+use write_models::WriteModels;
 
 pub use config::Config;
 
 /// The service name, in logs, metrics and `/health`.
 pub const NAME: &str = "command-api";
 
-/// Assembles the command API: it depends on the broker (its topics) and on Postgres.
+/// The Postgres schema of the command API's own tables (idempotency keys).
+pub const SCHEMA: &str = "command_api";
+
+/// Assembles the command API: the write models it hosts (as workers), their snapshot and
+/// idempotency tables (migrated into their own schemas), and the HTTP routes.
 pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, None)?;
-    service.bind().await
+    let migrators = vec![
+        Arc::new(SnapshotStore::migrator()),
+        probes::schema_migrator(sqlx::migrate!("./migrations"), SCHEMA),
+    ];
+    let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, migrators)?;
+    let (models, workers) = WriteModels::new(&config, pool.clone(), service.registry());
+    for worker in workers {
+        service = service.worker(worker);
+    }
+    let state = http::AppState {
+        models: Arc::new(models),
+        keys: http::idempotency::IdempotencyKeys::new(pool),
+        command_timeout: config.command_timeout,
+    };
+    let gate = http::auth::Gate::new(&config.api_keys, config.rate_per_second, config.rate_burst);
+    service
+        .routes(http::router(state, gate, config.max_in_flight))
+        .bind()
+        .await
 }

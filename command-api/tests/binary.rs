@@ -32,6 +32,7 @@ async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::R
         .env("TOPIC_PREFIX", &env.topic_prefix)
         .env("EVENT_PARTITIONS", "2")
         .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_KEYS", "test-key")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -90,6 +91,7 @@ fn a_bad_setting_is_one_line_on_stderr_and_exit_code_2() {
     let output = Command::new(BIN)
         .env_clear()
         .env("EVENT_PARTITIONS", "many")
+        .env("API_KEYS", "k")
         .output()
         .expect("run the binary");
     assert_eq!(output.status.code(), Some(2));

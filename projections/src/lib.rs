@@ -26,6 +26,6 @@ pub fn migrator() -> Arc<Migrator> {
 
 /// Assembles the service: it depends on the broker (its topics) and on Postgres.
 pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, Some(migrator()))?;
+    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, vec![migrator()])?;
     service.bind().await
 }

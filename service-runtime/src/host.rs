@@ -81,11 +81,11 @@ impl Service {
     }
 
     /// A service on the shop's infrastructure: it depends on the broker (every topic fit
-    /// for use) and on Postgres (reachable, `migrator` applied). The pool is for its work.
+    /// for use) and on Postgres (reachable, `migrators` applied). The pool is for its work.
     pub fn on_infrastructure(
         name: &'static str,
         config: &crate::ServiceConfig,
-        migrator: Option<Arc<sqlx::migrate::Migrator>>,
+        migrators: Vec<Arc<sqlx::migrate::Migrator>>,
     ) -> Result<(Self, sqlx::PgPool), ServiceError> {
         let infra = &config.infrastructure;
         let admin = infra
@@ -98,7 +98,7 @@ impl Service {
                 infra.topic_specs(),
                 infra.kafka.timeout,
             ))
-            .depends_on(probes::postgres(pool.clone(), migrator));
+            .depends_on(probes::postgres(pool.clone(), migrators));
         Ok((service, pool))
     }
 

@@ -12,21 +12,22 @@ use crate::readiness::{Dependency, Probe};
 
 /// Postgres: reachable, and this service's migrations applied (run on the first
 /// successful probe, under sqlx's advisory lock, so concurrent instances are safe).
-pub fn postgres(pool: PgPool, migrator: Option<Arc<Migrator>>) -> Dependency {
+pub fn postgres(pool: PgPool, migrators: Vec<Arc<Migrator>>) -> Dependency {
     let migrated = Arc::new(OnceCell::new());
+    let migrators = Arc::new(migrators);
     Dependency::new("postgres", Duration::from_secs(10), move || {
-        let (pool, migrator, migrated) = (pool.clone(), migrator.clone(), Arc::clone(&migrated));
+        let (pool, migrators, migrated) =
+            (pool.clone(), Arc::clone(&migrators), Arc::clone(&migrated));
         async move {
             if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
                 return Probe::NotReady(format!("cannot reach Postgres: {e}"));
             }
-            let Some(migrator) = migrator else {
-                return Probe::Ready;
-            };
             let applied = migrated
                 .get_or_try_init(|| async {
-                    migrator.run(&pool).await?;
-                    tracing::info!("migrations applied");
+                    for migrator in migrators.iter() {
+                        migrator.run(&pool).await?;
+                    }
+                    tracing::info!(migrators = migrators.len(), "migrations applied");
                     Ok::<(), sqlx::migrate::MigrateError>(())
                 })
                 .await;

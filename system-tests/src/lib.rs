@@ -48,6 +48,7 @@ pub fn service_env(env: &TestEnv, brokers: &str, database_url: &str) -> Env {
         ("TOPIC_PREFIX", env.topic_prefix.as_str()),
         ("EVENT_PARTITIONS", partitions.as_str()),
         ("COMMAND_API_ADDR", "127.0.0.1:0"),
+        ("API_KEYS", "test-key"),
         ("PROJECTIONS_ADDR", "127.0.0.1:0"),
         ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
     ])

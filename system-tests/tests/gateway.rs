@@ -53,20 +53,14 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
             .ends_with("on projections"),
         "{body}"
     );
-    let body: serde_json::Value = client
+    // Writes reach the command API, the only service that asks for an API key.
+    let response = client
         .post(gateway.url("/v1/orders/42/cancel"))
         .json(&serde_json::json!({}))
         .send()
-        .await?
-        .json()
         .await?;
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("on command-api"),
-        "{body}"
-    );
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
     let (_, _, body) = get(&gateway.url("/v1/sagas/42")).await?;
     assert!(
         body["detail"]

@@ -81,6 +81,14 @@ impl WriterMetrics {
         metrics
     }
 
+    /// The same metric families, labelled for another service (one registry per process).
+    pub fn for_service(&self, service: &'static str) -> Self {
+        Self {
+            service,
+            ..self.clone()
+        }
+    }
+
     /// Metrics that go nowhere, for writers run outside a service (tests, tools).
     pub fn unregistered(service: &'static str) -> Self {
         Self::register(&mut Registry::default(), service)

@@ -1,0 +1,55 @@
+//! Correlation and tracing: every request gets a correlation id (from `X-Correlation-Id`,
+//! or a new one, returned in that header) and a W3C trace context (from `traceparent`, or a
+//! new trace). Both ride on every command the request causes, and every log line about the
+//! request carries them.
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use schemas::{CorrelationId, TraceParent};
+use tracing::Instrument;
+
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// Who and what a request belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestContext {
+    pub correlation_id: CorrelationId,
+    pub traceparent: TraceParent,
+}
+
+impl RequestContext {
+    fn from_headers(headers: &axum::http::HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let correlation_id = header(CORRELATION_HEADER)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_default();
+        // A caller's trace continues with a new span of ours; a malformed one starts anew.
+        let traceparent = header("traceparent")
+            .and_then(|v| v.trim().parse::<TraceParent>().ok())
+            .map_or_else(TraceParent::new_root, |t| t.child());
+        Self {
+            correlation_id,
+            traceparent,
+        }
+    }
+}
+
+pub async fn correlate(mut request: Request, next: Next) -> Response {
+    let context = RequestContext::from_headers(request.headers());
+    request.extensions_mut().insert(context);
+    let span = tracing::info_span!(
+        "command",
+        correlation_id = %context.correlation_id,
+        trace_id = %context.traceparent.trace_id(),
+    );
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&context.correlation_id.to_string()) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&context.traceparent.to_string()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    response
+}

@@ -1,0 +1,180 @@
+//! Every way a command request can fail, and its one mapping to HTTP: an RFC 9457 problem.
+//! Internal errors reach the client as an opaque 500 with the request id; their cause is
+//! logged here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use event_store::EventStoreError;
+use serde::Serialize;
+use serde_json::{Value, json};
+use service_runtime::problem::Problem;
+
+/// One failing field of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer-like path: `email`, `lines[2].quantity`, or a header name.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    MalformedJson(String),
+    UnsupportedMediaType,
+    PayloadTooLarge {
+        limit: usize,
+    },
+    /// Fields that fail validation, all of them.
+    Validation(Vec<FieldError>),
+    NotFound {
+        what: &'static str,
+        id: String,
+    },
+    /// `If-Match` named another version than the current one.
+    VersionConflict {
+        expected: u64,
+        current: u64,
+    },
+    /// A business rule refused the command; `rejection` is its code and details.
+    Rejected {
+        rejection: Value,
+    },
+    IdempotencyKeyReused,
+    /// The broker, the database or a writer could not answer in time: retry.
+    Unavailable(String),
+    Unauthorized,
+    RateLimited {
+        retry_after_secs: u32,
+    },
+    Overloaded,
+    Internal(String),
+}
+
+impl ApiError {
+    /// A refused command as a problem; `unknown-*` codes read as 404.
+    pub fn rejected<R: Serialize>(rejection: &R) -> Self {
+        let rejection =
+            serde_json::to_value(rejection).unwrap_or_else(|_| json!({"code": "rejected"}));
+        Self::Rejected { rejection }
+    }
+
+    pub fn from_store(error: EventStoreError) -> Self {
+        match error {
+            EventStoreError::Unavailable { .. }
+            | EventStoreError::NotOwner { .. }
+            | EventStoreError::Fenced { .. } => Self::Unavailable(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+fn problem_type(code: &str) -> String {
+    format!("urn:shop:problem:{code}")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Self::MalformedJson(detail) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {detail}"),
+            )
+            .typed(problem_type("malformed-json"), "Malformed JSON"),
+            Self::UnsupportedMediaType => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as application/json",
+            ),
+            Self::PayloadTooLarge { limit } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {limit} bytes"),
+            ),
+            Self::Validation(errors) => {
+                let detail = format!("{} field(s) are invalid", errors.len());
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+                    .typed(problem_type("validation"), "Invalid request")
+                    .with("errors", serde_json::to_value(errors).unwrap_or_default())
+            }
+            Self::NotFound { what, id } => {
+                Problem::new(StatusCode::NOT_FOUND, format!("no {what} {id}"))
+                    .typed(problem_type("not-found"), "Not found")
+            }
+            Self::VersionConflict { expected, current } => Problem::new(
+                StatusCode::CONFLICT,
+                format!("If-Match expected version {expected}, the current version is {current}"),
+            )
+            .typed(problem_type("version-conflict"), "Version conflict")
+            .with("current_version", current),
+            Self::Rejected { rejection } => {
+                let code = rejection["code"].as_str().unwrap_or("rejected").to_owned();
+                let mut problem =
+                    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {code}"))
+                        .typed(problem_type(&code), "Command refused")
+                        .with("code", code.as_str());
+                if let Value::Object(details) = rejection {
+                    for (key, value) in details.into_iter().filter(|(k, _)| k != "code") {
+                        problem = problem.with(&key, value);
+                    }
+                }
+                problem
+            }
+            Self::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was used for a different request",
+            )
+            .typed(
+                problem_type("idempotency-key-reused"),
+                "Idempotency key reused",
+            ),
+            Self::Unavailable(reason) => {
+                tracing::warn!(%reason, "command not decided: unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the event store cannot take commands right now; retry",
+                )
+                .typed(problem_type("unavailable"), "Service unavailable")
+                .retry_after(1)
+            }
+            Self::Unauthorized => {
+                let mut response = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "send a valid API key as `Authorization: Bearer <key>`",
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    "www-authenticate",
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                return response;
+            }
+            Self::RateLimited { retry_after_secs } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this API key is over its rate limit",
+            )
+            .retry_after(retry_after_secs),
+            Self::Overloaded => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many commands in flight; retry",
+            )
+            .typed(problem_type("overloaded"), "Overloaded")
+            .retry_after(1),
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "an internal error occurred; the request id identifies it in the logs",
+                )
+            }
+        };
+        problem.into_response()
+    }
+}

@@ -1,0 +1,327 @@
+//! `POST /v1/users`, `POST /v1/users/{id}/email`, `POST /v1/users/{id}/deactivate`.
+//!
+//! An email belongs to at most one active user. The rule lives in the log: each normalized
+//! address is an aggregate of its own (`user-emails`), so concurrent registrations with one
+//! address meet at its single writer and exactly one claims it. A handler claims first and
+//! changes the user second; when the second step is refused, it gives the claim back.
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use schemas::UserId;
+use schemas::users::{ChangeUserEmail, DeactivateUser, RegisterUser};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::Principal;
+use super::body::JsonBody;
+use super::context::RequestContext;
+use super::error::ApiError;
+use super::fields::Fields;
+use super::idempotency::expected_version;
+use super::{AppState, Issuer, accepted};
+use crate::domain::users::{UserRejection, UserState, claim, release};
+use crate::domain::values::{EmailAddress, PersonName};
+use event_store::outcome::Outcome;
+
+/// Internal retries when the user changed between reading it and changing it, for
+/// requests without `If-Match` (with one, the caller decides: 409).
+const ATTEMPTS: usize = 3;
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documentation of the body: the handler reads it field by field.
+pub struct RegisterUserBody {
+    /// 1 to 100 characters after trimming, no control characters.
+    #[schema(example = "Ada Lovelace")]
+    name: String,
+    /// Normalized to lower case; unique among active users.
+    #[schema(example = "ada@example.com")]
+    email: String,
+    /// The new user's id; generated when absent (derived from `Idempotency-Key` when given).
+    id: Option<Uuid>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documentation of the body: the handler reads it field by field.
+pub struct ChangeEmailBody {
+    #[schema(example = "ada@example.org")]
+    email: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documentation of the body: the handler reads it field by field.
+pub struct DeactivateBody {
+    /// Why, up to 500 characters.
+    reason: Option<String>,
+}
+
+async fn issuer(
+    state: &AppState,
+    context: RequestContext,
+    principal: &Principal,
+    headers: &HeaderMap,
+    path: &str,
+    body: &JsonBody,
+) -> Result<Issuer, ApiError> {
+    let ids = state
+        .keys
+        .ids_for(principal, headers, ("POST", path, &body.bytes))
+        .await?;
+    Ok(Issuer::new(context, ids, state.command_timeout))
+}
+
+fn parse_email(fields: &mut Fields<'_>, raw: Option<&str>) -> Option<EmailAddress> {
+    let parsed = EmailAddress::parse(raw?);
+    parsed.map_err(|e| fields.fail("email", e.to_string())).ok()
+}
+
+fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound {
+        what: "user",
+        id: raw.to_owned(),
+    })
+}
+
+/// Register a user.
+#[utoipa::path(
+    post, path = "/v1/users", tag = "users",
+    request_body = RegisterUserBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer")),
+    responses(
+        (status = 201, description = "registered", body = super::Accepted, headers(("Location" = String))),
+        (status = 400, description = "malformed JSON"), (status = 401, description = "no valid API key"),
+        (status = 413, description = "body over 64 KiB"), (status = 415, description = "not JSON"),
+        (status = 422, description = "invalid fields, email taken, or key reused"), (status = 429, description = "rate limited"),
+        (status = 503, description = "unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let mut fields = Fields::of(&body.value);
+    let name = fields.string("name");
+    let email = fields.string("email");
+    let id = fields.optional_uuid("id");
+    let name = name.and_then(|n| {
+        PersonName::parse(n)
+            .map_err(|e| fields.fail("name", e.to_string()))
+            .ok()
+    });
+    let email = parse_email(&mut fields, email);
+    let (name, email) = fields.finish(name.zip(email))?;
+    let issuer = issuer(&state, context, &principal, &headers, "/v1/users", &body).await?;
+    let user_id = id
+        .map(UserId::from)
+        .unwrap_or_else(|| issuer.ids().new_user());
+
+    let models = &state.models;
+    let claimed = issuer
+        .run(
+            &models.emails,
+            issuer.command("claim-email", claim(&email, user_id), None),
+        )
+        .await?;
+    if let Outcome::Rejected { reason, .. } = claimed {
+        return Err(ApiError::rejected(&reason));
+    }
+    let register = RegisterUser {
+        user_id,
+        name: name.as_str().to_owned(),
+        email: email.to_string(),
+    };
+    let outcome = issuer
+        .run(
+            &models.users,
+            issuer.command("register", register.into(), None),
+        )
+        .await?;
+    if let Outcome::Rejected {
+        reason: UserRejection::AlreadyRegistered,
+        ..
+    } = &outcome
+    {
+        // The id is taken: give the address back, unless it is that user's own.
+        let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+        if !matches!(&user, UserState::Active { email: own, .. } if own == email.as_str()) {
+            issuer
+                .run(
+                    &models.emails,
+                    issuer.command("release-claim", release(email.as_str(), user_id), None),
+                )
+                .await?;
+        }
+    }
+    Ok(accepted(outcome, "user")?.created("/v1/users"))
+}
+
+/// Change a user's email address.
+#[utoipa::path(
+    post, path = "/v1/users/{id}/email", tag = "users",
+    request_body = ChangeEmailBody,
+    params(
+        ("id" = Uuid, Path, description = "the user"),
+        ("If-Match" = Option<String>, Header, description = "the version to expect, such as \"1\""),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer"),
+    ),
+    responses(
+        (status = 200, description = "changed", body = super::Accepted),
+        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match"),
+        (status = 422, description = "invalid email, taken, same as now, or user deactivated"),
+        (status = 503, description = "unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn change_email(
+    State(state): State<AppState>,
+    Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let user_id = parse_user_id(&id)?;
+    let if_match = expected_version(&headers)?;
+    let mut fields = Fields::of(&body.value);
+    let email = fields.string("email");
+    let email = parse_email(&mut fields, email);
+    let email = fields.finish(email)?;
+    let path = format!("/v1/users/{user_id}/email");
+    let issuer = issuer(&state, context, &principal, &headers, &path, &body).await?;
+    let models = &state.models;
+
+    // On a keyed retry every step below has the id it had the first time, so the writers
+    // answer with their first outcomes whatever the user looks like now: no step may be
+    // skipped because of what is read here.
+    for attempt in 0..ATTEMPTS {
+        let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+        let previous = match user {
+            UserState::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
+            UserState::Active { email, .. } | UserState::Deactivated { email, .. } => email,
+        };
+        let step = format!("claim-{attempt}");
+        let claimed = issuer
+            .run(
+                &models.emails,
+                issuer.command(&step, claim(&email, user_id), None),
+            )
+            .await?;
+        if let Outcome::Rejected { reason, .. } = claimed {
+            return Err(ApiError::rejected(&reason));
+        }
+        let change = ChangeUserEmail {
+            user_id,
+            email: email.to_string(),
+        };
+        let expected = if_match.or(Some(version));
+        let step = format!("change-{attempt}");
+        let outcome = issuer
+            .run(
+                &models.users,
+                issuer.command(&step, change.into(), expected),
+            )
+            .await?;
+        if outcome.is_accepted() {
+            let step = format!("release-{attempt}");
+            issuer
+                .run(
+                    &models.emails,
+                    issuer.command(&step, release(&previous, user_id), None),
+                )
+                .await?;
+            return Ok(accepted(outcome, "user")?.ok());
+        }
+        // Refused or stale: the new address goes back (not the one the user still has).
+        if previous != email.as_str() {
+            let step = format!("unclaim-{attempt}");
+            issuer
+                .run(
+                    &models.emails,
+                    issuer.command(&step, release(email.as_str(), user_id), None),
+                )
+                .await?;
+        }
+        if if_match.is_some()
+            || !matches!(outcome, Outcome::Conflict { .. })
+            || attempt + 1 == ATTEMPTS
+        {
+            return accepted(outcome, "user").map(super::Accepted::ok);
+        }
+    }
+    Err(ApiError::Unavailable("the user kept changing".into()))
+}
+
+/// Deactivate a user; their email becomes free.
+#[utoipa::path(
+    post, path = "/v1/users/{id}/deactivate", tag = "users",
+    request_body = DeactivateBody,
+    params(
+        ("id" = Uuid, Path, description = "the user"),
+        ("If-Match" = Option<String>, Header, description = "the version to expect"),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer"),
+    ),
+    responses(
+        (status = 200, description = "deactivated", body = super::Accepted),
+        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match"),
+        (status = 422, description = "already deactivated"), (status = 503, description = "unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    Extension(context): Extension<RequestContext>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let user_id = parse_user_id(&id)?;
+    let if_match = expected_version(&headers)?;
+    let mut fields = Fields::of(&body.value);
+    let reason = fields.optional_string("reason", 500).map(str::to_owned);
+    let reason = fields.finish(Some(reason))?;
+    let path = format!("/v1/users/{user_id}/deactivate");
+    let issuer = issuer(&state, context, &principal, &headers, &path, &body).await?;
+    let models = &state.models;
+
+    for attempt in 0..ATTEMPTS {
+        let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+        // As in `change_email`: the aggregate decides, so a keyed retry answers the same.
+        let email = match user {
+            UserState::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
+            UserState::Active { email, .. } | UserState::Deactivated { email, .. } => email,
+        };
+        let command = DeactivateUser {
+            user_id,
+            reason: reason.clone(),
+        };
+        let step = format!("deactivate-{attempt}");
+        let outcome = issuer
+            .run(
+                &models.users,
+                issuer.command(&step, command.into(), if_match.or(Some(version))),
+            )
+            .await?;
+        if outcome.is_accepted() {
+            let step = format!("release-{attempt}");
+            issuer
+                .run(
+                    &models.emails,
+                    issuer.command(&step, release(&email, user_id), None),
+                )
+                .await?;
+        }
+        if if_match.is_some()
+            || !matches!(outcome, Outcome::Conflict { .. })
+            || attempt + 1 == ATTEMPTS
+        {
+            return accepted(outcome, "user").map(super::Accepted::ok);
+        }
+    }
+    Err(ApiError::Unavailable("the user kept changing".into()))
+}
