@@ -1,0 +1,676 @@
+//! The command API end to end over HTTP, on the real broker and Postgres: every rule with
+//! an accepted and a refused case, idempotency keys, If-Match, auth and limits, errors.
+
+use std::time::{Duration, Instant};
+
+use event_store::writer::log::PartitionLog;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::Message;
+use rdkafka::producer::FutureProducer;
+use reqwest::{Client, Response, StatusCode};
+use schemas::EventDocument;
+use serde_json::{Value, json};
+use service_runtime::Env;
+use test_support::TestEnv;
+use uuid::Uuid;
+
+const KEY: &str = "test-key";
+const PARTITIONS: i32 = 2;
+
+struct App {
+    base: String,
+    client: Client,
+    brokers: String,
+    topics: TopicNames,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>>,
+}
+
+impl App {
+    async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(env, &env.brokers, extra).await
+    }
+
+    async fn start_on(
+        env: &TestEnv,
+        brokers: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let topics = TopicNames::new(&env.topic_prefix);
+        TopicAdmin::new(&KafkaSettings::new(brokers))?
+            .create(&topics.all(PARTITIONS), 1)
+            .await?;
+        let partitions = PARTITIONS.to_string();
+        let mut vars = vec![
+            ("KAFKA_BROKERS", brokers),
+            ("KAFKA_TIMEOUT_MS", "2000"),
+            ("DATABASE_URL", env.database_url.as_str()),
+            ("TOPIC_PREFIX", env.topic_prefix.as_str()),
+            ("EVENT_PARTITIONS", partitions.as_str()),
+            ("COMMAND_API_ADDR", "127.0.0.1:0"),
+            ("API_KEYS", "other-key, test-key"),
+        ];
+        vars.extend_from_slice(extra);
+        let config = command_api::Config::from_env(&Env::from_pairs(vars))?;
+        let service = command_api::build(config).await?;
+        let base = format!("http://{}", service.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let app = Self {
+            base,
+            client: Client::new(),
+            brokers: brokers.to_owned(),
+            topics,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        app.wait_ready().await?;
+        Ok(app)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("command API not ready within 30 s")
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(15))
+    }
+
+    async fn send(&self, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+        answer(self.post(path).json(&body).send().await?).await
+    }
+
+    /// Every event record of a service's log, in partition and offset order.
+    async fn events(&self, service: &str) -> anyhow::Result<Vec<EventDocument>> {
+        let settings = KafkaSettings::new(&self.brokers);
+        let producer: FutureProducer = settings.producer().create()?;
+        let topic = self.topics.events(service);
+        let mut all = Vec::new();
+        for partition in 0..PARTITIONS {
+            let log = PartitionLog::new(producer.clone(), settings.clone(), partition);
+            let end = log.end_offset(&topic).await?;
+            log.read_range(&topic, 0, end, |m| {
+                all.push(EventDocument::from_json(m.payload().expect("value")).expect("an event"));
+            })
+            .await?;
+        }
+        Ok(all)
+    }
+}
+
+impl App {
+    /// Stops gracefully: the writers leave their group, so a successor takes over at once.
+    async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Sends until the answer is not 503 (which says: retry), as a client would.
+async fn until_decided(request: impl Fn() -> reqwest::RequestBuilder) -> anyhow::Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = request().send().await?;
+        if response.status() != 503 || Instant::now() > deadline {
+            return Ok(response);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn answer(response: Response) -> anyhow::Result<(StatusCode, Value)> {
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn user_body(name: &str, email: &str) -> Value {
+    json!({"name": name, "email": email})
+}
+
+async fn register(app: &App, email: &str) -> anyhow::Result<String> {
+    let (status, body) = app
+        .send("/v1/users", user_body("Ada Lovelace", email))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    Ok(body["id"].as_str().expect("an id").to_owned())
+}
+
+fn order_body(user: &str) -> Value {
+    json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_register_change_email_and_deactivate_by_the_rules() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+
+    let response = app
+        .post("/v1/users")
+        .json(&user_body(" Ada Lovelace ", "Ada@Example.com"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    let body: Value = response.json().await?;
+    let ada = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(location, format!("/v1/users/{ada}"));
+    assert_eq!(body["version"], 1);
+    assert!(
+        body["position"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("users:")),
+        "{body}"
+    );
+
+    // The email is normalized, so another case is the same address.
+    let (status, body) = app
+        .send("/v1/users", user_body("Imposter", "ADA@example.COM"))
+        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("email-taken")),
+        "{body}"
+    );
+
+    let (status, body) = app
+        .send(
+            &format!("/v1/users/{ada}/email"),
+            json!({"email": "ada@example.org"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["version"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
+    // The old address is free again; the new one is taken.
+    register(&app, "ada@example.com").await?;
+    let (status, body) = app
+        .send("/v1/users", user_body("B", "ada@example.org"))
+        .await?;
+    assert_eq!(body["code"], "email-taken", "{status} {body}");
+    let (status, body) = app
+        .send(
+            &format!("/v1/users/{ada}/email"),
+            json!({"email": "ada@example.org"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("same-email"))
+    );
+
+    let stale = app
+        .post(&format!("/v1/users/{ada}/deactivate"))
+        .header("If-Match", "\"1\"")
+        .json(&json!({}))
+        .send()
+        .await?;
+    let (status, body) = answer(stale).await?;
+    assert_eq!(
+        (status, body["current_version"].as_u64()),
+        (StatusCode::CONFLICT, Some(2)),
+        "{body}"
+    );
+    let (status, _) = app
+        .send(
+            &format!("/v1/users/{ada}/deactivate"),
+            json!({"reason": "asked"}),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .send(
+            &format!("/v1/users/{ada}/email"),
+            json!({"email": "x@example.net"}),
+        )
+        .await?;
+    assert_eq!(body["code"], "user-deactivated", "{status} {body}");
+    // A deactivated user's email is free for someone else.
+    register(&app, "ada@example.org").await?;
+
+    let (status, _) = app
+        .send(
+            &format!("/v1/users/{}/email", Uuid::new_v4()),
+            json!({"email": "n@example.net"}),
+        )
+        .await?;
+    assert_eq!(status, 404);
+    let (status, body) = app.send("/v1/orders", order_body(&ada)).await?;
+    assert_eq!(body["code"], "user-deactivated", "{status} {body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_with_one_email_give_exactly_one_user() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = std::sync::Arc::new(App::start(&env, &[]).await?);
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                app.send(
+                    "/v1/users",
+                    user_body(&format!("User {i}"), "race@example.com"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        let (status, body) = attempt.await??;
+        match status.as_u16() {
+            201 => created += 1,
+            422 => assert_eq!(body["code"], "email-taken", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let registered = app
+        .events("users")
+        .await?
+        .iter()
+        .filter(|e| e.event_type == "UserRegistered")
+        .count();
+    assert_eq!(registered, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_placed_and_cancelled_by_the_rules() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let user = register(&app, "buyer@example.com").await?;
+
+    let response = app
+        .post("/v1/orders")
+        .json(&order_body(&user))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let order = response.json::<Value>().await?["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let placed = app.events("orders").await?;
+    assert_eq!(placed[0].data["total_cents"], 2500);
+
+    let invalid = [
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": []}),
+            "lines",
+        ),
+        (
+            json!({"user_id": user, "currency": "EURO", "lines": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+            "currency",
+        ),
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "A", "quantity": 0, "unit_price_cents": 1}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "A", "quantity": 1001, "unit_price_cents": 1}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "A", "quantity": 1, "unit_price_cents": -1}]}),
+            "lines[0].unit_price_cents",
+        ),
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": vec![json!({"sku": "A", "quantity": 1, "unit_price_cents": 1}); 101]}),
+            "lines",
+        ),
+        (
+            json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "A", "quantity": 1000, "unit_price_cents": 10001}]}),
+            "lines",
+        ),
+        (
+            json!({"user_id": "nope", "currency": "EUR", "lines": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}),
+            "user_id",
+        ),
+    ];
+    for (body, field) in invalid {
+        let (status, problem) = app.send("/v1/orders", body).await?;
+        assert_eq!(status, 422, "{problem}");
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{field} not in {problem}");
+    }
+    // Exactly the maximum total is fine; an unknown user is refused by rule.
+    let max = json!({"user_id": user, "currency": "JPY", "lines": [{"sku": "A", "quantity": 1000, "unit_price_cents": 10000}]});
+    assert_eq!(app.send("/v1/orders", max).await?.0, 201);
+    let (status, body) = app
+        .send("/v1/orders", order_body(&Uuid::new_v4().to_string()))
+        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown-user"))
+    );
+
+    let conflict = app
+        .post(&format!("/v1/orders/{order}/cancel"))
+        .header("If-Match", "\"7\"")
+        .json(&json!({"reason": "no"}))
+        .send()
+        .await?;
+    let (status, body) = answer(conflict).await?;
+    assert_eq!(
+        (status, body["current_version"].as_u64()),
+        (StatusCode::CONFLICT, Some(1))
+    );
+    let (status, body) = app
+        .send(
+            &format!("/v1/orders/{order}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["version"].as_u64()),
+        (StatusCode::OK, Some(2))
+    );
+    let (status, body) = app
+        .send(
+            &format!("/v1/orders/{order}/cancel"),
+            json!({"reason": "again"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid-transition"))
+    );
+    assert_eq!(body["status"], "cancelled");
+    let (status, _) = app
+        .send(
+            &format!("/v1/orders/{}/cancel", Uuid::new_v4()),
+            json!({"reason": "x"}),
+        )
+        .await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replays_the_same_bytes_and_refuses_another_body() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let body = user_body("Grace Hopper", "grace@example.com");
+    let send = |body: &Value| {
+        app.post("/v1/users")
+            .header("Idempotency-Key", "register-grace-1")
+            .json(body)
+            .send()
+    };
+    let first = send(&body).await?;
+    let (status, first_bytes) = (first.status(), first.bytes().await?);
+    assert_eq!(status, 201);
+    let again = send(&body).await?;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.bytes().await?, first_bytes, "byte-identical");
+
+    let other = send(&user_body("Grace Hopper", "other@example.com")).await?;
+    let (status, problem) = answer(other).await?;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("urn:shop:problem:idempotency-key-reused")
+        )
+    );
+    app.shutdown().await?;
+
+    // After a restart (a new process, rebuilding from the log): still the same bytes.
+    let restarted = App::start(&env, &[]).await?;
+    let again = until_decided(|| {
+        restarted
+            .post("/v1/users")
+            .header("Idempotency-Key", "register-grace-1")
+            .json(&body)
+    })
+    .await?;
+    assert_eq!(again.bytes().await?, first_bytes);
+    assert_eq!(restarted.events("users").await?.len(), 1, "appended once");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_documented_problem() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let malformed = app
+        .post("/v1/users")
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await?;
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(
+        malformed.headers()["content-type"],
+        "application/problem+json"
+    );
+    let text = app
+        .post("/v1/users")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await?;
+    assert_eq!(text.status(), 415);
+    let huge = json!({"name": "x".repeat(70 * 1024), "email": "a@b.co"});
+    assert_eq!(
+        app.post("/v1/users").json(&huge).send().await?.status(),
+        413
+    );
+    let (status, problem) = app
+        .send("/v1/users", json!({"name": "", "email": "nope", "id": 5}))
+        .await?;
+    assert_eq!(status, 422);
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["id", "name", "email"], "{problem}");
+    let if_match = app
+        .post(&format!("/v1/users/{}/deactivate", Uuid::new_v4()))
+        .header("If-Match", "soon")
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(if_match.status(), 422);
+
+    let anonymous = app
+        .client
+        .post(format!("{}/v1/users", app.base))
+        .json(&user_body("A", "a@b.co"))
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401);
+    let wrong = app
+        .client
+        .post(format!("{}/v1/users", app.base))
+        .bearer_auth("guess")
+        .json(&user_body("A", "a@b.co"))
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
+    for open in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        assert_eq!(
+            app.client
+                .get(format!("{}{open}", app.base))
+                .send()
+                .await?
+                .status(),
+            200,
+            "{open}"
+        );
+    }
+    assert!(
+        app.events("users").await?.is_empty(),
+        "no refused request appended anything"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_key_is_limited_and_correlation_and_trace_ride_on_the_events() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await;
+    let app = App::start(
+        &env,
+        &[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "3")],
+    )
+    .await?;
+    let correlation = Uuid::now_v7().to_string();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = app
+        .post("/v1/users")
+        .header("X-Correlation-Id", &correlation)
+        .header("traceparent", traceparent)
+        .json(&user_body("Ada", "traced@example.com"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-correlation-id"], correlation.as_str());
+    let events = app.events("users").await?;
+    assert_eq!(events[0].correlationid.to_string(), correlation);
+    assert_eq!(
+        events[0].traceparent.trace_id(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let claims = app.events("user-emails").await?;
+    assert_eq!(
+        claims[0].correlationid.to_string(),
+        correlation,
+        "every event the request caused"
+    );
+
+    let mut limited = None;
+    for _ in 0..5 {
+        let response = app.post("/v1/users").json(&json!({})).send().await?;
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the key is limited past its burst");
+    assert!(limited.headers()["retry-after"].to_str()?.parse::<u32>()? >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_gets_a_503_with_retry_after_within_5_seconds() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let mut broker = test_support::PrivateBroker::start().await;
+    let app = App::start_on(
+        &env,
+        &broker.brokers.clone(),
+        &[("COMMAND_TIMEOUT_MS", "4000")],
+    )
+    .await?;
+    register(&app, "alive@example.com").await?;
+    broker.kill();
+    let started = Instant::now();
+    let response = app
+        .post("/v1/users")
+        .json(&user_body("Late", "late@example.com"))
+        .send()
+        .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_that_exist() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let document: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("operations").keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "POST /v1/orders",
+            "POST /v1/orders/{id}/cancel",
+            "POST /v1/users",
+            "POST /v1/users/{id}/deactivate",
+            "POST /v1/users/{id}/email",
+        ]
+    );
+    // Every documented route exists: anything else is a 404 from the router's fallback.
+    for route in &documented {
+        let (method, path) = route.split_once(' ').expect("method and path");
+        let path = path.replace("{id}", &Uuid::new_v4().to_string());
+        assert_eq!(method, "POST");
+        let status = app
+            .client
+            .post(format!("{}{path}", app.base))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status, 401, "{route} exists (and wants a key)");
+    }
+    let status = app
+        .client
+        .post(format!("{}/v1/nothing", app.base))
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 404);
+    Ok(())
+}
