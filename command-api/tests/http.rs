@@ -674,3 +674,41 @@ async fn the_openapi_document_lists_exactly_the_routes_that_exist() -> anyhow::R
     assert_eq!(status, 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_limit_load_is_shed_with_503_not_queued() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = std::sync::Arc::new(App::start(&env, &[("MAX_IN_FLIGHT", "2")]).await?);
+    let burst: Vec<_> = (0..40)
+        .map(|i| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                let response = app
+                    .post("/v1/users")
+                    .json(&user_body("Load", &format!("load{i}@example.com")))
+                    .send()
+                    .await?;
+                let status = response.status();
+                let retry_after = response.headers().get("retry-after").cloned();
+                anyhow::Ok((status, retry_after))
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    let mut created = 0;
+    for attempt in burst {
+        let (status, retry_after) = attempt.await??;
+        match status.as_u16() {
+            201 => created += 1,
+            503 => {
+                shed += 1;
+                assert!(retry_after.is_some(), "a shed request says when to retry");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shed > 0 && created > 0, "{shed} shed, {created} created");
+    let registered = app.events("users").await?.len();
+    assert_eq!(registered, created, "a shed request appended nothing");
+    Ok(())
+}

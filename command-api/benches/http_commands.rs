@@ -1,0 +1,217 @@
+//! HTTP commands per second and latency, against raw rdkafka idempotent produce of the same
+//! event records to the same broker, at the same concurrency, in one run.
+//!
+//!     ./dev bench            (or, with SHOP_TEST_DATABASE_URL set: cargo bench -p command-api)
+//!
+//! The load generator is this program (reqwest, one client, `CONCURRENCY` callers each
+//! waiting for its answer). The broker is a private tansu on SQLite, as in the local stack.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_store::record::to_kafka_headers;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::orders::{OrderEvent, OrderLine, OrderPlaced};
+use schemas::{CommandId, CorrelationId, Event, EventId, EventMeta, OrderId, TraceParent, UserId};
+use serde_json::json;
+use service_runtime::Env;
+
+const PARTITIONS: i32 = 8;
+const USERS: usize = 200;
+const ORDERS: usize = 5_000;
+const CONCURRENCY: usize = 32;
+
+fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+async fn drive<F, Fut>(send: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let send = Arc::new(send);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|worker| {
+            let send = Arc::clone(&send);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for i in (worker..ORDERS).step_by(CONCURRENCY) {
+                    let t = Instant::now();
+                    send(i).await;
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("a bench task"));
+    }
+    (ORDERS as f64 / started.elapsed().as_secs_f64(), latencies)
+}
+
+fn order_placed(user: UserId) -> Event<OrderEvent> {
+    Event {
+        meta: EventMeta {
+            id: EventId::new(),
+            version: 1,
+            occurred_at: chrono::Utc::now(),
+            command_id: CommandId::new(),
+            correlation_id: CorrelationId::new(),
+            causation_id: uuid::Uuid::now_v7(),
+            traceparent: TraceParent::new_root(),
+        },
+        payload: OrderPlaced {
+            order_id: OrderId::new(),
+            user_id: user,
+            currency: "EUR".parse().expect("EUR"),
+            lines: vec![OrderLine {
+                sku: "SKU-1".into(),
+                quantity: 2,
+                unit_price_cents: 1250,
+            }],
+            total_cents: 2500,
+        }
+        .into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env = test_support::TestEnv::new().await;
+    let broker = test_support::PrivateBroker::start().await;
+    let settings = KafkaSettings::new(&broker.brokers);
+    let topics = TopicNames::new("");
+    TopicAdmin::new(&settings)?
+        .create(&topics.all(PARTITIONS), 1)
+        .await?;
+    TopicAdmin::new(&settings)?
+        .create(
+            &TopicNames::new("raw.").for_services(&["orders"], PARTITIONS),
+            1,
+        )
+        .await?;
+    let partitions = PARTITIONS.to_string();
+    let config = command_api::Config::from_env(&Env::from_pairs([
+        ("KAFKA_BROKERS", broker.brokers.as_str()),
+        ("DATABASE_URL", env.database_url.as_str()),
+        ("EVENT_PARTITIONS", partitions.as_str()),
+        ("COMMAND_API_ADDR", "127.0.0.1:0"),
+        ("API_KEYS", "bench"),
+        ("RATE_LIMIT_PER_SECOND", "1000000"),
+        ("RATE_LIMIT_BURST", "1000000"),
+        ("RUST_LOG", "warn"),
+    ]))?;
+    let service = command_api::build(config).await?;
+    let base = format!("http://{}", service.local_addr());
+    let _server = tokio::spawn(service.run_until(std::future::pending()));
+    let client = reqwest::Client::new();
+    while !client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Users to order for (and a warm-up of the whole path).
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        loop {
+            let response = client
+                .post(format!("{base}/v1/users"))
+                .bearer_auth("bench")
+                .json(
+                    &json!({"name": format!("User {i}"), "email": format!("user{i}@example.com")}),
+                )
+                .send()
+                .await?;
+            if response.status() == 201 {
+                let body: serde_json::Value = response.json().await?;
+                users.push(body["id"].as_str().expect("id").parse::<UserId>()?);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let users = Arc::new(users);
+
+    let producer: FutureProducer = settings.producer().create()?;
+    let records: Arc<Vec<_>> = Arc::new(
+        (0..ORDERS)
+            .map(|i| {
+                let document = order_placed(users[i % USERS]).to_document();
+                (
+                    document.subject.clone(),
+                    document.to_json(),
+                    document.headers(),
+                )
+            })
+            .collect(),
+    );
+    let (raw_rate, raw_latencies) = {
+        let (producer, records) = (producer.clone(), Arc::clone(&records));
+        drive(move |i| {
+            let (producer, records) = (producer.clone(), Arc::clone(&records));
+            async move {
+                let (key, value, headers) = &records[i];
+                let record = FutureRecord::to("raw.orders.events")
+                    .key(key)
+                    .payload(value)
+                    .headers(to_kafka_headers(headers));
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .expect("raw produce");
+            }
+        })
+        .await
+    };
+    let (http_rate, http_latencies) = {
+        let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
+        drive(move |i| {
+            let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
+            async move {
+                let body = json!({"user_id": users[i % USERS], "currency": "EUR",
+                                  "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]});
+                let response = client
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth("bench")
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("an answer");
+                assert_eq!(response.status(), 201);
+            }
+        })
+        .await
+    };
+    let (raw_p50, raw_p99) = percentiles(raw_latencies);
+    let (http_p50, http_p99) = percentiles(http_latencies);
+    println!(
+        "HTTP commands: {ORDERS} POST /v1/orders, {CONCURRENCY} concurrent, {PARTITIONS} partitions, tansu 0.6.0 on SQLite"
+    );
+    println!("| path | per second | p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw rdkafka idempotent produce of the OrderPlaced records | {raw_rate:.0} | {raw_p50:.2} | {raw_p99:.2} |"
+    );
+    println!(
+        "| HTTP command (auth, validate, read user, decide, append, confirm) | {http_rate:.0} | {http_p50:.2} | {http_p99:.2} |"
+    );
+    println!(
+        "ratio: throughput {:.2} of raw (goal >= 0.5); p99 {:+.2} ms vs raw (goal <= +5 ms)",
+        http_rate / raw_rate,
+        http_p99 - raw_p99
+    );
+    Ok(())
+}
