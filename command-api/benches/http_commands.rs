@@ -7,7 +7,7 @@
 //! waiting for its answer). The broker is a private tansu on SQLite, as in the local stack.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
@@ -16,47 +16,12 @@ use schemas::orders::{OrderEvent, OrderLine, OrderPlaced};
 use schemas::{CommandId, CorrelationId, Event, EventId, EventMeta, OrderId, TraceParent, UserId};
 use serde_json::json;
 use service_runtime::Env;
+use test_support::load::drive;
 
 const PARTITIONS: i32 = 8;
 const USERS: usize = 200;
 const ORDERS: usize = 5_000;
 const CONCURRENCY: usize = 32;
-
-fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies[((latencies.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
-    };
-    (at(0.5), at(0.99))
-}
-
-async fn drive<F, Fut>(send: F) -> (f64, Vec<Duration>)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let send = Arc::new(send);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|worker| {
-            let send = Arc::clone(&send);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                for i in (worker..ORDERS).step_by(CONCURRENCY) {
-                    let t = Instant::now();
-                    send(i).await;
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("a bench task"));
-    }
-    (ORDERS as f64 / started.elapsed().as_secs_f64(), latencies)
-}
 
 fn order_placed(user: UserId) -> Event<OrderEvent> {
     Event {
@@ -158,9 +123,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect(),
     );
-    let (raw_rate, raw_latencies) = {
+    let raw = {
         let (producer, records) = (producer.clone(), Arc::clone(&records));
-        drive(move |i| {
+        drive(ORDERS, CONCURRENCY, move |i| {
             let (producer, records) = (producer.clone(), Arc::clone(&records));
             async move {
                 let (key, value, headers) = &records[i];
@@ -176,9 +141,9 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
     };
-    let (http_rate, http_latencies) = {
+    let http = {
         let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
-        drive(move |i| {
+        drive(ORDERS, CONCURRENCY, move |i| {
             let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
             async move {
                 let body = json!({"user_id": users[i % USERS], "currency": "EUR",
@@ -195,8 +160,8 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
     };
-    let (raw_p50, raw_p99) = percentiles(raw_latencies);
-    let (http_p50, http_p99) = percentiles(http_latencies);
+    let ((raw_p50, raw_p99), (http_p50, http_p99)) = (raw.percentiles(), http.percentiles());
+    let (raw_rate, http_rate) = (raw.per_second, http.per_second);
     println!(
         "HTTP commands: {ORDERS} POST /v1/orders, {CONCURRENCY} concurrent, {PARTITIONS} partitions, tansu 0.6.0 on SQLite"
     );

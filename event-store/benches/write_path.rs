@@ -8,7 +8,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use event_store::record::to_kafka_headers;
 use event_store::sample::{Ledger, OpenAccount};
@@ -17,7 +17,8 @@ use event_store::writer::metrics::WriterMetrics;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::EventDocument;
-use support::{deposit, deposited_record, percentiles};
+use support::{deposit, deposited_record};
+use test_support::load::drive;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 8;
@@ -27,49 +28,6 @@ const CONCURRENCY: usize = 64;
 
 /// Key, value and headers of one raw record.
 type RawRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
-
-struct Run {
-    seconds: f64,
-    latencies: Vec<Duration>,
-}
-
-impl Run {
-    fn per_second(&self) -> f64 {
-        COMMANDS as f64 / self.seconds
-    }
-}
-
-/// `CONCURRENCY` tasks, each sending its share one after the other.
-async fn drive<F, Fut>(send: F) -> Run
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let send = Arc::new(send);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|worker| {
-            let send = Arc::clone(&send);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                for i in (worker..COMMANDS).step_by(CONCURRENCY) {
-                    let t = Instant::now();
-                    send(i).await;
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(COMMANDS);
-    for task in tasks {
-        latencies.extend(task.await.expect("a bench task"));
-    }
-    Run {
-        seconds: started.elapsed().as_secs_f64(),
-        latencies,
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -122,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let raw = {
         let (producer, records, topic) =
             (producer.clone(), Arc::clone(&records), raw_topic.clone());
-        drive(move |i| {
+        drive(COMMANDS, CONCURRENCY, move |i| {
             let (producer, records, topic) =
                 (producer.clone(), Arc::clone(&records), topic.clone());
             async move {
@@ -142,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
 
     let store = {
         let (model, accounts) = (model.clone(), Arc::clone(&accounts));
-        drive(move |i| {
+        drive(COMMANDS, CONCURRENCY, move |i| {
             let (model, accounts) = (model.clone(), Arc::clone(&accounts));
             async move {
                 let outcome = model
@@ -157,8 +115,8 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     writer.await?;
 
-    let (raw_p50, raw_p99) = percentiles(raw.latencies.clone());
-    let (store_p50, store_p99) = percentiles(store.latencies.clone());
+    let (raw_p50, raw_p99) = raw.percentiles();
+    let (store_p50, store_p99) = store.percentiles();
     println!(
         "write path: {COMMANDS} appends, {CONCURRENCY} concurrent, {PARTITIONS} partitions, tansu 0.6.0 on SQLite"
     );
@@ -166,15 +124,15 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     println!(
         "| raw rdkafka idempotent produce | {:.0} | {raw_p50:.2} | {raw_p99:.2} |",
-        raw.per_second()
+        raw.per_second
     );
     println!(
         "| event store (decide + append + confirm) | {:.0} | {store_p50:.2} | {store_p99:.2} |",
-        store.per_second()
+        store.per_second
     );
     println!(
         "ratio: throughput {:.2} of raw (goal >= 0.5); p99 {:+.2} ms vs raw (goal <= +5 ms)",
-        store.per_second() / raw.per_second(),
+        store.per_second / raw.per_second,
         store_p99 - raw_p99
     );
     Ok(())

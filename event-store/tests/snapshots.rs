@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use event_store::outcome::Outcome;
 use event_store::sample::{Deposit, Ledger, LedgerCommand, OpenAccount, Withdraw};
 use event_store::writer::host::{WriteModel, WriterConfig};
@@ -14,21 +13,13 @@ use event_store::writer::partition::{PartitionSettings, PartitionWriter, Snapsho
 use event_store::writer::snapshot::SnapshotStore;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::FutureProducer;
-use schemas::{Command, CommandId, CommandMeta, CorrelationId, TraceParent};
+use schemas::{Command, CommandMeta};
 use test_support::TestEnv;
 use tokio_util::sync::CancellationToken;
 
 fn command(payload: LedgerCommand) -> Command<LedgerCommand> {
     Command {
-        meta: CommandMeta {
-            id: CommandId::new(),
-            issuer: "/test".into(),
-            expected_version: None,
-            issued_at: Utc::now(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: CommandMeta::new("/test"),
         payload,
     }
 }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use event_store::outcome::Outcome;
 use event_store::sample::{Ledger, LedgerCommand, LedgerRejection, OpenAccount, Withdraw};
 use event_store::writer::host::{WriteModel, WriterConfig};
@@ -15,21 +14,13 @@ use event_store::writer::partition::{PartitionSettings, PartitionWriter, Request
 use event_store::{EventStoreError, KafkaSettings, TopicNames};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use schemas::{Command, CommandId, CommandMeta, CorrelationId, TraceParent};
+use schemas::{Command, CommandMeta};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 fn command(payload: impl Into<LedgerCommand>) -> Command<LedgerCommand> {
     Command {
-        meta: CommandMeta {
-            id: CommandId::new(),
-            issuer: "/test".into(),
-            expected_version: None,
-            issued_at: Utc::now(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: CommandMeta::new("/test"),
         payload: payload.into(),
     }
 }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use event_store::outcome::Outcome;
 use event_store::sample::{
     Deposit, Ledger, LedgerCommand, LedgerEvent, LedgerRejection, OpenAccount, Withdraw,
@@ -15,7 +14,7 @@ use event_store::writer::metrics::WriterMetrics;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::Message;
 use rdkafka::producer::FutureProducer;
-use schemas::{Command, CommandId, CommandMeta, CorrelationId, EventDocument, TraceParent};
+use schemas::{Command, CommandMeta, EventDocument};
 use test_support::TestEnv;
 use tokio_util::sync::CancellationToken;
 
@@ -71,13 +70,8 @@ impl Ledgers {
 fn command(payload: impl Into<LedgerCommand>, expected: Option<u64>) -> Command<LedgerCommand> {
     Command {
         meta: CommandMeta {
-            id: CommandId::new(),
-            issuer: "/test".into(),
             expected_version: expected,
-            issued_at: Utc::now(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
+            ..CommandMeta::new("/test")
         },
         payload: payload.into(),
     }

@@ -11,14 +11,13 @@ use std::net::SocketAddr;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
-use chrono::Utc;
 use event_store::gate::{Admission, VersionGate};
 use event_store::sample::{Deposit, LedgerCommand, OpenAccount};
 use event_store::writer::log::PartitionLog;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::Message;
 use rdkafka::producer::FutureProducer;
-use schemas::{Command, CommandId, CommandMeta, CorrelationId, EventDocument, TraceParent};
+use schemas::{Command, CommandMeta, EventDocument};
 use serde_json::Value;
 use test_support::TestEnv;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -158,15 +157,7 @@ impl Client {
 
 fn command(payload: LedgerCommand) -> Command<LedgerCommand> {
     Command {
-        meta: CommandMeta {
-            id: CommandId::new(),
-            issuer: "/test".into(),
-            expected_version: None,
-            issued_at: Utc::now(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: CommandMeta::new("/test"),
         payload,
     }
 }

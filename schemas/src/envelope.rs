@@ -188,6 +188,23 @@ pub struct CommandMeta {
     pub traceparent: TraceParent,
 }
 
+impl CommandMeta {
+    /// Metadata of a new command from `issuer`: a fresh id (also its causation), issued now,
+    /// a new correlation and a new trace. Callers continuing a request or a saga set those.
+    pub fn new(issuer: &str) -> Self {
+        let id = CommandId::new();
+        Self {
+            id,
+            issuer: issuer.to_owned(),
+            expected_version: None,
+            issued_at: Utc::now(),
+            correlation_id: CorrelationId::new(),
+            causation_id: id.as_uuid(),
+            traceparent: TraceParent::new_root(),
+        }
+    }
+}
+
 /// A command with its decoded payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Command<C> {

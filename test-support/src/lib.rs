@@ -4,7 +4,9 @@
 //! without seeing each other.
 //!
 //! This crate depends on nothing of ours, so every crate can use it in its tests without
-//! a dependency cycle.
+//! a dependency cycle. [`load`] drives benchmarks.
+
+pub mod load;
 
 use std::time::Duration;
 

@@ -48,6 +48,25 @@ pub struct AppState {
     pub command_timeout: Duration,
 }
 
+impl AppState {
+    /// The issuer of a `POST` to `path`: its commands get ids from its `Idempotency-Key`
+    /// (checked against the key's first request) or fresh ones.
+    pub async fn issuer(
+        &self,
+        context: RequestContext,
+        principal: &auth::Principal,
+        headers: &axum::http::HeaderMap,
+        path: &str,
+        body: &body::JsonBody,
+    ) -> Result<Issuer, ApiError> {
+        let ids = self
+            .keys
+            .ids_for(principal, headers, ("POST", path, &body.bytes))
+            .await?;
+        Ok(Issuer::new(context, ids, self.command_timeout))
+    }
+}
+
 /// The answer to an accepted command.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Accepted {

@@ -20,7 +20,7 @@ use super::context::RequestContext;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::idempotency::expected_version;
-use super::{AppState, Issuer, accepted};
+use super::{AppState, accepted};
 use crate::domain::users::{UserRejection, UserState, claim, release};
 use crate::domain::values::{EmailAddress, PersonName};
 use event_store::outcome::Outcome;
@@ -54,21 +54,6 @@ pub struct ChangeEmailBody {
 pub struct DeactivateBody {
     /// Why, up to 500 characters.
     reason: Option<String>,
-}
-
-async fn issuer(
-    state: &AppState,
-    context: RequestContext,
-    principal: &Principal,
-    headers: &HeaderMap,
-    path: &str,
-    body: &JsonBody,
-) -> Result<Issuer, ApiError> {
-    let ids = state
-        .keys
-        .ids_for(principal, headers, ("POST", path, &body.bytes))
-        .await?;
-    Ok(Issuer::new(context, ids, state.command_timeout))
 }
 
 fn parse_email(fields: &mut Fields<'_>, raw: Option<&str>) -> Option<EmailAddress> {
@@ -115,7 +100,9 @@ pub async fn register(
     });
     let email = parse_email(&mut fields, email);
     let (name, email) = fields.finish(name.zip(email))?;
-    let issuer = issuer(&state, context, &principal, &headers, "/v1/users", &body).await?;
+    let issuer = state
+        .issuer(context, &principal, &headers, "/v1/users", &body)
+        .await?;
     let user_id = id
         .map(UserId::from)
         .unwrap_or_else(|| issuer.ids().new_user());
@@ -192,7 +179,9 @@ pub async fn change_email(
     let email = parse_email(&mut fields, email);
     let email = fields.finish(email)?;
     let path = format!("/v1/users/{user_id}/email");
-    let issuer = issuer(&state, context, &principal, &headers, &path, &body).await?;
+    let issuer = state
+        .issuer(context, &principal, &headers, &path, &body)
+        .await?;
     let models = &state.models;
 
     // On a keyed retry every step below has the id it had the first time, so the writers
@@ -286,7 +275,9 @@ pub async fn deactivate(
     let reason = fields.optional_string("reason", 500).map(str::to_owned);
     let reason = fields.finish(Some(reason))?;
     let path = format!("/v1/users/{user_id}/deactivate");
-    let issuer = issuer(&state, context, &principal, &headers, &path, &body).await?;
+    let issuer = state
+        .issuer(context, &principal, &headers, &path, &body)
+        .await?;
     let models = &state.models;
 
     for attempt in 0..ATTEMPTS {

@@ -3,35 +3,15 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use chrono::Utc;
 use event_store::sample::{Deposit, Deposited, LedgerCommand, LedgerEvent};
 use schemas::{
     Command, CommandId, CommandMeta, CorrelationId, Event, EventId, EventMeta, TraceParent,
 };
 
-/// p50 and p99 of latencies, in milliseconds.
-pub fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies[i].as_secs_f64() * 1000.0
-    };
-    (at(0.50), at(0.99))
-}
-
 pub fn deposit(account: &str, amount: u64) -> Command<LedgerCommand> {
     Command {
-        meta: CommandMeta {
-            id: CommandId::new(),
-            issuer: "/bench".into(),
-            expected_version: None,
-            issued_at: Utc::now(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: CommandMeta::new("/bench"),
         payload: Deposit {
             account_id: account.into(),
             amount,

@@ -354,7 +354,7 @@ fn event_meta<C>(command: &Command<C>, version: u64, now: DateTime<Utc>) -> Even
 
 #[cfg(test)]
 mod tests {
-    use schemas::{CommandMeta, CorrelationId, TraceParent};
+    use schemas::CommandMeta;
 
     use super::*;
     use crate::sample::{Deposit, Ledger, LedgerCommand, LedgerRejection, OpenAccount, Withdraw};
@@ -362,13 +362,8 @@ mod tests {
     fn command(payload: impl Into<LedgerCommand>, expected: Option<u64>) -> Command<LedgerCommand> {
         Command {
             meta: CommandMeta {
-                id: CommandId::new(),
-                issuer: "/test".into(),
                 expected_version: expected,
-                issued_at: Utc::now(),
-                correlation_id: CorrelationId::new(),
-                causation_id: uuid::Uuid::now_v7(),
-                traceparent: TraceParent::new_root(),
+                ..CommandMeta::new("/test")
             },
             payload: payload.into(),
         }
