@@ -13,7 +13,7 @@ use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::orders::{OrderEvent, OrderLine, OrderPlaced};
-use schemas::{CommandId, CorrelationId, Event, EventId, EventMeta, OrderId, TraceParent, UserId};
+use schemas::{Event, EventMeta, OrderId, UserId};
 use serde_json::json;
 use service_runtime::Env;
 use test_support::load::drive;
@@ -25,15 +25,7 @@ const CONCURRENCY: usize = 32;
 
 fn order_placed(user: UserId) -> Event<OrderEvent> {
     Event {
-        meta: EventMeta {
-            id: EventId::new(),
-            version: 1,
-            occurred_at: chrono::Utc::now(),
-            command_id: CommandId::new(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: EventMeta::new(1),
         payload: OrderPlaced {
             order_id: OrderId::new(),
             user_id: user,

@@ -18,7 +18,7 @@ use event_store::writer::partition::{PartitionSettings, PartitionWriter};
 use event_store::writer::snapshot::SnapshotStore;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use schemas::{CommandId, CorrelationId, Event, EventId, EventMeta, TraceParent};
+use schemas::{Event, EventMeta};
 use support::deposited_record;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,15 +29,7 @@ const TAIL: u64 = 10_000;
 
 fn opened_record(account: &str) -> Vec<u8> {
     Event {
-        meta: EventMeta {
-            id: EventId::new(),
-            version: 1,
-            occurred_at: chrono::Utc::now(),
-            command_id: CommandId::new(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: EventMeta::new(1),
         payload: LedgerEvent::AccountOpened(AccountOpened {
             account_id: account.into(),
         }),

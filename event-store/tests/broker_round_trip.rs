@@ -19,15 +19,7 @@ const WAIT: Duration = Duration::from_secs(15);
 fn order_placed() -> Event<OrderEvent> {
     let order_id = OrderId::new();
     Event {
-        meta: EventMeta {
-            id: schemas::EventId::new(),
-            version: 1,
-            occurred_at: chrono::Utc::now(),
-            command_id: schemas::CommandId::new(),
-            correlation_id: schemas::CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: schemas::TraceParent::new_root(),
-        },
+        meta: EventMeta::new(1),
         payload: OrderEvent::OrderPlaced(OrderPlaced {
             order_id,
             user_id: UserId::new(),

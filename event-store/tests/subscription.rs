@@ -19,15 +19,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn rejected(order: OrderId, version: u64) -> Vec<u8> {
     Event {
-        meta: EventMeta {
-            id: EventId::new(),
-            version,
-            occurred_at: chrono::Utc::now(),
-            command_id: CommandId::new(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: EventMeta::new(version),
         payload: OrderEvent::OrderRejected(OrderRejected {
             order_id: order,
             reason: "payment declined".into(),

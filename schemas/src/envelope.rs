@@ -188,6 +188,24 @@ pub struct CommandMeta {
     pub traceparent: TraceParent,
 }
 
+impl EventMeta {
+    /// Metadata of a new event at `version`: a fresh id, occurring now, caused by a fresh
+    /// command in a new correlation and trace. Writers set those from the command instead;
+    /// this is for tools, tests and benchmarks writing events directly.
+    pub fn new(version: u64) -> Self {
+        let command_id = CommandId::new();
+        Self {
+            id: EventId::new(),
+            version,
+            occurred_at: Utc::now(),
+            command_id,
+            correlation_id: CorrelationId::new(),
+            causation_id: command_id.as_uuid(),
+            traceparent: TraceParent::new_root(),
+        }
+    }
+}
+
 impl CommandMeta {
     /// Metadata of a new command from `issuer`: a fresh id (also its causation), issued now,
     /// a new correlation and a new trace. Callers continuing a request or a saga set those.

@@ -3,11 +3,8 @@
 
 #![allow(dead_code)]
 
-use chrono::Utc;
 use event_store::sample::{Deposit, Deposited, LedgerCommand, LedgerEvent};
-use schemas::{
-    Command, CommandId, CommandMeta, CorrelationId, Event, EventId, EventMeta, TraceParent,
-};
+use schemas::{Command, CommandMeta, Event, EventMeta};
 
 pub fn deposit(account: &str, amount: u64) -> Command<LedgerCommand> {
     Command {
@@ -23,15 +20,7 @@ pub fn deposit(account: &str, amount: u64) -> Command<LedgerCommand> {
 /// The JSON event record a deposit becomes, as the writer would write it.
 pub fn deposited_record(account: &str, version: u64) -> Vec<u8> {
     Event {
-        meta: EventMeta {
-            id: EventId::new(),
-            version,
-            occurred_at: Utc::now(),
-            command_id: CommandId::new(),
-            correlation_id: CorrelationId::new(),
-            causation_id: uuid::Uuid::now_v7(),
-            traceparent: TraceParent::new_root(),
-        },
+        meta: EventMeta::new(version),
         payload: LedgerEvent::Deposited(Deposited {
             account_id: account.into(),
             amount: 1,
