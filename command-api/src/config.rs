@@ -81,29 +81,14 @@ impl Config {
                 reason: "at least one key is needed".into(),
             });
         }
-        let positive = |setting: &Setting, value: u64| {
-            if value == 0 {
-                Err(SettingError::Invalid {
-                    name: setting.name,
-                    value: "0".into(),
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(value)
-            }
-        };
         Ok(Self {
             service: ServiceConfig::from_env(env, &COMMAND_API_ADDR)?,
             api_keys,
             transactions: env.parse(&KAFKA_TRANSACTIONS)?,
-            rate_per_second: positive(&RATE_LIMIT_PER_SECOND, env.parse(&RATE_LIMIT_PER_SECOND)?)?
-                as u32,
-            rate_burst: positive(&RATE_LIMIT_BURST, env.parse(&RATE_LIMIT_BURST)?)? as u32,
-            max_in_flight: positive(&MAX_IN_FLIGHT, env.parse(&MAX_IN_FLIGHT)?)? as usize,
-            command_timeout: Duration::from_millis(positive(
-                &COMMAND_TIMEOUT_MS,
-                env.parse(&COMMAND_TIMEOUT_MS)?,
-            )?),
+            rate_per_second: env.positive(&RATE_LIMIT_PER_SECOND)? as u32,
+            rate_burst: env.positive(&RATE_LIMIT_BURST)? as u32,
+            max_in_flight: env.positive(&MAX_IN_FLIGHT)? as usize,
+            command_timeout: Duration::from_millis(env.positive(&COMMAND_TIMEOUT_MS)?),
         })
     }
 

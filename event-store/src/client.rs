@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::error::EventStoreError;
 
 /// Where the brokers are and how long an operation may take before it counts as
 /// "unavailable" rather than hanging.
@@ -83,10 +86,48 @@ impl KafkaSettings {
         config
     }
 
+    /// A consumer of one partition from `from` on, outside any group (no commits): for
+    /// reading ranges or single records back.
+    pub fn partition_reader(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<StreamConsumer, EventStoreError> {
+        let mut config = self.consumer("event-store-range-reader");
+        config
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("queued.max.messages.kbytes", "131072");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("read", e))?;
+        seek_to(&consumer, topic, partition, from)?;
+        Ok(consumer)
+    }
+
     /// An admin client (topic creation and description).
     pub fn admin(&self) -> ClientConfig {
         self.base()
     }
+}
+
+/// Points a group-less consumer at `topic`/`partition` from `offset` on.
+pub fn seek_to(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), EventStoreError> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(|e| EventStoreError::from_kafka("read", e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| EventStoreError::from_kafka("read", e))
 }
 
 fn millis(d: Duration) -> String {

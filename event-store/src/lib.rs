@@ -9,6 +9,7 @@
 //! - [`aggregate`], [`writer`]: the write side: one writer per partition ([`writer::host`])
 //!   deciding on its own state ([`writer::core`]), confirming appends ([`writer::partition`]),
 //!   snapshots ([`writer::snapshot`]); [`partitioner`], [`position`], [`outcome`] describe it;
+//! - [`lookup`]: reading records back by position (history, time travel);
 //! - [`gate`]: the reader rule every reader applies (next contiguous version, first wins);
 //! - [`subscription`]: the read side's consumer: decoded batches, reader-owned offsets,
 //!   dead letters;
@@ -20,6 +21,7 @@ pub mod aggregate;
 pub mod client;
 pub mod error;
 pub mod gate;
+pub mod lookup;
 pub mod outcome;
 pub mod partitioner;
 pub mod position;

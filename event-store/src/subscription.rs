@@ -40,6 +40,14 @@ impl<E: MessageFamily + Send + 'static> Decodable for Event<E> {
     }
 }
 
+/// The envelope alone, payload still JSON: for readers that decode per type themselves
+/// (projectors, the event index), so that a payload they cannot use is theirs to park.
+impl Decodable for EventDocument {
+    fn decode(document: EventDocument) -> Result<Self, DecodeError> {
+        Ok(document)
+    }
+}
+
 /// One decoded record and where it was.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivered<T> {
@@ -49,6 +57,18 @@ pub struct Delivered<T> {
     pub offset: i64,
 }
 
+/// A record that could not be decoded; it was sent to the dead-letter topic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLettered {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's key: the aggregate id for every record our writers append.
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub error: String,
+}
+
 /// Records consumed together.
 #[derive(Debug)]
 pub struct Batch<T> {
@@ -56,12 +76,17 @@ pub struct Batch<T> {
     /// The next offset of every partition the batch touched, dead letters included: what
     /// the reader stores with the state the batch produced.
     pub next_offsets: BTreeMap<TopicPartition, i64>,
-    pub dead_lettered: usize,
+    /// Records of the batch that could not be decoded, already in the dead letters.
+    pub dead: Vec<DeadLettered>,
 }
 
 impl<T> Batch<T> {
     pub fn is_empty(&self) -> bool {
         self.next_offsets.is_empty()
+    }
+
+    pub fn dead_lettered(&self) -> usize {
+        self.dead.len()
     }
 }
 
@@ -197,11 +222,11 @@ impl<T: Decodable> Subscription<T> {
         let mut batch = Batch {
             delivered: Vec::new(),
             next_offsets: BTreeMap::new(),
-            dead_lettered: 0,
+            dead: Vec::new(),
         };
         let mut pending_dead = Vec::new();
         let mut window = wait;
-        while batch.delivered.len() + batch.dead_lettered < max {
+        while batch.delivered.len() + batch.dead.len() < max {
             let message = match tokio::time::timeout(window, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => return Err(EventStoreError::from_kafka("consume", e)),
@@ -228,8 +253,17 @@ impl<T: Decodable> Subscription<T> {
                     offset,
                 }),
                 Err(error) => {
-                    batch.dead_lettered += 1;
                     pending_dead.push(self.dead_letter(&message, &error)?);
+                    batch.dead.push(DeadLettered {
+                        topic: key.0,
+                        partition: key.1,
+                        offset,
+                        key: message
+                            .key()
+                            .map(|k| String::from_utf8_lossy(k).into_owned()),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        error: error.to_string(),
+                    });
                 }
             }
         }
@@ -259,7 +293,7 @@ impl<T: Decodable> Subscription<T> {
             %error,
             "record cannot be decoded; sent to the dead letters"
         );
-        let mut headers = message
+        let headers = message
             .headers()
             .map(|h| {
                 h.iter().fold(OwnedHeaders::new(), |acc, header| {
@@ -270,21 +304,63 @@ impl<T: Decodable> Subscription<T> {
                 })
             })
             .unwrap_or_default();
-        for (key, value) in [
+        let position = (message.topic(), message.partition(), message.offset());
+        self.send_dead_letter(
+            headers,
+            position,
+            message.key().unwrap_or_default(),
+            message.payload().unwrap_or_default(),
+            &error.to_string(),
+        )
+    }
+
+    /// Sends a record that decoded but that the reader cannot apply to the dead-letter
+    /// topic, with why and where it was; waits for the broker's acknowledgement.
+    pub async fn dead_letter_document(
+        &self,
+        document: &EventDocument,
+        position: (&str, i32, i64),
+        error: &str,
+    ) -> Result<(), EventStoreError> {
+        let headers = crate::record::to_kafka_headers(&document.headers());
+        let delivery = self.send_dead_letter(
+            headers,
+            position,
+            document.subject.as_bytes(),
+            &document.to_json(),
+            error,
+        )?;
+        delivery
+            .await
+            .map_err(|_| EventStoreError::Unavailable {
+                operation: "dead-letter",
+                reason: "producer shut down".into(),
+            })?
+            .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))?;
+        Ok(())
+    }
+
+    fn send_dead_letter(
+        &self,
+        mut headers: OwnedHeaders,
+        (topic, partition, offset): (&str, i32, i64),
+        key: &[u8],
+        payload: &[u8],
+        error: &str,
+    ) -> Result<rdkafka::producer::DeliveryFuture, EventStoreError> {
+        for (name, value) in [
             ("dlq_reader", self.reader.clone()),
-            ("dlq_error", error.to_string()),
-            ("dlq_topic", message.topic().to_owned()),
-            ("dlq_partition", message.partition().to_string()),
-            ("dlq_offset", message.offset().to_string()),
+            ("dlq_error", error.to_owned()),
+            ("dlq_topic", topic.to_owned()),
+            ("dlq_partition", partition.to_string()),
+            ("dlq_offset", offset.to_string()),
             ("dlq_time", Utc::now().to_rfc3339()),
         ] {
             headers = headers.insert(Header {
-                key,
+                key: name,
                 value: Some(value.as_bytes()),
             });
         }
-        let payload = message.payload().unwrap_or_default();
-        let key = message.key().unwrap_or_default();
         let record = FutureRecord::to(&self.dead_letter_topic)
             .key(key)
             .payload(payload)

@@ -50,17 +50,15 @@ async fn drain(
     let mut all = Batch {
         delivered: Vec::new(),
         next_offsets: BTreeMap::new(),
-        dead_lettered: 0,
+        dead: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while all.delivered.len() + all.dead_lettered < records
-        && tokio::time::Instant::now() < deadline
-    {
+    while all.delivered.len() + all.dead.len() < records && tokio::time::Instant::now() < deadline {
         let batch = subscription
             .next_batch(100, Duration::from_secs(1), Duration::from_millis(50))
             .await?;
         all.delivered.extend(batch.delivered);
-        all.dead_lettered += batch.dead_lettered;
+        all.dead.extend(batch.dead);
         all.next_offsets.extend(batch.next_offsets);
     }
     Ok(all)
@@ -103,7 +101,9 @@ async fn delivers_decoded_batches_dead_letters_the_rest_and_resumes_where_the_re
     let batch = drain(&mut subscription, 4).await?;
     let offsets: Vec<i64> = batch.delivered.iter().map(|d| d.offset).collect();
     assert_eq!(offsets, [0, 1, 3]);
-    assert_eq!(batch.dead_lettered, 1);
+    assert_eq!(batch.dead_lettered(), 1);
+    assert_eq!(batch.dead[0].offset, 2);
+    assert_eq!(batch.dead[0].key.as_deref(), Some(key.as_str()));
     assert_eq!(batch.next_offsets[&(topic.clone(), 0)], 4);
     // Version 1 was upcast on the way: currency and total are there.
     let OrderEvent::OrderPlaced(placed) = &batch.delivered[0].item.payload else {

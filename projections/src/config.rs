@@ -1,5 +1,7 @@
 //! Configuration of the projections service, from the environment.
 
+use std::time::Duration;
+
 use service_runtime::ServiceConfig;
 use service_runtime::settings::{Env, Setting, SettingError, common};
 
@@ -9,20 +11,49 @@ pub const PROJECTIONS_ADDR: Setting = Setting {
     help: "address the projections service listens on",
 };
 
+pub const QUERY_WAIT_MS: Setting = Setting {
+    name: "QUERY_WAIT_MS",
+    default: Some("2000"),
+    help: "longest a query with min_position waits for the read model before answering 504",
+};
+
+pub const PROJECTION_LAG_OBJECTIVE_SECONDS: Setting = Setting {
+    name: "PROJECTION_LAG_OBJECTIVE_SECONDS",
+    default: Some("30"),
+    help: "lag (seconds) past which a read model makes /ready answer 503",
+};
+
+pub const PROJECTION_BATCH_MAX: Setting = Setting {
+    name: "PROJECTION_BATCH_MAX",
+    default: Some("2000"),
+    help: "most records a projector applies in one Postgres transaction",
+};
+
 /// Every variable the projections service reads.
 pub fn settings() -> Vec<Setting> {
-    common::with(&[PROJECTIONS_ADDR])
+    common::with(&[
+        PROJECTIONS_ADDR,
+        QUERY_WAIT_MS,
+        PROJECTION_LAG_OBJECTIVE_SECONDS,
+        PROJECTION_BATCH_MAX,
+    ])
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub service: ServiceConfig,
+    pub query_wait: Duration,
+    pub lag_objective: Duration,
+    pub batch_max: usize,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         Ok(Self {
             service: ServiceConfig::from_env(env, &PROJECTIONS_ADDR)?,
+            query_wait: Duration::from_millis(env.positive(&QUERY_WAIT_MS)?),
+            lag_objective: Duration::from_secs(env.positive(&PROJECTION_LAG_OBJECTIVE_SECONDS)?),
+            batch_max: usize::try_from(env.positive(&PROJECTION_BATCH_MAX)?).unwrap_or(usize::MAX),
         })
     }
 

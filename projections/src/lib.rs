@@ -2,30 +2,117 @@
 //! Postgres (offsets in the same transaction as the rows), and the query API serves them.
 //!
 //! - [`config`]: settings from the environment;
-//! - [`build`]: assembles the service (routes, dependencies, migrations) ready to run.
+//! - [`projector`]: the engine every read model runs on (reader rule, batching,
+//!   checkpoints, parking, metrics, operator actions);
+//! - [`read_models`]: users, orders, payments, notifications, and the event index;
+//! - [`query`]: the HTTP query API;
+//! - [`build`]: assembles the service (workers, routes, readiness) ready to run.
 
 pub mod config;
+pub mod projector;
+pub mod query;
+pub mod read_models;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use service_runtime::{BoundService, Service, ServiceError, probes};
-use sqlx::migrate::Migrator;
+use projector::metrics::ProjectorMetrics;
+use projector::runner::{Projector, ProjectorConfig};
+use projector::{ReadModel, Schema};
+use read_models::event_index::EventIndex;
+use read_models::notifications::Notifications;
+use read_models::orders::Orders;
+use read_models::payments::Payments;
+use read_models::users::Users;
+use service_runtime::readiness::{Dependency, Probe};
+use service_runtime::{BoundService, Service, ServiceError};
+use sqlx::PgPool;
 
 pub use config::Config;
+use query::{ModelView, QueryState};
 
 /// The service name, in logs, metrics and `/health`.
 pub const NAME: &str = "projections";
 
-/// The Postgres schema this service owns; its migrations and their history live there.
-pub const SCHEMA: &str = "projections";
+/// Every read model this service keeps, by name.
+pub const READ_MODELS: [&str; 5] = [
+    Users::NAME,
+    Orders::NAME,
+    Payments::NAME,
+    Notifications::NAME,
+    EventIndex::NAME,
+];
 
-/// This service's migrations, applied into [`SCHEMA`] when Postgres is first reachable.
-pub fn migrator() -> Arc<Migrator> {
-    probes::schema_migrator(sqlx::migrate!("./migrations"), SCHEMA)
+/// Assembles the service: the projectors as workers, each with a readiness check on its
+/// lag, and the query routes.
+pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
+    let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, Vec::new())?;
+    let infra = &config.service.infrastructure;
+    let projector_config = ProjectorConfig {
+        kafka: infra.kafka.clone(),
+        topics: infra.topics.clone(),
+        batch_max: config.batch_max,
+    };
+    let metrics = ProjectorMetrics::register(service.registry());
+    let mut views = Vec::new();
+    let mut run = |service: Service, view: (ModelView, service_runtime::host::Worker)| {
+        let (view, worker) = view;
+        let probe = lag_probe(&view, config.lag_objective);
+        views.push(view);
+        service.worker(worker).depends_on(probe)
+    };
+    let setup = (&pool, &projector_config, &metrics);
+    service = run(service, projector::<Users>(setup));
+    service = run(service, projector::<Orders>(setup));
+    service = run(service, projector::<Payments>(setup));
+    service = run(service, projector::<Notifications>(setup));
+    service = run(service, projector::<EventIndex>(setup));
+    let state = QueryState {
+        pool,
+        kafka: infra.kafka.clone(),
+        topics: infra.topics.clone(),
+        wait: config.query_wait,
+        models: Arc::new(views),
+    };
+    service.routes(query::router(state)).bind().await
 }
 
-/// Assembles the service: it depends on the broker (its topics) and on Postgres.
-pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let (service, _pool) = Service::on_infrastructure(NAME, &config.service, vec![migrator()])?;
-    service.bind().await
+fn projector<M: ReadModel>(
+    (pool, config, metrics): (&PgPool, &ProjectorConfig, &ProjectorMetrics),
+) -> (ModelView, service_runtime::host::Worker) {
+    let schema = Schema::live(M::NAME);
+    let projector = Projector::<M>::new(
+        pool.clone(),
+        schema.clone(),
+        config.clone(),
+        metrics.clone(),
+    );
+    let view = ModelView {
+        name: M::NAME,
+        schema,
+        services: M::SERVICES,
+        progress: projector.progress(),
+        lag: projector.lag(),
+    };
+    (view, Box::new(move |stop| Box::pin(projector.run(stop))))
+}
+
+/// `/ready` turns 503 while the model's lag in seconds is past the objective.
+fn lag_probe(view: &ModelView, objective: Duration) -> Dependency {
+    let (lag, name) = (view.lag.clone(), view.name);
+    Dependency::new(name, Duration::from_secs(1), move || {
+        let lag = lag.clone();
+        async move {
+            match lag.get() {
+                None => Probe::NotReady(format!("{name}: lag not measured yet")),
+                Some((events, seconds)) if seconds > objective.as_secs_f64() => {
+                    Probe::NotReady(format!(
+                        "{name}: {events} events behind, {seconds:.1} s > objective {} s",
+                        objective.as_secs()
+                    ))
+                }
+                Some(_) => Probe::Ready,
+            }
+        }
+    })
 }

@@ -81,6 +81,18 @@ impl Env {
                 reason: e.to_string(),
             })
     }
+
+    /// The value as a whole number of at least 1.
+    pub fn positive(&self, setting: &Setting) -> Result<u64, SettingError> {
+        match self.parse::<u64>(setting)? {
+            0 => Err(SettingError::Invalid {
+                name: setting.name,
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            }),
+            value => Ok(value),
+        }
+    }
 }
 
 /// Settings every service reads.

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::client::KafkaSettings;
 use crate::error::EventStoreError;
@@ -158,7 +157,9 @@ impl PartitionLog {
         if from >= to {
             return Ok(());
         }
-        let consumer = self.range_reader(topic, from)?;
+        let consumer = self
+            .settings
+            .partition_reader(topic, self.partition, from)?;
         let mut next = from;
         while next < to {
             let message = tokio::time::timeout(self.settings.timeout, consumer.recv())
@@ -183,27 +184,6 @@ impl PartitionLog {
             next = offset + 1;
         }
         Ok(())
-    }
-
-    fn range_reader(&self, topic: &str, from: i64) -> Result<StreamConsumer, EventStoreError> {
-        let mut config = self.settings.consumer("event-store-range-reader");
-        config
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.min.bytes", "1")
-            .set("max.partition.fetch.bytes", "16777216")
-            .set("queued.max.messages.kbytes", "131072");
-        let consumer: StreamConsumer = config
-            .create()
-            .map_err(|e| EventStoreError::from_kafka("read", e))?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, self.partition, Offset::Offset(from))
-            .map_err(|e| EventStoreError::from_kafka("read", e))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| EventStoreError::from_kafka("read", e))?;
-        Ok(consumer)
     }
 }
 

@@ -1,0 +1,86 @@
+//! Reading single records back by position: how history and time-travel queries fold an
+//! aggregate from the log, with the positions an index gives them. Records of one
+//! aggregate share a partition, so one short-lived reader per partition follows the
+//! wanted offsets in order, skipping ahead when the next one is far.
+
+use std::collections::BTreeMap;
+
+use rdkafka::Message;
+use rdkafka::error::KafkaError;
+
+use crate::client::{KafkaSettings, seek_to};
+use crate::error::EventStoreError;
+
+/// Past how many unwanted records the reader jumps instead of reading through them.
+const SKIP_AHEAD: i64 = 256;
+
+/// A record's value, by its place in the log.
+pub type Found = BTreeMap<(String, i32, i64), Vec<u8>>;
+
+/// Reads the records at `positions` (topic, partition, offset). Every position must exist:
+/// a missing record (deleted by retention, or a wrong index) is an error, not a gap.
+pub async fn read_at(
+    settings: &KafkaSettings,
+    positions: &[(String, i32, i64)],
+) -> Result<Found, EventStoreError> {
+    let mut by_partition: BTreeMap<(&str, i32), Vec<i64>> = BTreeMap::new();
+    for (topic, partition, offset) in positions {
+        by_partition
+            .entry((topic.as_str(), *partition))
+            .or_default()
+            .push(*offset);
+    }
+    let mut found = Found::new();
+    for ((topic, partition), mut offsets) in by_partition {
+        offsets.sort_unstable();
+        offsets.dedup();
+        read_partition(settings, topic, partition, &offsets, &mut found).await?;
+    }
+    Ok(found)
+}
+
+async fn read_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    offsets: &[i64],
+    found: &mut Found,
+) -> Result<(), EventStoreError> {
+    let Some(&first) = offsets.first() else {
+        return Ok(());
+    };
+    let consumer = settings.partition_reader(topic, partition, first)?;
+    let missing = |offset: i64| EventStoreError::Unavailable {
+        operation: "read",
+        reason: format!("no record at {topic}/{partition}@{offset}"),
+    };
+    let mut wanted = offsets.iter().copied().peekable();
+    while let Some(&next) = wanted.peek() {
+        let message = tokio::time::timeout(settings.timeout, consumer.recv())
+            .await
+            .map_err(|_| missing(next))?;
+        let message = match message {
+            Ok(message) => message,
+            Err(KafkaError::PartitionEOF(_)) => return Err(missing(next)),
+            Err(e) => return Err(EventStoreError::from_kafka("read", e)),
+        };
+        let offset = message.offset();
+        if offset < next {
+            continue;
+        }
+        if offset > next {
+            return Err(missing(next));
+        }
+        found.insert(
+            (topic.to_owned(), partition, offset),
+            message.payload().unwrap_or_default().to_vec(),
+        );
+        wanted.next();
+        if let Some(&after) = wanted.peek()
+            && after - offset > SKIP_AHEAD
+        {
+            seek_to(&consumer, topic, partition, after)?;
+        }
+    }
+    Ok(())
+}

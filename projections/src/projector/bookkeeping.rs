@@ -1,0 +1,273 @@
+//! The engine's tables in a read model's schema: checkpoints (next offset per partition),
+//! versions (last applied per aggregate) and parked records. Every write is one statement
+//! per batch, whatever the batch size.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use event_store::subscription::{Offsets, TopicPartition};
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use super::Schema;
+use super::plan::Parked;
+
+/// Where the model is in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+pub async fn checkpoints(
+    conn: &mut PgConnection,
+    schema: &Schema,
+) -> Result<Vec<Checkpoint>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64, Option<DateTime<Utc>>)> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT topic, partition, next_offset, last_event_at FROM {} ORDER BY topic, partition",
+            schema.table("checkpoints")
+        )))
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(topic, partition, next_offset, last_event_at)| Checkpoint {
+                topic,
+                partition,
+                next_offset,
+                last_event_at,
+            },
+        )
+        .collect())
+}
+
+/// The stored checkpoints as the subscription's start offsets.
+pub fn offsets(checkpoints: &[Checkpoint]) -> Offsets {
+    checkpoints
+        .iter()
+        .map(|c| ((c.topic.clone(), c.partition), c.next_offset))
+        .collect()
+}
+
+/// The next offset of one partition (0 when the model has read nothing of it).
+pub async fn next_offset(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, sqlx::Error> {
+    let next: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT next_offset FROM {} WHERE topic = $1 AND partition = $2",
+        schema.table("checkpoints")
+    )))
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(conn)
+    .await?;
+    Ok(next.unwrap_or(0))
+}
+
+/// Locks the checkpoints of `partitions` for this transaction (creating missing ones at
+/// 0) and returns their next offsets. Another instance that read the same partition (a
+/// rebalance in flight) waits here, and then sees how far this one got: records below
+/// the stored offset are already applied and must be left out.
+pub async fn claim(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    partitions: &[TopicPartition],
+) -> Result<HashMap<TopicPartition, i64>, sqlx::Error> {
+    let (topics, numbers): (Vec<&str>, Vec<i32>) =
+        partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
+    let table = schema.table("checkpoints");
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (topic, partition, next_offset)
+         SELECT t, p, 0 FROM UNNEST($1::text[], $2::int[]) AS u(t, p)
+         ON CONFLICT (topic, partition) DO NOTHING"
+    )))
+    .bind(&topics)
+    .bind(&numbers)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT c.topic, c.partition, c.next_offset FROM {table} c
+         JOIN UNNEST($1::text[], $2::int[]) AS u(t, p) ON c.topic = u.t AND c.partition = u.p
+         ORDER BY c.topic, c.partition
+         FOR UPDATE OF c"
+    )))
+    .bind(&topics)
+    .bind(&numbers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(topic, partition, next)| ((topic, partition), next))
+        .collect())
+}
+
+pub async fn store_checkpoints(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    next_offsets: &BTreeMap<TopicPartition, i64>,
+    last_event_at: &HashMap<TopicPartition, DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    let mut topics = Vec::with_capacity(next_offsets.len());
+    let mut partitions = Vec::with_capacity(next_offsets.len());
+    let mut offsets = Vec::with_capacity(next_offsets.len());
+    let mut times = Vec::with_capacity(next_offsets.len());
+    for (key, offset) in next_offsets {
+        topics.push(key.0.clone());
+        partitions.push(key.1);
+        offsets.push(*offset);
+        times.push(last_event_at.get(key).copied());
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (topic, partition, next_offset, last_event_at, updated_at)
+         SELECT t, p, o, e, now() FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::timestamptz[]) AS u(t, p, o, e)
+         ON CONFLICT (topic, partition) DO UPDATE SET
+           next_offset = GREATEST({0}.next_offset, EXCLUDED.next_offset),
+           last_event_at = COALESCE(EXCLUDED.last_event_at, {0}.last_event_at),
+           updated_at = now()",
+        schema.table("checkpoints")
+    )))
+    .bind(topics)
+    .bind(partitions)
+    .bind(offsets)
+    .bind(times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn versions(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    keys: &[String],
+) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT aggregate_id, version FROM {} WHERE aggregate_id = ANY($1)",
+        schema.table("versions")
+    )))
+    .bind(keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, version)| (key, version.unsigned_abs()))
+        .collect())
+}
+
+pub async fn store_versions(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    versions: &HashMap<String, u64>,
+) -> Result<(), sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let (keys, values): (Vec<&str>, Vec<i64>) = versions
+        .iter()
+        .map(|(k, v)| (k.as_str(), i64::try_from(*v).unwrap_or(i64::MAX)))
+        .unzip();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (aggregate_id, version) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+         ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+        schema.table("versions")
+    )))
+    .bind(keys)
+    .bind(values)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which of `keys` have parked records.
+pub async fn parked_among(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    keys: &[String],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT DISTINCT aggregate_id FROM {} WHERE aggregate_id = ANY($1)",
+        schema.table("parked")
+    )))
+    .bind(keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+pub async fn store_parked(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    parked: &[&Parked],
+) -> Result<(), sqlx::Error> {
+    let mut columns = ParkedColumns::default();
+    for p in parked {
+        columns.topic.push(p.topic.as_str());
+        columns.partition.push(p.partition);
+        columns.offset.push(p.offset);
+        columns.key.push(p.key.as_str());
+        columns
+            .version
+            .push(p.version.map(|v| i64::try_from(v).unwrap_or(i64::MAX)));
+        columns.event_type.push(p.event_type.as_deref());
+        columns.payload.push(p.payload.as_slice());
+        columns.error.push(p.error.as_str());
+    }
+    if columns.topic.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (topic, partition, \"offset\", aggregate_id, version, event_type, payload, error)
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::bytea[], $8::text[])
+         ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
+        schema.table("parked")
+    )))
+    .bind(columns.topic)
+    .bind(columns.partition)
+    .bind(columns.offset)
+    .bind(columns.key)
+    .bind(columns.version)
+    .bind(columns.event_type)
+    .bind(columns.payload)
+    .bind(columns.error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct ParkedColumns<'a> {
+    topic: Vec<&'a str>,
+    partition: Vec<i32>,
+    offset: Vec<i64>,
+    key: Vec<&'a str>,
+    version: Vec<Option<i64>>,
+    event_type: Vec<Option<&'a str>>,
+    payload: Vec<&'a [u8]>,
+    error: Vec<&'a str>,
+}
+
+/// Serializes batches against operator retries and skips of the same model: batches
+/// share the lock, an operator action takes it alone.
+pub async fn lock(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    exclusive: bool,
+) -> Result<(), sqlx::Error> {
+    let function = if exclusive {
+        "pg_advisory_xact_lock"
+    } else {
+        "pg_advisory_xact_lock_shared"
+    };
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {function}(hashtext('projector:' || $1))"
+    )))
+    .bind(schema.name())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The projector engine, generic over read models. A [`ReadModel`] says which topics it
+//! reads, folds one event onto one row (pure), and loads and stores rows in bulk; the
+//! engine does the rest the same way for every model:
+//!
+//! - [`plan`]: the reader rule, parking and folding of one batch, without I/O;
+//! - [`schema`]: a read model's Postgres schema and its migrations;
+//! - [`bookkeeping`]: checkpoints, last versions and parked records, in that schema;
+//! - [`runner`]: consume, plan, store rows + versions + parked + offsets in one
+//!   transaction, repeat;
+//! - [`operator`]: list, retry and skip parked records;
+//! - [`metrics`]: lag, batch sizes, apply rate, drops and parked records.
+
+pub mod bookkeeping;
+pub mod metrics;
+pub mod operator;
+pub mod plan;
+pub mod runner;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use schemas::EventDocument;
+use sqlx::PgConnection;
+
+pub use schema::Schema;
+
+/// A boxed database future: the models' I/O, `Send` for the projector's task.
+pub type DbFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;
+
+/// An event the plan applied, with where it was in the log.
+#[derive(Clone, Debug)]
+pub struct Applied<'a> {
+    pub key: &'a str,
+    pub document: &'a EventDocument,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One read model: rows folded from the events of some services.
+pub trait ReadModel: Send + Sync + 'static {
+    /// `users`, `orders`, ...: names the schema, the consumer group, the metrics.
+    const NAME: &'static str;
+    /// The services whose event topics the model reads.
+    const SERVICES: &'static [&'static str];
+    /// The state of one aggregate as the model keeps it.
+    type Row: Clone + Send + Sync + std::fmt::Debug;
+
+    /// The model's own migrations (unqualified names; they run inside its schema).
+    fn migrator() -> sqlx::migrate::Migrator;
+
+    /// The aggregate an event belongs to, as the model keys it.
+    fn key(document: &EventDocument) -> String {
+        document.subject.clone()
+    }
+
+    /// Folds one event (already admitted as the next version) onto the row: the same
+    /// function serves the projector and the time-travel queries. An error makes the
+    /// event poison: it is dead-lettered and its aggregate parked.
+    fn fold(row: Option<&Self::Row>, document: &EventDocument) -> Result<Self::Row, String>;
+
+    /// The stored rows of `keys` (absent keys have no row).
+    fn load<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        keys: &'a [String],
+    ) -> DbFuture<'a, HashMap<String, Self::Row>>;
+
+    /// Writes the rows a batch changed (and anything per event, for models that keep
+    /// events), in as few statements as possible.
+    fn store<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        rows: Vec<(String, Self::Row)>,
+        applied: &'a [Applied<'a>],
+    ) -> DbFuture<'a, ()>;
+}

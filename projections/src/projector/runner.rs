@@ -1,0 +1,480 @@
+//! Running one read model: consume its topics in batches and store each batch's rows,
+//! versions, parked records and next offsets in one Postgres transaction. A crash at any
+//! point leaves Postgres at the end of some batch, and the subscription starts there.
+
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use event_store::subscription::{Subscription, TopicPartition};
+use event_store::{EventStoreError, KafkaSettings, TopicNames};
+use schemas::EventDocument;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::bookkeeping::{self, Checkpoint};
+use super::metrics::{Lag, ProjectorMetrics};
+use super::plan::{self, Loaded, ParkReason, Record};
+use super::{Applied, ReadModel, Schema};
+
+/// How often the lag is measured against the partitions' ends.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a projector needs besides its model.
+#[derive(Clone, Debug)]
+pub struct ProjectorConfig {
+    pub kafka: KafkaSettings,
+    pub topics: TopicNames,
+    /// Most records per batch (one transaction).
+    pub batch_max: usize,
+}
+
+/// The projector of model `M` into `schema`.
+#[derive(Debug)]
+pub struct Projector<M: ReadModel> {
+    pool: PgPool,
+    schema: Schema,
+    config: ProjectorConfig,
+    metrics: ProjectorMetrics,
+    lag: Lag,
+    progress: Arc<Notify>,
+    _model: PhantomData<fn() -> M>,
+}
+
+/// What one batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub records: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub gaps: usize,
+    pub parked: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("Postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Log(#[from] EventStoreError),
+}
+
+impl<M: ReadModel> Projector<M> {
+    pub fn new(
+        pool: PgPool,
+        schema: Schema,
+        config: ProjectorConfig,
+        metrics: ProjectorMetrics,
+    ) -> Self {
+        Self {
+            pool,
+            schema,
+            config,
+            metrics,
+            lag: Lag::default(),
+            progress: Arc::new(Notify::new()),
+            _model: PhantomData,
+        }
+    }
+
+    /// Lag as last measured, for readiness and query answers.
+    pub fn lag(&self) -> Lag {
+        self.lag.clone()
+    }
+
+    /// Woken after every committed batch (queries waiting for a position listen here).
+    pub fn progress(&self) -> Arc<Notify> {
+        Arc::clone(&self.progress)
+    }
+
+    /// The consumer group of the model: one per read model, so each keeps its own pace.
+    pub fn group(topics: &TopicNames, schema: &Schema) -> String {
+        format!("{}projections.{}", topics.prefix(), schema.name())
+    }
+
+    /// The topics the model reads.
+    pub fn topics(topics: &TopicNames) -> Vec<String> {
+        M::SERVICES.iter().map(|s| topics.events(s)).collect()
+    }
+
+    /// Runs until `stop`: migrates the schema, then projects. Failures of Postgres or the
+    /// broker are waited out with a bounded backoff; nothing is skipped meanwhile.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut subscription = loop {
+            match self.start().await {
+                Ok(subscription) => break subscription,
+                Err(e) => {
+                    tracing::warn!(read_model = M::NAME, error = %e, "projector cannot start yet");
+                    if backoff.wait(&stop).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::info!(read_model = M::NAME, schema = %self.schema, "projector running");
+        let mut positions = Positions::since(Utc::now());
+        if let Ok(mut conn) = self.pool.acquire().await
+            && let Ok(stored) = bookkeeping::checkpoints(&mut conn, &self.schema).await
+        {
+            positions.extend(&stored);
+        }
+        let mut measured = Instant::now() - LAG_INTERVAL;
+        loop {
+            if measured.elapsed() >= LAG_INTERVAL {
+                self.measure_lag(&subscription, &positions).await;
+                measured = Instant::now();
+            }
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                batch = subscription.next_batch(
+                    self.config.batch_max,
+                    Duration::from_millis(250),
+                    Duration::from_millis(2),
+                ) => batch,
+            };
+            let batch = match batch {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(read_model = M::NAME, error = %e, "cannot consume");
+                    if backoff.wait(&stop).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut records = records_of(batch.delivered, batch.dead);
+            let next_offsets = batch.next_offsets;
+            loop {
+                match self.apply(&subscription, &mut records, &next_offsets).await {
+                    Ok(report) => {
+                        backoff = Backoff::default();
+                        subscription.stored(&next_offsets);
+                        positions.advance(&next_offsets, &records);
+                        self.progress.notify_waiters();
+                        tracing::debug!(read_model = M::NAME, ?report, "batch applied");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(read_model = M::NAME, error = %e, "batch not applied; retrying");
+                        if backoff.wait(&stop).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start(&self) -> Result<Subscription<EventDocument>, ProjectorError> {
+        self.schema
+            .migrate::<M>(&self.pool.connect_options())
+            .await?;
+        let mut conn = self.pool.acquire().await?;
+        let stored = bookkeeping::checkpoints(&mut conn, &self.schema).await?;
+        Ok(Subscription::start(
+            &self.config.kafka,
+            &Self::group(&self.config.topics, &self.schema),
+            &Self::topics(&self.config.topics),
+            self.config.topics.dead_letters(),
+            bookkeeping::offsets(&stored),
+        )?)
+    }
+
+    /// Plans and stores one batch in one transaction. `records` loses what another
+    /// instance applied meanwhile (it is theirs, and stored).
+    pub async fn apply(
+        &self,
+        subscription: &Subscription<EventDocument>,
+        records: &mut Vec<Record>,
+        next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
+    ) -> Result<BatchReport, ProjectorError> {
+        let started = Instant::now();
+        let labels = ProjectorMetrics::model(M::NAME);
+        let mut tx = self.pool.begin().await?;
+        bookkeeping::lock(&mut tx, &self.schema, false).await?;
+        let partitions: Vec<TopicPartition> = next_offsets.keys().cloned().collect();
+        let claimed = bookkeeping::claim(&mut tx, &self.schema, &partitions).await?;
+        records.retain(|record| {
+            let (topic, partition, offset) = record.position();
+            claimed
+                .get(&(topic.to_owned(), partition))
+                .is_none_or(|next| offset >= *next)
+        });
+        let keys: Vec<String> = records
+            .iter()
+            .filter_map(key_of::<M>)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let loaded = Loaded {
+            versions: bookkeeping::versions(&mut tx, &self.schema, &keys).await?,
+            rows: M::load(&mut tx, &self.schema, &keys).await?,
+            parked: bookkeeping::parked_among(&mut tx, &self.schema, &keys).await?,
+        };
+        let plan = plan::plan(records, loaded, M::key, M::fold);
+        for (index, error) in plan.poison() {
+            if let Record::Decoded { document, .. } = &records[index] {
+                subscription
+                    .dead_letter_document(document, records[index].position(), error)
+                    .await?;
+            }
+        }
+        for (_, reason, parked) in &plan.parked {
+            tracing::warn!(
+                read_model = M::NAME,
+                aggregate = %parked.key,
+                version = ?parked.version,
+                topic = %parked.topic,
+                partition = parked.partition,
+                offset = parked.offset,
+                reason = ?reason,
+                error = %parked.error,
+                "record parked"
+            );
+        }
+        let applied: Vec<Applied<'_>> = plan
+            .applied
+            .iter()
+            .filter_map(|&index| match &records[index] {
+                Record::Decoded {
+                    document,
+                    topic,
+                    partition,
+                    offset,
+                } => Some(Applied {
+                    key: &document.subject,
+                    document,
+                    topic,
+                    partition: *partition,
+                    offset: *offset,
+                }),
+                Record::Undecodable { .. } => None,
+            })
+            .collect();
+        let report = BatchReport {
+            records: records.len(),
+            applied: applied.len(),
+            duplicates: plan.duplicates,
+            gaps: plan.gaps,
+            parked: plan.parked.len(),
+        };
+        M::store(
+            &mut tx,
+            &self.schema,
+            plan.rows.into_iter().collect(),
+            &applied,
+        )
+        .await?;
+        bookkeeping::store_versions(&mut tx, &self.schema, &plan.versions).await?;
+        let parked: Vec<&plan::Parked> = plan.parked.iter().map(|(_, _, p)| p).collect();
+        bookkeeping::store_parked(&mut tx, &self.schema, &parked).await?;
+        bookkeeping::store_checkpoints(&mut tx, &self.schema, next_offsets, &last_times(records))
+            .await?;
+        tx.commit().await?;
+
+        self.metrics
+            .batch_size
+            .get_or_create(&labels)
+            .observe(report.records as f64);
+        self.metrics
+            .batch_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .applied
+            .get_or_create(&labels)
+            .inc_by(report.applied as u64);
+        for (reason, count) in [("duplicate", plan.duplicates), ("gap", plan.gaps)] {
+            if count > 0 {
+                self.metrics
+                    .dropped
+                    .get_or_create(&ProjectorMetrics::with(M::NAME, "reason", reason))
+                    .inc_by(count as u64);
+            }
+        }
+        for (_, reason, _) in &plan.parked {
+            self.metrics
+                .parked
+                .get_or_create(&ProjectorMetrics::with(
+                    M::NAME,
+                    "reason",
+                    park_label(*reason),
+                ))
+                .inc();
+        }
+        if plan.gaps > 0 {
+            tracing::warn!(
+                read_model = M::NAME,
+                gaps = plan.gaps,
+                "version gaps in the log; aggregates parked"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn measure_lag(&self, subscription: &Subscription<EventDocument>, positions: &Positions) {
+        let ends = match subscription.high_watermarks().await {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::debug!(read_model = M::NAME, error = %e, "cannot measure lag");
+                return;
+            }
+        };
+        let (events, seconds) = positions.lag(&ends, Utc::now());
+        let labels = ProjectorMetrics::model(M::NAME);
+        self.metrics
+            .lag_events
+            .get_or_create(&labels)
+            .set(events as i64);
+        self.metrics.lag_seconds.get_or_create(&labels).set(seconds);
+        self.lag.set(events, seconds);
+    }
+}
+
+fn park_label(reason: ParkReason) -> &'static str {
+    match reason {
+        ParkReason::Poison => "poison",
+        ParkReason::Undecodable => "undecodable",
+        ParkReason::Gap => "gap",
+        ParkReason::Behind => "behind",
+    }
+}
+
+fn key_of<M: ReadModel>(record: &Record) -> Option<String> {
+    match record {
+        Record::Decoded { document, .. } => Some(M::key(document)),
+        Record::Undecodable { key, .. } => key.clone(),
+    }
+}
+
+/// The batch's records in log order per partition, dead letters in their places.
+pub fn records_of(
+    delivered: Vec<event_store::subscription::Delivered<EventDocument>>,
+    dead: Vec<event_store::subscription::DeadLettered>,
+) -> Vec<Record> {
+    let mut records: Vec<Record> = delivered
+        .into_iter()
+        .map(|d| Record::Decoded {
+            document: d.item,
+            topic: d.topic,
+            partition: d.partition,
+            offset: d.offset,
+        })
+        .chain(dead.into_iter().map(|d| Record::Undecodable {
+            key: d.key,
+            payload: d.payload,
+            error: d.error,
+            topic: d.topic,
+            partition: d.partition,
+            offset: d.offset,
+        }))
+        .collect();
+    records.sort_by(|a, b| a.position().cmp(&b.position()));
+    records
+}
+
+/// When the last record of each partition in `records` was written.
+fn last_times(records: &[Record]) -> HashMap<TopicPartition, DateTime<Utc>> {
+    let mut times = HashMap::new();
+    for record in records {
+        if let Record::Decoded {
+            document,
+            topic,
+            partition,
+            ..
+        } = record
+        {
+            times.insert((topic.clone(), *partition), document.time);
+        }
+    }
+    times
+}
+
+/// Where the projector is, in memory, for measuring lag.
+#[derive(Debug)]
+struct Positions {
+    next: HashMap<TopicPartition, (i64, Option<DateTime<Utc>>)>,
+    /// When this projector started: the age of waiting records of a partition it has not
+    /// applied anything of yet is at least the time since.
+    started: DateTime<Utc>,
+}
+
+impl Positions {
+    fn since(started: DateTime<Utc>) -> Self {
+        Self {
+            next: HashMap::new(),
+            started,
+        }
+    }
+
+    fn extend(&mut self, stored: &[Checkpoint]) {
+        for c in stored {
+            self.next.insert(
+                (c.topic.clone(), c.partition),
+                (c.next_offset, c.last_event_at),
+            );
+        }
+    }
+
+    fn advance(
+        &mut self,
+        next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
+        records: &[Record],
+    ) {
+        let times = last_times(records);
+        for (key, next) in next_offsets {
+            let entry = self.next.entry(key.clone()).or_insert((0, None));
+            entry.0 = entry.0.max(*next);
+            if let Some(time) = times.get(key) {
+                entry.1 = Some(*time);
+            }
+        }
+    }
+
+    /// Records waiting in the assigned partitions, and the age of the last applied record
+    /// of the most delayed waiting partition.
+    fn lag(&self, ends: &event_store::subscription::Offsets, now: DateTime<Utc>) -> (u64, f64) {
+        let mut events = 0u64;
+        let mut seconds = 0f64;
+        for (key, end) in ends {
+            let (next, last_at) = self.next.get(key).copied().unwrap_or((0, None));
+            let waiting = (end - next).max(0);
+            if waiting > 0 {
+                events += waiting.unsigned_abs();
+                let at = last_at.unwrap_or(self.started);
+                let age = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
+                seconds = seconds.max(age);
+            }
+        }
+        (events, seconds)
+    }
+}
+
+/// Waits that double from 100 ms up to 5 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    /// Sleeps; `Err` when stopped meanwhile.
+    async fn wait(&mut self, stop: &CancellationToken) -> Result<(), ()> {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = stop.cancelled() => Err(()),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Every way a query can fail, mapped once to an RFC 9457 problem.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use service_runtime::problem::Problem;
+
+/// One invalid query parameter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ParamError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum QueryError {
+    /// Invalid parameters, all of them.
+    Invalid(Vec<ParamError>),
+    NotFound(String),
+    /// The read model did not reach `min_position` in time; `lag` says how far it is.
+    NotYet {
+        lag: Value,
+    },
+    /// Postgres or the broker cannot answer now.
+    Unavailable(String),
+}
+
+impl QueryError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![ParamError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl From<sqlx::Error> for QueryError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Unavailable(format!("Postgres: {e}"))
+    }
+}
+
+impl From<event_store::EventStoreError> for QueryError {
+    fn from(e: event_store::EventStoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+fn typed(code: &str) -> String {
+    format!("urn:shop:problem:{code}")
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Self::Invalid(errors) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{} parameter(s) are invalid", errors.len()),
+            )
+            .typed(typed("validation"), "Invalid request")
+            .with("errors", serde_json::to_value(errors).unwrap_or_default()),
+            Self::NotFound(detail) => {
+                Problem::new(StatusCode::NOT_FOUND, detail).typed(typed("not-found"), "Not found")
+            }
+            Self::NotYet { lag } => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the read model has not reached min_position yet; retry later",
+            )
+            .typed(typed("not-yet-visible"), "Not yet visible")
+            .with("lag", lag)
+            .retry_after(1),
+            Self::Unavailable(reason) => {
+                tracing::warn!(%reason, "query not answered: unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the read side cannot answer right now; retry",
+                )
+                .typed(typed("unavailable"), "Service unavailable")
+                .retry_after(1)
+            }
+        };
+        problem.into_response()
+    }
+}

@@ -1,0 +1,160 @@
+//! The query API: the read models over HTTP, with read-your-writes through
+//! `min_position` and time travel through the event index and the log.
+//!
+//! - [`params`]: parameters with every error collected, keyset cursors, pages;
+//! - [`reads`]: the handlers over the read models;
+//! - [`history`]: an aggregate's events read back from the log, and states folded from them;
+//! - [`error`]: the problem+json mapping.
+
+pub mod error;
+pub mod history;
+pub mod params;
+pub mod reads;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use event_store::position::Position;
+use event_store::{KafkaSettings, TopicNames};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
+
+use crate::projector::metrics::Lag;
+use crate::projector::{Schema, bookkeeping};
+use error::QueryError;
+
+/// What the query side knows of one read model.
+#[derive(Clone, Debug)]
+pub struct ModelView {
+    pub name: &'static str,
+    pub schema: Schema,
+    pub services: &'static [&'static str],
+    /// Woken when this instance's projector committed a batch.
+    pub progress: Arc<Notify>,
+    pub lag: Lag,
+}
+
+/// Shared by every handler.
+#[derive(Clone, Debug)]
+pub struct QueryState {
+    pub pool: PgPool,
+    pub kafka: KafkaSettings,
+    pub topics: TopicNames,
+    /// How long a query waits for `min_position`.
+    pub wait: Duration,
+    pub models: Arc<Vec<ModelView>>,
+}
+
+/// How often a waiting query looks at the checkpoints when no local batch wakes it (the
+/// partition may be projected by another instance).
+const POLL: Duration = Duration::from_millis(20);
+
+impl QueryState {
+    pub fn schema(&self, model: &str) -> &Schema {
+        &self
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .expect("the query side names only models it runs")
+            .schema
+    }
+
+    /// Waits until the read models a query `reads` have applied everything up to
+    /// `position`. A position on a topic none of them reads is waited for by the models
+    /// that do read it (the owning service's model), so that what the caller wrote is
+    /// visible wherever it shows. On timeout: 504 with each model's lag.
+    pub async fn wait_for(
+        &self,
+        position: Option<&Position>,
+        reads: &[&str],
+    ) -> Result<(), QueryError> {
+        let Some(position) = position else {
+            return Ok(());
+        };
+        let readers = |m: &&ModelView| m.services.contains(&position.service.as_str());
+        let mut targets: Vec<&ModelView> = self
+            .models
+            .iter()
+            .filter(|m| reads.contains(&m.name))
+            .filter(readers)
+            .collect();
+        if targets.is_empty() {
+            targets = self.models.iter().filter(readers).collect();
+        }
+        let topic = self.topics.events(&position.service);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let notified: Vec<_> = targets.iter().map(|m| m.progress.notified()).collect();
+            let mut behind = Vec::new();
+            let mut conn = self.pool.acquire().await?;
+            for model in &targets {
+                let next =
+                    bookkeeping::next_offset(&mut conn, &model.schema, &topic, position.partition)
+                        .await?;
+                if next <= position.offset {
+                    behind.push((*model, next));
+                }
+            }
+            drop(conn);
+            if behind.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let lag: Vec<_> = behind
+                    .iter()
+                    .map(|(model, next)| {
+                        json!({
+                            "read_model": model.name,
+                            "topic": topic,
+                            "partition": position.partition,
+                            "min_offset": position.offset,
+                            "applied_up_to": next - 1,
+                            "behind_events": position.offset + 1 - next,
+                            "lag_seconds": model.lag.get().map(|(_, s)| s),
+                        })
+                    })
+                    .collect();
+                return Err(QueryError::NotYet { lag: json!(lag) });
+            }
+            let pause = POLL.min(deadline - now);
+            tokio::select! {
+                () = any_of(notified) => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// Resolves when any of the notifications fires (never when there are none).
+async fn any_of(notified: Vec<Notified<'_>>) {
+    let mut waits: Vec<_> = notified.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        if waits.iter_mut().any(|w| w.as_mut().poll(cx).is_ready()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// The query routes.
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/v1/users/{id}", get(reads::user))
+        .route("/v1/users/{id}/orders", get(reads::orders_of_user))
+        .route("/v1/orders", get(reads::orders))
+        .route("/v1/orders/{id}", get(reads::order))
+        .route("/v1/orders/{id}/history", get(history::order_history))
+        .route("/v1/payments", get(reads::payments))
+        .route("/v1/notifications", get(reads::notifications))
+        .with_state(state)
+}

@@ -1,0 +1,247 @@
+//! Handlers over the read models. Each reads its parameters (all errors at once), waits
+//! for `min_position` when given, then answers from Postgres.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use super::QueryState;
+use super::error::QueryError;
+use super::history::{self, Upto};
+use super::params::{Cursor, Page, Params, path_id};
+use crate::projector::Schema;
+use crate::read_models::notifications::NotificationRow;
+use crate::read_models::orders::OrderRow;
+use crate::read_models::payments::PaymentRow;
+use crate::read_models::users::UserRow;
+
+type Pairs = Query<Vec<(String, String)>>;
+
+pub const ORDER_STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "cancelled"];
+
+/// `GET /v1/users/{id}`
+pub async fn user(
+    State(state): State<QueryState>,
+    Path(id): Path<String>,
+    Query(pairs): Pairs,
+) -> Result<Json<UserRow>, QueryError> {
+    let mut params = Params::new(pairs, &[]);
+    let position = params.min_position();
+    params.finish()?;
+    let id = path_id(&id)?;
+    state.wait_for(position.as_ref(), &["users"]).await?;
+    find_user(&state.pool, state.schema("users"), id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| QueryError::NotFound(format!("no user {id}")))
+}
+
+async fn find_user(
+    pool: &PgPool,
+    schema: &Schema,
+    id: Uuid,
+) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT * FROM {} WHERE user_id = $1",
+        schema.table("users")
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Which orders a list shows.
+#[derive(Debug, Default)]
+struct OrderFilter {
+    user_id: Option<Uuid>,
+    status: Option<String>,
+    cursor: Option<Cursor>,
+    limit: i64,
+}
+
+fn order_filter(params: &mut Params, user_id: Option<Uuid>) -> OrderFilter {
+    OrderFilter {
+        user_id: user_id.or_else(|| params.uuid("user_id")),
+        status: params.one_of("status", &ORDER_STATUSES),
+        cursor: params.cursor(),
+        limit: params.limit(),
+    }
+}
+
+async fn list_orders(
+    pool: &PgPool,
+    schema: &Schema,
+    filter: OrderFilter,
+) -> Result<Page<OrderRow>, sqlx::Error> {
+    let mut sql = format!("SELECT * FROM {} WHERE true", schema.table("orders"));
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if filter.user_id.is_some() {
+        sql += &format!(" AND user_id = ${}", next());
+    }
+    if filter.status.is_some() {
+        sql += &format!(" AND status = ${}", next());
+    }
+    if filter.cursor.is_some() {
+        let (t, i) = (next(), next());
+        sql += &format!(" AND (placed_at, order_id) < (${t}, ${i})");
+    }
+    sql += &format!(" ORDER BY placed_at DESC, order_id DESC LIMIT ${}", next());
+    let mut query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(sql));
+    if let Some(user) = filter.user_id {
+        query = query.bind(user);
+    }
+    if let Some(status) = filter.status {
+        query = query.bind(status);
+    }
+    if let Some(cursor) = filter.cursor {
+        query = query.bind(cursor.time).bind(cursor.id);
+    }
+    let rows = query.bind(filter.limit + 1).fetch_all(pool).await?;
+    Ok(Page::of(rows, filter.limit, |o| Cursor {
+        time: o.placed_at,
+        id: o.order_id,
+    }))
+}
+
+/// `GET /v1/orders?user_id=&status=&limit=&cursor=`
+pub async fn orders(
+    State(state): State<QueryState>,
+    Query(pairs): Pairs,
+) -> Result<Json<Page<OrderRow>>, QueryError> {
+    let mut params = Params::new(pairs, &["user_id", "status", "limit", "cursor"]);
+    let position = params.min_position();
+    let filter = order_filter(&mut params, None);
+    params.finish()?;
+    state.wait_for(position.as_ref(), &["orders"]).await?;
+    Ok(Json(
+        list_orders(&state.pool, state.schema("orders"), filter).await?,
+    ))
+}
+
+/// `GET /v1/users/{id}/orders?status=&limit=&cursor=`
+pub async fn orders_of_user(
+    State(state): State<QueryState>,
+    Path(id): Path<String>,
+    Query(pairs): Pairs,
+) -> Result<Json<Page<OrderRow>>, QueryError> {
+    let mut params = Params::new(pairs, &["status", "limit", "cursor"]);
+    let position = params.min_position();
+    let id = path_id(&id);
+    let filter = order_filter(&mut params, id.as_ref().ok().copied());
+    params.finish()?;
+    let id = id?;
+    state
+        .wait_for(position.as_ref(), &["users", "orders"])
+        .await?;
+    if find_user(&state.pool, state.schema("users"), id)
+        .await?
+        .is_none()
+    {
+        return Err(QueryError::NotFound(format!("no user {id}")));
+    }
+    Ok(Json(
+        list_orders(&state.pool, state.schema("orders"), filter).await?,
+    ))
+}
+
+/// `GET /v1/orders/{id}`, or its state at a version (`as_of_version=N`) or a time
+/// (`as_of=<RFC 3339>`), folded from the log.
+pub async fn order(
+    State(state): State<QueryState>,
+    Path(id): Path<String>,
+    Query(pairs): Pairs,
+) -> Result<Json<OrderRow>, QueryError> {
+    let mut params = Params::new(pairs, &["as_of_version", "as_of"]);
+    let position = params.min_position();
+    let version = params.version("as_of_version");
+    let time = params.time("as_of");
+    if version.is_some() && time.is_some() {
+        params.fail("as_of", "give as_of_version or as_of, not both");
+    }
+    params.finish()?;
+    let id = path_id(&id)?;
+    let upto = match (version, time) {
+        (Some(version), _) => Upto::Version(version),
+        (None, Some(time)) => Upto::Time(time),
+        (None, None) => {
+            state.wait_for(position.as_ref(), &["orders"]).await?;
+            let row: Option<OrderRow> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT * FROM {} WHERE order_id = $1",
+                state.schema("orders").table("orders")
+            )))
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?;
+            return row
+                .map(Json)
+                .ok_or_else(|| QueryError::NotFound(format!("no order {id}")));
+        }
+    };
+    state.wait_for(position.as_ref(), &["event_index"]).await?;
+    history::order_as_of(&state, id, upto).await.map(Json)
+}
+
+/// `GET /v1/payments?order_id=&limit=&cursor=`
+pub async fn payments(
+    State(state): State<QueryState>,
+    Query(pairs): Pairs,
+) -> Result<Json<Page<PaymentRow>>, QueryError> {
+    let mut params = Params::new(pairs, &["order_id", "limit", "cursor"]);
+    let position = params.min_position();
+    let order = params.required_uuid("order_id");
+    let (cursor, limit) = (params.cursor(), params.limit());
+    params.finish()?;
+    state.wait_for(position.as_ref(), &["payments"]).await?;
+    let rows: Vec<PaymentRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT * FROM {} WHERE order_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, payment_id) < ($2, $3))
+         ORDER BY created_at DESC, payment_id DESC LIMIT $4",
+        state.schema("payments").table("payments")
+    )))
+    .bind(order)
+    .bind(cursor.map(|c| c.time))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Page::of(rows, limit, |p| Cursor {
+        time: p.created_at,
+        id: p.payment_id,
+    })))
+}
+
+/// `GET /v1/notifications?user_id=&limit=&cursor=`
+pub async fn notifications(
+    State(state): State<QueryState>,
+    Query(pairs): Pairs,
+) -> Result<Json<Page<NotificationRow>>, QueryError> {
+    let mut params = Params::new(pairs, &["user_id", "limit", "cursor"]);
+    let position = params.min_position();
+    let user = params.required_uuid("user_id");
+    let (cursor, limit) = (params.cursor(), params.limit());
+    params.finish()?;
+    state
+        .wait_for(position.as_ref(), &["notifications"])
+        .await?;
+    let rows: Vec<NotificationRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT * FROM {} WHERE user_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, notification_id) < ($2, $3))
+         ORDER BY created_at DESC, notification_id DESC LIMIT $4",
+        state.schema("notifications").table("notifications")
+    )))
+    .bind(user)
+    .bind(cursor.map(|c| c.time))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Page::of(rows, limit, |n| Cursor {
+        time: n.created_at,
+        id: n.notification_id,
+    })))
+}

@@ -1,0 +1,47 @@
+//! The read models: one per service, each with its own schema, consumer group and
+//! migrations, plus the index of every event. Each folds events onto rows without I/O
+//! ([`crate::projector::ReadModel::fold`]) and loads and stores rows in bulk.
+
+pub mod event_index;
+pub mod notifications;
+pub mod orders;
+pub mod payments;
+pub mod users;
+
+use chrono::{DateTime, Utc};
+use schemas::{Event, EventDocument, MessageFamily};
+use uuid::Uuid;
+
+/// The typed event of a document (upcast on the way); an error makes it poison.
+pub fn decode<E: MessageFamily>(document: &EventDocument) -> Result<Event<E>, String> {
+    document.clone().decode::<E>().map_err(|e| e.to_string())
+}
+
+/// The keys that can be row ids (others have no row).
+pub fn uuids(keys: &[String]) -> Vec<Uuid> {
+    keys.iter().filter_map(|k| k.parse().ok()).collect()
+}
+
+/// Cents as Postgres stores them.
+pub fn cents(amount: u64) -> i64 {
+    i64::try_from(amount).unwrap_or(i64::MAX)
+}
+
+/// A version as Postgres stores it.
+pub fn stored_version(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+/// An event of `what` that needs a row which is not there (or one that must not be).
+pub fn out_of_order(event: &EventDocument, what: &str) -> String {
+    format!(
+        "{} (version {}) cannot apply to {what} {}",
+        event.event_type, event.aggregateversion, event.subject
+    )
+}
+
+/// When an event happened, at the precision Postgres keeps (microseconds), so that a row
+/// folded in memory (time travel) equals the stored one.
+pub fn time_of(event: &EventDocument) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(event.time.timestamp_micros()).unwrap_or(event.time)
+}

@@ -1,0 +1,223 @@
+//! Orders with their status timeline, as the query API shows them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use schemas::EventDocument;
+use schemas::orders::{CancelledBy, OrderEvent, OrderLine};
+use serde::{Deserialize, Serialize};
+use sqlx::{AssertSqlSafe, PgConnection};
+use uuid::Uuid;
+
+use super::{cents, decode, out_of_order, stored_version, time_of, uuids};
+use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+
+/// One status the order went through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub status: String,
+    /// The event that set it.
+    pub event: String,
+    pub version: i64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct OrderRow {
+    #[serde(rename = "id")]
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    /// `pending`, `confirmed`, `rejected` or `cancelled`.
+    pub status: String,
+    pub currency: String,
+    #[sqlx(json)]
+    pub lines: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub payment_id: Option<Uuid>,
+    /// Why it was rejected or cancelled.
+    pub reason: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+    #[sqlx(json)]
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl OrderRow {
+    fn moved(&self, status: &str, document: &EventDocument) -> Self {
+        let mut next = self.clone();
+        next.status = status.to_owned();
+        next.updated_at = time_of(document);
+        next.version = stored_version(document.aggregateversion);
+        next.timeline.push(TimelineEntry {
+            status: status.to_owned(),
+            event: document.event_type.clone(),
+            version: next.version,
+            at: time_of(document),
+        });
+        next
+    }
+}
+
+#[derive(Debug)]
+pub struct Orders;
+
+fn cancelled_by(by: CancelledBy) -> &'static str {
+    match by {
+        CancelledBy::Customer => "customer",
+        CancelledBy::Saga => "saga",
+    }
+}
+
+impl ReadModel for Orders {
+    const NAME: &'static str = "orders";
+    const SERVICES: &'static [&'static str] = &["orders"];
+    type Row = OrderRow;
+
+    fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/orders")
+    }
+
+    fn fold(row: Option<&OrderRow>, document: &EventDocument) -> Result<OrderRow, String> {
+        let event = decode::<OrderEvent>(document)?;
+        match (row, event.payload) {
+            (None, OrderEvent::OrderPlaced(e)) => {
+                let version = stored_version(event.meta.version);
+                Ok(OrderRow {
+                    order_id: e.order_id.as_uuid(),
+                    user_id: e.user_id.as_uuid(),
+                    status: "pending".into(),
+                    currency: e.currency.code().to_owned(),
+                    lines: e.lines,
+                    total_cents: cents(e.total_cents),
+                    payment_id: None,
+                    reason: None,
+                    cancelled_by: None,
+                    placed_at: time_of(document),
+                    updated_at: time_of(document),
+                    version,
+                    timeline: vec![TimelineEntry {
+                        status: "pending".into(),
+                        event: document.event_type.clone(),
+                        version,
+                        at: time_of(document),
+                    }],
+                })
+            }
+            (Some(row), OrderEvent::OrderConfirmed(e)) => {
+                let mut next = row.moved("confirmed", document);
+                next.payment_id = Some(e.payment_id.as_uuid());
+                Ok(next)
+            }
+            (Some(row), OrderEvent::OrderRejected(e)) => {
+                let mut next = row.moved("rejected", document);
+                next.reason = Some(e.reason);
+                Ok(next)
+            }
+            (Some(row), OrderEvent::OrderCancelled(e)) => {
+                let mut next = row.moved("cancelled", document);
+                next.reason = Some(e.reason);
+                next.cancelled_by = Some(cancelled_by(e.cancelled_by).to_owned());
+                Ok(next)
+            }
+            (Some(_), OrderEvent::OrderPlaced(_)) => Err(out_of_order(document, "existing order")),
+            (None, _) => Err(out_of_order(document, "unknown order")),
+        }
+    }
+
+    fn load<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        keys: &'a [String],
+    ) -> DbFuture<'a, HashMap<String, OrderRow>> {
+        Box::pin(async move {
+            let rows: Vec<OrderRow> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT * FROM {} WHERE order_id = ANY($1)",
+                schema.table("orders")
+            )))
+            .bind(uuids(keys))
+            .fetch_all(conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.order_id.to_string(), r))
+                .collect())
+        })
+    }
+
+    fn store<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        rows: Vec<(String, OrderRow)>,
+        _applied: &'a [Applied<'a>],
+    ) -> DbFuture<'a, ()> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut c = Columns::default();
+            for (_, r) in rows {
+                c.id.push(r.order_id);
+                c.user.push(r.user_id);
+                c.status.push(r.status);
+                c.currency.push(r.currency);
+                c.lines
+                    .push(serde_json::to_value(&r.lines).unwrap_or_default());
+                c.total.push(r.total_cents);
+                c.payment.push(r.payment_id);
+                c.reason.push(r.reason);
+                c.cancelled_by.push(r.cancelled_by);
+                c.placed.push(r.placed_at);
+                c.updated.push(r.updated_at);
+                c.version.push(r.version);
+                c.timeline
+                    .push(serde_json::to_value(&r.timeline).unwrap_or_default());
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (order_id, user_id, status, currency, lines, total_cents, payment_id, reason,
+                                 cancelled_by, placed_at, updated_at, version, timeline)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+                                      $7::uuid[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+                                      $12::bigint[], $13::jsonb[])
+                 ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, payment_id = EXCLUDED.payment_id,
+                   reason = EXCLUDED.reason, cancelled_by = EXCLUDED.cancelled_by,
+                   updated_at = EXCLUDED.updated_at, version = EXCLUDED.version, timeline = EXCLUDED.timeline",
+                schema.table("orders")
+            )))
+            .bind(c.id)
+            .bind(c.user)
+            .bind(c.status)
+            .bind(c.currency)
+            .bind(c.lines)
+            .bind(c.total)
+            .bind(c.payment)
+            .bind(c.reason)
+            .bind(c.cancelled_by)
+            .bind(c.placed)
+            .bind(c.updated)
+            .bind(c.version)
+            .bind(c.timeline)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    user: Vec<Uuid>,
+    status: Vec<String>,
+    currency: Vec<String>,
+    lines: Vec<serde_json::Value>,
+    total: Vec<i64>,
+    payment: Vec<Option<Uuid>>,
+    reason: Vec<Option<String>>,
+    cancelled_by: Vec<Option<String>>,
+    placed: Vec<DateTime<Utc>>,
+    updated: Vec<DateTime<Utc>>,
+    version: Vec<i64>,
+    timeline: Vec<serde_json::Value>,
+}

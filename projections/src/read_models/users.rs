@@ -1,0 +1,147 @@
+//! Users as the query API shows them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use schemas::EventDocument;
+use schemas::users::UserEvent;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgConnection};
+use uuid::Uuid;
+
+use super::{decode, out_of_order, stored_version, time_of, uuids};
+use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct UserRow {
+    #[serde(rename = "id")]
+    pub user_id: Uuid,
+    pub name: String,
+    pub email: String,
+    /// `active` or `deactivated`.
+    pub status: String,
+    pub deactivation_reason: Option<String>,
+    pub registered_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug)]
+pub struct Users;
+
+impl ReadModel for Users {
+    const NAME: &'static str = "users";
+    const SERVICES: &'static [&'static str] = &["users"];
+    type Row = UserRow;
+
+    fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/users")
+    }
+
+    fn fold(row: Option<&UserRow>, document: &EventDocument) -> Result<UserRow, String> {
+        let event = decode::<UserEvent>(document)?;
+        let (at, version) = (time_of(document), stored_version(event.meta.version));
+        match (row, event.payload) {
+            (None, UserEvent::UserRegistered(e)) => Ok(UserRow {
+                user_id: e.user_id.as_uuid(),
+                name: e.name,
+                email: e.email,
+                status: "active".into(),
+                deactivation_reason: None,
+                registered_at: at,
+                updated_at: at,
+                version,
+            }),
+            (Some(row), UserEvent::UserEmailChanged(e)) => Ok(UserRow {
+                email: e.email,
+                updated_at: at,
+                version,
+                ..row.clone()
+            }),
+            (Some(row), UserEvent::UserDeactivated(e)) => Ok(UserRow {
+                status: "deactivated".into(),
+                deactivation_reason: e.reason,
+                updated_at: at,
+                version,
+                ..row.clone()
+            }),
+            (Some(_), _) => Err(out_of_order(document, "existing user")),
+            (None, _) => Err(out_of_order(document, "unknown user")),
+        }
+    }
+
+    fn load<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        keys: &'a [String],
+    ) -> DbFuture<'a, HashMap<String, UserRow>> {
+        Box::pin(async move {
+            let rows: Vec<UserRow> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT * FROM {} WHERE user_id = ANY($1)",
+                schema.table("users")
+            )))
+            .bind(uuids(keys))
+            .fetch_all(conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.user_id.to_string(), r))
+                .collect())
+        })
+    }
+
+    fn store<'a>(
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        rows: Vec<(String, UserRow)>,
+        _applied: &'a [Applied<'a>],
+    ) -> DbFuture<'a, ()> {
+        Box::pin(async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut c = Columns::default();
+            for (_, r) in rows {
+                c.id.push(r.user_id);
+                c.name.push(r.name);
+                c.email.push(r.email);
+                c.status.push(r.status);
+                c.reason.push(r.deactivation_reason);
+                c.registered.push(r.registered_at);
+                c.updated.push(r.updated_at);
+                c.version.push(r.version);
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {} (user_id, name, email, status, deactivation_reason, registered_at, updated_at, version)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                 ON CONFLICT (user_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
+                   status = EXCLUDED.status, deactivation_reason = EXCLUDED.deactivation_reason,
+                   updated_at = EXCLUDED.updated_at, version = EXCLUDED.version",
+                schema.table("users")
+            )))
+            .bind(c.id)
+            .bind(c.name)
+            .bind(c.email)
+            .bind(c.status)
+            .bind(c.reason)
+            .bind(c.registered)
+            .bind(c.updated)
+            .bind(c.version)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    name: Vec<String>,
+    email: Vec<String>,
+    status: Vec<String>,
+    reason: Vec<Option<String>>,
+    registered: Vec<DateTime<Utc>>,
+    updated: Vec<DateTime<Utc>>,
+    version: Vec<i64>,
+}

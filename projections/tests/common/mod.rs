@@ -1,0 +1,260 @@
+//! What the projection tests share: a log they write events into directly (with the
+//! positions the broker gave), a fold of what they wrote, and the service run in-process.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use event_store::record::to_kafka_headers;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use projections::projector::ReadModel;
+use projections::read_models::orders::{OrderRow, Orders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::orders::{
+    CancelledBy, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced,
+};
+use schemas::{Currency, Event, EventDocument, EventMeta, OrderId, PaymentId, UserId};
+use service_runtime::Env;
+use test_support::TestEnv;
+
+pub const PARTITIONS: i32 = 2;
+
+/// One record written, and where it went.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// `None` for bytes that are not an event.
+    pub document: Option<EventDocument>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The test's side of the broker.
+pub struct Log {
+    pub settings: KafkaSettings,
+    pub topics: TopicNames,
+    producer: FutureProducer,
+    pub written: Vec<Written>,
+}
+
+impl Log {
+    pub async fn new(env: &TestEnv) -> anyhow::Result<Self> {
+        let settings = KafkaSettings::new(&env.brokers);
+        let topics = TopicNames::new(&env.topic_prefix);
+        TopicAdmin::new(&settings)?
+            .create(&topics.all(PARTITIONS), 1)
+            .await?;
+        let producer = settings.producer().create()?;
+        Ok(Self {
+            settings,
+            topics,
+            producer,
+            written: Vec::new(),
+        })
+    }
+
+    /// Appends a document to the orders topic as is (valid or not), keyed by its subject.
+    pub async fn append(&mut self, document: EventDocument) -> anyhow::Result<Written> {
+        let payload = document.to_json();
+        self.append_raw(&document.subject.clone(), &payload, Some(document))
+            .await
+    }
+
+    /// Appends bytes to the orders topic under `key`.
+    pub async fn append_raw(
+        &mut self,
+        key: &str,
+        payload: &[u8],
+        document: Option<EventDocument>,
+    ) -> anyhow::Result<Written> {
+        let topic = self.topics.events("orders");
+        let headers = document
+            .as_ref()
+            .map(|d| to_kafka_headers(&d.headers()))
+            .unwrap_or_default();
+        let rdkafka::producer::future_producer::Delivery {
+            partition, offset, ..
+        } = self
+            .producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        let written = Written {
+            document,
+            partition,
+            offset,
+        };
+        self.written.push(written.clone());
+        Ok(written)
+    }
+
+    /// The next offset of every partition of the orders topic, after what was written.
+    pub fn ends(&self) -> BTreeMap<i32, i64> {
+        let mut ends = BTreeMap::new();
+        for w in &self.written {
+            let end = ends.entry(w.partition).or_insert(0);
+            *end = (*end).max(w.offset + 1);
+        }
+        ends
+    }
+}
+
+/// An order event at `version`, written now.
+pub fn event(version: u64, payload: OrderEvent) -> EventDocument {
+    Event {
+        meta: EventMeta::new(version),
+        payload,
+    }
+    .to_document()
+}
+
+pub fn placed(order: OrderId, user: UserId) -> OrderEvent {
+    OrderEvent::from(OrderPlaced {
+        order_id: order,
+        user_id: user,
+        currency: "EUR".parse::<Currency>().expect("EUR"),
+        lines: vec![OrderLine {
+            sku: "SKU-1".into(),
+            quantity: 2,
+            unit_price_cents: 1250,
+        }],
+        total_cents: 2500,
+    })
+}
+
+pub fn confirmed(order: OrderId) -> OrderEvent {
+    OrderEvent::from(OrderConfirmed {
+        order_id: order,
+        payment_id: PaymentId::for_order(order),
+    })
+}
+
+pub fn cancelled(order: OrderId) -> OrderEvent {
+    OrderEvent::from(OrderCancelled {
+        order_id: order,
+        reason: "changed my mind".into(),
+        cancelled_by: CancelledBy::Customer,
+    })
+}
+
+/// The orders read model as a fold of `documents` (in log order) under the reader rule:
+/// the state the projector must reach.
+pub fn fold_orders<'a>(
+    documents: impl IntoIterator<Item = &'a EventDocument>,
+) -> BTreeMap<String, OrderRow> {
+    let mut rows: BTreeMap<String, OrderRow> = BTreeMap::new();
+    let mut gate = event_store::gate::VersionGate::default();
+    let mut parked = std::collections::HashSet::new();
+    for document in documents {
+        if parked.contains(&document.subject) {
+            continue;
+        }
+        match gate.last(&document.subject) {
+            last if document.aggregateversion == last + 1 => {
+                match Orders::fold(rows.get(&document.subject), document) {
+                    Ok(row) => {
+                        gate.admit(&document.subject, document.aggregateversion);
+                        rows.insert(document.subject.clone(), row);
+                    }
+                    Err(_) => {
+                        parked.insert(document.subject.clone());
+                    }
+                }
+            }
+            last if document.aggregateversion <= last => {}
+            _ => {
+                parked.insert(document.subject.clone());
+            }
+        }
+    }
+    rows
+}
+
+/// The rows of the orders read model in `schema`.
+pub async fn stored_orders(
+    pool: &sqlx::PgPool,
+    table: &str,
+) -> anyhow::Result<BTreeMap<String, OrderRow>> {
+    let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT * FROM {table}")))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.order_id.to_string(), r))
+        .collect())
+}
+
+/// Waits until `check` holds, polling (an error counts as "not yet"); fails after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out waiting for {what} (last error: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The projections service in-process on the test's broker and database.
+pub struct Service {
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>>,
+}
+
+impl Service {
+    pub async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let partitions = PARTITIONS.to_string();
+        let mut vars = vec![
+            ("KAFKA_BROKERS", env.brokers.as_str()),
+            ("KAFKA_TIMEOUT_MS", "3000"),
+            ("DATABASE_URL", env.database_url.as_str()),
+            ("TOPIC_PREFIX", env.topic_prefix.as_str()),
+            ("EVENT_PARTITIONS", partitions.as_str()),
+            ("PROJECTIONS_ADDR", "127.0.0.1:0"),
+        ];
+        vars.extend_from_slice(extra);
+        let config = projections::Config::from_env(&Env::from_pairs(vars))?;
+        let service = projections::build(config).await?;
+        let base = format!("http://{}", service.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            base,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
