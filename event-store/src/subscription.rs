@@ -90,12 +90,26 @@ impl<T> Batch<T> {
     }
 }
 
-/// Seeds every assignment with the reader's own offsets.
+/// Seeds every assignment with the reader's own offsets, and keeps the partitions' ends
+/// as the fetch responses report them (librdkafka's statistics), so that measuring lag
+/// costs the broker nothing.
 struct SubscriptionContext {
     known: Arc<Mutex<Offsets>>,
+    ends: Arc<Mutex<Offsets>>,
 }
 
-impl ClientContext for SubscriptionContext {}
+impl ClientContext for SubscriptionContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.ends.lock().expect("ends lock");
+        for (name, topic) in statistics.topics {
+            for (id, partition) in topic.partitions {
+                if id >= 0 && partition.hi_offset >= 0 {
+                    ends.insert((name.clone(), id), partition.hi_offset);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SubscriptionContext {
     fn rebalance(
@@ -119,6 +133,7 @@ impl ConsumerContext for SubscriptionContext {
                     let _ = tpl.set_partition_offset(&topic, partition, offset);
                 }
                 drop(known);
+                tracing::info!(partitions = tpl.count(), "subscription assigned partitions");
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "could not take the assigned partitions");
                 }
@@ -140,7 +155,7 @@ pub struct Subscription<T: Decodable> {
     dead_letter_topic: String,
     reader: String,
     known: Arc<Mutex<Offsets>>,
-    timeout: Duration,
+    ends: Arc<Mutex<Offsets>>,
     _decodes: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -163,11 +178,15 @@ impl<T: Decodable> Subscription<T> {
         stored: Offsets,
     ) -> Result<Self, EventStoreError> {
         let known = Arc::new(Mutex::new(stored));
+        let ends = Arc::new(Mutex::new(Offsets::new()));
         let mut config = settings.consumer(group);
-        config.set("fetch.wait.max.ms", "50");
+        config
+            .set("fetch.wait.max.ms", "50")
+            .set("statistics.interval.ms", "1000");
         let consumer: StreamConsumer<SubscriptionContext> = config
             .create_with_context(SubscriptionContext {
                 known: Arc::clone(&known),
+                ends: Arc::clone(&ends),
             })
             .map_err(|e| EventStoreError::from_kafka("subscribe", e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -184,7 +203,7 @@ impl<T: Decodable> Subscription<T> {
             dead_letter_topic,
             reader: group.to_owned(),
             known,
-            timeout: settings.timeout,
+            ends,
             _decodes: std::marker::PhantomData,
         })
     }
@@ -370,26 +389,14 @@ impl<T: Decodable> Subscription<T> {
             .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))
     }
 
-    /// The end of each assigned partition: for lag.
-    pub async fn high_watermarks(&self) -> Result<Offsets, EventStoreError> {
-        let consumer = Arc::clone(&self.consumer);
-        let (assigned, timeout) = (self.assignment(), self.timeout);
-        // librdkafka's watermark call blocks its thread.
-        tokio::task::spawn_blocking(move || {
-            let mut ends = Offsets::new();
-            for (topic, partition) in assigned {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))?;
-                ends.insert((topic, partition), high);
-            }
-            Ok(ends)
-        })
-        .await
-        .map_err(|e| EventStoreError::Unavailable {
-            operation: "fetch watermarks",
-            reason: e.to_string(),
-        })?
+    /// The end (high watermark) of each assigned partition as the last fetch responses
+    /// reported it (refreshed every second): for lag. A partition not fetched yet is absent.
+    pub fn high_watermarks(&self) -> Offsets {
+        let ends = self.ends.lock().expect("ends lock");
+        self.assignment()
+            .into_iter()
+            .filter_map(|key| ends.get(&key).map(|end| (key, *end)))
+            .collect()
     }
 }
 

@@ -116,3 +116,67 @@ fn lag_probe(view: &ModelView, objective: Duration) -> Dependency {
         }
     })
 }
+
+/// An operator action on a read model named by the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ParkedError {
+    #[error("no read model {0:?} (one of: users, orders, payments, notifications, event_index)")]
+    UnknownModel(String),
+    #[error(transparent)]
+    Operator(#[from] projector::operator::OperatorError),
+}
+
+/// What an operator asks of a read model's parked records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParkedAction {
+    Retry,
+    Skip,
+}
+
+/// Retries or skips the parked records of `aggregate` in read model `model`; a skip also
+/// returns the record it removed.
+pub async fn act_on_parked(
+    pool: &PgPool,
+    model: &str,
+    aggregate: &str,
+    action: ParkedAction,
+) -> Result<
+    (
+        Option<projector::operator::ParkedRecord>,
+        projector::operator::RetryReport,
+    ),
+    ParkedError,
+> {
+    async fn act<M: ReadModel>(
+        pool: &PgPool,
+        aggregate: &str,
+        action: ParkedAction,
+    ) -> Result<
+        (
+            Option<projector::operator::ParkedRecord>,
+            projector::operator::RetryReport,
+        ),
+        ParkedError,
+    > {
+        let schema = Schema::live(M::NAME);
+        Ok(match action {
+            ParkedAction::Retry => (
+                None,
+                projector::operator::retry::<M>(pool, &schema, aggregate).await?,
+            ),
+            ParkedAction::Skip => {
+                let (skipped, report) =
+                    projector::operator::skip::<M>(pool, &schema, aggregate).await?;
+                (Some(skipped), report)
+            }
+        })
+    }
+    match model {
+        Users::NAME => act::<Users>(pool, aggregate, action).await,
+        Orders::NAME => act::<Orders>(pool, aggregate, action).await,
+        Payments::NAME => act::<Payments>(pool, aggregate, action).await,
+        Notifications::NAME => act::<Notifications>(pool, aggregate, action).await,
+        EventIndex::NAME => act::<EventIndex>(pool, aggregate, action).await,
+        other => Err(ParkedError::UnknownModel(other.to_owned())),
+    }
+}

@@ -2,6 +2,7 @@
 //! services (`KAFKA_BROKERS`, `TOPIC_PREFIX`, `EVENT_PARTITIONS`, ...), so it acts on the
 //! topics they use. Errors print one line and exit non-zero.
 
+mod dead_letters;
 mod topics;
 
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ enum Command {
     /// Create, check and list the shop's topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// List, retry and skip the records the read models parked.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,6 +34,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Topics(command) => topics::run(command, cli.json).await,
+        Command::DeadLetters(command) => dead_letters::run(command, cli.json).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

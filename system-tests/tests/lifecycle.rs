@@ -50,9 +50,15 @@ async fn services_start_without_broker_and_database_and_turn_ready_when_they_app
         wait_for_200(&service.url("/ready"), Duration::from_secs(20)).await?;
     }
 
-    // Migrations ran when Postgres appeared, each service in its own schema.
+    // Migrations ran when Postgres appeared, each service (each read model) in its own
+    // schema; the projections service is ready only once its projectors run.
     let pool = env.pool().await;
-    for table in ["projections.checkpoints", "saga.checkpoints"] {
+    for table in [
+        "read_orders.checkpoints",
+        "read_users.users",
+        "read_event_index.events",
+        "saga.checkpoints",
+    ] {
         let exists: Option<String> = sqlx_exists(&pool, table).await?;
         assert_eq!(exists.as_deref(), Some(table));
     }

@@ -23,6 +23,9 @@ use super::{Applied, ReadModel, Schema};
 /// How often the lag is measured against the partitions' ends.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Session timeouts without any partition after which a projector joins its group again.
+const REJOIN_AFTER_SESSIONS: u32 = 3;
+
 /// What a projector needs besides its model.
 #[derive(Clone, Debug)]
 pub struct ProjectorConfig {
@@ -106,16 +109,8 @@ impl<M: ReadModel> Projector<M> {
     /// broker are waited out with a bounded backoff; nothing is skipped meanwhile.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
-        let mut subscription = loop {
-            match self.start().await {
-                Ok(subscription) => break subscription,
-                Err(e) => {
-                    tracing::warn!(read_model = M::NAME, error = %e, "projector cannot start yet");
-                    if backoff.wait(&stop).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        let Some(mut subscription) = self.start_with_backoff(&mut backoff, &stop).await else {
+            return;
         };
         tracing::info!(read_model = M::NAME, schema = %self.schema, "projector running");
         let mut positions = Positions::since(Utc::now());
@@ -125,10 +120,35 @@ impl<M: ReadModel> Projector<M> {
             positions.extend(&stored);
         }
         let mut measured = Instant::now() - LAG_INTERVAL;
+        // The last poll gave nothing: everything the consumer can read is applied. (On
+        // Apache Kafka a transaction's commit marker takes an offset that no record fills,
+        // so "end - next offset" alone would never reach 0.)
+        let mut idle = false;
+        let mut unassigned_since = Some(Instant::now());
         loop {
             if measured.elapsed() >= LAG_INTERVAL {
-                self.measure_lag(&subscription, &positions).await;
+                self.measure_lag(&subscription, &positions, idle);
                 measured = Instant::now();
+                if subscription.assignment().is_empty() {
+                    let since = *unassigned_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.config.kafka.session_timeout * REJOIN_AFTER_SESSIONS {
+                        // tansu 0.6.0 can leave a joining member without partitions after a
+                        // crash of the previous one; leaving and joining again makes the
+                        // group rebalance. (Apache Kafka assigns within a session timeout.)
+                        tracing::warn!(
+                            read_model = M::NAME,
+                            "no partitions assigned; joining the group again"
+                        );
+                        drop(subscription);
+                        match self.start_with_backoff(&mut backoff, &stop).await {
+                            Some(again) => subscription = again,
+                            None => return,
+                        }
+                        unassigned_since = Some(Instant::now());
+                    }
+                } else {
+                    unassigned_since = None;
+                }
             }
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
@@ -139,8 +159,14 @@ impl<M: ReadModel> Projector<M> {
                 ) => batch,
             };
             let batch = match batch {
-                Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => batch,
+                Ok(batch) if batch.is_empty() => {
+                    idle = true;
+                    continue;
+                }
+                Ok(batch) => {
+                    idle = false;
+                    batch
+                }
                 Err(e) => {
                     tracing::warn!(read_model = M::NAME, error = %e, "cannot consume");
                     if backoff.wait(&stop).await.is_err() {
@@ -167,6 +193,23 @@ impl<M: ReadModel> Projector<M> {
                             return;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// [`Self::start`], retried with backoff; `None` when stopped meanwhile.
+    async fn start_with_backoff(
+        &self,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> Option<Subscription<EventDocument>> {
+        loop {
+            match self.start().await {
+                Ok(subscription) => return Some(subscription),
+                Err(e) => {
+                    tracing::warn!(read_model = M::NAME, error = %e, "projector cannot start yet");
+                    backoff.wait(stop).await.ok()?;
                 }
             }
         }
@@ -319,15 +362,17 @@ impl<M: ReadModel> Projector<M> {
         Ok(report)
     }
 
-    async fn measure_lag(&self, subscription: &Subscription<EventDocument>, positions: &Positions) {
-        let ends = match subscription.high_watermarks().await {
-            Ok(ends) => ends,
-            Err(e) => {
-                tracing::debug!(read_model = M::NAME, error = %e, "cannot measure lag");
-                return;
-            }
+    fn measure_lag(
+        &self,
+        subscription: &Subscription<EventDocument>,
+        positions: &Positions,
+        idle: bool,
+    ) {
+        let (events, seconds) = if idle {
+            (0, 0.0)
+        } else {
+            positions.lag(&subscription.high_watermarks(), Utc::now())
         };
-        let (events, seconds) = positions.lag(&ends, Utc::now());
         let labels = ProjectorMetrics::model(M::NAME);
         self.metrics
             .lag_events

@@ -39,7 +39,11 @@ pub struct Log {
 
 impl Log {
     pub async fn new(env: &TestEnv) -> anyhow::Result<Self> {
-        let settings = KafkaSettings::new(&env.brokers);
+        let mut settings = KafkaSettings::new(&env.brokers);
+        // tansu 0.6.0 stalls now and then under load; an idempotent producer whose record
+        // times out bumps its epoch, which tansu's storage cannot take (it panics and stops
+        // serving). A delivery timeout longer than any stall avoids that.
+        settings.timeout = Duration::from_secs(60);
         let topics = TopicNames::new(&env.topic_prefix);
         TopicAdmin::new(&settings)?
             .create(&topics.all(PARTITIONS), 1)

@@ -1,0 +1,247 @@
+//! Catch-up: how fast each projector turns a topic full of events into rows, against raw
+//! Postgres COPY of the same rows into the same table, in one run.
+//!
+//!     ./dev bench                      (BENCH_EVENTS=1000000 for the full size)
+//!
+//! For each read model, `BENCH_EVENTS` events (default 200,000) are written to its topic on
+//! a private tansu (SQLite storage, as in the local stack); the projector starts from offset
+//! zero and the clock stops when its checkpoints reach the end. Then the rows it built are
+//! copied out, the table emptied, and the same rows COPYed back in, timed.
+
+use std::time::{Duration, Instant};
+
+use event_store::record::to_kafka_headers;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use futures_util::StreamExt;
+use projections::projector::metrics::ProjectorMetrics;
+use projections::projector::runner::{Projector, ProjectorConfig};
+use projections::projector::{ReadModel, Schema, bookkeeping};
+use projections::read_models::notifications::Notifications;
+use projections::read_models::orders::Orders;
+use projections::read_models::payments::Payments;
+use projections::read_models::users::Users;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::notifications::{NotificationKind, NotificationSent};
+use schemas::orders::{OrderLine, OrderPlaced};
+use schemas::payments::PaymentAuthorized;
+use schemas::users::UserRegistered;
+use schemas::{
+    Event, EventDocument, EventMeta, MessageFamily, Money, NotificationId, OrderId, PaymentId,
+    UserId,
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 8;
+
+fn document<E: MessageFamily>(payload: impl Into<E>) -> EventDocument {
+    Event::<E> {
+        meta: EventMeta::new(1),
+        payload: payload.into(),
+    }
+    .to_document()
+}
+
+/// One creation event per aggregate: every event becomes one row.
+fn events_of(model: &str, count: usize) -> Vec<EventDocument> {
+    let eur = || "EUR".parse().expect("EUR");
+    (0..count)
+        .map(|i| match model {
+            "users" => document::<schemas::users::UserEvent>(UserRegistered {
+                user_id: UserId::new(),
+                name: format!("User {i}"),
+                email: format!("user{i}@example.com"),
+            }),
+            "orders" => document::<schemas::orders::OrderEvent>(OrderPlaced {
+                order_id: OrderId::new(),
+                user_id: UserId::new(),
+                currency: eur(),
+                lines: vec![OrderLine {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                }],
+                total_cents: 2500,
+            }),
+            "payments" => {
+                let order = OrderId::new();
+                document::<schemas::payments::PaymentEvent>(PaymentAuthorized {
+                    payment_id: PaymentId::for_order(order),
+                    order_id: order,
+                    amount: Money {
+                        amount_cents: 2500,
+                        currency: eur(),
+                    },
+                    provider_reference: format!("ref-{i}"),
+                })
+            }
+            _ => {
+                let order = OrderId::new();
+                document::<schemas::notifications::NotificationEvent>(NotificationSent {
+                    notification_id: NotificationId::for_order(
+                        order,
+                        NotificationKind::OrderConfirmed,
+                    ),
+                    order_id: order,
+                    user_id: UserId::new(),
+                    kind: NotificationKind::OrderConfirmed,
+                    attempts: 1,
+                })
+            }
+        })
+        .collect()
+}
+
+async fn write(
+    settings: &KafkaSettings,
+    topic: &str,
+    documents: &[EventDocument],
+) -> anyhow::Result<()> {
+    let mut config = settings.producer();
+    config
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "5000");
+    let producer: FutureProducer = config.create()?;
+    let sends = futures_util::stream::iter(documents.iter().map(|d| {
+        let producer = producer.clone();
+        let (key, value, headers) = (d.subject.clone(), d.to_json(), d.headers());
+        async move {
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .headers(to_kafka_headers(&headers));
+            producer
+                .send(record, Duration::from_secs(120))
+                .await
+                .map_err(|(e, _)| e)
+        }
+    }))
+    .buffer_unordered(2000);
+    let results: Vec<_> = sends.collect().await;
+    for result in results {
+        result?;
+    }
+    Ok(())
+}
+
+/// Seconds for the projector of `M` to apply everything in its topic.
+async fn catch_up<M: ReadModel>(
+    pool: &PgPool,
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let schema = Schema::live(M::NAME);
+    let config = ProjectorConfig {
+        kafka: settings.clone(),
+        topics: topics.clone(),
+        batch_max: 2000,
+    };
+    let projector = Projector::<M>::new(
+        pool.clone(),
+        schema.clone(),
+        config,
+        ProjectorMetrics::unregistered(),
+    );
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(projector.run(stop.clone()));
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(mut conn) = pool.acquire().await else {
+            continue;
+        };
+        let Ok(checkpoints) = bookkeeping::checkpoints(&mut conn, &schema).await else {
+            continue;
+        };
+        let done: i64 = checkpoints.iter().map(|c| c.next_offset).sum();
+        if done >= i64::try_from(count)? {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await?;
+    Ok(seconds)
+}
+
+/// Seconds to COPY the rows now in `table` back into it (after emptying it).
+async fn raw_copy(pool: &PgPool, table: &str) -> anyhow::Result<(u64, f64)> {
+    let mut conn = pool.acquire().await?;
+    let mut out = conn
+        .copy_out_raw(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
+        .await?;
+    let mut data = Vec::new();
+    while let Some(chunk) = out.next().await {
+        data.extend_from_slice(&chunk?);
+    }
+    drop(out);
+    sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}")))
+        .execute(&mut *conn)
+        .await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await?;
+    copy.send(data.as_slice()).await?;
+    let rows = copy.finish().await?;
+    Ok((rows, started.elapsed().as_secs_f64()))
+}
+
+async fn measure<M: ReadModel>(
+    pool: &PgPool,
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+    count: usize,
+    table: &str,
+) -> anyhow::Result<()> {
+    let topic = topics.events(M::SERVICES[0]);
+    let documents = events_of(M::NAME, count);
+    let written = Instant::now();
+    write(settings, &topic, &documents).await?;
+    eprintln!(
+        "{}: {count} events written in {:.1} s",
+        M::NAME,
+        written.elapsed().as_secs_f64()
+    );
+    drop(documents);
+    let projected = catch_up::<M>(pool, settings, topics, count).await?;
+    let (rows, copied) = raw_copy(pool, &Schema::live(M::NAME).table(table)).await?;
+    let projector_rate = rows as f64 / projected;
+    let copy_rate = rows as f64 / copied;
+    println!(
+        "| {} | {count} | {rows} | {projected:.1} | {projector_rate:.0} | {copy_rate:.0} | {:.2} |",
+        M::NAME,
+        projector_rate / copy_rate
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let count: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let env = test_support::TestEnv::new().await;
+    let broker = test_support::PrivateBroker::start().await;
+    let mut settings = KafkaSettings::new(&broker.brokers);
+    settings.timeout = Duration::from_secs(30);
+    let topics = TopicNames::new("");
+    TopicAdmin::new(&settings)?
+        .create(&topics.all(PARTITIONS), 1)
+        .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&env.database_url)
+        .await?;
+    println!(
+        "| read model | events | rows | catch-up s | projector rows/s | raw COPY rows/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    measure::<Users>(&pool, &settings, &topics, count, "users").await?;
+    measure::<Orders>(&pool, &settings, &topics, count, "orders").await?;
+    measure::<Payments>(&pool, &settings, &topics, count, "payments").await?;
+    measure::<Notifications>(&pool, &settings, &topics, count, "notifications").await?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Read-your-writes latency: from a command's 201 to the order being visible in a query,
+//! at moderate load, against the raw floor of the same broker: from a record's produce
+//! acknowledgement to a plain consumer receiving it. Same broker, same run.
+//!
+//!     ./dev bench
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use service_runtime::Env;
+use test_support::load::{Run, drive};
+use tokio::sync::oneshot;
+
+const PARTITIONS: i32 = 8;
+const USERS: usize = 50;
+const ORDERS: usize = 2_000;
+/// Moderate load: a few callers, each waiting for its order to show before the next.
+const CONCURRENCY: usize = 4;
+
+type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+fn percentiles(latencies: Vec<Duration>) -> (f64, f64) {
+    Run {
+        per_second: 0.0,
+        latencies,
+    }
+    .percentiles()
+}
+
+/// Acknowledged -> consumed, per record, with a consumer at the end of the topic.
+async fn raw_floor(settings: &KafkaSettings) -> anyhow::Result<(f64, f64)> {
+    let topic = "raw.orders.events";
+    let consumer: StreamConsumer = settings.consumer("raw-visibility").create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    let waiting: Waiting = Arc::default();
+    let receiver = {
+        let waiting = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Ok(message) = consumer.recv().await {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                if let Some(tx) = waiting.lock().expect("lock").remove(&key) {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await; // the consumer positions itself
+    let producer: FutureProducer = settings.producer().create()?;
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    {
+        let (waiting, latencies) = (Arc::clone(&waiting), Arc::clone(&latencies));
+        drive(ORDERS, CONCURRENCY, move |i| {
+            let (producer, waiting, latencies) = (
+                producer.clone(),
+                Arc::clone(&waiting),
+                Arc::clone(&latencies),
+            );
+            async move {
+                let key = format!("raw-{i}");
+                let (tx, rx) = oneshot::channel();
+                waiting.lock().expect("lock").insert(key.clone(), tx);
+                let payload = vec![b'x'; 600];
+                let sent = producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                let acked = Instant::now();
+                if sent.is_ok()
+                    && let Ok(Ok(received)) =
+                        tokio::time::timeout(Duration::from_secs(30), rx).await
+                {
+                    latencies
+                        .lock()
+                        .expect("lock")
+                        .push(received.saturating_duration_since(acked));
+                }
+            }
+        })
+        .await;
+    }
+    receiver.abort();
+    let latencies = std::mem::take(&mut *latencies.lock().expect("lock"));
+    Ok(percentiles(latencies))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let env = test_support::TestEnv::new().await;
+    let broker = test_support::PrivateBroker::start().await;
+    let settings = KafkaSettings::new(&broker.brokers);
+    TopicAdmin::new(&settings)?
+        .create(&TopicNames::new("").all(PARTITIONS), 1)
+        .await?;
+    TopicAdmin::new(&settings)?
+        .create(
+            &TopicNames::new("raw.").for_services(&["orders"], PARTITIONS),
+            1,
+        )
+        .await?;
+    let partitions = PARTITIONS.to_string();
+    let common = [
+        ("KAFKA_BROKERS", broker.brokers.as_str()),
+        ("DATABASE_URL", env.database_url.as_str()),
+        ("EVENT_PARTITIONS", partitions.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        Env::from_pairs(common.iter().copied().chain(extra.iter().copied()))
+    };
+    let commands = command_api::build(command_api::Config::from_env(&with(&[
+        ("COMMAND_API_ADDR", "127.0.0.1:0"),
+        ("API_KEYS", "bench"),
+        ("RATE_LIMIT_PER_SECOND", "1000000"),
+        ("RATE_LIMIT_BURST", "1000000"),
+    ]))?)
+    .await?;
+    let queries = projections::build(projections::Config::from_env(&with(&[(
+        "PROJECTIONS_ADDR",
+        "127.0.0.1:0",
+    )]))?)
+    .await?;
+    let command_base = format!("http://{}", commands.local_addr());
+    let query_base = format!("http://{}", queries.local_addr());
+    let _commands = tokio::spawn(commands.run_until(std::future::pending()));
+    let _queries = tokio::spawn(queries.run_until(std::future::pending()));
+    let client = reqwest::Client::new();
+    for base in [&command_base, &query_base] {
+        while !client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        loop {
+            let response = client
+                .post(format!("{command_base}/v1/users"))
+                .bearer_auth("bench")
+                .json(
+                    &json!({"name": format!("User {i}"), "email": format!("user{i}@example.com")}),
+                )
+                .send()
+                .await?;
+            if response.status() == 201 {
+                let body: Value = response.json().await?;
+                users.push(body["id"].as_str().expect("id").to_owned());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let users = Arc::new(users);
+
+    let raw = raw_floor(&settings).await?;
+
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let run = {
+        let latencies = Arc::clone(&latencies);
+        drive(ORDERS, CONCURRENCY, move |i| {
+            let (client, users, latencies) =
+                (client.clone(), Arc::clone(&users), Arc::clone(&latencies));
+            let (command_base, query_base) = (command_base.clone(), query_base.clone());
+            async move {
+                let order = json!({"user_id": users[i % USERS], "currency": "EUR",
+                    "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 999}]});
+                let Ok(response) = client
+                    .post(format!("{command_base}/v1/orders"))
+                    .bearer_auth("bench")
+                    .json(&order)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if response.status() != 201 {
+                    return;
+                }
+                let accepted = Instant::now();
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                let url = format!(
+                    "{query_base}/v1/orders/{}",
+                    body["id"].as_str().unwrap_or_default()
+                );
+                loop {
+                    if client
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                    {
+                        latencies.lock().expect("lock").push(accepted.elapsed());
+                        return;
+                    }
+                    if accepted.elapsed() > Duration::from_secs(30) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .await
+    };
+    let measured = std::mem::take(&mut *latencies.lock().expect("lock"));
+    let count = measured.len();
+    let ours = percentiles(measured);
+    println!("| path | samples | p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw: produce acknowledged -> plain consumer receives | {ORDERS} | {:.2} | {:.2} |",
+        raw.0, raw.1
+    );
+    println!(
+        "| command 201 -> order visible in GET /v1/orders/{{id}} ({:.0} orders/s) | {count} | {:.2} | {:.2} |",
+        run.per_second, ours.0, ours.1
+    );
+    println!(
+        "p99 {:.2} ms (goal <= 50 ms); {:+.2} ms over the raw floor",
+        ours.1,
+        ours.1 - raw.1
+    );
+    Ok(())
+}

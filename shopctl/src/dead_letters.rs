@@ -1,0 +1,146 @@
+//! `shopctl dead-letters list | retry | skip`: the records each read model parked (a poison
+//! event, an unreadable record or a version gap, and what waits behind it), and the two
+//! ways an operator moves an aggregate on.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use projections::projector::Schema;
+use projections::projector::operator::{self, ParkedRecord, RetryReport};
+use projections::{ParkedAction, READ_MODELS};
+use serde_json::json;
+use service_runtime::Infrastructure;
+use service_runtime::settings::Env;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List parked records, oldest first.
+    List {
+        /// Only this read model (users, orders, payments, notifications, event_index).
+        #[arg(long)]
+        read_model: Option<String>,
+        /// Only this aggregate.
+        #[arg(long)]
+        aggregate: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Apply an aggregate's parked records in order, as far as they now go.
+    Retry {
+        read_model: String,
+        aggregate: String,
+    },
+    /// Drop the record at the head of an aggregate's parked records, then retry the rest.
+    Skip {
+        read_model: String,
+        aggregate: String,
+    },
+}
+
+pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> {
+    let infra = Infrastructure::from_env(&Env::from_process())?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(infra.database.clone())
+        .await
+        .context("cannot reach Postgres (DATABASE_URL)")?;
+    match command {
+        DeadLettersCommand::List {
+            read_model,
+            aggregate,
+            limit,
+        } => {
+            let models: Vec<&str> = match &read_model {
+                Some(name) if READ_MODELS.contains(&name.as_str()) => vec![name.as_str()],
+                Some(name) => anyhow::bail!(
+                    "no read model {name:?} (one of: {})",
+                    READ_MODELS.join(", ")
+                ),
+                None => READ_MODELS.to_vec(),
+            };
+            let mut total = 0;
+            for model in models {
+                let parked =
+                    operator::list(&pool, &Schema::live(model), aggregate.as_deref(), limit)
+                        .await
+                        .with_context(|| format!("listing the parked records of {model}"))?;
+                total += parked.len();
+                for record in parked {
+                    print_parked(model, &record, json);
+                }
+            }
+            if !json && total == 0 {
+                println!("nothing parked");
+            }
+        }
+        DeadLettersCommand::Retry {
+            read_model,
+            aggregate,
+        } => {
+            let (_, report) =
+                projections::act_on_parked(&pool, &read_model, &aggregate, ParkedAction::Retry)
+                    .await?;
+            print_report(&read_model, &aggregate, None, &report, json);
+        }
+        DeadLettersCommand::Skip {
+            read_model,
+            aggregate,
+        } => {
+            let (skipped, report) =
+                projections::act_on_parked(&pool, &read_model, &aggregate, ParkedAction::Skip)
+                    .await?;
+            print_report(&read_model, &aggregate, skipped.as_ref(), &report, json);
+        }
+    }
+    Ok(())
+}
+
+fn print_parked(model: &str, r: &ParkedRecord, json: bool) {
+    if json {
+        println!("{}", json!({ "read_model": model, "record": r }));
+    } else {
+        println!(
+            "{model:<14} {} v{} {} {}/{}@{} parked {}: {}",
+            r.aggregate_id,
+            r.version.map_or("?".into(), |v| v.to_string()),
+            r.event_type.as_deref().unwrap_or("(unreadable)"),
+            r.topic,
+            r.partition,
+            r.offset,
+            r.parked_at.to_rfc3339(),
+            r.error
+        );
+    }
+}
+
+fn print_report(
+    model: &str,
+    aggregate: &str,
+    skipped: Option<&ParkedRecord>,
+    report: &RetryReport,
+    json: bool,
+) {
+    if json {
+        println!(
+            "{}",
+            json!({ "read_model": model, "aggregate": aggregate, "skipped": skipped, "report": report })
+        );
+        return;
+    }
+    if let Some(s) = skipped {
+        println!(
+            "skipped {}/{}@{} ({})",
+            s.topic, s.partition, s.offset, s.error
+        );
+    }
+    println!(
+        "{model} {aggregate}: applied {}, dropped as duplicates {}, still parked {}",
+        report.applied, report.dropped, report.still_parked
+    );
+    if let Some(reason) = &report.blocked_by {
+        println!("blocked by: {reason}");
+    }
+}
