@@ -116,7 +116,7 @@ async fn write(
                 .map_err(|(e, _)| e)
         }
     }))
-    .buffer_unordered(2000);
+    .buffer_unordered(256);
     let results: Vec<_> = sends.collect().await;
     for result in results {
         result?;
@@ -147,6 +147,13 @@ async fn catch_up<M: ReadModel>(
     let started = Instant::now();
     let task = tokio::spawn(projector.run(stop.clone()));
     loop {
+        if started.elapsed() > Duration::from_secs(600) {
+            stop.cancel();
+            anyhow::bail!(
+                "{}: the projector did not catch up within 10 minutes",
+                M::NAME
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Ok(mut conn) = pool.acquire().await else {
             continue;

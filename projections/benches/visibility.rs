@@ -36,7 +36,11 @@ fn percentiles(latencies: Vec<Duration>) -> (f64, f64) {
 /// Acknowledged -> consumed, per record, with a consumer at the end of the topic.
 async fn raw_floor(settings: &KafkaSettings) -> anyhow::Result<(f64, f64)> {
     let topic = "raw.orders.events";
-    let consumer: StreamConsumer = settings.consumer("raw-visibility").create()?;
+    // The same fetch wait as the projectors' consumers (librdkafka's default is 500 ms).
+    let consumer: StreamConsumer = settings
+        .consumer("raw-visibility")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         tpl.add_partition_offset(topic, p, Offset::End)?;
