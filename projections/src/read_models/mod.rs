@@ -8,9 +8,15 @@ pub mod orders;
 pub mod payments;
 pub mod users;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use schemas::{Event, EventDocument, MessageFamily};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
+
+use crate::projector::{DbFuture, Schema};
 
 /// The typed event of a document (upcast on the way); an error makes it poison.
 pub fn decode<E: MessageFamily>(document: &EventDocument) -> Result<Event<E>, String> {
@@ -44,4 +50,30 @@ pub fn out_of_order(event: &EventDocument, what: &str) -> String {
 /// folded in memory (time travel) equals the stored one.
 pub fn time_of(event: &EventDocument) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(event.time.timestamp_micros()).unwrap_or(event.time)
+}
+
+/// The rows of `table` whose `id` column is one of `keys`, by key: every model's `load`.
+pub fn load_by_id<'a, R>(
+    conn: &'a mut PgConnection,
+    schema: &'a Schema,
+    (table, id): (&'static str, &'static str),
+    keys: &'a [String],
+    id_of: fn(&R) -> Uuid,
+) -> DbFuture<'a, HashMap<String, R>>
+where
+    R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin + 'a,
+{
+    Box::pin(async move {
+        let rows: Vec<R> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT * FROM {} WHERE {id} = ANY($1)",
+            schema.table(table)
+        )))
+        .bind(uuids(keys))
+        .fetch_all(conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (id_of(&r).to_string(), r))
+            .collect())
+    })
 }

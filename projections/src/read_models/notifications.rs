@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-use super::{decode, out_of_order, stored_version, time_of, uuids};
+use super::{decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
@@ -88,19 +88,13 @@ impl ReadModel for Notifications {
         schema: &'a Schema,
         keys: &'a [String],
     ) -> DbFuture<'a, HashMap<String, NotificationRow>> {
-        Box::pin(async move {
-            let rows: Vec<NotificationRow> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT * FROM {} WHERE notification_id = ANY($1)",
-                schema.table("notifications")
-            )))
-            .bind(uuids(keys))
-            .fetch_all(conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|r| (r.notification_id.to_string(), r))
-                .collect())
-        })
+        load_by_id(
+            conn,
+            schema,
+            ("notifications", "notification_id"),
+            keys,
+            |r: &NotificationRow| r.notification_id,
+        )
     }
 
     fn store<'a>(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-use super::{cents, decode, out_of_order, stored_version, time_of, uuids};
+use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
 /// One status the order went through.
@@ -131,19 +131,13 @@ impl ReadModel for Orders {
         schema: &'a Schema,
         keys: &'a [String],
     ) -> DbFuture<'a, HashMap<String, OrderRow>> {
-        Box::pin(async move {
-            let rows: Vec<OrderRow> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT * FROM {} WHERE order_id = ANY($1)",
-                schema.table("orders")
-            )))
-            .bind(uuids(keys))
-            .fetch_all(conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|r| (r.order_id.to_string(), r))
-                .collect())
-        })
+        load_by_id(
+            conn,
+            schema,
+            ("orders", "order_id"),
+            keys,
+            |r: &OrderRow| r.order_id,
+        )
     }
 
     fn store<'a>(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-use super::{cents, decode, out_of_order, stored_version, time_of, uuids};
+use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
@@ -97,19 +97,13 @@ impl ReadModel for Payments {
         schema: &'a Schema,
         keys: &'a [String],
     ) -> DbFuture<'a, HashMap<String, PaymentRow>> {
-        Box::pin(async move {
-            let rows: Vec<PaymentRow> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT * FROM {} WHERE payment_id = ANY($1)",
-                schema.table("payments")
-            )))
-            .bind(uuids(keys))
-            .fetch_all(conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|r| (r.payment_id.to_string(), r))
-                .collect())
-        })
+        load_by_id(
+            conn,
+            schema,
+            ("payments", "payment_id"),
+            keys,
+            |r: &PaymentRow| r.payment_id,
+        )
     }
 
     fn store<'a>(

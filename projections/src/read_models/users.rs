@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-use super::{decode, out_of_order, stored_version, time_of, uuids};
+use super::{decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
@@ -75,18 +75,8 @@ impl ReadModel for Users {
         schema: &'a Schema,
         keys: &'a [String],
     ) -> DbFuture<'a, HashMap<String, UserRow>> {
-        Box::pin(async move {
-            let rows: Vec<UserRow> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT * FROM {} WHERE user_id = ANY($1)",
-                schema.table("users")
-            )))
-            .bind(uuids(keys))
-            .fetch_all(conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|r| (r.user_id.to_string(), r))
-                .collect())
+        load_by_id(conn, schema, ("users", "user_id"), keys, |r: &UserRow| {
+            r.user_id
         })
     }
 
