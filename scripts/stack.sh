@@ -49,6 +49,7 @@ ensure_packages() {
   pg_bin >/dev/null || missing+=(postgresql)
   nginx_bin >/dev/null || missing+=(nginx)
   command -v curl >/dev/null || missing+=(curl)
+  command -v sqlite3 >/dev/null || missing+=(sqlite3)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
   nginx_bin >/dev/null || die "nginx is not installed"
@@ -197,6 +198,18 @@ tansu_start() {
     tansu broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://tansu.db")
   wait_port 127.0.0.1 "$port" 30 tansu
+  tansu_index "$dir/tansu.db"
+}
+
+# Adds the index tansu's SQLite schema lacks (see scripts/tansu-index.sql). tansu creates
+# its tables before it listens; the retries cover a slow first start.
+tansu_index() {
+  local db=$1 i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    sqlite3 "$db" <"$ROOT/scripts/tansu-index.sql" 2>/dev/null && return
+    sleep 0.5
+  done
+  die "could not add the header index to $db"
 }
 
 tansu_stop() { stop_pidfile "$1/tansu.pid" "tansu broker" 10; }

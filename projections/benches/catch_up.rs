@@ -6,7 +6,9 @@
 //! For each read model, `BENCH_EVENTS` events (default 200,000) are written to its topic on
 //! a private tansu (SQLite storage, as in the local stack); the projector starts from offset
 //! zero and the clock stops when its checkpoints reach the end. Then the rows it built are
-//! copied out, the table emptied, and the same rows COPYed back in, timed.
+//! copied out, the table emptied, and the same rows COPYed back in, timed. A plain
+//! consumer reading the same topic from offset zero (no decoding, no Postgres) gives the
+//! broker's own ceiling, measured in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,10 @@ use projections::read_models::notifications::Notifications;
 use projections::read_models::orders::Orders;
 use projections::read_models::payments::Payments;
 use projections::read_models::users::Users;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use schemas::notifications::{NotificationKind, NotificationSent};
 use schemas::orders::{OrderLine, OrderPlaced};
 use schemas::payments::PaymentAuthorized;
@@ -172,6 +177,26 @@ async fn catch_up<M: ReadModel>(
     Ok(seconds)
 }
 
+/// Seconds for a plain consumer, outside any group, to receive every record of `topic`.
+async fn raw_consume(settings: &KafkaSettings, topic: &str, count: usize) -> anyhow::Result<f64> {
+    let mut config = settings.consumer("bench-raw-consume");
+    config.set("fetch.wait.max.ms", "50");
+    let consumer: StreamConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut received = 0;
+    while received < count {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+        std::hint::black_box(message.payload());
+        received += 1;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Seconds to COPY the rows now in `table` back into it (after emptying it).
 async fn raw_copy(pool: &PgPool, table: &str) -> anyhow::Result<(u64, f64)> {
     let mut conn = pool.acquire().await?;
@@ -212,14 +237,17 @@ async fn measure<M: ReadModel>(
         written.elapsed().as_secs_f64()
     );
     drop(documents);
+    let consumed = raw_consume(settings, &topic, count).await?;
     let projected = catch_up::<M>(pool, settings, topics, count).await?;
     let (rows, copied) = raw_copy(pool, &Schema::live(M::NAME).table(table)).await?;
     let projector_rate = rows as f64 / projected;
     let copy_rate = rows as f64 / copied;
+    let consume_rate = count as f64 / consumed;
     println!(
-        "| {} | {count} | {rows} | {projected:.1} | {projector_rate:.0} | {copy_rate:.0} | {:.2} |",
+        "| {} | {count} | {rows} | {projected:.1} | {projector_rate:.0} | {copy_rate:.0} | {:.2} | {consume_rate:.0} | {:.2} |",
         M::NAME,
-        projector_rate / copy_rate
+        projector_rate / copy_rate,
+        projector_rate / consume_rate,
     );
     Ok(())
 }
@@ -243,9 +271,9 @@ async fn main() -> anyhow::Result<()> {
         .connect(&env.database_url)
         .await?;
     println!(
-        "| read model | events | rows | catch-up s | projector rows/s | raw COPY rows/s | ratio |"
+        "| read model | events | rows | catch-up s | projector rows/s | raw COPY rows/s | projector / COPY | raw consume records/s | projector / consume |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     measure::<Users>(&pool, &settings, &topics, count, "users").await?;
     measure::<Orders>(&pool, &settings, &topics, count, "orders").await?;
     measure::<Payments>(&pool, &settings, &topics, count, "payments").await?;

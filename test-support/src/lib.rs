@@ -158,11 +158,35 @@ impl PrivateBroker {
         self.child = Some(child);
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(&self.brokers).await.is_ok() {
+                self.add_header_index().await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("private tansu did not listen on {}", self.brokers);
+    }
+
+    /// Adds the index tansu's SQLite schema lacks, as `./dev` does for its brokers.
+    async fn add_header_index(&self) {
+        const HEADER_INDEX: &str = include_str!("../../scripts/tansu-index.sql");
+        for _ in 0..20 {
+            let mut sqlite = std::process::Command::new("sqlite3")
+                .arg("tansu.db")
+                .current_dir(&self.dir)
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("sqlite3 on PATH (./dev test installs it)");
+            if let Some(mut stdin) = sqlite.stdin.take() {
+                use std::io::Write;
+                let _ = stdin.write_all(HEADER_INDEX.as_bytes());
+            }
+            if sqlite.wait().is_ok_and(|status| status.success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("could not add the header index to {}", self.dir.display());
     }
 
     /// Stops the broker the hard way (SIGKILL).
