@@ -43,7 +43,7 @@ pub enum EventStoreError {
 }
 
 impl EventStoreError {
-    pub(crate) fn from_kafka(operation: &'static str, e: rdkafka::error::KafkaError) -> Self {
+    pub fn from_kafka(operation: &'static str, e: rdkafka::error::KafkaError) -> Self {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
         let code = e.rdkafka_error_code();
         let transient = matches!(

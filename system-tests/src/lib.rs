@@ -40,8 +40,18 @@ pub async fn create_topics(env: &TestEnv) -> anyhow::Result<()> {
 /// The environment a service would get, pointing at `brokers` and `database_url`,
 /// every service on an ephemeral port.
 pub fn service_env(env: &TestEnv, brokers: &str, database_url: &str) -> Env {
+    service_env_with(env, brokers, database_url, &[])
+}
+
+/// [`service_env`] plus (or overriding) `extra` settings.
+pub fn service_env_with(
+    env: &TestEnv,
+    brokers: &str,
+    database_url: &str,
+    extra: &[(&str, &str)],
+) -> Env {
     let partitions = PARTITIONS.to_string();
-    Env::from_pairs([
+    let base = [
         ("KAFKA_BROKERS", brokers),
         ("KAFKA_TIMEOUT_MS", "2000"),
         ("DATABASE_URL", database_url),
@@ -51,7 +61,8 @@ pub fn service_env(env: &TestEnv, brokers: &str, database_url: &str) -> Env {
         ("API_KEYS", "test-key"),
         ("PROJECTIONS_ADDR", "127.0.0.1:0"),
         ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
-    ])
+    ];
+    Env::from_pairs(base.into_iter().chain(extra.iter().copied()))
 }
 
 /// One service running in this process until [`RunningService::stop`].

@@ -1,0 +1,492 @@
+//! Carrying out the outbox: each due step is claimed for a lease, carried out on a task of
+//! its own (a slow provider holds only its own steps, never a partition or another
+//! saga), and then marked done, or due again after a jittered backoff, or given up.
+//!
+//! A step is done once its command is in the log. A crash before that leaves the step in
+//! the outbox; it is claimed again when its lease ends and sends the same command id,
+//! which the writer recognizes as a duplicate. Providers are called again with the same
+//! payment or notification id, which they treat as the same request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_store::partitioner::partition_for;
+use event_store::record::to_kafka_headers;
+use event_store::{EventStoreError, KafkaSettings, TopicNames};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::notifications::{DeliveryReport, NotificationCommand, SendNotification};
+use schemas::orders::{CancelOrder, CancelledBy, ConfirmOrder, OrderCommand, RejectOrder};
+use schemas::payments::{AuthorizePayment, PaymentCommand, ProviderVerdict, RefundPayment};
+use schemas::{Command, CommandId, CommandMeta, MessageFamily, NotificationId};
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::SagaMetrics;
+use crate::providers::breaker::CircuitBreaker;
+use crate::providers::payments::{Authorization, PaymentProvider, jitter};
+use crate::providers::webhook::{Notice, NotificationChannel};
+use crate::providers::{CallError, CallFuture};
+use crate::saga::{Action, Input, Policy, SagaState};
+use crate::store::{self, Claimed};
+
+/// The issuer of every command the saga sends (a CloudEvents source).
+pub const ISSUER: &str = "/shop/saga-orchestrator";
+
+/// Sends commands to their writers through the command topics.
+#[derive(Clone)]
+pub struct CommandSender {
+    producer: FutureProducer,
+    topics: TopicNames,
+    partitions: i32,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for CommandSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSender").finish_non_exhaustive()
+    }
+}
+
+impl CommandSender {
+    pub fn new(
+        kafka: &KafkaSettings,
+        topics: TopicNames,
+        partitions: i32,
+    ) -> Result<Self, EventStoreError> {
+        let producer = kafka
+            .producer()
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        Ok(Self {
+            producer,
+            topics,
+            partitions,
+            timeout: kafka.timeout,
+        })
+    }
+
+    /// Appends `payload` to its service's command topic, in the partition of its aggregate
+    /// (the partition whose writer owns it), and waits for the broker's acknowledgement.
+    pub async fn send<C: MessageFamily>(
+        &self,
+        meta: CommandMeta,
+        payload: impl Into<C>,
+    ) -> Result<(), EventStoreError> {
+        let document = Command::<C> {
+            meta,
+            payload: payload.into(),
+        }
+        .to_document();
+        let topic = self.topics.commands(C::SERVICE);
+        let value = document.to_json();
+        let record = FutureRecord::to(&topic)
+            .partition(partition_for(&document.subject, self.partitions))
+            .key(&document.subject)
+            .payload(&value)
+            .headers(to_kafka_headers(&document.headers()));
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| EventStoreError::from_kafka("send command", e))
+    }
+}
+
+/// How the dispatcher paces itself.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// How long a claimed step stays hidden from other claims (the crash-recovery delay).
+    pub lease: Duration,
+    /// Every provider call is abandoned after this long.
+    pub call_timeout: Duration,
+    /// Delivery attempts of a notification before it is recorded as failed.
+    pub notify_attempts: i32,
+    /// Steps carried out at once.
+    pub concurrency: usize,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            call_timeout: Duration::from_secs(2),
+            notify_attempts: 5,
+            concurrency: 64,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The providers with their breakers.
+#[derive(Debug)]
+pub struct Providers {
+    pub payments: Arc<dyn PaymentProvider>,
+    pub payments_breaker: CircuitBreaker,
+    pub channel: Arc<dyn NotificationChannel>,
+    pub channel_breaker: CircuitBreaker,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    pool: PgPool,
+    sender: CommandSender,
+    providers: Providers,
+    config: DispatchConfig,
+    policy: Policy,
+    wake: Arc<Notify>,
+    metrics: SagaMetrics,
+}
+
+/// How carrying out a step ended.
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    /// The saga no longer needs the step: it is told so, and the step is done.
+    NotNeeded,
+    RetryIn(Duration, String),
+    GiveUp(String),
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: PgPool,
+        sender: CommandSender,
+        providers: Providers,
+        config: DispatchConfig,
+        policy: Policy,
+        metrics: SagaMetrics,
+    ) -> Self {
+        Self {
+            pool,
+            sender,
+            providers,
+            config,
+            policy,
+            wake: Arc::new(Notify::new()),
+            metrics,
+        }
+    }
+
+    /// Notified when new steps are in the outbox.
+    pub fn wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        while !stop.is_cancelled() {
+            let free = permits.available_permits();
+            let claimed = match self.claim(free).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let idle = claimed.len() < free;
+            for step in claimed {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    me.carry_out(step).await;
+                    drop(permit);
+                });
+            }
+            if idle || free == 0 {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+        // Let steps under way finish (their commands are in flight), bounded.
+        let all = u32::try_from(self.config.concurrency).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(self.config.call_timeout * 2, permits.acquire_many(all)).await;
+    }
+
+    async fn claim(&self, free: usize) -> Result<Vec<Claimed>, sqlx::Error> {
+        if free == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        store::claim_due(
+            &mut conn,
+            i64::try_from(free).unwrap_or(64),
+            self.config.lease,
+        )
+        .await
+    }
+
+    async fn carry_out(&self, step: Claimed) {
+        let outcome = self.outcome_of(&step).await;
+        self.metrics
+            .observe_step(step.step, outcome_label(&outcome));
+        let recorded = match &outcome {
+            Outcome::Done => self.mark_done(&step).await,
+            Outcome::NotNeeded => self.tell_saga(&step, Input::PaymentNotAsked).await,
+            Outcome::RetryIn(delay, error) => {
+                tracing::info!(order_id = %step.order_id, step = step.step.as_str(), attempts = step.attempts, %error, "step failed; retrying later");
+                self.retry_later(&step, *delay, error).await
+            }
+            Outcome::GiveUp(error) => {
+                tracing::error!(order_id = %step.order_id, step = step.step.as_str(), %error, "step given up");
+                self.give_up(&step, error).await
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease runs out and the step is carried out again: same command id.
+            tracing::warn!(order_id = %step.order_id, step = step.step.as_str(), error = %e, "cannot record a step's outcome");
+        }
+    }
+
+    async fn outcome_of(&self, step: &Claimed) -> Outcome {
+        if matches!(step.action, Action::AuthorizePayment { .. })
+            && !self.still_awaits_payment(step).await
+        {
+            // The deadline passed (or the order ended) before the provider was asked: the
+            // saga compensates already, and asking now would only take money to refund.
+            return Outcome::NotNeeded;
+        }
+        let order_id = step.order_id;
+        let sent = match &step.action {
+            Action::AuthorizePayment {
+                payment_id,
+                user_id,
+                amount,
+            } => {
+                let request = Authorization {
+                    payment_id: *payment_id,
+                    order_id,
+                    user_id: *user_id,
+                    amount: *amount,
+                };
+                let provider = &self.providers.payments;
+                let verdict = match self
+                    .call(
+                        &self.providers.payments_breaker,
+                        provider.authorize(&request),
+                    )
+                    .await
+                {
+                    Ok(verdict) => verdict,
+                    Err(CallError::Permanent(reason)) => ProviderVerdict::Declined { reason },
+                    Err(CallError::Transient(error)) => return self.retry(step, error),
+                };
+                let command = AuthorizePayment {
+                    payment_id: *payment_id,
+                    order_id,
+                    user_id: *user_id,
+                    amount: *amount,
+                    order_total: *amount,
+                    verdict,
+                };
+                self.sender
+                    .send::<PaymentCommand>(self.meta(step), command)
+                    .await
+            }
+            Action::RefundPayment {
+                payment_id,
+                amount,
+                reason,
+            } => {
+                let provider = &self.providers.payments;
+                let reference = match self
+                    .call(
+                        &self.providers.payments_breaker,
+                        provider.refund(*payment_id, amount),
+                    )
+                    .await
+                {
+                    Ok(reference) => reference,
+                    Err(CallError::Permanent(error)) => return Outcome::GiveUp(error),
+                    Err(CallError::Transient(error)) => return self.retry(step, error),
+                };
+                let command = RefundPayment {
+                    payment_id: *payment_id,
+                    order_id,
+                    reason: reason.clone(),
+                    refund_reference: reference,
+                };
+                self.sender
+                    .send::<PaymentCommand>(self.meta(step), command)
+                    .await
+            }
+            Action::Notify { user_id, kind } => {
+                let notice = Notice {
+                    notification_id: NotificationId::for_order(order_id, *kind),
+                    order_id,
+                    user_id: *user_id,
+                    kind: *kind,
+                };
+                let channel = &self.providers.channel;
+                let attempts = u32::try_from(step.attempts).unwrap_or(1);
+                let report = match self
+                    .call(&self.providers.channel_breaker, channel.deliver(&notice))
+                    .await
+                {
+                    Ok(()) => DeliveryReport::Delivered { attempts },
+                    Err(CallError::Transient(error))
+                        if step.attempts < self.config.notify_attempts =>
+                    {
+                        return self.retry(step, error);
+                    }
+                    Err(CallError::Transient(error) | CallError::Permanent(error)) => {
+                        DeliveryReport::Failed { attempts, error }
+                    }
+                };
+                let command = SendNotification {
+                    notification_id: notice.notification_id,
+                    order_id,
+                    user_id: *user_id,
+                    kind: *kind,
+                    report,
+                };
+                self.sender
+                    .send::<NotificationCommand>(self.meta(step), command)
+                    .await
+            }
+            Action::ConfirmOrder { payment_id } => {
+                let command = ConfirmOrder {
+                    order_id,
+                    payment_id: *payment_id,
+                };
+                self.sender
+                    .send::<OrderCommand>(self.meta(step), command)
+                    .await
+            }
+            Action::RejectOrder { reason } => {
+                let command = RejectOrder {
+                    order_id,
+                    reason: reason.clone(),
+                };
+                self.sender
+                    .send::<OrderCommand>(self.meta(step), command)
+                    .await
+            }
+            Action::CancelOrder { reason } => {
+                let command = CancelOrder {
+                    order_id,
+                    reason: reason.clone(),
+                    cancelled_by: CancelledBy::Saga,
+                };
+                self.sender
+                    .send::<OrderCommand>(self.meta(step), command)
+                    .await
+            }
+        };
+        match sent {
+            Ok(()) => Outcome::Done,
+            Err(e) => self.retry(step, format!("command not sent: {e}")),
+        }
+    }
+
+    /// Whether the saga of `step` still waits for its payment (when unsure: yes).
+    async fn still_awaits_payment(&self, step: &Claimed) -> bool {
+        let Ok(mut conn) = self.pool.acquire().await else {
+            return true;
+        };
+        match store::saga(&mut conn, step.order_id.as_uuid()).await {
+            Ok(Some(saga)) => saga.state == SagaState::Running && saga.payment_deadline.is_some(),
+            _ => true,
+        }
+    }
+
+    /// Calls a provider through its breaker, bounded by the call timeout.
+    async fn call<T>(
+        &self,
+        breaker: &CircuitBreaker,
+        call: CallFuture<'_, T>,
+    ) -> Result<T, CallError> {
+        if let Err(open) = breaker.admit() {
+            return Err(CallError::Transient(format!(
+                "circuit open; next probe in {} ms",
+                open.retry_in.as_millis()
+            )));
+        }
+        let result = match tokio::time::timeout(self.config.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Transient(format!(
+                "no answer within {} ms",
+                self.config.call_timeout.as_millis()
+            ))),
+        };
+        // A refusal is an answer: the provider is up.
+        breaker.record(!matches!(result, Err(CallError::Transient(_))));
+        result
+    }
+
+    fn retry(&self, step: &Claimed, error: String) -> Outcome {
+        let exponent = u32::try_from(step.attempts.clamp(1, 16) - 1).unwrap_or(0);
+        let ceiling = self
+            .config
+            .retry_base
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.config.retry_max);
+        let key = step.command_id.as_u64_pair().0 ^ u64::try_from(step.attempts).unwrap_or(0);
+        Outcome::RetryIn(ceiling.mul_f64(jitter(key)), error)
+    }
+
+    fn meta(&self, step: &Claimed) -> CommandMeta {
+        let mut meta = CommandMeta::new(ISSUER);
+        meta.id = CommandId::from(step.command_id);
+        meta.causation_id = step.command_id;
+        meta.correlation_id = step.correlation_id;
+        meta
+    }
+
+    async fn mark_done(&self, step: &Claimed) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        store::done(&mut conn, step.command_id).await
+    }
+
+    async fn retry_later(
+        &self,
+        step: &Claimed,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        store::retry_later(&mut conn, step.command_id, delay, error).await
+    }
+
+    /// Tells the saga the step is given up for good.
+    async fn give_up(&self, step: &Claimed, error: &str) -> Result<(), sqlx::Error> {
+        let input = Input::StepAbandoned {
+            step: step.step,
+            error: error.to_owned(),
+        };
+        self.tell_saga(step, input).await
+    }
+
+    /// Feeds `input` to the saga of `step` and marks the step done, in one transaction.
+    async fn tell_saga(&self, step: &Claimed, input: Input) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut sagas = store::lock_sagas(&mut tx, &[step.order_id]).await?;
+        if let Some(saga) = sagas.remove(&step.order_id)
+            && let Ok(reaction) =
+                crate::saga::react(Some(&saga), &input, store::now(), &self.policy)
+        {
+            store::store(&mut tx, &[&reaction.saga], &reaction.instructions).await?;
+        }
+        store::done(&mut tx, step.command_id).await?;
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done => "done",
+        Outcome::NotNeeded => "not_needed",
+        Outcome::RetryIn(..) => "retry",
+        Outcome::GiveUp(_) => "given_up",
+    }
+}

@@ -1,0 +1,291 @@
+//! The orchestrator's tables in schema `saga`: sagas (the whole state machine as JSON plus
+//! the columns queries filter on), their deadlines, the outbox of steps to carry out, and
+//! the users seen deactivated. Every write of a batch is one statement per table.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use schemas::{CommandId, CorrelationId, OrderId, UserId};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::saga::{Action, Instruction, Saga, Step};
+
+/// The id of the command a step becomes: the same for every attempt, so a re-sent command
+/// is a duplicate its writer drops.
+pub fn command_id(order_id: OrderId, step: Step) -> CommandId {
+    CommandId::derived(&["saga", &order_id.to_string(), step.as_str()])
+}
+
+fn undecodable(e: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+/// The sagas of `orders`, locked for this transaction (in id order, so two transactions
+/// never wait on each other crosswise).
+pub async fn lock_sagas(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<HashMap<OrderId, Saga>, sqlx::Error> {
+    let mut ids: Vec<Uuid> = orders.iter().map(OrderId::as_uuid).collect();
+    ids.sort();
+    ids.dedup();
+    let documents: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT document FROM saga.sagas WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    documents
+        .into_iter()
+        .map(|d| {
+            let saga: Saga = serde_json::from_value(d).map_err(undecodable)?;
+            Ok((saga.order_id, saga))
+        })
+        .collect()
+}
+
+/// One saga as stored, for the API.
+pub async fn saga(conn: &mut PgConnection, order: Uuid) -> Result<Option<Saga>, sqlx::Error> {
+    let document: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT document FROM saga.sagas WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(conn)
+            .await?;
+    document
+        .map(|d| serde_json::from_value(d).map_err(undecodable))
+        .transpose()
+}
+
+/// Stores `sagas` (insert or replace), their deadlines and their new steps.
+pub async fn store(
+    conn: &mut PgConnection,
+    sagas: &[&Saga],
+    instructions: &[Instruction],
+) -> Result<(), sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(sagas.len());
+    let mut states = Vec::with_capacity(sagas.len());
+    let mut documents = Vec::with_capacity(sagas.len());
+    let mut started = Vec::with_capacity(sagas.len());
+    let mut updated = Vec::with_capacity(sagas.len());
+    for saga in sagas {
+        ids.push(saga.order_id.as_uuid());
+        states.push(saga.state.as_str());
+        documents.push(serde_json::to_string(saga).map_err(undecodable)?);
+        started.push(saga.started_at);
+        updated.push(saga.updated_at);
+    }
+    sqlx::query(
+        "INSERT INTO saga.sagas (order_id, state, document, started_at, updated_at)
+         SELECT i, s, d::jsonb, b, u
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+              AS x(i, s, d, b, u)
+         ON CONFLICT (order_id) DO UPDATE SET
+           state = EXCLUDED.state, document = EXCLUDED.document, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(&ids)
+    .bind(&states)
+    .bind(&documents)
+    .bind(&started)
+    .bind(&updated)
+    .execute(&mut *conn)
+    .await?;
+    store_deadlines(conn, sagas).await?;
+    enqueue(conn, instructions).await
+}
+
+/// Makes the deadline table say what the sagas say: one row per pending deadline.
+async fn store_deadlines(conn: &mut PgConnection, sagas: &[&Saga]) -> Result<(), sqlx::Error> {
+    let (due, done): (Vec<&&Saga>, Vec<&&Saga>) =
+        sagas.iter().partition(|s| s.payment_deadline.is_some());
+    let done: Vec<Uuid> = done.iter().map(|s| s.order_id.as_uuid()).collect();
+    sqlx::query("DELETE FROM saga.deadlines WHERE order_id = ANY($1)")
+        .bind(&done)
+        .execute(&mut *conn)
+        .await?;
+    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = due
+        .iter()
+        .filter_map(|s| Some((s.order_id.as_uuid(), s.payment_deadline?)))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO saga.deadlines (order_id, due_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[])
+         ON CONFLICT (order_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+    )
+    .bind(&ids)
+    .bind(&times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds steps to the outbox; a step already there (a batch applied twice) stays as it is.
+async fn enqueue(conn: &mut PgConnection, instructions: &[Instruction]) -> Result<(), sqlx::Error> {
+    if instructions.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(instructions.len());
+    let mut orders = Vec::with_capacity(instructions.len());
+    let mut correlations = Vec::with_capacity(instructions.len());
+    let mut steps = Vec::with_capacity(instructions.len());
+    let mut actions = Vec::with_capacity(instructions.len());
+    for i in instructions {
+        ids.push(command_id(i.order_id, i.step).as_uuid());
+        orders.push(i.order_id.as_uuid());
+        correlations.push(i.correlation_id.as_uuid());
+        steps.push(i.step.as_str());
+        actions.push(serde_json::to_string(&i.action).map_err(undecodable)?);
+    }
+    sqlx::query(
+        "INSERT INTO saga.outbox (command_id, order_id, correlation_id, step, action)
+         SELECT i, o, c, s, a::jsonb
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) AS x(i, o, c, s, a)
+         ON CONFLICT (command_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&orders)
+    .bind(&correlations)
+    .bind(&steps)
+    .bind(&actions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which of `users` were seen deactivated.
+pub async fn deactivated_among(
+    conn: &mut PgConnection,
+    users: &[UserId],
+) -> Result<HashSet<UserId>, sqlx::Error> {
+    let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
+    let rows: Vec<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM saga.deactivated_users WHERE user_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(UserId::from).collect())
+}
+
+pub async fn store_deactivated(
+    conn: &mut PgConnection,
+    users: &[(UserId, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+        users.iter().map(|(u, at)| (u.as_uuid(), *at)).unzip();
+    sqlx::query(
+        "INSERT INTO saga.deactivated_users (user_id, deactivated_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A step taken out of the outbox to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub command_id: Uuid,
+    pub order_id: OrderId,
+    pub correlation_id: CorrelationId,
+    pub step: Step,
+    pub action: Action,
+    /// Including this one.
+    pub attempts: i32,
+}
+
+/// Takes up to `limit` due steps and hides them for `lease`: if this process dies while
+/// carrying one out, it is due again after the lease.
+pub async fn claim_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    type Row = (Uuid, Uuid, Uuid, String, serde_json::Value, i32);
+    let rows: Vec<Row> = sqlx::query_as(
+        "UPDATE saga.outbox o SET due_at = now() + $2 * interval '1 millisecond', attempts = o.attempts + 1
+         WHERE o.command_id IN (
+           SELECT command_id FROM saga.outbox
+           WHERE done_at IS NULL AND due_at <= now()
+           ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING o.command_id, o.order_id, o.correlation_id, o.step, o.action, o.attempts",
+    )
+    .bind(limit)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(command_id, order, correlation, step, action, attempts)| {
+            Ok(Claimed {
+                command_id,
+                order_id: OrderId::from(order),
+                correlation_id: CorrelationId::from(correlation),
+                step: Step::parse(&step)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown step {step}").into()))?,
+                action: serde_json::from_value(action).map_err(undecodable)?,
+                attempts,
+            })
+        })
+        .collect()
+}
+
+/// The step is carried out: its command is in the log.
+pub async fn done(conn: &mut PgConnection, command_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE saga.outbox SET done_at = now(), last_error = NULL WHERE command_id = $1")
+        .bind(command_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The step failed this time; it is due again after `delay`.
+pub async fn retry_later(
+    conn: &mut PgConnection,
+    command_id: Uuid,
+    delay: std::time::Duration,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE saga.outbox SET due_at = now() + $2 * interval '1 millisecond', last_error = $3
+         WHERE command_id = $1 AND done_at IS NULL",
+    )
+    .bind(command_id)
+    .bind(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// When the next step is due (for the dispatcher's sleep).
+pub async fn next_due(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(due_at) FROM saga.outbox WHERE done_at IS NULL")
+        .fetch_one(conn)
+        .await
+}
+
+/// Sagas whose payment deadline passed, locked (skipping ones another transaction holds).
+pub async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> Result<Vec<Saga>, sqlx::Error> {
+    let documents: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT s.document FROM saga.sagas s JOIN saga.deadlines d USING (order_id)
+         WHERE d.due_at <= now() ORDER BY d.due_at LIMIT $1 FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    documents
+        .into_iter()
+        .map(|d| serde_json::from_value(d).map_err(undecodable))
+        .collect()
+}
+
+/// Now, at the precision Postgres keeps (microseconds), so that the times inside a stored
+/// saga equal its columns (keyset pages compare them).
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

@@ -1,0 +1,629 @@
+//! The order saga end to end, through the real gateway, writers, projections and a real
+//! local HTTP server receiving the webhooks: the happy path and the compensations that
+//! follow from what customers and providers do.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use saga_orchestrator::providers::webhook::signature;
+use schemas::notifications::NotificationKind;
+use schemas::{NotificationId, OrderId};
+use serde_json::{Value, json};
+use system_tests::{
+    Gateway, RunningService, create_topics, service_env_with, start_services, wait_for_200,
+};
+use test_support::TestEnv;
+
+const KEY: &str = "test-key";
+const SECRET: &str = "webhook-test-secret";
+
+/// One webhook request as received.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn signed_correctly(&self) -> bool {
+        signature(SECRET.as_bytes(), &self.id, self.timestamp, &self.body) == self.signature
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+/// A webhook receiver on a free port; it answers with `status` (200 unless changed).
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    async fn start() -> anyhow::Result<Self> {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let (log, answer) = (Arc::clone(&received), Arc::clone(&status));
+        let app = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (log, answer) = (Arc::clone(&log), Arc::clone(&answer));
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    log.lock().expect("receiver lock").push(Received {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp").parse().unwrap_or(0),
+                        signature: header("webhook-signature"),
+                        body: body.to_vec(),
+                    });
+                    StatusCode::from_u16(answer.load(Ordering::SeqCst)).expect("a status code")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self {
+            url,
+            received,
+            status,
+        })
+    }
+
+    fn of(&self, order: OrderId, kind: NotificationKind) -> Vec<Received> {
+        let id = NotificationId::for_order(order, kind).to_string();
+        self.received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .filter(|r| r.id == id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The three services behind the gateway, with the webhook pointed at `receiver`.
+struct Shop {
+    _env: TestEnv,
+    settings: service_runtime::Env,
+    services: Vec<RunningService>,
+    gateway: Gateway,
+    client: reqwest::Client,
+    /// Where sagas are read: the gateway, or the orchestrator itself after a restart.
+    sagas: String,
+}
+
+impl Shop {
+    async fn start(receiver: &Receiver, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let env = TestEnv::new().await;
+        create_topics(&env).await?;
+        let mut settings = vec![
+            ("NOTIFICATION_WEBHOOK_URL", receiver.url.as_str()),
+            ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
+            ("NOTIFICATION_ATTEMPTS", "3"),
+            ("PAYMENT_LATENCY_MS", "5"),
+        ];
+        settings.extend_from_slice(extra);
+        let settings = service_env_with(&env, &env.brokers, &env.database_url, &settings);
+        let services = start_services(&settings).await?;
+        let gateway = Gateway::start(services[0].addr, services[1].addr, services[2].addr).await?;
+        for service in &services {
+            wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
+        }
+        let sagas = gateway.url("");
+        Ok(Self {
+            _env: env,
+            settings,
+            services,
+            gateway,
+            client: reqwest::Client::new(),
+            sagas,
+        })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .client
+            .post(self.gateway.url(path))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.get(self.gateway.url(path)).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// A new user and an order of `cents` for them: the order id.
+    async fn order(&self, cents: u64) -> anyhow::Result<OrderId> {
+        Ok(self.user_and_order(cents).await?.1)
+    }
+
+    /// A new user (its id) and an order of `cents` for them.
+    async fn user_and_order(&self, cents: u64) -> anyhow::Result<(String, OrderId)> {
+        let n = uuid::Uuid::new_v4().simple().to_string();
+        let user = self
+            .post(
+                "/v1/users",
+                json!({"name": "Ada Lovelace", "email": format!("ada-{n}@example.com")}),
+            )
+            .await?;
+        let order = self
+            .post(
+                "/v1/orders",
+                json!({"user_id": user["id"], "currency": "EUR",
+                       "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": cents}]}),
+            )
+            .await?;
+        let user = user["id"].as_str().unwrap_or_default().to_owned();
+        Ok((user, order["id"].as_str().unwrap_or_default().parse()?))
+    }
+
+    /// Polls the saga until it is in `state` (or fails after `within`).
+    async fn saga_in(
+        &self,
+        order: OrderId,
+        state: &str,
+        within: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let response = self
+                .client
+                .get(format!("{}/v1/sagas/{order}", self.sagas))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let saga: Value = response.json().await?;
+            if status == 200 && saga["state"] == state {
+                return Ok(saga);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "saga of {order} not {state} within {within:?}: {status} {saga}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The order and its payments as the query side shows them once it caught up.
+    async fn order_and_payment(
+        &self,
+        order: OrderId,
+        status: &str,
+    ) -> anyhow::Result<(Value, Value)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, row) = self.get(&format!("/v1/orders/{order}")).await?;
+            let (_, payments) = self.get(&format!("/v1/payments?order_id={order}")).await?;
+            let payment = payments["items"][0].clone();
+            if row["status"] == status || tokio::time::Instant::now() > deadline {
+                return Ok((row, payment));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the orchestrator; its successor starts with [`Self::start_orchestrator`].
+    async fn stop_orchestrator(&mut self) -> anyhow::Result<()> {
+        let orchestrator = self.services.pop().expect("three services");
+        orchestrator.stop().await?;
+        Ok(())
+    }
+
+    async fn start_orchestrator(&mut self) -> anyhow::Result<()> {
+        let config = saga_orchestrator::Config::from_env(&self.settings)?;
+        let bound = saga_orchestrator::build(config).await?;
+        let orchestrator = RunningService::start(saga_orchestrator::NAME, bound);
+        wait_for_200(&orchestrator.url("/ready"), Duration::from_secs(60)).await?;
+        self.sagas = orchestrator.url("");
+        self.services.push(orchestrator);
+        Ok(())
+    }
+
+    /// One line of the orchestrator's `/metrics`.
+    async fn metric(&self, line_start: &str) -> anyhow::Result<Option<String>> {
+        let text = self
+            .client
+            .get(self.services[2].url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .map(str::to_owned))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        for service in self.services {
+            service.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+fn step_names(saga: &Value) -> Vec<String> {
+    saga["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        s["kind"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_order_is_paid_confirmed_and_the_customer_notified_with_a_signed_webhook()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let shop = Shop::start(&receiver, &[]).await?;
+    let order = shop.order(2500).await?;
+
+    let saga = shop
+        .saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+    assert_eq!(saga["current_step"], "done");
+    assert_eq!(saga["failures"], json!([]));
+    assert_eq!(
+        step_names(&saga),
+        [
+            "event:order_placed",
+            "command:authorize_payment",
+            "event:payment_authorized",
+            "command:confirm_order",
+            "event:order_confirmed",
+            "command:notify_order_confirmed",
+            "event:notification_sent",
+        ]
+    );
+    let (row, payment) = shop.order_and_payment(order, "confirmed").await?;
+    assert_eq!(row["status"], "confirmed");
+    assert_eq!(payment["status"], "authorized", "{payment}");
+
+    let hooks = receiver.of(order, NotificationKind::OrderConfirmed);
+    assert!(!hooks.is_empty(), "no webhook for {order}");
+    assert!(hooks.iter().all(Received::signed_correctly), "{hooks:?}");
+    assert_eq!(hooks[0].json()["kind"], "order_confirmed");
+    assert_eq!(hooks[0].json()["order_id"], order.to_string());
+
+    let (status, list) = shop.get("/v1/sagas?state=completed&limit=10").await?;
+    assert_eq!(status, 200);
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["order_id"] == order.to_string())
+    );
+    let (status, problem) = shop.get("/v1/sagas?state=sleeping&limit=1000").await?;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(
+        problem["errors"].as_array().map(Vec::len),
+        Some(2),
+        "{problem}"
+    );
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn a_declined_payment_rejects_the_order_and_tells_the_customer() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let shop = Shop::start(&receiver, &[("PAYMENT_DECLINE_ABOVE_CENTS", "10000")]).await?;
+    let order = shop.order(20_000).await?;
+
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(60))
+        .await?;
+    assert!(
+        saga["compensating_because"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("payment declined"),
+        "{saga}"
+    );
+    let undone: Vec<&str> = saga["compensations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(undone, ["reject_order", "notify_payment_declined"]);
+    let (row, payment) = shop.order_and_payment(order, "rejected").await?;
+    assert_eq!(row["status"], "rejected");
+    assert_eq!(payment["status"], "declined", "{payment}");
+    let hooks = receiver.of(order, NotificationKind::PaymentDeclined);
+    assert!(!hooks.is_empty() && hooks.iter().all(Received::signed_correctly));
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn a_customer_cancelling_a_confirmed_order_gets_a_refund_and_a_notice() -> anyhow::Result<()>
+{
+    let receiver = Receiver::start().await?;
+    let shop = Shop::start(&receiver, &[]).await?;
+    let order = shop.order(2500).await?;
+    shop.saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+
+    shop.post(
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "changed my mind"}),
+    )
+    .await?;
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(60))
+        .await?;
+    let undone: Vec<&str> = saga["compensations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        undone,
+        ["refund_payment", "notify_order_cancelled"],
+        "reverse order"
+    );
+    let (row, payment) = shop.order_and_payment(order, "cancelled").await?;
+    assert_eq!(row["status"], "cancelled");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut payment = payment;
+    while payment["status"] != "refunded" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        payment = shop.order_and_payment(order, "cancelled").await?.1;
+    }
+    assert_eq!(payment["status"], "refunded", "{payment}");
+    assert!(
+        !receiver
+            .of(order, NotificationKind::OrderCancelled)
+            .is_empty()
+    );
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_completes_the_saga_with_the_failure_recorded()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    receiver.status.store(500, Ordering::SeqCst);
+    let shop = Shop::start(&receiver, &[]).await?;
+    let order = shop.order(2500).await?;
+
+    let saga = shop
+        .saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+    let failures = saga["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{saga}");
+    assert_eq!(failures[0]["step"], "notify_order_confirmed");
+    let hooks = receiver.of(order, NotificationKind::OrderConfirmed);
+    assert_eq!(hooks.len(), 3, "NOTIFICATION_ATTEMPTS deliveries");
+    assert!(
+        hooks.iter().all(|h| h.id == hooks[0].id),
+        "one idempotency id across retries"
+    );
+    let (row, _) = shop.order_and_payment(order, "confirmed").await?;
+    assert_eq!(row["status"], "confirmed", "no business rollback");
+    shop.stop().await
+}
+
+fn compensations(saga: &Value) -> Vec<String> {
+    saga["compensations"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|c| c["step"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the payment of `order` reads `status` on the query side.
+async fn payment_becomes(shop: &Shop, order: OrderId, status: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, payments) = shop.get(&format!("/v1/payments?order_id={order}")).await?;
+        let payment = payments["items"][0].clone();
+        if payment["status"] == status || tokio::time::Instant::now() > deadline {
+            return Ok(payment);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_deactivated_before_confirmation_gets_the_payment_refunded_and_the_order_cancelled()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    // The provider takes 1.5 s: the deactivation lands while the payment is out.
+    let shop = Shop::start(&receiver, &[("PAYMENT_LATENCY_MS", "1500")]).await?;
+    let (user, order) = shop.user_and_order(2500).await?;
+    shop.post(
+        &format!("/v1/users/{user}/deactivate"),
+        json!({"reason": "fraud check"}),
+    )
+    .await?;
+
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(60))
+        .await?;
+    assert!(
+        saga["compensating_because"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deactivated"),
+        "{saga}"
+    );
+    assert_eq!(
+        compensations(&saga),
+        ["refund_payment", "cancel_order"],
+        "reverse order"
+    );
+    let (row, _) = shop.order_and_payment(order, "cancelled").await?;
+    assert_eq!(row["status"], "cancelled");
+    assert_eq!(
+        payment_becomes(&shop, order, "refunded").await?["status"],
+        "refunded"
+    );
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn a_customer_cancelling_while_the_payment_is_out_gets_it_refunded_when_it_lands()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let shop = Shop::start(&receiver, &[("PAYMENT_LATENCY_MS", "1500")]).await?;
+    let order = shop.order(2500).await?;
+    shop.post(
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "too slow"}),
+    )
+    .await?;
+
+    // Either the provider was asked before the cancellation landed (then the payment is
+    // refunded when it lands) or not at all (then nothing was taken): never a kept payment.
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(20))
+        .await?;
+    let (_, payments) = shop.get(&format!("/v1/payments?order_id={order}")).await?;
+    if payments["items"] == json!([]) {
+        assert_eq!(compensations(&saga), Vec::<String>::new(), "{saga}");
+        assert_eq!(saga["payment"], "requested", "never asked: {saga}");
+    } else {
+        assert_eq!(compensations(&saga), ["refund_payment"]);
+        assert_eq!(
+            payment_becomes(&shop, order, "refunded").await?["status"],
+            "refunded"
+        );
+    }
+    let (row, _) = shop.order_and_payment(order, "cancelled").await?;
+    assert_eq!(row["status"], "cancelled", "never confirmed");
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn the_payment_deadline_fires_after_a_restart_and_rejects_the_order() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    // The provider never answers.
+    let mut shop = Shop::start(
+        &receiver,
+        &[
+            ("SAGA_PAYMENT_TIMEOUT_MS", "1500"),
+            ("PAYMENT_FAILURE_RATE", "1"),
+        ],
+    )
+    .await?;
+    let order = shop.order(2500).await?;
+    shop.saga_in(order, "running", Duration::from_secs(30))
+        .await?;
+    // The orchestrator goes away with the payment out; the deadline passes meanwhile and
+    // lives only in Postgres.
+    shop.stop_orchestrator().await?;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    shop.start_orchestrator().await?;
+
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(60))
+        .await?;
+    assert_eq!(saga["failures"][0]["step"], "authorize_payment", "{saga}");
+    assert!(
+        saga["failures"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no answer"),
+        "{saga}"
+    );
+    assert_eq!(
+        compensations(&saga),
+        ["reject_order", "notify_payment_declined"]
+    );
+    let (row, _) = shop.order_and_payment(order, "rejected").await?;
+    assert_eq!(row["status"], "rejected");
+    let (_, payments) = shop.get(&format!("/v1/payments?order_id={order}")).await?;
+    assert_eq!(payments["items"], json!([]), "no payment was taken");
+    assert!(
+        !receiver
+            .of(order, NotificationKind::PaymentDeclined)
+            .is_empty()
+    );
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn the_webhook_breaker_opens_on_a_dead_receiver_and_closes_when_it_returns()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    receiver.status.store(503, Ordering::SeqCst);
+    let shop = Shop::start(
+        &receiver,
+        &[
+            ("CIRCUIT_FAILURE_THRESHOLD", "2"),
+            ("CIRCUIT_OPEN_MS", "1000"),
+            ("NOTIFICATION_ATTEMPTS", "30"),
+        ],
+    )
+    .await?;
+    let gauge = r#"shop_saga_circuit_state{provider="notification-webhook"}"#;
+    let first = shop.order(2500).await?;
+    let second = shop.order(2500).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while shop.metric(gauge).await? != Some(format!("{gauge} 1")) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker did not open: {:?}; {} calls",
+            shop.metric("shop_saga_circuit").await?,
+            receiver.received.lock().expect("receiver lock").len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls_when_open = receiver.received.lock().expect("receiver lock").len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        receiver.received.lock().expect("receiver lock").len(),
+        calls_when_open,
+        "an open circuit makes no calls"
+    );
+
+    receiver.status.store(200, Ordering::SeqCst);
+    for order in [first, second] {
+        let saga = shop
+            .saga_in(order, "completed", Duration::from_secs(60))
+            .await?;
+        assert_eq!(saga["failures"], json!([]), "delivered in the end: {saga}");
+    }
+    assert_eq!(
+        shop.metric(gauge).await?,
+        Some(format!("{gauge} 0")),
+        "closed again"
+    );
+    shop.stop().await
+}
