@@ -25,6 +25,10 @@ use crate::metrics::SagaMetrics;
 use crate::saga::{Input, Instruction, Policy, Saga, react};
 use crate::store;
 
+/// Session timeouts without any partition after which the orchestrator joins its group
+/// again (as projectors do).
+const REJOIN_AFTER_SESSIONS: u32 = 3;
+
 /// The services whose events the orchestrator reads.
 pub const SERVICES: [&str; 4] = ["orders", "payments", "notifications", "users"];
 
@@ -86,7 +90,32 @@ impl Runner {
         };
         tracing::info!("saga orchestrator consuming");
         let mut next = self.stored_offsets().await;
+        let mut unassigned_since = Some(std::time::Instant::now());
         loop {
+            if subscription.assignment().is_empty() {
+                let since = *unassigned_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > self.config.kafka.session_timeout * REJOIN_AFTER_SESSIONS {
+                    // tansu 0.6.0 can leave a member that joins after a crashed one without
+                    // partitions; leaving and joining again makes the group rebalance.
+                    tracing::warn!("no partitions assigned; joining the group again");
+                    drop(subscription);
+                    subscription = loop {
+                        match self.subscribe().await {
+                            Ok(again) => break again,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot join the group again yet");
+                                if pause(&stop, Duration::from_secs(1)).await {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    next = self.stored_offsets().await;
+                    unassigned_since = Some(std::time::Instant::now());
+                }
+            } else {
+                unassigned_since = None;
+            }
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
                 batch = subscription.next_batch(self.config.batch_max, Duration::from_millis(250), Duration::from_millis(2)) => batch,
