@@ -82,7 +82,11 @@ impl KafkaSettings {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("heartbeat.interval.ms", millis(self.session_timeout / 3))
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Readers of the log sit on every hop of a saga. Apache Kafka answers a fetch as
+            // soon as data arrives; tansu 0.6.0 tends to hold it for the whole wait, which
+            // librdkafka sets to 500 ms by default: one such wait per hop.
+            .set("fetch.wait.max.ms", "50");
         config
     }
 

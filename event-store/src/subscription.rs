@@ -180,9 +180,7 @@ impl<T: Decodable> Subscription<T> {
         let known = Arc::new(Mutex::new(stored));
         let ends = Arc::new(Mutex::new(Offsets::new()));
         let mut config = settings.consumer(group);
-        config
-            .set("fetch.wait.max.ms", "50")
-            .set("statistics.interval.ms", "1000");
+        config.set("statistics.interval.ms", "1000");
         let consumer: StreamConsumer<SubscriptionContext> = config
             .create_with_context(SubscriptionContext {
                 known: Arc::clone(&known),

@@ -4,26 +4,19 @@
 //!
 //!     ./dev bench
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use service_runtime::Env;
 use test_support::load::{Run, drive};
-use tokio::sync::oneshot;
 
 const PARTITIONS: i32 = 8;
 const USERS: usize = 50;
 const ORDERS: usize = 2_000;
 /// Moderate load: a few callers, each waiting for its order to show before the next.
 const CONCURRENCY: usize = 4;
-
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 
 fn percentiles(latencies: Vec<Duration>) -> (f64, f64) {
     Run {
@@ -35,68 +28,15 @@ fn percentiles(latencies: Vec<Duration>) -> (f64, f64) {
 
 /// Acknowledged -> consumed, per record, with a consumer at the end of the topic.
 async fn raw_floor(settings: &KafkaSettings) -> anyhow::Result<(f64, f64)> {
-    let topic = "raw.orders.events";
-    // The same fetch wait as the projectors' consumers (librdkafka's default is 500 ms).
-    let consumer: StreamConsumer = settings
-        .consumer("raw-visibility")
-        .set("fetch.wait.max.ms", "50")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::End)?;
-    }
-    consumer.assign(&tpl)?;
-    let waiting: Waiting = Arc::default();
-    let receiver = {
-        let waiting = Arc::clone(&waiting);
-        tokio::spawn(async move {
-            while let Ok(message) = consumer.recv().await {
-                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                if let Some(tx) = waiting.lock().expect("lock").remove(&key) {
-                    let _ = tx.send(Instant::now());
-                }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await; // the consumer positions itself
-    let producer: FutureProducer = settings.producer().create()?;
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    {
-        let (waiting, latencies) = (Arc::clone(&waiting), Arc::clone(&latencies));
-        drive(ORDERS, CONCURRENCY, move |i| {
-            let (producer, waiting, latencies) = (
-                producer.clone(),
-                Arc::clone(&waiting),
-                Arc::clone(&latencies),
-            );
-            async move {
-                let key = format!("raw-{i}");
-                let (tx, rx) = oneshot::channel();
-                waiting.lock().expect("lock").insert(key.clone(), tx);
-                let payload = vec![b'x'; 600];
-                let sent = producer
-                    .send(
-                        FutureRecord::to(topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await;
-                let acked = Instant::now();
-                if sent.is_ok()
-                    && let Ok(Ok(received)) =
-                        tokio::time::timeout(Duration::from_secs(30), rx).await
-                {
-                    latencies
-                        .lock()
-                        .expect("lock")
-                        .push(received.saturating_duration_since(acked));
-                }
-            }
-        })
-        .await;
-    }
-    receiver.abort();
-    let latencies = std::mem::take(&mut *latencies.lock().expect("lock"));
-    Ok(percentiles(latencies))
+    let run = test_support::floor::produce_to_consume(
+        settings.producer().create()?,
+        &settings.consumer("raw-visibility"),
+        "raw.orders.events",
+        PARTITIONS,
+        (ORDERS, CONCURRENCY),
+    )
+    .await?;
+    Ok(run.percentiles())
 }
 
 #[tokio::main]

@@ -178,8 +178,17 @@ impl Dispatcher {
 
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
-        while !stop.is_cancelled() {
-            let free = permits.available_permits();
+        loop {
+            // Room for at least one more step; with every permit taken, the next free one
+            // (not a timer) lets the loop claim again.
+            let first = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let free = 1 + permits.available_permits();
             let claimed = match self.claim(free).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
@@ -188,9 +197,14 @@ impl Dispatcher {
                 }
             };
             let idle = claimed.len() < free;
+            let mut first = Some(first);
             for step in claimed {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    return;
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&permits).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
                 };
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
@@ -198,9 +212,10 @@ impl Dispatcher {
                     drop(permit);
                 });
             }
-            if idle || free == 0 {
+            drop(first);
+            if idle {
                 tokio::select! {
-                    () = stop.cancelled() => {}
+                    () = stop.cancelled() => break,
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }

@@ -6,6 +6,7 @@
 //! This crate depends on nothing of ours, so every crate can use it in its tests without
 //! a dependency cycle. [`load`] drives benchmarks.
 
+pub mod floor;
 pub mod load;
 
 use std::time::Duration;
