@@ -45,17 +45,25 @@ struct Receiver {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    /// Orders whose notices are answered 500, whatever `status` says.
+    failing: Arc<Mutex<Vec<String>>>,
 }
 
 impl Receiver {
     async fn start() -> anyhow::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
-        let (log, answer) = (Arc::clone(&received), Arc::clone(&status));
+        let failing: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log, answer, fail) = (
+            Arc::clone(&received),
+            Arc::clone(&status),
+            Arc::clone(&failing),
+        );
         let app = Router::new().route(
             "/hook",
             post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (log, answer) = (Arc::clone(&log), Arc::clone(&answer));
+                let (log, answer, fail) =
+                    (Arc::clone(&log), Arc::clone(&answer), Arc::clone(&fail));
                 async move {
                     let header = |name: &str| {
                         headers
@@ -70,6 +78,11 @@ impl Receiver {
                         signature: header("webhook-signature"),
                         body: body.to_vec(),
                     });
+                    let notice: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let order = notice["order_id"].as_str().unwrap_or_default().to_owned();
+                    if fail.lock().expect("receiver lock").contains(&order) {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
                     StatusCode::from_u16(answer.load(Ordering::SeqCst)).expect("a status code")
                 }
             }),
@@ -81,6 +94,7 @@ impl Receiver {
             url,
             received,
             status,
+            failing,
         })
     }
 
@@ -625,5 +639,103 @@ async fn the_webhook_breaker_opens_on_a_dead_receiver_and_closes_when_it_returns
         Some(format!("{gauge} 0")),
         "closed again"
     );
+    shop.stop().await
+}
+
+/// What the query side and the saga say about one order, checked for consistency: no
+/// confirmed order without an authorized payment, no payment kept by an order that ended
+/// rejected or cancelled, and the saga's end state agrees.
+async fn assert_consistent(shop: &Shop, order: OrderId) -> anyhow::Result<(String, String)> {
+    let saga_now: Value = shop
+        .client
+        .get(format!("{}/v1/sagas/{order}", shop.sagas))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let state = saga_now["state"].as_str().unwrap_or_default().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, row) = shop.get(&format!("/v1/orders/{order}")).await?;
+        let (_, payments) = shop.get(&format!("/v1/payments?order_id={order}")).await?;
+        let status = row["status"].as_str().unwrap_or_default().to_owned();
+        let payment = payments["items"][0]["status"]
+            .as_str()
+            .unwrap_or("none")
+            .to_owned();
+        let consistent = match state.as_str() {
+            "completed" => status == "confirmed" && payment == "authorized",
+            "compensated" => {
+                matches!(status.as_str(), "rejected" | "cancelled")
+                    && matches!(payment.as_str(), "none" | "declined" | "refunded")
+            }
+            _ => false,
+        };
+        if consistent {
+            return Ok((state, format!("{status}/{payment}")));
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{order}: saga {state}, order {status}, payment {payment}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failure_injected_at_each_step_in_turn_always_ends_consistent() -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    // The provider takes 1 s, so deactivations and cancellations land while it works.
+    let shop = Shop::start(
+        &receiver,
+        &[
+            ("PAYMENT_LATENCY_MS", "1000"),
+            ("PAYMENT_DECLINE_ABOVE_CENTS", "10000"),
+        ],
+    )
+    .await?;
+    let (user, deactivated) = shop.user_and_order(2500).await?;
+    shop.post(&format!("/v1/users/{user}/deactivate"), json!({}))
+        .await?;
+    let cancelled_early = shop.order(2500).await?;
+    shop.post(
+        &format!("/v1/orders/{cancelled_early}/cancel"),
+        json!({"reason": "early"}),
+    )
+    .await?;
+    let declined = shop.order(20_000).await?;
+    let unnotified = shop.order(2500).await?;
+    receiver
+        .failing
+        .lock()
+        .expect("receiver lock")
+        .push(unnotified.to_string());
+    let cancelled_late = shop.order(2500).await?;
+    let happy = shop.order(2500).await?;
+    shop.saga_in(cancelled_late, "completed", Duration::from_secs(60))
+        .await?;
+    shop.post(
+        &format!("/v1/orders/{cancelled_late}/cancel"),
+        json!({"reason": "late"}),
+    )
+    .await?;
+
+    let expected = [
+        (deactivated, "user deactivated while paying", "compensated"),
+        (cancelled_early, "cancelled while paying", "compensated"),
+        (declined, "payment declined", "compensated"),
+        (unnotified, "notification failing", "completed"),
+        (
+            cancelled_late,
+            "cancelled after confirmation",
+            "compensated",
+        ),
+        (happy, "no failure", "completed"),
+    ];
+    for (order, injected, end) in expected {
+        shop.saga_in(order, end, Duration::from_secs(60)).await?;
+        let (state, seen) = assert_consistent(&shop, order).await?;
+        eprintln!("{injected}: saga {state}, order/payment {seen}");
+    }
     shop.stop().await
 }
