@@ -1,7 +1,7 @@
 //! Sagas per second, and order placed -> customer notified latency at half of the command
 //! path's capacity, against the broker's raw floor measured in the same run.
 //!
-//!     ./dev bench                       (BENCH_SAGAS, default 1000)
+//!     ./dev bench          (BENCH_SAGAS, default 1000; BENCH_PARTITIONS, default 8)
 //!
 //! 1. Capacity of the command path: `POST /v1/orders` from 16 callers, orders/s.
 //! 2. Orders placed at half that rate, open loop; each is timed from its POST to the
@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use service_runtime::Env;
 use test_support::load::{Run, drive};
 
-const PARTITIONS: i32 = 8;
 const KEY: &str = "bench-key";
 
 /// Arrival time of each order's first "order confirmed" notice, by order id.
@@ -52,8 +51,12 @@ async fn receiver() -> anyhow::Result<(String, Arrivals)> {
 }
 
 /// The command API and the orchestrator in this process; the command API's base URL.
-async fn start_services(env: &test_support::TestEnv, webhook: &str) -> anyhow::Result<String> {
-    let partitions = PARTITIONS.to_string();
+async fn start_services(
+    env: &test_support::TestEnv,
+    webhook: &str,
+    partitions: i32,
+) -> anyhow::Result<String> {
+    let partitions = partitions.to_string();
     let settings = Env::from_pairs([
         ("KAFKA_BROKERS", env.brokers.as_str()),
         ("DATABASE_URL", env.database_url.as_str()),
@@ -182,16 +185,21 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    // Partitions per topic: tansu's work grows with the partitions it serves per fetch.
+    let partitions: i32 = std::env::var("BENCH_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let env = test_support::TestEnv::new().await;
     let settings = KafkaSettings::new(&env.brokers);
     let topics = TopicNames::new(&env.topic_prefix);
-    let mut specs = topics.all(PARTITIONS);
+    let mut specs = topics.all(partitions);
     specs.extend(
-        TopicNames::new(format!("{}raw.", env.topic_prefix)).for_services(&["orders"], PARTITIONS),
+        TopicNames::new(format!("{}raw.", env.topic_prefix)).for_services(&["orders"], partitions),
     );
     TopicAdmin::new(&settings)?.create(&specs, 1).await?;
     let (webhook, arrivals) = receiver().await?;
-    let api = start_services(&env, &webhook).await?;
+    let api = start_services(&env, &webhook, partitions).await?;
     let client = reqwest::Client::new();
     let user: Value = client
         .post(format!("{api}/v1/users"))
@@ -228,11 +236,12 @@ async fn main() -> anyhow::Result<()> {
         settings.producer().create()?,
         &settings.consumer("raw-saga"),
         &TopicNames::new(format!("{}raw.", env.topic_prefix)).events("orders"),
-        PARTITIONS,
+        partitions,
         (count, 4),
     )
     .await?;
     let (raw50, raw99) = raw.percentiles();
+    println!("partitions per topic: {partitions}");
     println!("| measure | value |");
     println!("|---|---|");
     println!("| command path capacity (POST /v1/orders, 16 callers) | {capacity:.0} orders/s |");

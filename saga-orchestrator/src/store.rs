@@ -261,13 +261,6 @@ pub async fn retry_later(
     Ok(())
 }
 
-/// When the next step is due (for the dispatcher's sleep).
-pub async fn next_due(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(due_at) FROM saga.outbox WHERE done_at IS NULL")
-        .fetch_one(conn)
-        .await
-}
-
 /// Sagas whose payment deadline passed, locked (skipping ones another transaction holds).
 pub async fn lock_overdue(conn: &mut PgConnection, limit: i64) -> Result<Vec<Saga>, sqlx::Error> {
     let documents: Vec<serde_json::Value> = sqlx::query_scalar(
