@@ -451,7 +451,7 @@ impl Dispatcher {
     fn meta(&self, step: &Claimed) -> CommandMeta {
         let mut meta = CommandMeta::new(ISSUER);
         meta.id = CommandId::from(step.command_id);
-        meta.causation_id = step.command_id;
+        meta.causation_id = step.causation_id.unwrap_or(step.command_id);
         meta.correlation_id = step.correlation_id;
         meta
     }
@@ -488,7 +488,8 @@ impl Dispatcher {
             && let Ok(reaction) =
                 crate::saga::react(Some(&saga), &input, store::now(), &self.policy)
         {
-            store::store(&mut tx, &[&reaction.saga], &reaction.instructions).await?;
+            let issued = store::Issued::all(reaction.instructions, Some(step.command_id));
+            store::store(&mut tx, &[&reaction.saga], &issued).await?;
         }
         store::done(&mut tx, step.command_id).await?;
         tx.commit().await?;

@@ -19,11 +19,13 @@ use schemas::{EventDocument, OrderId, UserId};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::facts::{Fact, fact_of};
 use crate::metrics::SagaMetrics;
-use crate::saga::{Input, Instruction, Policy, Saga, react};
+use crate::saga::{Input, Policy, Saga, react};
 use crate::store;
+use crate::store::Issued;
 
 /// Session timeouts without any partition after which the orchestrator joins its group
 /// again (as projectors do).
@@ -231,10 +233,11 @@ impl Runner {
             }
             match fact_of(&t.document) {
                 Ok(Fact::Irrelevant) => {}
-                Ok(fact) => facts.push(fact),
+                Ok(fact) => facts.push((fact, t.document.id.as_uuid())),
                 Err(error) => {
                     subscription
-                        .dead_letter_document(
+                        .dead_letters()
+                        .send_document(
                             &t.document,
                             (t.position.0.as_str(), t.position.1, t.position.2),
                             &error,
@@ -245,7 +248,7 @@ impl Runner {
         }
         let orders: Vec<OrderId> = facts
             .iter()
-            .filter_map(|f| match f {
+            .filter_map(|(f, _)| match f {
                 Fact::Saga { order_id, .. } => Some(*order_id),
                 _ => None,
             })
@@ -254,7 +257,7 @@ impl Runner {
         let users: Vec<UserId> = sagas
             .values()
             .map(|s| s.user_id)
-            .chain(facts.iter().filter_map(|f| match f {
+            .chain(facts.iter().filter_map(|(f, _)| match f {
                 Fact::Saga {
                     input: Input::OrderPlaced { user_id, .. },
                     ..
@@ -300,11 +303,11 @@ impl Runner {
         &self,
         sagas: &mut HashMap<OrderId, Saga>,
         deactivated: &mut HashSet<UserId>,
-        facts: Vec<Fact>,
+        facts: Vec<(Fact, Uuid)>,
     ) -> Decided {
         let now = store::now();
         let mut decided = Decided::default();
-        for fact in facts {
+        for (fact, event_id) in facts {
             let (order_id, mut input) = match fact {
                 Fact::UserDeactivated { user_id } => {
                     if deactivated.insert(user_id) {
@@ -323,7 +326,9 @@ impl Runner {
                 Ok(reaction) => {
                     self.metrics.observe_input(input.name(), "applied");
                     decided.changed.insert(order_id);
-                    decided.instructions.extend(reaction.instructions);
+                    decided
+                        .instructions
+                        .extend(Issued::all(reaction.instructions, Some(event_id)));
                     sagas.insert(order_id, reaction.saga);
                 }
                 Err(ignored) => {
@@ -339,7 +344,7 @@ impl Runner {
 #[derive(Default)]
 struct Decided {
     changed: HashSet<OrderId>,
-    instructions: Vec<Instruction>,
+    instructions: Vec<Issued>,
     deactivated: Vec<(UserId, DateTime<Utc>)>,
 }
 
@@ -404,7 +409,7 @@ impl DeadlinePoller {
             ) {
                 Ok(reaction) => {
                     self.metrics.deadlines_fired.inc();
-                    instructions.extend(reaction.instructions);
+                    instructions.extend(Issued::all(reaction.instructions, None));
                     changed.push(reaction.saga);
                 }
                 Err(_) => {

@@ -61,7 +61,7 @@ pub async fn saga(conn: &mut PgConnection, order: Uuid) -> Result<Option<Saga>, 
 pub async fn store(
     conn: &mut PgConnection,
     sagas: &[&Saga],
-    instructions: &[Instruction],
+    instructions: &[Issued],
 ) -> Result<(), sqlx::Error> {
     if sagas.is_empty() {
         return Ok(());
@@ -122,8 +122,30 @@ async fn store_deadlines(conn: &mut PgConnection, sagas: &[&Saga]) -> Result<(),
     Ok(())
 }
 
+/// A step the saga issued, and the message that made it: the event it reacted to, or the
+/// command of an earlier step whose outcome it reacted to; none for a deadline. It becomes
+/// the command's causation id, which `shopctl explain` follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub instruction: Instruction,
+    pub caused_by: Option<Uuid>,
+}
+
+impl Issued {
+    /// Every instruction of `instructions`, caused by `caused_by`.
+    pub fn all(instructions: Vec<Instruction>, caused_by: Option<Uuid>) -> Vec<Self> {
+        instructions
+            .into_iter()
+            .map(|instruction| Self {
+                instruction,
+                caused_by,
+            })
+            .collect()
+    }
+}
+
 /// Adds steps to the outbox; a step already there (a batch applied twice) stays as it is.
-async fn enqueue(conn: &mut PgConnection, instructions: &[Instruction]) -> Result<(), sqlx::Error> {
+async fn enqueue(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(), sqlx::Error> {
     if instructions.is_empty() {
         return Ok(());
     }
@@ -132,7 +154,13 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Instruction]) -> Resul
     let mut correlations = Vec::with_capacity(instructions.len());
     let mut steps = Vec::with_capacity(instructions.len());
     let mut actions = Vec::with_capacity(instructions.len());
-    for i in instructions {
+    let mut causes = Vec::with_capacity(instructions.len());
+    for Issued {
+        instruction: i,
+        caused_by,
+    } in instructions
+    {
+        causes.push(*caused_by);
         ids.push(command_id(i.order_id, i.step).as_uuid());
         orders.push(i.order_id.as_uuid());
         correlations.push(i.correlation_id.as_uuid());
@@ -140,9 +168,10 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Instruction]) -> Resul
         actions.push(serde_json::to_string(&i.action).map_err(undecodable)?);
     }
     sqlx::query(
-        "INSERT INTO saga.outbox (command_id, order_id, correlation_id, step, action)
-         SELECT i, o, c, s, a::jsonb
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) AS x(i, o, c, s, a)
+        "INSERT INTO saga.outbox (command_id, order_id, correlation_id, step, action, causation_id)
+         SELECT i, o, c, s, a::jsonb, k
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::uuid[])
+           AS x(i, o, c, s, a, k)
          ON CONFLICT (command_id) DO NOTHING",
     )
     .bind(&ids)
@@ -150,6 +179,7 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Instruction]) -> Resul
     .bind(&correlations)
     .bind(&steps)
     .bind(&actions)
+    .bind(&causes)
     .execute(conn)
     .await?;
     Ok(())
@@ -192,6 +222,8 @@ pub struct Claimed {
     pub command_id: Uuid,
     pub order_id: OrderId,
     pub correlation_id: CorrelationId,
+    /// What made the saga issue the step ([`Issued::caused_by`]).
+    pub causation_id: Option<Uuid>,
     pub step: Step,
     pub action: Action,
     /// Including this one.
@@ -205,31 +237,44 @@ pub async fn claim_due(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    type Row = (Uuid, Uuid, Uuid, String, serde_json::Value, i32);
+    type Row = (
+        Uuid,
+        Uuid,
+        Uuid,
+        Option<Uuid>,
+        String,
+        serde_json::Value,
+        i32,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "UPDATE saga.outbox o SET due_at = now() + $2 * interval '1 millisecond', attempts = o.attempts + 1
          WHERE o.command_id IN (
            SELECT command_id FROM saga.outbox
            WHERE done_at IS NULL AND due_at <= now()
            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING o.command_id, o.order_id, o.correlation_id, o.step, o.action, o.attempts",
+         RETURNING o.command_id, o.order_id, o.correlation_id, o.causation_id, o.step, o.action,
+                   o.attempts",
     )
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(command_id, order, correlation, step, action, attempts)| {
-            Ok(Claimed {
-                command_id,
-                order_id: OrderId::from(order),
-                correlation_id: CorrelationId::from(correlation),
-                step: Step::parse(&step)
-                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown step {step}").into()))?,
-                action: serde_json::from_value(action).map_err(undecodable)?,
-                attempts,
-            })
-        })
+        .map(
+            |(command_id, order, correlation, causation_id, step, action, attempts)| {
+                Ok(Claimed {
+                    command_id,
+                    order_id: OrderId::from(order),
+                    correlation_id: CorrelationId::from(correlation),
+                    causation_id,
+                    step: Step::parse(&step).ok_or_else(|| {
+                        sqlx::Error::Decode(format!("unknown step {step}").into())
+                    })?,
+                    action: serde_json::from_value(action).map_err(undecodable)?,
+                    attempts,
+                })
+            },
+        )
         .collect()
 }
 
