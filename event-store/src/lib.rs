@@ -10,6 +10,7 @@
 //!   deciding on its own state ([`writer::core`]), confirming appends ([`writer::partition`]),
 //!   snapshots ([`writer::snapshot`]); [`partitioner`], [`position`], [`outcome`] describe it;
 //! - [`lookup`]: reading records back by position (history, time travel);
+//! - [`scan`]: reading partitions between offsets outside any group (rebuilds, replays);
 //! - [`gate`]: the reader rule every reader applies (next contiguous version, first wins);
 //! - [`subscription`]: the read side's consumer: decoded batches, reader-owned offsets,
 //!   dead letters;
@@ -27,6 +28,7 @@ pub mod partitioner;
 pub mod position;
 pub mod record;
 pub mod sample;
+pub mod scan;
 pub mod subscription;
 pub mod topics;
 pub mod writer;

@@ -151,9 +151,7 @@ impl ConsumerContext for SubscriptionContext {
 /// A reader's view of some topics.
 pub struct Subscription<T: Decodable> {
     consumer: Arc<StreamConsumer<SubscriptionContext>>,
-    dead_letters: FutureProducer,
-    dead_letter_topic: String,
-    reader: String,
+    dead_letters: DeadLetters,
     known: Arc<Mutex<Offsets>>,
     ends: Arc<Mutex<Offsets>>,
     _decodes: std::marker::PhantomData<fn() -> T>,
@@ -162,7 +160,7 @@ pub struct Subscription<T: Decodable> {
 impl<T: Decodable> std::fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("reader", &self.reader)
+            .field("reader", &self.dead_letters.reader)
             .finish_non_exhaustive()
     }
 }
@@ -191,15 +189,9 @@ impl<T: Decodable> Subscription<T> {
         consumer
             .subscribe(&names)
             .map_err(|e| EventStoreError::from_kafka("subscribe", e))?;
-        let dead_letters = settings
-            .producer()
-            .create()
-            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
         Ok(Self {
             consumer: Arc::new(consumer),
-            dead_letters,
-            dead_letter_topic,
-            reader: group.to_owned(),
+            dead_letters: DeadLetters::new(settings, dead_letter_topic, group)?,
             known,
             ends,
             _decodes: std::marker::PhantomData,
@@ -270,7 +262,7 @@ impl<T: Decodable> Subscription<T> {
                     offset,
                 }),
                 Err(error) => {
-                    pending_dead.push(self.dead_letter(&message, &error)?);
+                    pending_dead.push(self.dead_letters.send_record(&message, &error)?);
                     batch.dead.push(DeadLettered {
                         topic: key.0,
                         partition: key.1,
@@ -296,8 +288,60 @@ impl<T: Decodable> Subscription<T> {
         Ok(batch)
     }
 
+    /// Where this reader's dead letters go.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    /// The end (high watermark) of each assigned partition as the last fetch responses
+    /// reported it (refreshed every second): for lag. A partition not fetched yet is absent.
+    pub fn high_watermarks(&self) -> Offsets {
+        let ends = self.ends.lock().expect("ends lock");
+        self.assignment()
+            .into_iter()
+            .filter_map(|key| ends.get(&key).map(|end| (key, *end)))
+            .collect()
+    }
+}
+
+/// Where a reader sends the records it cannot use: the dead-letter topic, each record as
+/// it was, with headers naming the error, the reader and the record's original position.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    reader: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("topic", &self.topic)
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters {
+    /// Dead letters of `reader` (its consumer group) into `topic`.
+    pub fn new(
+        settings: &KafkaSettings,
+        topic: String,
+        reader: &str,
+    ) -> Result<Self, EventStoreError> {
+        let producer = settings
+            .producer()
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        Ok(Self {
+            producer,
+            topic,
+            reader: reader.to_owned(),
+        })
+    }
+
     /// Sends a record, as it was, to the dead-letter topic with why and where it was.
-    fn dead_letter(
+    fn send_record(
         &self,
         message: &BorrowedMessage<'_>,
         error: &DecodeError,
@@ -322,7 +366,7 @@ impl<T: Decodable> Subscription<T> {
             })
             .unwrap_or_default();
         let position = (message.topic(), message.partition(), message.offset());
-        self.send_dead_letter(
+        self.send(
             headers,
             position,
             message.key().unwrap_or_default(),
@@ -333,14 +377,14 @@ impl<T: Decodable> Subscription<T> {
 
     /// Sends a record that decoded but that the reader cannot apply to the dead-letter
     /// topic, with why and where it was; waits for the broker's acknowledgement.
-    pub async fn dead_letter_document(
+    pub async fn send_document(
         &self,
         document: &EventDocument,
         position: (&str, i32, i64),
         error: &str,
     ) -> Result<(), EventStoreError> {
         let headers = crate::record::to_kafka_headers(&document.headers());
-        let delivery = self.send_dead_letter(
+        let delivery = self.send(
             headers,
             position,
             document.subject.as_bytes(),
@@ -357,7 +401,7 @@ impl<T: Decodable> Subscription<T> {
         Ok(())
     }
 
-    fn send_dead_letter(
+    fn send(
         &self,
         mut headers: OwnedHeaders,
         (topic, partition, offset): (&str, i32, i64),
@@ -378,23 +422,13 @@ impl<T: Decodable> Subscription<T> {
                 value: Some(value.as_bytes()),
             });
         }
-        let record = FutureRecord::to(&self.dead_letter_topic)
+        let record = FutureRecord::to(&self.topic)
             .key(key)
             .payload(payload)
             .headers(headers);
-        self.dead_letters
+        self.producer
             .send_result(record)
             .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))
-    }
-
-    /// The end (high watermark) of each assigned partition as the last fetch responses
-    /// reported it (refreshed every second): for lag. A partition not fetched yet is absent.
-    pub fn high_watermarks(&self) -> Offsets {
-        let ends = self.ends.lock().expect("ends lock");
-        self.assignment()
-            .into_iter()
-            .filter_map(|key| ends.get(&key).map(|end| (key, *end)))
-            .collect()
     }
 }
 

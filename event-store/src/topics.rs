@@ -100,6 +100,12 @@ impl TopicNames {
         format!("{}{service}.outcomes", self.prefix)
     }
 
+    /// `<prefix><service>-writers`: the consumer group whose assignment of the command
+    /// topic decides which instance writes which partition.
+    pub fn writers_group(&self, service: &str) -> String {
+        format!("{}{service}-writers", self.prefix)
+    }
+
     /// `<prefix>deadletters`
     pub fn dead_letters(&self) -> String {
         format!("{}deadletters", self.prefix)

@@ -1,14 +1,18 @@
-//! Catch-up: how fast each projector turns a topic full of events into rows, against raw
+//! Catch-up and rebuilds: how fast each projector turns a topic full of events into rows,
+//! and how fast `shopctl rebuild` rebuilds them (blue/green, then in place), against raw
 //! Postgres COPY of the same rows into the same table, in one run.
 //!
 //!     ./dev bench                      (BENCH_EVENTS=1000000 for the full size)
 //!
 //! For each read model, `BENCH_EVENTS` events (default 200,000) are written to its topic on
 //! a private tansu (SQLite storage, as in the local stack); the projector starts from offset
-//! zero and the clock stops when its checkpoints reach the end. Then the rows it built are
-//! copied out, the table emptied, and the same rows COPYed back in, timed. A plain
-//! consumer reading the same topic from offset zero (no decoding, no Postgres) gives the
-//! broker's own ceiling, measured in the same run.
+//! zero and the clock stops when its checkpoints reach the end. Then the model is rebuilt
+//! blue/green (shadow from offset zero, checksums of both, swap) and in place (one
+//! transaction), each timed whole, through the same library calls `shopctl rebuild` makes.
+//! Then the rows are copied out, the table emptied, and the same rows COPYed back in,
+//! timed. A plain consumer reading the same topic from offset zero (no decoding, no
+//! Postgres) gives the broker's own ceiling, measured in the same run. The event index
+//! comes last: it reads the four topics the other models were built from.
 
 use std::time::{Duration, Instant};
 
@@ -18,10 +22,12 @@ use futures_util::StreamExt;
 use projections::projector::metrics::ProjectorMetrics;
 use projections::projector::runner::{Projector, ProjectorConfig};
 use projections::projector::{ReadModel, Schema, bookkeeping};
+use projections::read_models::event_index::EventIndex;
 use projections::read_models::notifications::Notifications;
 use projections::read_models::orders::Orders;
 use projections::read_models::payments::Payments;
 use projections::read_models::users::Users;
+use projections::rebuild::{self, Mode, Rebuild, RebuildReport, Silent};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -177,14 +183,20 @@ async fn catch_up<M: ReadModel>(
     Ok(seconds)
 }
 
-/// Seconds for a plain consumer, outside any group, to receive every record of `topic`.
-async fn raw_consume(settings: &KafkaSettings, topic: &str, count: usize) -> anyhow::Result<f64> {
+/// Seconds for a plain consumer, outside any group, to receive every record of `topics`.
+async fn raw_consume(
+    settings: &KafkaSettings,
+    topics: &[String],
+    count: usize,
+) -> anyhow::Result<f64> {
     let mut config = settings.consumer("bench-raw-consume");
     config.set("fetch.wait.max.ms", "50");
     let consumer: StreamConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    for topic in topics {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
+        }
     }
     consumer.assign(&assignment)?;
     let started = Instant::now();
@@ -220,13 +232,101 @@ async fn raw_copy(pool: &PgPool, table: &str) -> anyhow::Result<(u64, f64)> {
     Ok((rows, started.elapsed().as_secs_f64()))
 }
 
+/// What one model measured.
+struct Measured {
+    model: &'static str,
+    events: usize,
+    rows: u64,
+    catch_up: f64,
+    copy: f64,
+    consume: f64,
+    blue_green: RebuildReport,
+    in_place: RebuildReport,
+}
+
+impl Measured {
+    fn catch_up_row(&self) -> String {
+        let (projector, copy, consume) = (
+            self.rows as f64 / self.catch_up,
+            self.rows as f64 / self.copy,
+            self.events as f64 / self.consume,
+        );
+        format!(
+            "| {} | {} | {} | {:.1} | {projector:.0} | {copy:.0} | {:.2} | {consume:.0} | {:.2} |",
+            self.model,
+            self.events,
+            self.rows,
+            self.catch_up,
+            projector / copy,
+            projector / consume,
+        )
+    }
+
+    fn rebuild_row(&self) -> String {
+        let copy = self.rows as f64 / self.copy;
+        let rate = |r: &RebuildReport| self.rows as f64 / r.seconds;
+        format!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {} | {:.1} | {:.0} | {:.2} | {copy:.0} |",
+            self.model,
+            self.rows,
+            self.blue_green.seconds,
+            rate(&self.blue_green),
+            rate(&self.blue_green) / copy,
+            self.blue_green.identical == Some(true),
+            self.in_place.seconds,
+            rate(&self.in_place),
+            rate(&self.in_place) / copy,
+        )
+    }
+}
+
+/// Catch-up, both rebuilds and COPY of model `M`, whose events are already in `read`.
 async fn measure<M: ReadModel>(
+    pool: &PgPool,
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+    (read, events): (&[String], usize),
+    table: &str,
+) -> anyhow::Result<Measured> {
+    let consume = raw_consume(settings, read, events).await?;
+    let catch_up = catch_up::<M>(pool, settings, topics, events).await?;
+    let rebuild = Rebuild {
+        pool: pool.clone(),
+        kafka: settings.clone(),
+        topics: topics.clone(),
+        partitions: PARTITIONS,
+        batch_max: 2000,
+        restart: true,
+    };
+    let blue_green =
+        rebuild::run(M::NAME, &rebuild, Mode::BlueGreen { swap: true }, &Silent).await?;
+    let in_place = rebuild::run(M::NAME, &rebuild, Mode::InPlace, &Silent).await?;
+    anyhow::ensure!(
+        blue_green.identical == Some(true) && in_place.identical == Some(true),
+        "{}: a rebuild differs from the caught-up model",
+        M::NAME
+    );
+    let (rows, copy) = raw_copy(pool, &Schema::live(M::NAME).table(table)).await?;
+    Ok(Measured {
+        model: M::NAME,
+        events,
+        rows,
+        catch_up,
+        copy,
+        consume,
+        blue_green,
+        in_place,
+    })
+}
+
+/// Writes `count` creation events of model `M` to its topic, then measures it.
+async fn write_and_measure<M: ReadModel>(
     pool: &PgPool,
     settings: &KafkaSettings,
     topics: &TopicNames,
     count: usize,
     table: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Measured> {
     let topic = topics.events(M::SERVICES[0]);
     let documents = events_of(M::NAME, count);
     let written = Instant::now();
@@ -237,19 +337,7 @@ async fn measure<M: ReadModel>(
         written.elapsed().as_secs_f64()
     );
     drop(documents);
-    let consumed = raw_consume(settings, &topic, count).await?;
-    let projected = catch_up::<M>(pool, settings, topics, count).await?;
-    let (rows, copied) = raw_copy(pool, &Schema::live(M::NAME).table(table)).await?;
-    let projector_rate = rows as f64 / projected;
-    let copy_rate = rows as f64 / copied;
-    let consume_rate = count as f64 / consumed;
-    println!(
-        "| {} | {count} | {rows} | {projected:.1} | {projector_rate:.0} | {copy_rate:.0} | {:.2} | {consume_rate:.0} | {:.2} |",
-        M::NAME,
-        projector_rate / copy_rate,
-        projector_rate / consume_rate,
-    );
-    Ok(())
+    measure::<M>(pool, settings, topics, (&[topic], count), table).await
 }
 
 #[tokio::main]
@@ -267,16 +355,38 @@ async fn main() -> anyhow::Result<()> {
         .create(&topics.all(PARTITIONS), 1)
         .await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(6)
         .connect(&env.database_url)
         .await?;
+    let setup = (&pool, &settings, &topics);
+    let mut measured = vec![
+        write_and_measure::<Users>(setup.0, setup.1, setup.2, count, "users").await?,
+        write_and_measure::<Orders>(setup.0, setup.1, setup.2, count, "orders").await?,
+        write_and_measure::<Payments>(setup.0, setup.1, setup.2, count, "payments").await?,
+        write_and_measure::<Notifications>(setup.0, setup.1, setup.2, count, "notifications")
+            .await?,
+    ];
+    let built: Vec<String> = ["users", "orders", "payments", "notifications"]
+        .iter()
+        .map(|s| topics.events(s))
+        .collect();
+    measured.push(
+        measure::<EventIndex>(&pool, &settings, &topics, (&built, count * 4), "events").await?,
+    );
     println!(
         "| read model | events | rows | catch-up s | projector rows/s | raw COPY rows/s | projector / COPY | raw consume records/s | projector / consume |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    measure::<Users>(&pool, &settings, &topics, count, "users").await?;
-    measure::<Orders>(&pool, &settings, &topics, count, "orders").await?;
-    measure::<Payments>(&pool, &settings, &topics, count, "payments").await?;
-    measure::<Notifications>(&pool, &settings, &topics, count, "notifications").await?;
+    for m in &measured {
+        println!("{}", m.catch_up_row());
+    }
+    println!();
+    println!(
+        "| read model | rows | blue/green s | blue/green rows/s | blue/green / COPY | identical | in place s | in place rows/s | in place / COPY | raw COPY rows/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for m in &measured {
+        println!("{}", m.rebuild_row());
+    }
     Ok(())
 }

@@ -6,12 +6,14 @@
 //!   checkpoints, parking, metrics, operator actions);
 //! - [`read_models`]: users, orders, payments, notifications, and the event index;
 //! - [`query`]: the HTTP query API;
+//! - [`rebuild`]: rebuilding a read model from the log (blue/green or in place);
 //! - [`build`]: assembles the service (workers, routes, readiness) ready to run.
 
 pub mod config;
 pub mod projector;
 pub mod query;
 pub mod read_models;
+pub mod rebuild;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,18 @@ pub const READ_MODELS: [&str; 5] = [
     Notifications::NAME,
     EventIndex::NAME,
 ];
+
+/// The services whose event topics read model `name` reads.
+pub fn services_read_by(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        Users::NAME => Some(Users::SERVICES),
+        Orders::NAME => Some(Orders::SERVICES),
+        Payments::NAME => Some(Payments::SERVICES),
+        Notifications::NAME => Some(Notifications::SERVICES),
+        EventIndex::NAME => Some(EventIndex::SERVICES),
+        _ => None,
+    }
+}
 
 /// Assembles the service: the projectors as workers, each with a readiness check on its
 /// lag, and the query routes.

@@ -2,24 +2,21 @@
 //! event, an unreadable record or a version gap, and what waits behind it), and the two
 //! ways an operator moves an aggregate on.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Subcommand;
 use projections::projector::Schema;
 use projections::projector::operator::{self, ParkedRecord, RetryReport};
 use projections::{ParkedAction, READ_MODELS};
 use serde_json::json;
-use service_runtime::Infrastructure;
-use service_runtime::settings::Env;
-use sqlx::postgres::PgPoolOptions;
+
+use crate::connect;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
     /// List parked records, oldest first.
     List {
         /// Only this read model (users, orders, payments, notifications, event_index).
-        #[arg(long)]
+        #[arg(long, value_parser = read_model())]
         read_model: Option<String>,
         /// Only this aggregate.
         #[arg(long)]
@@ -29,24 +26,26 @@ pub enum DeadLettersCommand {
     },
     /// Apply an aggregate's parked records in order, as far as they now go.
     Retry {
+        #[arg(value_parser = read_model())]
         read_model: String,
         aggregate: String,
     },
     /// Drop the record at the head of an aggregate's parked records, then retry the rest.
     Skip {
+        #[arg(value_parser = read_model())]
         read_model: String,
         aggregate: String,
     },
 }
 
+/// One of the read models, checked when the command line is parsed.
+fn read_model() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(READ_MODELS)
+}
+
 pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> {
-    let infra = Infrastructure::from_env(&Env::from_process())?;
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(infra.database.clone())
-        .await
-        .context("cannot reach Postgres (DATABASE_URL)")?;
+    let infra = connect::infrastructure()?;
+    let pool = connect::postgres(&infra, 2).await?;
     match command {
         DeadLettersCommand::List {
             read_model,
@@ -54,11 +53,7 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
             limit,
         } => {
             let models: Vec<&str> = match &read_model {
-                Some(name) if READ_MODELS.contains(&name.as_str()) => vec![name.as_str()],
-                Some(name) => anyhow::bail!(
-                    "no read model {name:?} (one of: {})",
-                    READ_MODELS.join(", ")
-                ),
+                Some(name) => vec![name.as_str()],
                 None => READ_MODELS.to_vec(),
             };
             let mut total = 0;

@@ -1,13 +1,12 @@
-//! `shopctl`: the operator's command line. Reads the same environment variables as the
-//! services (`KAFKA_BROKERS`, `TOPIC_PREFIX`, `EVENT_PARTITIONS`, ...), so it acts on the
-//! topics they use. Errors print one line and exit non-zero.
-
-mod dead_letters;
-mod topics;
+//! `shopctl`: parses the command line and runs one command. Errors, including bad
+//! arguments, print one line on stderr: exit code 2 for a command line that cannot be
+//! run, 1 for a command that failed.
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use shopctl::{dead_letters, explain, inspect, lag, rebuild, replay, topics};
 
 #[derive(Debug, Parser)]
 #[command(name = "shopctl", version, about = "Operate the event-sourced shop")]
@@ -24,23 +23,73 @@ enum Command {
     /// Create, check and list the shop's topics.
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// Rebuild a read model from the log: blue/green (default) or in place.
+    Rebuild(rebuild::RebuildArgs),
+    /// Print a slice of the log as JSON lines, filtered; --follow keeps tailing.
+    Replay(replay::ReplayArgs),
+    /// Show what one request caused: request -> events -> saga steps -> events.
+    Explain(explain::ExplainArgs),
+    /// How far behind each read model, the saga and the writers are.
+    Lag,
     /// List, retry and skip the records the read models parked.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Follow a topic: keys, headers and pretty JSON.
+    Tail(inspect::TailArgs),
+    /// Print every event of one aggregate: keys, headers and pretty JSON.
+    Read(inspect::ReadArgs),
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("shopctl: a subcommand is required (see --help)");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("shopctl: {} (see --help)", first_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let json = cli.json;
     let outcome = match cli.command {
-        Command::Topics(command) => topics::run(command, cli.json).await,
-        Command::DeadLetters(command) => dead_letters::run(command, cli.json).await,
+        Command::Topics(command) => topics::run(command, json).await,
+        Command::Rebuild(args) => rebuild::run(args, json).await,
+        Command::Replay(args) => replay::run(args).await,
+        Command::Explain(args) => explain::run(args, json).await,
+        Command::Lag => lag::run(json).await,
+        Command::DeadLetters(command) => dead_letters::run(command, json).await,
+        Command::Tail(args) => inspect::tail(args, json).await,
+        Command::Read(args) => inspect::read(args, json).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shopctl: {e:#}");
+            eprintln!("shopctl: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// clap's message on one line: its first paragraph (which may name the missing
+/// arguments on lines of their own), without "error: " and the usage that follows.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = paragraph.join(" ");
+    let line = line.trim_start_matches("error: ");
+    if line.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        line.to_owned()
     }
 }

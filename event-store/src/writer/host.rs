@@ -298,7 +298,7 @@ impl<A: Aggregate> WriterRuntime<A> {
         let (events, mut ownership) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<OwnershipContext> = config
             .kafka
-            .consumer(&format!("{}{service}-writers", config.topics.prefix()))
+            .consumer(&config.topics.writers_group(service))
             .create_with_context(OwnershipContext { events })
             .map_err(|e| EventStoreError::from_kafka("join writers", e))?;
         consumer

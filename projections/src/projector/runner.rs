@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use event_store::subscription::{Subscription, TopicPartition};
+use event_store::subscription::{DeadLetters, Subscription, TopicPartition};
 use event_store::{EventStoreError, KafkaSettings, TopicNames};
 use schemas::EventDocument;
 use sqlx::PgPool;
@@ -85,6 +85,11 @@ impl<M: ReadModel> Projector<M> {
         }
     }
 
+    /// The schema this projector writes.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
     /// Lag as last measured, for readiness and query answers.
     pub fn lag(&self) -> Lag {
         self.lag.clone()
@@ -93,11 +98,6 @@ impl<M: ReadModel> Projector<M> {
     /// Woken after every committed batch (queries waiting for a position listen here).
     pub fn progress(&self) -> Arc<Notify> {
         Arc::clone(&self.progress)
-    }
-
-    /// The consumer group of the model: one per read model, so each keeps its own pace.
-    pub fn group(topics: &TopicNames, schema: &Schema) -> String {
-        format!("{}projections.{}", topics.prefix(), schema.name())
     }
 
     /// The topics the model reads.
@@ -178,7 +178,14 @@ impl<M: ReadModel> Projector<M> {
             let mut records = records_of(batch.delivered, batch.dead);
             let next_offsets = batch.next_offsets;
             loop {
-                match self.apply(&subscription, &mut records, &next_offsets).await {
+                match self
+                    .apply(
+                        Some(subscription.dead_letters()),
+                        &mut records,
+                        &next_offsets,
+                    )
+                    .await
+                {
                     Ok(report) => {
                         backoff = Backoff::default();
                         subscription.stored(&next_offsets);
@@ -223,7 +230,7 @@ impl<M: ReadModel> Projector<M> {
         let stored = bookkeeping::checkpoints(&mut conn, &self.schema).await?;
         Ok(Subscription::start(
             &self.config.kafka,
-            &Self::group(&self.config.topics, &self.schema),
+            &group(&self.config.topics, &self.schema),
             &Self::topics(&self.config.topics),
             self.config.topics.dead_letters(),
             bookkeeping::offsets(&stored),
@@ -234,16 +241,33 @@ impl<M: ReadModel> Projector<M> {
     /// instance applied meanwhile (it is theirs, and stored).
     pub async fn apply(
         &self,
-        subscription: &Subscription<EventDocument>,
+        dead_letters: Option<&DeadLetters>,
+        records: &mut Vec<Record>,
+        next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
+    ) -> Result<BatchReport, ProjectorError> {
+        let mut tx = self.pool.begin().await?;
+        bookkeeping::lock(&mut tx, &self.schema, false).await?;
+        let report = self
+            .apply_in(&mut tx, dead_letters, records, next_offsets)
+            .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// [`Self::apply`] inside a transaction the caller holds (and commits), with the
+    /// model's lock already taken. Without `dead_letters` (a rebuild: the live model sent
+    /// them when it met the records) poison records are only parked.
+    pub async fn apply_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        dead_letters: Option<&DeadLetters>,
         records: &mut Vec<Record>,
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
     ) -> Result<BatchReport, ProjectorError> {
         let started = Instant::now();
         let labels = ProjectorMetrics::model(M::NAME);
-        let mut tx = self.pool.begin().await?;
-        bookkeeping::lock(&mut tx, &self.schema, false).await?;
         let partitions: Vec<TopicPartition> = next_offsets.keys().cloned().collect();
-        let claimed = bookkeeping::claim(&mut tx, &self.schema, &partitions).await?;
+        let claimed = bookkeeping::claim(&mut *tx, &self.schema, &partitions).await?;
         records.retain(|record| {
             let (topic, partition, offset) = record.position();
             claimed
@@ -257,15 +281,17 @@ impl<M: ReadModel> Projector<M> {
             .into_iter()
             .collect();
         let loaded = Loaded {
-            versions: bookkeeping::versions(&mut tx, &self.schema, &keys).await?,
-            rows: M::load(&mut tx, &self.schema, &keys).await?,
-            parked: bookkeeping::parked_among(&mut tx, &self.schema, &keys).await?,
+            versions: bookkeeping::versions(&mut *tx, &self.schema, &keys).await?,
+            rows: M::load(&mut *tx, &self.schema, &keys).await?,
+            parked: bookkeeping::parked_among(&mut *tx, &self.schema, &keys).await?,
         };
         let plan = plan::plan(records, loaded, M::key, M::fold);
         for (index, error) in plan.poison() {
-            if let Record::Decoded { document, .. } = &records[index] {
-                subscription
-                    .dead_letter_document(document, records[index].position(), error)
+            if let (Some(dead_letters), Record::Decoded { document, .. }) =
+                (dead_letters, &records[index])
+            {
+                dead_letters
+                    .send_document(document, records[index].position(), error)
                     .await?;
             }
         }
@@ -309,18 +335,17 @@ impl<M: ReadModel> Projector<M> {
             parked: plan.parked.len(),
         };
         M::store(
-            &mut tx,
+            &mut *tx,
             &self.schema,
             plan.rows.into_iter().collect(),
             &applied,
         )
         .await?;
-        bookkeeping::store_versions(&mut tx, &self.schema, &plan.versions).await?;
+        bookkeeping::store_versions(&mut *tx, &self.schema, &plan.versions).await?;
         let parked: Vec<&plan::Parked> = plan.parked.iter().map(|(_, _, p)| p).collect();
-        bookkeeping::store_parked(&mut tx, &self.schema, &parked).await?;
-        bookkeeping::store_checkpoints(&mut tx, &self.schema, next_offsets, &last_times(records))
+        bookkeeping::store_parked(&mut *tx, &self.schema, &parked).await?;
+        bookkeeping::store_checkpoints(&mut *tx, &self.schema, next_offsets, &last_times(records))
             .await?;
-        tx.commit().await?;
 
         self.metrics
             .batch_size
@@ -423,6 +448,38 @@ pub fn records_of(
         .collect();
     records.sort_by(|a, b| a.position().cmp(&b.position()));
     records
+}
+
+/// The consumer group of the read model in `schema`: one per read model, so each keeps
+/// its own pace.
+pub fn group(topics: &TopicNames, schema: &Schema) -> String {
+    format!("{}projections.{}", topics.prefix(), schema.name())
+}
+
+/// A record read by a scan (a rebuild) as the plan takes it: decoded, or unreadable with
+/// the reason.
+pub fn record_of_scanned(record: event_store::scan::ScannedRecord) -> Record {
+    let decoded = record
+        .payload
+        .as_deref()
+        .ok_or_else(|| "a record without a value".to_owned())
+        .and_then(|payload| EventDocument::from_json(payload).map_err(|e| e.to_string()));
+    match decoded {
+        Ok(document) => Record::Decoded {
+            document,
+            topic: record.topic,
+            partition: record.partition,
+            offset: record.offset,
+        },
+        Err(error) => Record::Undecodable {
+            key: record.key_text(),
+            payload: record.payload.unwrap_or_default(),
+            error,
+            topic: record.topic,
+            partition: record.partition,
+            offset: record.offset,
+        },
+    }
 }
 
 /// When the last record of each partition in `records` was written.

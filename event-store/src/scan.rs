@@ -1,0 +1,322 @@
+//! Scans: reading one topic's partitions between offsets, outside any consumer group and
+//! without committing anything. Rebuilds read a model's topics from offset zero up to
+//! where the live model is; operators replay slices of the log or tail it (`--follow`).
+//!
+//! A bounded partition is done when the scan has handed out everything below its end, or
+//! when the broker reports the partition's end (on Apache Kafka a transaction's commit
+//! marker takes an offset no record fills, so the record before an end can be the last).
+//! One scan reads one topic: the end-of-partition event names only a partition number.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::KafkaSettings;
+use crate::error::EventStoreError;
+use crate::record::header_pairs;
+
+/// One record as a scan hands it out, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (create time), when the broker kept one.
+    pub timestamp: Option<DateTime<Utc>>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ScannedRecord {
+    /// The key as text (ours are aggregate ids).
+    pub fn key_text(&self) -> Option<String> {
+        self.key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where one partition's scan starts and ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub from: i64,
+    /// Exclusive end; `None`: keep reading as records arrive.
+    pub to: Option<i64>,
+}
+
+/// Reads one topic's partitions over their ranges.
+pub struct LogScan {
+    topic: String,
+    consumer: StreamConsumer,
+    /// Unfinished partitions and their ranges' ends.
+    open: BTreeMap<i32, Option<i64>>,
+    /// How long a bounded scan may go without a record before the broker counts as gone.
+    stall: Duration,
+    /// When a record or a partition's end last arrived.
+    progressed: Instant,
+}
+
+/// How long a batch waits for the next record once one arrived.
+const LINGER: Duration = Duration::from_millis(1);
+
+impl std::fmt::Debug for LogScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogScan")
+            .field("topic", &self.topic)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogScan {
+    /// Starts reading `topic` at each partition's `from`. Partitions whose range is empty
+    /// are done from the start.
+    pub fn open(
+        settings: &KafkaSettings,
+        topic: &str,
+        ranges: &BTreeMap<i32, Range>,
+    ) -> Result<Self, EventStoreError> {
+        let mut config = settings.consumer("event-store-scan");
+        config
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("queued.max.messages.kbytes", "262144");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| EventStoreError::from_kafka("scan", e))?;
+        let mut assignment = TopicPartitionList::new();
+        let mut open = BTreeMap::new();
+        for (&partition, range) in ranges {
+            if range.to.is_some_and(|to| range.from >= to) {
+                continue;
+            }
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(range.from))
+                .map_err(|e| EventStoreError::from_kafka("scan", e))?;
+            open.insert(partition, range.to);
+        }
+        if !open.is_empty() {
+            consumer
+                .assign(&assignment)
+                .map_err(|e| EventStoreError::from_kafka("scan", e))?;
+        }
+        Ok(Self {
+            topic: topic.to_owned(),
+            consumer,
+            open,
+            stall: settings.timeout * 4,
+            progressed: Instant::now(),
+        })
+    }
+
+    /// Every bounded partition is read to its end (a following scan is never done).
+    pub fn is_done(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Up to `max` records in offset order per partition: waits up to `wait` for the
+    /// first, then takes what follows within a millisecond. Records at or past a
+    /// partition's end are left out. A bounded scan that has seen neither a record nor a
+    /// partition's end for four broker timeouts fails as unavailable, never hangs.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ScannedRecord>, EventStoreError> {
+        let mut batch = Vec::new();
+        let mut window = wait;
+        while batch.len() < max && !self.open.is_empty() {
+            let message = match tokio::time::timeout(window, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.progressed = Instant::now();
+                    if self.open.get(&partition).is_some_and(Option::is_some) {
+                        self.open.remove(&partition);
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => return Err(EventStoreError::from_kafka("scan", e)),
+                Ok(Ok(message)) => message,
+            };
+            self.progressed = Instant::now();
+            window = LINGER;
+            let (partition, offset) = (message.partition(), message.offset());
+            let Some(&end) = self.open.get(&partition) else {
+                continue;
+            };
+            if end.is_some_and(|end| offset >= end) {
+                self.open.remove(&partition);
+                continue;
+            }
+            batch.push(ScannedRecord {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+                timestamp: message
+                    .timestamp()
+                    .to_millis()
+                    .and_then(DateTime::from_timestamp_millis),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: header_pairs(&message),
+            });
+            if end.is_some_and(|end| offset + 1 >= end) {
+                self.open.remove(&partition);
+            }
+        }
+        let bounded = self.open.values().any(Option::is_some);
+        if batch.is_empty() && bounded && self.progressed.elapsed() > self.stall {
+            return Err(self.stalled());
+        }
+        Ok(batch)
+    }
+
+    fn stalled(&self) -> EventStoreError {
+        EventStoreError::Unavailable {
+            operation: "scan",
+            reason: format!(
+                "no record of {} arrived for {} s (partitions still open: {:?})",
+                self.topic,
+                self.stall.as_secs(),
+                self.open.keys().collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// The first offset of each partition of `topic` whose record was written at or after
+/// `time` (the partition's end when none was), as the broker's time index tells.
+pub async fn offsets_for_time(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: &[i32],
+    time: DateTime<Utc>,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    let consumer: StreamConsumer = settings
+        .consumer("event-store-scan")
+        .create()
+        .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+    let mut query = TopicPartitionList::new();
+    for &partition in partitions {
+        query
+            .add_partition_offset(topic, partition, Offset::Offset(time.timestamp_millis()))
+            .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+    }
+    let timeout = settings.timeout;
+    let found = tokio::task::spawn_blocking(move || consumer.offsets_for_times(query, timeout))
+        .await
+        .map_err(|e| EventStoreError::Unavailable {
+            operation: "offsets for time",
+            reason: e.to_string(),
+        })?
+        .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+    let mut offsets = BTreeMap::new();
+    for element in found.elements() {
+        let offset = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // No record at or after the time: start at the end (nothing to read).
+            _ => watermarks(settings, topic, element.partition()).await?.1,
+        };
+        offsets.insert(element.partition(), offset);
+    }
+    Ok(offsets)
+}
+
+/// The low and high watermarks of one partition: its first offset and the offset the
+/// next record will get.
+pub async fn watermarks(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), EventStoreError> {
+    let all = watermarks_of(settings, topic, vec![partition]).await?;
+    Ok(all.get(&partition).copied().unwrap_or((0, 0)))
+}
+
+/// The high watermark of every partition `0..partitions` of `topic`.
+pub async fn ends(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    let all = watermarks_of(settings, topic, (0..partitions).collect()).await?;
+    Ok(all.into_iter().map(|(p, (_, high))| (p, high)).collect())
+}
+
+/// Low and high watermarks of `partitions` of `topic`, through one client.
+pub async fn watermarks_of(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: Vec<i32>,
+) -> Result<BTreeMap<i32, (i64, i64)>, EventStoreError> {
+    let consumer: StreamConsumer = settings
+        .consumer("event-store-scan")
+        .create()
+        .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))?;
+    let (topic, timeout) = (topic.to_owned(), settings.timeout);
+    tokio::task::spawn_blocking(move || {
+        partitions
+            .into_iter()
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map(|marks| (p, marks))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+    })
+    .await
+    .map_err(|e| EventStoreError::Unavailable {
+        operation: "fetch watermarks",
+        reason: e.to_string(),
+    })?
+    .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))
+}
+
+/// The offsets consumer group `group` committed on `partitions` of `topic` (`None`
+/// where it committed nothing). Reads them without joining the group.
+pub async fn committed(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, Option<i64>>, EventStoreError> {
+    let consumer: StreamConsumer = settings
+        .consumer(group)
+        .create()
+        .map_err(|e| EventStoreError::from_kafka("fetch committed offsets", e))?;
+    let mut query = TopicPartitionList::new();
+    for partition in 0..partitions {
+        query.add_partition(topic, partition);
+    }
+    let timeout = settings.timeout;
+    let found = tokio::task::spawn_blocking(move || consumer.committed_offsets(query, timeout))
+        .await
+        .map_err(|e| EventStoreError::Unavailable {
+            operation: "fetch committed offsets",
+            reason: e.to_string(),
+        })?
+        .map_err(|e| EventStoreError::from_kafka("fetch committed offsets", e))?;
+    Ok(found
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => (e.partition(), Some(offset)),
+            _ => (e.partition(), None),
+        })
+        .collect())
+}

@@ -1,0 +1,202 @@
+//! `shopctl explain <correlation-id>`: what one request caused, as a tree
+//! request -> events -> saga steps -> commands' events, with times, partitions and
+//! offsets. Read from the event index (`read_event_index.events`, every event with its
+//! causation) and the saga's outbox (`saga.outbox`, every step with the message that
+//! prompted it), so it answers from Postgres without scanning topics.
+
+pub mod tree;
+
+use std::fmt::Write;
+
+use anyhow::bail;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::Args;
+use projections::projector::Schema;
+use serde_json::json;
+use sqlx::{AssertSqlSafe, PgPool};
+use tree::{EventFact, Node, SagaStep};
+use uuid::Uuid;
+
+use crate::connect;
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The correlation id (`X-Correlation-Id` of the request, `correlationid` of its events).
+    pub correlation_id: Uuid,
+}
+
+pub async fn run(args: ExplainArgs, json: bool) -> anyhow::Result<()> {
+    let infra = connect::infrastructure()?;
+    let pool = connect::postgres(&infra, 2).await?;
+    let events = events_of(&pool, args.correlation_id).await?;
+    let steps = steps_of(&pool, args.correlation_id).await?;
+    if events.is_empty() && steps.is_empty() {
+        bail!(
+            "nothing is indexed under correlation id {} (is the projections service running?)",
+            args.correlation_id
+        );
+    }
+    let roots = tree::build(&events, &steps);
+    if json {
+        println!(
+            "{}",
+            json!({ "correlation_id": args.correlation_id, "events": events.len(),
+                    "saga_steps": steps.len(), "tree": roots })
+        );
+    } else {
+        println!(
+            "correlation {}: {} events, {} saga steps",
+            args.correlation_id,
+            events.len(),
+            steps.len()
+        );
+        print!("{}", render(&roots));
+    }
+    Ok(())
+}
+
+async fn events_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<EventFact>> {
+    let index = Schema::live("event_index");
+    type Row = (
+        Uuid,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        i32,
+        i64,
+        DateTime<Utc>,
+        Uuid,
+    );
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT event_id, event_type, aggregate_type, aggregate_id, version, topic, partition,
+                \"offset\", occurred_at, causation_id
+         FROM {} WHERE correlation_id = $1 ORDER BY occurred_at, topic, partition, \"offset\"",
+        index.table("events")
+    )))
+    .bind(correlation)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| anyhow::anyhow!("reading the event index ({}): {e}", index.table("events")))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EventFact {
+            event_id: r.0,
+            event_type: r.1,
+            aggregate_type: r.2,
+            aggregate_id: r.3,
+            version: r.4,
+            topic: r.5,
+            partition: r.6,
+            offset: r.7,
+            occurred_at: r.8,
+            causation_id: r.9,
+        })
+        .collect())
+}
+
+/// The saga's steps of this correlation; none when no saga ever ran here.
+async fn steps_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<SagaStep>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.outbox') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    type Row = (
+        Uuid,
+        Uuid,
+        String,
+        Option<Uuid>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        i32,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT command_id, order_id, step, causation_id, created_at, done_at, attempts, last_error
+         FROM saga.outbox WHERE correlation_id = $1 ORDER BY created_at",
+    )
+    .bind(correlation)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SagaStep {
+            command_id: r.0,
+            order_id: r.1,
+            step: r.2,
+            causation_id: r.3,
+            issued_at: r.4,
+            done_at: r.5,
+            attempts: r.6,
+            last_error: r.7,
+        })
+        .collect())
+}
+
+/// The tree as indented text with branch lines.
+pub fn render(roots: &[Node]) -> String {
+    let mut out = String::new();
+    for root in roots {
+        let _ = writeln!(out, "{}", label(root));
+        branches(root.children(), "", &mut out);
+    }
+    out
+}
+
+fn branches(nodes: &[Node], indent: &str, out: &mut String) {
+    for (i, node) in nodes.iter().enumerate() {
+        let last = i + 1 == nodes.len();
+        let _ = writeln!(
+            out,
+            "{indent}{}{}",
+            if last { "└── " } else { "├── " },
+            label(node)
+        );
+        let deeper = format!("{indent}{}", if last { "    " } else { "│   " });
+        branches(node.children(), &deeper, out);
+    }
+}
+
+fn label(node: &Node) -> String {
+    match node {
+        Node::Request { command_id, at, .. } => {
+            format!("request command {command_id}  {}", time(*at))
+        }
+        Node::Deadline { .. } => "saga deadline (steps issued when a deadline passed)".into(),
+        Node::Event { event: e, .. } => format!(
+            "{} {} {} v{}  {}/{}@{}  {}",
+            e.event_type,
+            e.aggregate_type,
+            e.aggregate_id,
+            e.version,
+            e.topic,
+            e.partition,
+            e.offset,
+            time(e.occurred_at)
+        ),
+        Node::SagaStep { step: s, .. } => {
+            let done = s
+                .done_at
+                .map_or_else(|| "not done".into(), |d| format!("done {}", time(d)));
+            let error = s
+                .last_error
+                .as_ref()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default();
+            format!(
+                "saga step {} -> command {}  issued {}  {done}  attempts {}{error}",
+                s.step,
+                s.command_id,
+                time(s.issued_at),
+                s.attempts
+            )
+        }
+    }
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

@@ -1,0 +1,25 @@
+//! `shopctl`, the operator's command line, as a library: each command is a module with
+//! its arguments (clap) and its `run`, so the binary only parses and dispatches, and the
+//! pure parts (filters, the causal tree, record views) are tested without I/O.
+//!
+//! It reads the same environment variables as the services (`KAFKA_BROKERS`,
+//! `DATABASE_URL`, `TOPIC_PREFIX`, `EVENT_PARTITIONS`, ...), so it acts on what they use.
+//!
+//! - [`topics`]: create, check and list the topics;
+//! - [`rebuild`]: rebuild a read model, blue/green or in place;
+//! - [`replay`]: a slice of the log as JSON lines, filtered;
+//! - [`explain`]: the causal tree of one correlation id;
+//! - [`lag`]: how far behind every reader is;
+//! - [`dead_letters`]: list, retry and skip parked records;
+//! - [`inspect`]: `tail` a topic, `read` one aggregate, for people at a console;
+//! - [`view`]: how records are shown; [`connect`]: reaching Postgres and the broker.
+
+pub mod connect;
+pub mod dead_letters;
+pub mod explain;
+pub mod inspect;
+pub mod lag;
+pub mod rebuild;
+pub mod replay;
+pub mod topics;
+pub mod view;
