@@ -47,6 +47,12 @@ pub struct Projector<M: ReadModel> {
     _model: PhantomData<fn() -> M>,
 }
 
+/// A batch written, not yet counted: what it did, and why each parked record was.
+struct Stored {
+    report: BatchReport,
+    parked: Vec<ParkReason>,
+}
+
 /// What one batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchReport {
@@ -245,18 +251,21 @@ impl<M: ReadModel> Projector<M> {
         records: &mut Vec<Record>,
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
     ) -> Result<BatchReport, ProjectorError> {
+        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         bookkeeping::lock(&mut tx, &self.schema, false).await?;
-        let report = self
-            .apply_in(&mut tx, dead_letters, records, next_offsets)
+        let stored = self
+            .write_batch(&mut tx, dead_letters, records, next_offsets)
             .await?;
         tx.commit().await?;
-        Ok(report)
+        self.observe(&stored, started);
+        Ok(stored.report)
     }
 
     /// [`Self::apply`] inside a transaction the caller holds (and commits), with the
-    /// model's lock already taken. Without `dead_letters` (a rebuild: the live model sent
-    /// them when it met the records) poison records are only parked.
+    /// model's lock already taken; counts nothing in the metrics (the caller's transaction
+    /// may still roll back). Without `dead_letters` (a rebuild: the live model sent them
+    /// when it met the records) poison records are only parked.
     pub async fn apply_in(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -264,8 +273,20 @@ impl<M: ReadModel> Projector<M> {
         records: &mut Vec<Record>,
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
     ) -> Result<BatchReport, ProjectorError> {
-        let started = Instant::now();
-        let labels = ProjectorMetrics::model(M::NAME);
+        Ok(self
+            .write_batch(tx, dead_letters, records, next_offsets)
+            .await?
+            .report)
+    }
+
+    /// Plans one batch and writes everything it changed through `tx`.
+    async fn write_batch(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        dead_letters: Option<&DeadLetters>,
+        records: &mut Vec<Record>,
+        next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
+    ) -> Result<Stored, ProjectorError> {
         let partitions: Vec<TopicPartition> = next_offsets.keys().cloned().collect();
         let claimed = bookkeeping::claim(&mut *tx, &self.schema, &partitions).await?;
         records.retain(|record| {
@@ -347,6 +368,23 @@ impl<M: ReadModel> Projector<M> {
         bookkeeping::store_checkpoints(&mut *tx, &self.schema, next_offsets, &last_times(records))
             .await?;
 
+        if plan.gaps > 0 {
+            tracing::warn!(
+                read_model = M::NAME,
+                gaps = plan.gaps,
+                "version gaps in the log; aggregates parked"
+            );
+        }
+        Ok(Stored {
+            report,
+            parked: plan.parked.iter().map(|(_, reason, _)| *reason).collect(),
+        })
+    }
+
+    /// Counts a committed batch in the metrics.
+    fn observe(&self, stored: &Stored, started: Instant) {
+        let labels = ProjectorMetrics::model(M::NAME);
+        let report = &stored.report;
         self.metrics
             .batch_size
             .get_or_create(&labels)
@@ -359,7 +397,7 @@ impl<M: ReadModel> Projector<M> {
             .applied
             .get_or_create(&labels)
             .inc_by(report.applied as u64);
-        for (reason, count) in [("duplicate", plan.duplicates), ("gap", plan.gaps)] {
+        for (reason, count) in [("duplicate", report.duplicates), ("gap", report.gaps)] {
             if count > 0 {
                 self.metrics
                     .dropped
@@ -367,7 +405,7 @@ impl<M: ReadModel> Projector<M> {
                     .inc_by(count as u64);
             }
         }
-        for (_, reason, _) in &plan.parked {
+        for reason in &stored.parked {
             self.metrics
                 .parked
                 .get_or_create(&ProjectorMetrics::with(
@@ -377,14 +415,6 @@ impl<M: ReadModel> Projector<M> {
                 ))
                 .inc();
         }
-        if plan.gaps > 0 {
-            tracing::warn!(
-                read_model = M::NAME,
-                gaps = plan.gaps,
-                "version gaps in the log; aggregates parked"
-            );
-        }
-        Ok(report)
     }
 
     fn measure_lag(

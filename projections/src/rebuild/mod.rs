@@ -258,7 +258,7 @@ async fn blue_green<M: ReadModel>(
     progress.phase("comparing", 0);
     let live_sum = checksum::of(&mut tx, &live).await?;
     let rebuilt = checksum::of(&mut tx, &shadow).await?;
-    let comparable = built == targets;
+    let comparable = same_positions(&built, &targets);
     if swap {
         rename(&mut tx, &live, &retired).await?;
         rename(&mut tx, &shadow, &live).await?;
@@ -309,7 +309,7 @@ async fn in_place<M: ReadModel>(
         "in-place",
         (0, records, started),
         &built,
-        (Some(live_sum), rebuilt, before == built),
+        (Some(live_sum), rebuilt, same_positions(&before, &built)),
         true,
     ))
 }
@@ -380,6 +380,12 @@ async fn log_ends<M: ReadModel>(rebuild: &Rebuild) -> Result<Positions, EventSto
         }
     }
     Ok(ends)
+}
+
+/// Whether `a` and `b` stand at the same place (a partition absent from one is at 0).
+fn same_positions(a: &Positions, b: &Positions) -> bool {
+    let at = |p: &Positions, key: &TopicPartition| p.get(key).copied().unwrap_or(0);
+    a.keys().chain(b.keys()).all(|key| at(a, key) == at(b, key))
 }
 
 fn sum(positions: &Positions) -> u64 {
@@ -465,7 +471,10 @@ async fn build_to<M: ReadModel>(
         }
         let reached: BTreeMap<TopicPartition, i64> = ranges
             .iter()
-            .filter_map(|(p, r)| r.to.map(|to| ((topic.clone(), *p), to)))
+            .filter_map(|(p, r)| {
+                r.to.filter(|to| *to > 0)
+                    .map(|to| ((topic.clone(), *p), to))
+            })
             .collect();
         let reached_at = std::collections::HashMap::new();
         match &mut applier {
@@ -565,4 +574,34 @@ async fn drop_retired(pool: &PgPool, retired: &Schema) {
         }
     }
     tracing::warn!(schema = %retired, "retired schema left in place; the next rebuild drops it");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(entries: &[(&str, i32, i64)]) -> Positions {
+        entries
+            .iter()
+            .map(|(t, p, o)| (((*t).to_owned(), *p), *o))
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_missing_on_one_side_stands_at_zero() {
+        let live = at(&[("orders.events", 0, 5)]);
+        assert!(same_positions(
+            &live,
+            &at(&[("orders.events", 0, 5), ("orders.events", 1, 0)])
+        ));
+        assert!(!same_positions(
+            &live,
+            &at(&[("orders.events", 0, 5), ("orders.events", 1, 2)])
+        ));
+        assert!(!same_positions(&live, &at(&[("orders.events", 0, 4)])));
+        assert_eq!(
+            distance(&at(&[("t", 0, 3)]), &at(&[("t", 0, 5), ("t", 1, 2)])),
+            4
+        );
+    }
 }
