@@ -207,24 +207,19 @@ pub async fn offsets_for_time(
     partitions: &[i32],
     time: DateTime<Utc>,
 ) -> Result<BTreeMap<i32, i64>, EventStoreError> {
-    let consumer: StreamConsumer = settings
-        .consumer("event-store-scan")
-        .create()
-        .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+    const OPERATION: &str = "offsets for time";
+    let consumer = client(settings, "event-store-scan", OPERATION)?;
     let mut query = TopicPartitionList::new();
     for &partition in partitions {
         query
             .add_partition_offset(topic, partition, Offset::Offset(time.timestamp_millis()))
-            .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+            .map_err(|e| EventStoreError::from_kafka(OPERATION, e))?;
     }
     let timeout = settings.timeout;
-    let found = tokio::task::spawn_blocking(move || consumer.offsets_for_times(query, timeout))
-        .await
-        .map_err(|e| EventStoreError::Unavailable {
-            operation: "offsets for time",
-            reason: e.to_string(),
-        })?
-        .map_err(|e| EventStoreError::from_kafka("offsets for time", e))?;
+    let found = blocking(OPERATION, move || {
+        consumer.offsets_for_times(query, timeout)
+    })
+    .await?;
     let mut offsets = BTreeMap::new();
     for element in found.elements() {
         let offset = match element.offset() {
@@ -264,12 +259,10 @@ pub async fn watermarks_of(
     topic: &str,
     partitions: Vec<i32>,
 ) -> Result<BTreeMap<i32, (i64, i64)>, EventStoreError> {
-    let consumer: StreamConsumer = settings
-        .consumer("event-store-scan")
-        .create()
-        .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))?;
+    const OPERATION: &str = "fetch watermarks";
+    let consumer = client(settings, "event-store-scan", OPERATION)?;
     let (topic, timeout) = (topic.to_owned(), settings.timeout);
-    tokio::task::spawn_blocking(move || {
+    blocking(OPERATION, move || {
         partitions
             .into_iter()
             .map(|p| {
@@ -277,14 +270,9 @@ pub async fn watermarks_of(
                     .fetch_watermarks(&topic, p, timeout)
                     .map(|marks| (p, marks))
             })
-            .collect::<Result<BTreeMap<_, _>, _>>()
+            .collect()
     })
     .await
-    .map_err(|e| EventStoreError::Unavailable {
-        operation: "fetch watermarks",
-        reason: e.to_string(),
-    })?
-    .map_err(|e| EventStoreError::from_kafka("fetch watermarks", e))
 }
 
 /// The offsets consumer group `group` committed on `partitions` of `topic` (`None`
@@ -295,22 +283,17 @@ pub async fn committed(
     topic: &str,
     partitions: i32,
 ) -> Result<BTreeMap<i32, Option<i64>>, EventStoreError> {
-    let consumer: StreamConsumer = settings
-        .consumer(group)
-        .create()
-        .map_err(|e| EventStoreError::from_kafka("fetch committed offsets", e))?;
+    const OPERATION: &str = "fetch committed offsets";
+    let consumer = client(settings, group, OPERATION)?;
     let mut query = TopicPartitionList::new();
     for partition in 0..partitions {
         query.add_partition(topic, partition);
     }
     let timeout = settings.timeout;
-    let found = tokio::task::spawn_blocking(move || consumer.committed_offsets(query, timeout))
-        .await
-        .map_err(|e| EventStoreError::Unavailable {
-            operation: "fetch committed offsets",
-            reason: e.to_string(),
-        })?
-        .map_err(|e| EventStoreError::from_kafka("fetch committed offsets", e))?;
+    let found = blocking(OPERATION, move || {
+        consumer.committed_offsets(query, timeout)
+    })
+    .await?;
     Ok(found
         .elements()
         .iter()
@@ -319,4 +302,30 @@ pub async fn committed(
             _ => (e.partition(), None),
         })
         .collect())
+}
+
+/// A consumer of `group` for one-off queries (it never joins the group).
+fn client(
+    settings: &KafkaSettings,
+    group: &str,
+    operation: &'static str,
+) -> Result<StreamConsumer, EventStoreError> {
+    settings
+        .consumer(group)
+        .create()
+        .map_err(|e| EventStoreError::from_kafka(operation, e))
+}
+
+/// Runs one of librdkafka's blocking calls off the async workers.
+async fn blocking<T: Send + 'static>(
+    operation: &'static str,
+    call: impl FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static,
+) -> Result<T, EventStoreError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| EventStoreError::Unavailable {
+            operation,
+            reason: e.to_string(),
+        })?
+        .map_err(|e| EventStoreError::from_kafka(operation, e))
 }
