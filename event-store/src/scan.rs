@@ -275,6 +275,34 @@ pub async fn watermarks_of(
     .await
 }
 
+/// The high watermark of every partition of `topic`, however many it has (from the
+/// topic's metadata).
+pub async fn topic_ends(
+    settings: &KafkaSettings,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    const OPERATION: &str = "fetch watermarks";
+    let consumer = client(settings, "event-store-scan", OPERATION)?;
+    let (topic, timeout) = (topic.to_owned(), settings.timeout);
+    blocking(OPERATION, move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        partitions
+            .into_iter()
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map(|(_, high)| (p, high))
+            })
+            .collect()
+    })
+    .await
+}
+
 /// The offsets consumer group `group` committed on `partitions` of `topic` (`None`
 /// where it committed nothing). Reads them without joining the group.
 pub async fn committed(

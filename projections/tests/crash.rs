@@ -6,107 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    Log, PARTITIONS, cancelled, confirmed, event, eventually, fold_orders, placed, stored_orders,
-};
+use common::{Log, eventually, fold_orders, random_below, spawn, stored_orders, write_until};
 use projections::projector::{Schema, bookkeeping};
-use schemas::{OrderId, UserId};
 use test_support::TestEnv;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_projections");
 const KILLS: usize = 20;
-
-/// The process, killed when the test lets go of it (also when an assertion fails).
-struct Projections(Child);
-
-impl Drop for Projections {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(env: &TestEnv) -> Projections {
-    Projections(
-        Command::new(BIN)
-            .env("KAFKA_BROKERS", &env.brokers)
-            .env("DATABASE_URL", &env.database_url)
-            .env("TOPIC_PREFIX", &env.topic_prefix)
-            .env("EVENT_PARTITIONS", PARTITIONS.to_string())
-            .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
-            .env("PROJECTIONS_ADDR", "127.0.0.1:0")
-            .env("PROJECTION_BATCH_MAX", "200")
-            .env(
-                "RUST_LOG",
-                std::env::var("PROJECTIONS_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(match std::env::var("PROJECTIONS_LOG_FILE") {
-                Ok(path) => std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_or_else(|_| Stdio::null(), Stdio::from),
-                Err(_) => Stdio::null(),
-            })
-            .spawn()
-            .expect("start the projections binary"),
-    )
-}
-
-fn random_below(n: u64) -> u64 {
-    u64::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(n)).unwrap_or(0)
-}
-
-/// Appends `document`, again and again while the broker refuses it (tansu stalls under
-/// load); a copy that landed unseen is a duplicate the reader rule drops.
-async fn append(log: &Mutex<Log>, document: schemas::EventDocument) {
-    loop {
-        match log.lock().await.append(document.clone()).await {
-            Ok(_) => return,
-            Err(e) => {
-                eprintln!("append failed, retrying: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// Writes order lifecycles until stopped: place, then confirm, then cancel, interleaved.
-async fn write_until(log: Arc<Mutex<Log>>, stop: CancellationToken) {
-    let user = UserId::new();
-    let mut open: Vec<(OrderId, u64)> = Vec::new();
-    while !stop.is_cancelled() {
-        for _ in 0..5 {
-            let pick = random_below(3);
-            if pick == 0 || open.is_empty() {
-                let order = OrderId::new();
-                append(&log, event(1, placed(order, user))).await;
-                open.push((order, 1));
-            } else {
-                let at = usize::try_from(random_below(open.len() as u64)).unwrap_or(0);
-                let (order, version) = open[at];
-                let payload = if version == 1 {
-                    confirmed(order)
-                } else {
-                    cancelled(order)
-                };
-                append(&log, event(version + 1, payload)).await;
-                if version + 1 == 3 {
-                    open.swap_remove(at);
-                } else {
-                    open[at].1 = version + 1;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Checkpoints and rows read in one snapshot.
 async fn snapshot(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use event_store::subscription::{Subscription, TopicPartition};
 use event_store::{KafkaSettings, TopicNames};
+use projections::projector::coverage::Coverage;
 use projections::projector::{Schema, bookkeeping};
 use schemas::{EventDocument, OrderId, UserId};
 use sqlx::PgPool;
@@ -26,10 +27,6 @@ use crate::metrics::SagaMetrics;
 use crate::saga::{Input, Policy, Saga, react};
 use crate::store;
 use crate::store::Issued;
-
-/// Session timeouts without any partition after which the orchestrator joins its group
-/// again (as projectors do).
-const REJOIN_AFTER_SESSIONS: u32 = 3;
 
 /// The services whose events the orchestrator reads.
 pub const SERVICES: [&str; 4] = ["orders", "payments", "notifications", "users"];
@@ -73,6 +70,14 @@ impl Runner {
         }
     }
 
+    /// The event topics the orchestrator reads.
+    fn topics(&self) -> Vec<String> {
+        SERVICES
+            .iter()
+            .map(|s| self.config.topics.events(s))
+            .collect()
+    }
+
     pub fn group(topics: &TopicNames) -> String {
         format!("{}saga-orchestrator", topics.prefix())
     }
@@ -92,31 +97,35 @@ impl Runner {
         };
         tracing::info!("saga orchestrator consuming");
         let mut next = self.stored_offsets().await;
-        let mut unassigned_since = Some(std::time::Instant::now());
+        let mut coverage = Coverage::new(self.config.kafka.session_timeout);
+        let topics = self.topics();
         loop {
-            if subscription.assignment().is_empty() {
-                let since = *unassigned_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > self.config.kafka.session_timeout * REJOIN_AFTER_SESSIONS {
-                    // tansu 0.6.0 can leave a member that joins after a crashed one without
-                    // partitions; leaving and joining again makes the group rebalance.
-                    tracing::warn!("no partitions assigned; joining the group again");
-                    drop(subscription);
-                    subscription = loop {
-                        match self.subscribe().await {
-                            Ok(again) => break again,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot join the group again yet");
-                                if pause(&stop, Duration::from_secs(1)).await {
-                                    return;
-                                }
+            if coverage
+                .rejoin_needed(
+                    &subscription.assignment(),
+                    (&self.pool, &self.schema),
+                    &self.config.kafka,
+                    &topics,
+                )
+                .await
+            {
+                tracing::warn!(
+                    "partitions with records wait and no member takes them; joining the group again"
+                );
+                drop(subscription);
+                subscription = loop {
+                    match self.subscribe().await {
+                        Ok(again) => break again,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot join the group again yet");
+                            if pause(&stop, Duration::from_secs(1)).await {
+                                return;
                             }
                         }
-                    };
-                    next = self.stored_offsets().await;
-                    unassigned_since = Some(std::time::Instant::now());
-                }
-            } else {
-                unassigned_since = None;
+                    }
+                };
+                next = self.stored_offsets().await;
+                coverage.reset();
             }
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
@@ -180,14 +189,10 @@ impl Runner {
     async fn subscribe(&self) -> Result<Subscription<EventDocument>, crate::OrchestratorError> {
         let mut conn = self.pool.acquire().await?;
         let stored = bookkeeping::checkpoints(&mut conn, &self.schema).await?;
-        let topics: Vec<String> = SERVICES
-            .iter()
-            .map(|s| self.config.topics.events(s))
-            .collect();
         Ok(Subscription::start(
             &self.config.kafka,
             &Self::group(&self.config.topics),
-            &topics,
+            &self.topics(),
             self.config.topics.dead_letters(),
             bookkeeping::offsets(&stored),
         )?)

@@ -16,15 +16,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::bookkeeping::{self, Checkpoint};
+use super::coverage::Coverage;
 use super::metrics::{Lag, ProjectorMetrics};
 use super::plan::{self, Loaded, ParkReason, Record};
 use super::{Applied, ReadModel, Schema};
 
 /// How often the lag is measured against the partitions' ends.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Session timeouts without any partition after which a projector joins its group again.
-const REJOIN_AFTER_SESSIONS: u32 = 3;
 
 /// What a projector needs besides its model.
 #[derive(Clone, Debug)]
@@ -130,30 +128,27 @@ impl<M: ReadModel> Projector<M> {
         // Apache Kafka a transaction's commit marker takes an offset that no record fills,
         // so "end - next offset" alone would never reach 0.)
         let mut idle = false;
-        let mut unassigned_since = Some(Instant::now());
+        let mut coverage = Coverage::new(self.config.kafka.session_timeout);
+        let topics = Self::topics(&self.config.topics);
         loop {
             if measured.elapsed() >= LAG_INTERVAL {
                 self.measure_lag(&subscription, &positions, idle);
                 measured = Instant::now();
-                if subscription.assignment().is_empty() {
-                    let since = *unassigned_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > self.config.kafka.session_timeout * REJOIN_AFTER_SESSIONS {
-                        // tansu 0.6.0 can leave a joining member without partitions after a
-                        // crash of the previous one; leaving and joining again makes the
-                        // group rebalance. (Apache Kafka assigns within a session timeout.)
-                        tracing::warn!(
-                            read_model = M::NAME,
-                            "no partitions assigned; joining the group again"
-                        );
-                        drop(subscription);
-                        match self.start_with_backoff(&mut backoff, &stop).await {
-                            Some(again) => subscription = again,
-                            None => return,
-                        }
-                        unassigned_since = Some(Instant::now());
+                let (kafka, store) = (&self.config.kafka, (&self.pool, &self.schema));
+                if coverage
+                    .rejoin_needed(&subscription.assignment(), store, kafka, &topics)
+                    .await
+                {
+                    tracing::warn!(
+                        read_model = M::NAME,
+                        "partitions with records wait and no member takes them; joining the group again"
+                    );
+                    drop(subscription);
+                    match self.start_with_backoff(&mut backoff, &stop).await {
+                        Some(again) => subscription = again,
+                        None => return,
                     }
-                } else {
-                    unassigned_since = None;
+                    coverage.reset();
                 }
             }
             let batch = tokio::select! {
