@@ -42,9 +42,12 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         keys: http::idempotency::IdempotencyKeys::new(pool),
         command_timeout: config.command_timeout,
     };
-    let gate = http::auth::Gate::new(&config.api_keys, config.rate_per_second, config.rate_burst);
     service
-        .routes(http::router(state, gate, config.max_in_flight))
+        .routes(http::router(
+            state,
+            config.gate.clone(),
+            config.max_in_flight,
+        ))
         .bind()
         .await
 }

@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let query_base = format!("http://{}", queries.local_addr());
     let _commands = tokio::spawn(commands.run_until(std::future::pending()));
     let _queries = tokio::spawn(queries.run_until(std::future::pending()));
-    let client = reqwest::Client::new();
+    let client = test_support::client("bench");
     for base in [&command_base, &query_base] {
         while !client
             .get(format!("{base}/ready"))

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use service_runtime::ServiceConfig;
+use service_runtime::api_keys::{self, Gate};
 use service_runtime::settings::{Env, Setting, SettingError, common};
 
 pub const PROJECTIONS_ADDR: Setting = Setting {
@@ -31,17 +32,21 @@ pub const PROJECTION_BATCH_MAX: Setting = Setting {
 
 /// Every variable the projections service reads.
 pub fn settings() -> Vec<Setting> {
-    common::with(&[
+    let mut own = vec![
         PROJECTIONS_ADDR,
         QUERY_WAIT_MS,
         PROJECTION_LAG_OBJECTIVE_SECONDS,
         PROJECTION_BATCH_MAX,
-    ])
+    ];
+    own.extend(api_keys::SETTINGS);
+    common::with(&own)
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub service: ServiceConfig,
+    /// Who may query, and how fast.
+    pub gate: Gate,
     pub query_wait: Duration,
     pub lag_objective: Duration,
     pub batch_max: usize,
@@ -51,6 +56,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         Ok(Self {
             service: ServiceConfig::from_env(env, &PROJECTIONS_ADDR)?,
+            gate: Gate::from_env(env)?,
             query_wait: Duration::from_millis(env.positive(&QUERY_WAIT_MS)?),
             lag_objective: Duration::from_secs(env.positive(&PROJECTION_LAG_OBJECTIVE_SECONDS)?),
             batch_max: usize::try_from(env.positive(&PROJECTION_BATCH_MAX)?).unwrap_or(usize::MAX),

@@ -88,7 +88,10 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         wait: config.query_wait,
         models: Arc::new(views),
     };
-    service.routes(query::router(state)).bind().await
+    service
+        .routes(config.gate.guard(query::router(state)))
+        .bind()
+        .await
 }
 
 fn projector<M: ReadModel>(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Log, Service, cancelled, confirmed, event, eventually, placed};
 use projections::projector::ReadModel;
 use projections::read_models::orders::{OrderRow, Orders};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use schemas::{EventDocument, OrderId, UserId};
 use serde_json::Value;
 use test_support::TestEnv;
@@ -33,7 +33,7 @@ async fn a_query_with_min_position_never_answers_older_data() -> anyhow::Result<
     let env = TestEnv::new().await;
     let mut log = Log::new(&env).await?;
     let service = Service::start(&env, &[]).await?;
-    let client = Client::new();
+    let client = test_support::client(common::API_KEY);
     let user = UserId::new();
     for _ in 0..15 {
         let order = OrderId::new();
@@ -81,7 +81,7 @@ async fn a_position_the_read_model_does_not_reach_in_time_answers_504_with_the_l
         written.offset + 1_000_000
     );
     let started = std::time::Instant::now();
-    let response = Client::new()
+    let response = test_support::client(common::API_KEY)
         .get(service.url(&format!("/v1/orders/{order}?min_position={far}")))
         .send()
         .await?;
@@ -109,7 +109,7 @@ async fn history_and_as_of_answers_equal_a_fold_of_the_first_events() -> anyhow:
     let env = TestEnv::new().await;
     let mut log = Log::new(&env).await?;
     let service = Service::start(&env, &[]).await?;
-    let client = Client::new();
+    let client = test_support::client(common::API_KEY);
     let order = OrderId::new();
     let mut documents = Vec::new();
     let mut last = None;
@@ -182,7 +182,7 @@ async fn pages_cover_every_order_once_and_bad_requests_are_problems() -> anyhow:
     let env = TestEnv::new().await;
     let mut log = Log::new(&env).await?;
     let service = Service::start(&env, &[]).await?;
-    let client = Client::new();
+    let client = test_support::client(common::API_KEY);
     let user = UserId::new();
     let mut placed_orders = HashSet::new();
     for _ in 0..7 {

@@ -80,7 +80,7 @@ async fn start_services(
     ];
     tokio::spawn(api.run_until(std::future::pending::<()>()));
     tokio::spawn(saga.run_until(std::future::pending::<()>()));
-    let client = reqwest::Client::new();
+    let client = test_support::client(KEY);
     for probe in ready {
         let started = Instant::now();
         while !client
@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     TopicAdmin::new(&settings)?.create(&specs, 1).await?;
     let (webhook, arrivals) = receiver().await?;
     let api = start_services(&env, &webhook, partitions).await?;
-    let client = reqwest::Client::new();
+    let client = test_support::client(KEY);
     let user: Value = client
         .post(format!("{api}/v1/users"))
         .bearer_auth(KEY)

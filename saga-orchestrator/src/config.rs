@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use service_runtime::ServiceConfig;
+use service_runtime::api_keys::{self, Gate};
 use service_runtime::settings::{Env, Setting, SettingError, common};
 
 use crate::dispatch::DispatchConfig;
@@ -88,7 +89,7 @@ pub const SAGA_STEP_LEASE_MS: Setting = Setting {
 
 /// Every variable the saga-orchestrator service reads.
 pub fn settings() -> Vec<Setting> {
-    common::with(&[
+    let mut own = vec![
         SAGA_ORCHESTRATOR_ADDR,
         SAGA_PAYMENT_TIMEOUT_MS,
         SAGA_BATCH_MAX,
@@ -102,7 +103,9 @@ pub fn settings() -> Vec<Setting> {
         CIRCUIT_FAILURE_THRESHOLD,
         CIRCUIT_OPEN_MS,
         SAGA_STEP_LEASE_MS,
-    ])
+    ];
+    own.extend(api_keys::SETTINGS);
+    common::with(&own)
 }
 
 /// The webhook, when one is configured.
@@ -115,6 +118,8 @@ pub struct WebhookConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub service: ServiceConfig,
+    /// Who may read the sagas, and how fast.
+    pub gate: Gate,
     pub payment_timeout: Duration,
     pub batch_max: usize,
     pub simulator: SimulatorRules,
@@ -169,6 +174,7 @@ impl Config {
         };
         Ok(Self {
             service: ServiceConfig::from_env(env, &SAGA_ORCHESTRATOR_ADDR)?,
+            gate: Gate::from_env(env)?,
             payment_timeout: millis(&SAGA_PAYMENT_TIMEOUT_MS)?,
             batch_max: usize::try_from(env.positive(&SAGA_BATCH_MAX)?).unwrap_or(usize::MAX),
             simulator: SimulatorRules {
@@ -202,32 +208,32 @@ fn invalid(setting: &Setting, value: String, reason: &str) -> SettingError {
 mod tests {
     use super::*;
 
+    /// An environment with `pairs` and the one API key every service needs.
+    fn keyed<const N: usize>(pairs: [(&'static str, &'static str); N]) -> Env {
+        Env::from_pairs(pairs.into_iter().chain([("API_KEYS", "k")]))
+    }
+
     #[test]
     fn a_webhook_needs_a_secret_and_an_http_url() {
-        let url_only = Env::from_pairs([("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook")]);
+        let url_only = keyed([("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook")]);
         let err = Config::from_env(&url_only).unwrap_err().to_string();
         assert!(err.starts_with("NOTIFICATION_WEBHOOK_SECRET"), "{err}");
-        let ftp = Env::from_pairs([
+        let ftp = keyed([
             ("NOTIFICATION_WEBHOOK_URL", "ftp://x"),
             ("NOTIFICATION_WEBHOOK_SECRET", "s"),
         ]);
         assert!(Config::from_env(&ftp).is_err());
-        let both = Env::from_pairs([
+        let both = keyed([
             ("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
             ("NOTIFICATION_WEBHOOK_SECRET", "s"),
         ]);
         assert!(Config::from_env(&both).unwrap().webhook.is_some());
-        assert!(
-            Config::from_env(&Env::from_pairs([]))
-                .unwrap()
-                .webhook
-                .is_none()
-        );
+        assert!(Config::from_env(&keyed([])).unwrap().webhook.is_none());
     }
 
     #[test]
     fn a_failure_rate_outside_0_to_1_is_refused() {
-        let env = Env::from_pairs([("PAYMENT_FAILURE_RATE", "1.5")]);
+        let env = keyed([("PAYMENT_FAILURE_RATE", "1.5")]);
         assert!(
             Config::from_env(&env)
                 .unwrap_err()

@@ -97,7 +97,7 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         .worker(Box::new(move |stop| Box::pin(runner.run(stop))))
         .worker(Box::new(move |stop| Box::pin(deadlines.run(stop))))
         .worker(Box::new(move |stop| Box::pin(dispatcher.run(stop))))
-        .routes(http::router(pool))
+        .routes(config.gate.guard(http::router(pool)))
         .bind()
         .await
 }

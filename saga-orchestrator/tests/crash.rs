@@ -48,6 +48,7 @@ fn spawn(env: &TestEnv, webhook: &str) -> Orchestrator {
             .env("TOPIC_PREFIX", &env.topic_prefix)
             .env("EVENT_PARTITIONS", PARTITIONS.to_string())
             .env("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0")
+            .env("API_KEYS", KEY)
             .env("SAGA_STEP_LEASE_MS", "2000")
             .env("SAGA_BATCH_MAX", "100")
             .env("PAYMENT_LATENCY_MS", "30")
@@ -128,7 +129,7 @@ async fn command_api(env: &TestEnv) -> anyhow::Result<(String, tokio::sync::ones
     tokio::spawn(bound.run_until(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
+    let client = test_support::client(KEY);
     for _ in 0..300 {
         if client
             .get(format!("{url}/ready"))
@@ -181,7 +182,7 @@ async fn events_of(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<
 /// Places the orders: a fifth above the decline limit; every tenth cancelled by its
 /// customer after a random pause (some before confirmation, some after).
 async fn place_orders(api: String) -> anyhow::Result<Vec<String>> {
-    let client = reqwest::Client::new();
+    let client = test_support::client(KEY);
     let mut users = Vec::new();
     for i in 0..20 {
         let user = post_json(

@@ -1,6 +1,7 @@
 //! What every shop service shares, so that each service crate holds only its own work.
 //!
 //! - [`settings`]: environment variables declared once with defaults and help;
+//! - [`api_keys`]: who may call the `/v1` routes, and how fast;
 //! - [`infrastructure`]: broker and database settings, and the clients made from them;
 //! - [`readiness`] and [`probes`]: background probes with backoff behind `/ready`;
 //! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
@@ -8,6 +9,7 @@
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
 //! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
 
+pub mod api_keys;
 pub mod host;
 pub mod infrastructure;
 pub mod metrics;

@@ -49,7 +49,7 @@ async fn command_load(
     stop: Arc<AtomicBool>,
     orders: Arc<Mutex<Vec<String>>>,
 ) -> anyhow::Result<u64> {
-    let client = reqwest::Client::new();
+    let client = test_support::client("test-key");
     let mut accepted = 0;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -93,7 +93,7 @@ async fn query_load(
     orders: Arc<Mutex<Vec<String>>>,
     answered: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = test_support::client("test-key");
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let some_order = {

@@ -366,7 +366,7 @@ async fn explain_shows_what_one_request_caused_through_the_saga() -> anyhow::Res
     for service in &services {
         wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
     }
-    let client = reqwest::Client::new();
+    let client = test_support::client("test-key");
     let user: Value = client
         .post(services[0].url("/v1/users"))
         .header("Authorization", "Bearer test-key")

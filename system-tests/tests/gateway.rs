@@ -5,8 +5,11 @@ use std::time::Duration;
 use system_tests::{Gateway, create_topics, service_env, start_services, wait_for_200};
 use test_support::TestEnv;
 
-async fn get(url: &str) -> anyhow::Result<(u16, String, serde_json::Value)> {
-    let response = reqwest::get(url).await?;
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<(u16, String, serde_json::Value)> {
+    let response = client.get(url).send().await?;
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -24,13 +27,18 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
     let mut services = start_services(&service_env(&env, &env.brokers, &env.database_url)).await?;
     let gateway = Gateway::start(services[0].addr, services[1].addr, services[2].addr).await?;
 
-    let (status, _, body) = get(&gateway.url("/health")).await?;
+    let (anonymous, keyed) = (reqwest::Client::new(), test_support::client("test-key"));
+    let (status, _, body) = get(&anonymous, &gateway.url("/health")).await?;
     assert_eq!((status, body["service"].as_str()), (200, Some("gateway")));
     for service in &services {
         let ready = gateway.url(&format!("/{}/ready", service.name));
         let body = wait_for_200(&ready, Duration::from_secs(30)).await?;
         assert_eq!(body["service"], service.name);
-        let (status, _, body) = get(&gateway.url(&format!("/{}/health", service.name))).await?;
+        let (status, _, body) = get(
+            &anonymous,
+            &gateway.url(&format!("/{}/health", service.name)),
+        )
+        .await?;
         assert_eq!(
             (status, body["service"].as_str()),
             (200, Some(service.name))
@@ -38,17 +46,25 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
     }
 
     // Reads of users and orders go to the query side (its problem+json names the missing
-    // order), writes to the command side, sagas to the orchestrator.
-    let client = reqwest::Client::new();
+    // order), writes to the command side, sagas to the orchestrator; every /v1 route asks
+    // for an API key.
+    let client = anonymous.clone();
     let order = uuid::Uuid::new_v4();
     let url = gateway.url(&format!("/v1/orders/{order}"));
-    let (status, content_type, body) = get(&url).await?;
+    for path in [format!("/v1/orders/{order}"), format!("/v1/sagas/{order}")] {
+        let (status, content_type, _) = get(&anonymous, &gateway.url(&path)).await?;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (401, "application/problem+json"),
+            "{path}"
+        );
+    }
+    let (status, content_type, body) = get(&keyed, &url).await?;
     assert_eq!(
         (status, content_type.as_str()),
         (404, "application/problem+json")
     );
     assert_eq!(body["detail"], format!("no order {order}"));
-    // Writes reach the command API, the only service that asks for an API key.
     let response = client
         .post(gateway.url("/v1/orders/42/cancel"))
         .json(&serde_json::json!({}))
@@ -56,7 +72,8 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
         .await?;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
-    let (status, content_type, body) = get(&gateway.url(&format!("/v1/sagas/{order}"))).await?;
+    let (status, content_type, body) =
+        get(&keyed, &gateway.url(&format!("/v1/sagas/{order}"))).await?;
     assert_eq!(
         (status, content_type.as_str()),
         (404, "application/problem+json")

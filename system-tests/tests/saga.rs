@@ -144,7 +144,7 @@ impl Shop {
             settings,
             services,
             gateway,
-            client: reqwest::Client::new(),
+            client: test_support::client(KEY),
             sagas,
         })
     }

@@ -112,6 +112,19 @@ mod tests {
     }
 }
 
+/// An HTTP client that sends `Authorization: Bearer <api_key>` with every request, as
+/// every `/v1` route of the services requires.
+pub fn client(api_key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {api_key}"))
+        .expect("an API key is header-safe text");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests
 /// that restart or stop the broker (which they must not do to the shared one).
 #[derive(Debug)]

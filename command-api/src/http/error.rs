@@ -52,10 +52,6 @@ pub enum ApiError {
     IdempotencyKeyReused,
     /// The broker, the database or a writer could not answer in time: retry.
     Unavailable(String),
-    Unauthorized,
-    RateLimited {
-        retry_after_secs: u32,
-    },
     Overloaded,
     Internal(String),
 }
@@ -144,23 +140,6 @@ impl IntoResponse for ApiError {
                 .typed(problem_type("unavailable"), "Service unavailable")
                 .retry_after(1)
             }
-            Self::Unauthorized => {
-                let mut response = Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "send a valid API key as `Authorization: Bearer <key>`",
-                )
-                .into_response();
-                response.headers_mut().insert(
-                    "www-authenticate",
-                    axum::http::HeaderValue::from_static("Bearer"),
-                );
-                return response;
-            }
-            Self::RateLimited { retry_after_secs } => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "this API key is over its rate limit",
-            )
-            .retry_after(retry_after_secs),
             Self::Overloaded => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many commands in flight; retry",

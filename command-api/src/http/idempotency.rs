@@ -10,8 +10,8 @@ use schemas::{CommandId, OrderId, UserId};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use super::auth::Principal;
 use super::error::{ApiError, FieldError};
+use service_runtime::api_keys::Principal;
 
 pub const HEADER: &str = "idempotency-key";
 

@@ -1,13 +1,12 @@
-//! The command API over HTTP. Layout:
+//! The command API over HTTP, behind the shared API-key gate
+//! ([`service_runtime::api_keys`]: 401 without a key, 429 past its rate). Layout:
 //! - [`body`] and [`fields`]: the JSON body (415, 413, 400) and its fields (422, all at once);
-//! - [`auth`]: API keys (401) and per-key rate limits (429);
 //! - [`context`]: correlation id and trace context on every request and command;
 //! - [`idempotency`]: `Idempotency-Key` and `If-Match`;
 //! - [`users`], [`orders`]: the handlers;
 //! - [`error`]: the one mapping of failures to problem+json;
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
-pub mod auth;
 pub mod body;
 pub mod context;
 pub mod error;
@@ -31,6 +30,7 @@ use event_store::position::Position;
 use event_store::writer::host::WriteModel;
 use schemas::{Command, CommandMeta, MessageFamily};
 use serde::Serialize;
+use service_runtime::api_keys::{Gate, Principal};
 use tower::ServiceBuilder;
 use utoipa::ToSchema;
 
@@ -54,7 +54,7 @@ impl AppState {
     pub async fn issuer(
         &self,
         context: RequestContext,
-        principal: &auth::Principal,
+        principal: &Principal,
         headers: &axum::http::HeaderMap,
         path: &str,
         body: &body::JsonBody,
@@ -228,14 +228,11 @@ pub fn accepted<R: Serialize>(
 }
 
 /// The command API's routes, behind the API-key gate, with body and in-flight limits.
-pub fn router(state: AppState, gate: auth::Gate, max_in_flight: usize) -> Router {
+pub fn router(state: AppState, gate: Gate, max_in_flight: usize) -> Router {
     let (api, document) = openapi::routes().split_for_parts();
     let document = Arc::new(document);
-    let api = api
-        .layer(axum::middleware::from_fn_with_state(
-            gate,
-            auth::authenticate,
-        ))
+    let api = gate
+        .guard(api)
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {

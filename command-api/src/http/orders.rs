@@ -14,7 +14,6 @@ use schemas::{Currency, OrderId, UserId};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::auth::Principal;
 use super::body::JsonBody;
 use super::context::RequestContext;
 use super::error::ApiError;
@@ -23,6 +22,7 @@ use super::idempotency::expected_version;
 use super::{AppState, Issuer, accepted};
 use crate::domain::orders::{MAX_LINES, MAX_QUANTITY, MAX_TOTAL_CENTS, total_of};
 use crate::domain::users::{UserRejection, UserState};
+use service_runtime::api_keys::Principal;
 
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // Documentation of the body: the handler reads it field by field.

@@ -14,7 +14,6 @@ use schemas::users::{ChangeUserEmail, DeactivateUser, RegisterUser};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::auth::Principal;
 use super::body::JsonBody;
 use super::context::RequestContext;
 use super::error::ApiError;
@@ -24,6 +23,7 @@ use super::{AppState, accepted};
 use crate::domain::users::{UserRejection, UserState, claim, release};
 use crate::domain::values::{EmailAddress, PersonName};
 use event_store::outcome::Outcome;
+use service_runtime::api_keys::Principal;
 
 /// Internal retries when the user changed between reading it and changing it, for
 /// requests without `If-Match` (with one, the caller decides: 409).

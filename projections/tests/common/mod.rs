@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const PARTITIONS: i32 = 2;
 
+/// The API key the services under test accept.
+pub const API_KEY: &str = "test-key";
+
 /// One record written, and where it went.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -236,6 +239,7 @@ impl Service {
             ("TOPIC_PREFIX", env.topic_prefix.as_str()),
             ("EVENT_PARTITIONS", partitions.as_str()),
             ("PROJECTIONS_ADDR", "127.0.0.1:0"),
+            ("API_KEYS", API_KEY),
         ];
         vars.extend_from_slice(extra);
         let config = projections::Config::from_env(&Env::from_pairs(vars))?;
@@ -296,6 +300,7 @@ pub fn spawn_logging(env: &TestEnv, level: &str, file: Option<&str>) -> Projecti
             .env("EVENT_PARTITIONS", PARTITIONS.to_string())
             .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
             .env("PROJECTIONS_ADDR", "127.0.0.1:0")
+            .env("API_KEYS", API_KEY)
             .env("PROJECTION_BATCH_MAX", "200")
             .env("RUST_LOG", level)
             .stdout(match file {
