@@ -310,3 +310,93 @@ async fn the_writer_answers_what_state_it_decides_on() -> anyhow::Result<()> {
     task.await?;
     Ok(())
 }
+
+/// Commands on the command topic (the saga's path) that are there before the writer joins
+/// arrive while it is still taking its partitions over: every one must still be decided,
+/// none skipped by a later record's commit.
+#[tokio::test]
+async fn commands_waiting_on_the_command_topic_at_takeover_are_all_decided() -> anyhow::Result<()> {
+    use event_store::partitioner::partition_for;
+    use event_store::scan::{committed, topic_ends};
+    use rdkafka::producer::FutureRecord;
+
+    let env = TestEnv::new().await;
+    let ledgers = Ledgers::new(&env).await?;
+    // A history long enough that taking the partitions over takes a while.
+    let (model, stop, task) = ledgers.start();
+    let history = futures_util::future::join_all((0..40).map(|i| {
+        let model = model.clone();
+        async move {
+            let account = format!("history-{i}");
+            model.execute(open(&account)).await?;
+            for _ in 0..50 {
+                model.execute(deposit(&account, 1, None)).await?;
+            }
+            anyhow::Ok(())
+        }
+    }));
+    history
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    stop.cancel();
+    task.await?;
+
+    let producer: FutureProducer = ledgers.settings.producer().create()?;
+    let topic = ledgers.topics.commands("ledger");
+    let accounts: Vec<String> = (0..200).map(|i| format!("takeover-{i}")).collect();
+    for account in &accounts {
+        let document = open(account).to_document();
+        let value = document.to_json();
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(partition_for(account, PARTITIONS))
+                    .key(account)
+                    .payload(&value),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+
+    let (_model, stop, task) = ledgers.start();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let opened = loop {
+        let opened: std::collections::HashSet<String> = ledgers
+            .events()
+            .await?
+            .into_iter()
+            .map(|e| e.subject)
+            .filter(|s| s.starts_with("takeover-"))
+            .collect();
+        if opened.len() == accounts.len() || tokio::time::Instant::now() > deadline {
+            break opened;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let missing: Vec<&String> = accounts.iter().filter(|a| !opened.contains(*a)).collect();
+    assert!(missing.is_empty(), "never decided: {missing:?}");
+
+    // Every record's offset is committed once its outcome is known.
+    let ends = topic_ends(&ledgers.settings, &topic).await?;
+    let group = ledgers.topics.writers_group("ledger");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let done = committed(&ledgers.settings, &group, &topic, PARTITIONS).await?;
+        if ends
+            .iter()
+            .all(|(p, end)| done.get(p).copied().flatten() == Some(*end))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {done:?}, ends {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    task.await?;
+    Ok(())
+}

@@ -8,6 +8,9 @@
 
 pub mod floor;
 pub mod load;
+mod postgres;
+
+pub use postgres::PrivatePostgres;
 
 use std::time::Duration;
 

@@ -11,8 +11,8 @@
 //! path, which skips the command topic when the partition is local) and records on the
 //! command topic (the saga's path), whose offsets are committed once their outcome is known.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -29,9 +29,11 @@ use crate::client::KafkaSettings;
 use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::partitioner::partition_for;
+use crate::scan;
 use crate::topics::TopicNames;
 use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
+use crate::writer::orphans::Orphans;
 use crate::writer::partition::{PartitionSettings, PartitionWriter, Reply, Request};
 
 /// How a write model is set up.
@@ -89,6 +91,8 @@ struct Shared<A: Aggregate> {
     serving: RwLock<HashMap<i32, mpsc::Sender<Request<A>>>>,
     /// Bumped whenever `serving` changes, to wake `execute` calls waiting for a partition.
     changed: watch::Sender<u64>,
+    /// Partitions callers asked for and were told "not owner", since the last look.
+    unserved: Mutex<BTreeSet<i32>>,
 }
 
 impl<A: Aggregate> WriteModel<A> {
@@ -98,6 +102,7 @@ impl<A: Aggregate> WriteModel<A> {
             config,
             serving: RwLock::new(HashMap::new()),
             changed: watch::channel(0).0,
+            unserved: Mutex::default(),
         });
         let runtime = WriterRuntime {
             shared: Arc::clone(&shared),
@@ -153,6 +158,11 @@ impl<A: Aggregate> WriteModel<A> {
     }
 
     fn not_owner(&self, partition: i32) -> EventStoreError {
+        self.shared
+            .unserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(partition);
         EventStoreError::NotOwner {
             service: A::Event::SERVICE,
             partition,
@@ -240,6 +250,14 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
+/// Why one membership of the writers' group ended.
+#[derive(Debug)]
+enum Exit {
+    Stopped,
+    /// Partitions were left with nobody: leave and join again.
+    Rejoin,
+}
+
 /// One partition being taken over or served.
 struct Running<A: Aggregate> {
     stop: CancellationToken,
@@ -253,6 +271,8 @@ struct InFlight<A: Aggregate> {
     /// `None` when the record could not be decoded (skipped, with a warning).
     command: Option<Command<A::Command>>,
     outcome: oneshot::Receiver<Reply<A>>,
+    /// Whether its writer has it (the partition may still be being taken over).
+    sent: bool,
 }
 
 /// The loop that holds the lease and runs the partition writers. Run it as a worker.
@@ -275,7 +295,8 @@ impl<A: Aggregate> WriterRuntime<A> {
     pub async fn run(self, stop: CancellationToken) {
         loop {
             match self.run_once(&stop).await {
-                Ok(()) => return,
+                Ok(Exit::Stopped) => return,
+                Ok(Exit::Rejoin) => {}
                 Err(e) => {
                     tracing::warn!(service = A::Event::SERVICE, error = %e, "writer runtime failed; restarting");
                     tokio::select! {
@@ -287,7 +308,7 @@ impl<A: Aggregate> WriterRuntime<A> {
         }
     }
 
-    async fn run_once(&self, stop: &CancellationToken) -> Result<(), EventStoreError> {
+    async fn run_once(&self, stop: &CancellationToken) -> Result<Exit, EventStoreError> {
         let config = &self.shared.config;
         let service = A::Event::SERVICE;
         let producer: FutureProducer = config
@@ -309,9 +330,11 @@ impl<A: Aggregate> WriterRuntime<A> {
         let mut parked: HashMap<i32, PartitionWriter<A>> = HashMap::new();
         let mut in_flight: VecDeque<InFlight<A>> = VecDeque::new();
         let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut orphans = Orphans::new(config.kafka.session_timeout);
+        let mut orphan_tick = tokio::time::interval(orphans.interval);
         let outcome = loop {
             tokio::select! {
-                () = stop.cancelled() => break Ok(()),
+                () = stop.cancelled() => break Ok(Exit::Stopped),
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(list) => {
                         for partition in list {
@@ -329,14 +352,21 @@ impl<A: Aggregate> WriterRuntime<A> {
                     }
                 },
                 message = consumer.recv() => match message {
-                    Ok(message) => {
-                        if let Some(flight) = self.forward(&message) {
-                            in_flight.push_back(flight);
-                        }
-                    }
+                    Ok(message) => in_flight.push_back(self.forward(&message)),
                     Err(e) => break Err(EventStoreError::from_kafka("consume commands", e)),
                 },
                 _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
+                _ = orphan_tick.tick() => {
+                    let held = running.keys().copied().collect();
+                    if self.orphaned(&mut orphans, &held).await {
+                        tracing::warn!(
+                            service,
+                            held = ?held,
+                            "partitions of the writers' group are held by nobody; rejoining"
+                        );
+                        break Ok(Exit::Rejoin);
+                    }
+                }
             }
         };
         for (_, run) in running.drain() {
@@ -345,6 +375,27 @@ impl<A: Aggregate> WriterRuntime<A> {
         self.commit_done(&consumer, &mut in_flight);
         consumer.unsubscribe();
         outcome
+    }
+
+    /// Whether partitions demanded here stayed with nobody for too long (see [`Orphans`]).
+    async fn orphaned(&self, orphans: &mut Orphans, held: &BTreeSet<i32>) -> bool {
+        let config = &self.shared.config;
+        let service = A::Event::SERVICE;
+        let mut demanded = std::mem::take(
+            &mut *self
+                .shared
+                .unserved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let topic = config.topics.commands(service);
+        let group = config.topics.writers_group(service);
+        let ends = scan::topic_ends(&config.kafka, &topic).await;
+        let committed = scan::committed(&config.kafka, &group, &topic, config.partitions).await;
+        if let (Ok(ends), Ok(committed)) = (ends, committed) {
+            demanded.extend(orphans.commands_waiting(&ends, committed));
+        }
+        orphans.judge(Instant::now(), held, &demanded)
     }
 
     /// Starts serving `partition`: from its parked state (caught up) or from the log.
@@ -430,9 +481,12 @@ impl<A: Aggregate> WriterRuntime<A> {
         running.task.await.ok().flatten()
     }
 
-    /// Hands a command record to its partition's writer; `None` when it cannot be read or
-    /// its partition is not served (it will be redelivered to the owner).
-    fn forward(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Option<InFlight<A>> {
+    /// Takes a command record into the in-flight queue and hands it to its partition's
+    /// writer. A record that arrives while the partition is still being taken over here
+    /// (the consumer fetches from the moment of assignment) or while the writer's queue is
+    /// full waits in the queue, unsent, and is sent once the writer serves: its offset
+    /// must not commit before its outcome is known, or a later record's commit would skip it.
+    fn forward(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> InFlight<A> {
         let partition = message.partition();
         let offset = message.offset();
         let command = message
@@ -440,22 +494,19 @@ impl<A: Aggregate> WriterRuntime<A> {
             .and_then(|p| CommandDocument::from_json(p).ok())
             .and_then(|d| d.decode::<A::Command>().ok());
         let (reply, outcome) = oneshot::channel();
-        match (command, self.shared.queue(partition)) {
-            (Some(command), Some(queue)) => {
-                queue
-                    .try_send(Request::Execute {
-                        command: command.clone(),
-                        reply,
-                    })
-                    .ok()?;
-                Some(InFlight {
-                    partition,
-                    offset,
-                    command: Some(command),
-                    outcome,
-                })
+        let mut flight = InFlight {
+            partition,
+            offset,
+            command: None,
+            outcome,
+            sent: false,
+        };
+        match command {
+            Some(command) => {
+                flight.command = Some(command);
+                self.send(&mut flight);
             }
-            (None, _) => {
+            None => {
                 tracing::warn!(
                     partition,
                     offset,
@@ -464,19 +515,17 @@ impl<A: Aggregate> WriterRuntime<A> {
                 let _ = reply.send(Err(EventStoreError::Unsupported(
                     "undecodable command".into(),
                 )));
-                Some(InFlight {
-                    partition,
-                    offset,
-                    command: None,
-                    outcome,
-                })
+                flight.sent = true;
             }
-            (Some(_), None) => None,
         }
+        flight
     }
 
-    /// Sends a command whose attempt failed (broker trouble, a lost race) to its writer again.
-    fn retry(&self, flight: &mut InFlight<A>) {
+    /// Sends a command to its partition's writer when that writer serves here: a first
+    /// time, or again after an attempt failed (broker trouble, a lost race) or the writer
+    /// let go of it. Sending twice is safe: the writer answers a known command id with its
+    /// first outcome.
+    fn send(&self, flight: &mut InFlight<A>) {
         let (Some(command), Some(queue)) =
             (flight.command.clone(), self.shared.queue(flight.partition))
         else {
@@ -485,6 +534,7 @@ impl<A: Aggregate> WriterRuntime<A> {
         let (reply, outcome) = oneshot::channel();
         if queue.try_send(Request::Execute { command, reply }).is_ok() {
             flight.outcome = outcome;
+            flight.sent = true;
         }
     }
 
@@ -496,21 +546,27 @@ impl<A: Aggregate> WriterRuntime<A> {
     ) {
         let topic = self.shared.config.topics.commands(A::Event::SERVICE);
         let mut done: HashMap<i32, i64> = HashMap::new();
+        for flight in in_flight.iter_mut().filter(|f| !f.sent) {
+            self.send(flight);
+        }
         while let Some(front) = in_flight.front_mut() {
+            if !front.sent {
+                break;
+            }
             match front.outcome.try_recv() {
                 // Decided (or never decidable): done.
                 Ok(Ok(_)) | Ok(Err(EventStoreError::Unsupported(_))) => {
                     done.insert(front.partition, front.offset + 1);
                     in_flight.pop_front();
                 }
-                // Retryable: try again; nothing after it commits until it is decided.
-                Ok(Err(_)) => {
-                    self.retry(front);
+                // Retryable, or its writer let go of it: send it again; nothing after it
+                // commits until it is decided.
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
+                    self.send(front);
                     break;
                 }
-                // Still deciding, or the partition moved (its new owner re-reads from the
-                // last committed offset).
-                Err(_) => break,
+                // Still deciding.
+                Err(oneshot::error::TryRecvError::Empty) => break,
             }
         }
         if done.is_empty() {

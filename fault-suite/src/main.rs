@@ -1,0 +1,439 @@
+//! The fault suite: the three services as processes on a private tansu and a private
+//! Postgres, a steady load of users, orders and sagas, and meanwhile SIGKILLs of every
+//! service, broker restarts and Postgres immediate shutdowns; then an audit of what the
+//! README promises (see `audit`). Exit 0 when every check passes, 1 otherwise.
+//!
+//!     fault-suite run            the full run (20 SIGKILLs of each service, 10 minutes)
+//!     fault-suite run --short    the CI variant
+//!
+//! `./dev faults` builds it in release mode and runs it.
+
+mod audit;
+mod faults;
+mod fleet;
+mod load;
+mod webhooks;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use projections::rebuild::Rebuild;
+use test_support::{PrivateBroker, PrivatePostgres};
+
+use audit::{Audit, Evidence};
+use faults::{Plan, Targets};
+use fleet::{Fleet, ServiceName};
+use load::{Kind, Ledger, Load, Outcome};
+
+const API_KEY: &str = "fault-suite-key";
+const WEBHOOK_SECRET: &str = "fault-suite-secret";
+const TOPIC_PREFIX: &str = "faults.";
+/// How long the sagas of the last orders may take to end once the load stopped.
+const SETTLE_WITHIN: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fault-suite",
+    about = "Crash the shop under load, then audit it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the load and the faults, then the audit.
+    Run(RunArgs),
+    /// Run one service (how the suite starts its processes).
+    #[command(hide = true)]
+    Serve {
+        #[arg(value_enum)]
+        service: ServiceName,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The CI variant: 60 s of load, 4 SIGKILLs of each service, one broker and one
+    /// Postgres restart (overrides the counts below).
+    #[arg(long)]
+    short: bool,
+    /// Seconds of load (the faults fall within them).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..))]
+    seconds: u64,
+    /// SIGKILLs of each service.
+    #[arg(long, default_value_t = 20)]
+    kills: u32,
+    /// Broker restarts (SIGKILL, then a start on the same storage).
+    #[arg(long, default_value_t = 2)]
+    broker_restarts: u32,
+    /// Postgres immediate shutdowns and restarts.
+    #[arg(long, default_value_t = 2)]
+    postgres_restarts: u32,
+    /// Orders placed per second (users, cancellations and deactivations follow from them).
+    #[arg(long, default_value_t = 5.0)]
+    orders_per_second: f64,
+    /// Partitions of every event topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
+    /// Where the services' logs go (default: a fresh folder under the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn plan(&self) -> Plan {
+        if self.short {
+            Plan {
+                kills_per_service: 4,
+                broker_restarts: 1,
+                postgres_restarts: 1,
+                duration: Duration::from_secs(60),
+            }
+        } else {
+            Plan {
+                kills_per_service: self.kills,
+                broker_restarts: self.broker_restarts,
+                postgres_restarts: self.postgres_restarts,
+                duration: Duration::from_secs(self.seconds),
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { service } => serve(service).await,
+        Command::Run(args) => match run(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                println!("fault suite: FAILED (see the checks above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("fault-suite: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn serve(service: ServiceName) -> ExitCode {
+    use service_runtime::run_binary;
+    match service {
+        ServiceName::CommandApi => {
+            run_binary(
+                command_api::NAME,
+                command_api::Config::from_env,
+                command_api::Config::log_filter,
+                command_api::build,
+            )
+            .await
+        }
+        ServiceName::Projections => {
+            run_binary(
+                projections::NAME,
+                projections::Config::from_env,
+                projections::Config::log_filter,
+                projections::build,
+            )
+            .await
+        }
+        ServiceName::SagaOrchestrator => {
+            run_binary(
+                saga_orchestrator::NAME,
+                saga_orchestrator::Config::from_env,
+                saga_orchestrator::Config::log_filter,
+                saga_orchestrator::build,
+            )
+            .await
+        }
+    }
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string())
+}
+
+async fn wait_ready(addrs: &[(ServiceName, String)]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (service, addr) in addrs {
+        loop {
+            let ready = client
+                .get(format!("http://{addr}/ready"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} was not ready within 120 s",
+                service.as_str()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Saga state and document by order id.
+type Sagas = BTreeMap<String, (String, serde_json::Value)>;
+
+async fn sagas(pool: &sqlx::PgPool) -> anyhow::Result<Sagas> {
+    let rows: Vec<(uuid::Uuid, String, serde_json::Value)> =
+        sqlx::query_as("SELECT order_id, state, document FROM saga.sagas")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, s, d)| (id.to_string(), (s, d)))
+        .collect())
+}
+
+/// Waits until the saga of every accepted order has ended (or the bound passed).
+async fn settle(pool: &sqlx::PgPool, orders: &[String]) -> anyhow::Result<Sagas> {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    loop {
+        let states = match sagas(pool).await {
+            Ok(states) => states,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let open = orders
+            .iter()
+            .filter(|o| {
+                !matches!(
+                    states.get(*o).map(|(s, _)| s.as_str()),
+                    Some("completed" | "compensated")
+                )
+            })
+            .count();
+        if open == 0 || Instant::now() > deadline {
+            return Ok(states);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let plan = args.plan();
+    let began = Instant::now();
+    let logs = args.logs.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("shop-faults-{}", uuid::Uuid::new_v4().simple()))
+    });
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    println!(
+        "fault suite: {} s of load at {} orders/s; {} SIGKILLs of each service, {} broker restarts, {} Postgres restarts; {} partitions per topic",
+        plan.duration.as_secs(),
+        args.orders_per_second,
+        plan.kills_per_service,
+        plan.broker_restarts,
+        plan.postgres_restarts,
+        args.partitions
+    );
+    println!("  service logs in {}", logs.display());
+
+    let postgres = Arc::new(tokio::task::spawn_blocking(PrivatePostgres::start).await??);
+    let broker = PrivateBroker::start().await;
+    let settings = KafkaSettings::new(&broker.brokers);
+    let topics = TopicNames::new(TOPIC_PREFIX);
+    TopicAdmin::new(&settings)?
+        .create(&topics.all(args.partitions), 1)
+        .await?;
+    let (webhook, deliveries) = webhooks::receiver(WEBHOOK_SECRET).await?;
+    let addrs: Vec<(ServiceName, String)> = ServiceName::ALL
+        .into_iter()
+        .map(|s| free_addr().map(|a| (s, a)))
+        .collect::<anyhow::Result<_>>()?;
+    let addr_of = |service: ServiceName| {
+        addrs
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default()
+    };
+    let env: Vec<(String, String)> = [
+        ("KAFKA_BROKERS", broker.brokers.clone()),
+        ("DATABASE_URL", postgres.url()),
+        ("TOPIC_PREFIX", TOPIC_PREFIX.to_owned()),
+        ("EVENT_PARTITIONS", args.partitions.to_string()),
+        ("COMMAND_API_ADDR", addr_of(ServiceName::CommandApi)),
+        ("PROJECTIONS_ADDR", addr_of(ServiceName::Projections)),
+        (
+            "SAGA_ORCHESTRATOR_ADDR",
+            addr_of(ServiceName::SagaOrchestrator),
+        ),
+        ("API_KEYS", API_KEY.to_owned()),
+        ("RATE_LIMIT_PER_SECOND", "100000".to_owned()),
+        ("RATE_LIMIT_BURST", "100000".to_owned()),
+        ("SAGA_STEP_LEASE_MS", "2000".to_owned()),
+        ("PAYMENT_LATENCY_MS", "20".to_owned()),
+        (
+            "PAYMENT_DECLINE_ABOVE_CENTS",
+            load::DECLINE_ABOVE_CENTS.to_string(),
+        ),
+        ("NOTIFICATION_WEBHOOK_URL", webhook),
+        ("NOTIFICATION_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        (
+            "RUST_LOG",
+            std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let fleet = Arc::new(Fleet::start(env, logs.clone())?);
+    wait_ready(&addrs).await?;
+    println!(
+        "  services ready after {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+
+    let supervisor = {
+        let fleet = Arc::clone(&fleet);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match fleet.revive_exited() {
+                    Ok(revived) => {
+                        for (service, status) in revived {
+                            println!(
+                                "            {} stopped by itself ({status}); started again",
+                                service.as_str()
+                            );
+                        }
+                    }
+                    Err(e) => println!("            supervisor: {e}"),
+                }
+            }
+        })
+    };
+    let ledger = Ledger::default();
+    let load = tokio::spawn(
+        Load {
+            command_api: format!("http://{}", addr_of(ServiceName::CommandApi)),
+            api_key: API_KEY.to_owned(),
+            orders_per_second: args.orders_per_second,
+        }
+        .run(ledger.clone(), tokio::time::sleep(plan.duration)),
+    );
+    let mut targets = Targets {
+        fleet: Arc::clone(&fleet),
+        broker,
+        postgres: Arc::clone(&postgres),
+    };
+    faults::inflict(&mut targets, &faults::schedule(&plan)).await?;
+    load.await?;
+    let requests = ledger.requests();
+    summarize(&requests, &fleet);
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&postgres.url())
+        .await?;
+    let orders: Vec<String> = requests
+        .iter()
+        .filter(|r| r.kind == Kind::PlaceOrder)
+        .filter_map(|r| match &r.outcome {
+            Outcome::Accepted { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let settling = Instant::now();
+    let sagas = settle(&pool, &orders).await?;
+    println!(
+        "  sagas settled {:.1} s after the load",
+        settling.elapsed().as_secs_f64()
+    );
+    supervisor.abort();
+
+    println!("audit");
+    let events = audit::read_log(&settings, &topics).await?;
+    let dead_letters = audit::read_topic(&settings, &topics.dead_letters())
+        .await?
+        .len();
+    let deliveries = deliveries.all();
+    let evidence = Evidence {
+        events: &events,
+        requests: &requests,
+        sagas: &sagas,
+        deliveries: &deliveries,
+        dead_letters,
+    };
+    let mut audit = Audit::default();
+    audit::check_commands(&mut audit, &evidence);
+    audit::check_log(&mut audit, &evidence);
+    audit::check_sagas(&mut audit, &evidence);
+    audit::check_webhooks(&mut audit, &evidence);
+    let rebuild = Rebuild {
+        pool: pool.clone(),
+        kafka: settings.clone(),
+        topics: topics.clone(),
+        partitions: args.partitions,
+        batch_max: 2_000,
+        restart: true,
+    };
+    audit::check_read_models(&mut audit, &rebuild).await;
+    audit.print();
+    let passed = audit.passed();
+    println!(
+        "fault suite: {} in {:.0} s",
+        if passed {
+            "all checks passed"
+        } else {
+            "checks failed"
+        },
+        began.elapsed().as_secs_f64()
+    );
+    drop(targets);
+    Ok(passed)
+}
+
+/// What the load was told, and what the services went through.
+fn summarize(requests: &[load::Request], fleet: &Fleet) {
+    let mut by_kind: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    for r in requests {
+        let slot = match r.outcome {
+            Outcome::Accepted { .. } => 0,
+            Outcome::Refused { .. } => 1,
+            Outcome::Unknown { .. } => 2,
+        };
+        by_kind.entry(format!("{:?}", r.kind)).or_default()[slot] += 1;
+    }
+    println!("load");
+    for (kind, [accepted, refused, unknown]) in by_kind {
+        println!(
+            "  {kind:<15} {accepted:>6} accepted {refused:>5} refused {unknown:>3} unanswered"
+        );
+    }
+    let retried = requests.iter().filter(|r| r.retries > 0).count();
+    let most = requests.iter().map(|r| r.retries).max().unwrap_or(0);
+    println!("  {retried} requests needed retries (at most {most})");
+    for (service, tally) in fleet.tallies() {
+        println!(
+            "  {:<18} {} SIGKILLs, {} stops on its own",
+            service.as_str(),
+            tally.kills,
+            tally.own_exits
+        );
+    }
+}

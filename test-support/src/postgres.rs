@@ -1,0 +1,166 @@
+//! A Postgres cluster of one harness's own, for the fault suite, which shuts Postgres down
+//! the hard way (`pg_ctl stop -m immediate`) and must not do that to the shared one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// A private cluster in a temporary folder on a free port, with a superuser `shop` (password
+/// `shop`) and a database `shop`. Stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` with an `initdb`.
+fn server_bin() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install Debian's postgresql package (./dev does)")?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no initdb under /usr/lib/postgresql")
+}
+
+impl PrivatePostgres {
+    /// initdb into a fresh folder and start the server.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = server_bin()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("shop-postgres-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let cluster = Self { port, dir, bin };
+        let pwfile = cluster.dir.join("pwfile");
+        std::fs::write(&pwfile, "shop\n")?;
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&cluster.dir))?;
+        }
+        cluster.as_owner(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-U",
+                "shop",
+                &format!("--pwfile={}", pwfile.display()),
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ],
+        )?;
+        cluster.start_server()?;
+        run(Command::new(cluster.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "shop"])
+            .args(["-d", "postgres", "-qc", "CREATE DATABASE shop"])
+            .env("PGPASSWORD", "shop"))?;
+        Ok(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn as_owner(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program = self.bin.join(tool);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        run(command.args(args).current_dir(&self.dir))
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c max_connections=300",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        self.as_owner(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &options,
+                "start",
+            ],
+        )
+    }
+
+    /// The URL of database `shop`.
+    pub fn url(&self) -> String {
+        format!("postgres://shop:shop@127.0.0.1:{}/shop", self.port)
+    }
+
+    /// `pg_ctl stop -m immediate` (every backend killed, crash recovery on the next
+    /// start), then start again on the same port and data.
+    pub fn crash_and_restart(&self) -> anyhow::Result<()> {
+        self.as_owner(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        )?;
+        self.start_server()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.as_owner(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
