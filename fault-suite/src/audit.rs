@@ -299,7 +299,9 @@ pub fn check_sagas(audit: &mut Audit, evidence: &Evidence<'_>) {
             "completed" => {
                 if order_end != Some("OrderConfirmed") || payment_end != Some("PaymentAuthorized") {
                     disagreeing.push(format!(
-                        "{order}: saga completed, order ends {order_end:?}, payment ends {payment_end:?}"
+                        "{order}: saga completed, order ends {order_end:?}, payment ends {payment_end:?}; its events {:?}; the saga {}",
+                        history_of(evidence.events, order),
+                        saga.map(|(_, d)| d.to_string()).unwrap_or_default()
                     ));
                 }
             }
@@ -308,7 +310,9 @@ pub fn check_sagas(audit: &mut Audit, evidence: &Evidence<'_>) {
                     || !matches!(order_end, Some("OrderRejected" | "OrderCancelled"))
                 {
                     disagreeing.push(format!(
-                        "{order}: saga compensated, order ends {order_end:?}, payment ends {payment_end:?}"
+                        "{order}: saga compensated, order ends {order_end:?}, payment ends {payment_end:?}; its events {:?}; the saga {}",
+                        history_of(evidence.events, order),
+                        saga.map(|(_, d)| d.to_string()).unwrap_or_default()
                     ));
                 }
             }

@@ -126,6 +126,14 @@ impl Fleet {
         Ok(revived)
     }
 
+    /// The process id of each service now.
+    pub fn pids(&self) -> BTreeMap<ServiceName, u32> {
+        self.lock()
+            .iter()
+            .map(|(&s, m)| (s, m.child.id()))
+            .collect()
+    }
+
     pub fn tallies(&self) -> BTreeMap<ServiceName, Tally> {
         self.lock().iter().map(|(&s, m)| (s, m.tally)).collect()
     }

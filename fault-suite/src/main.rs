@@ -12,6 +12,8 @@ mod audit;
 mod faults;
 mod fleet;
 mod load;
+mod overload;
+mod stand;
 mod webhooks;
 
 use std::collections::BTreeMap;
@@ -22,18 +24,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use projections::rebuild::Rebuild;
-use test_support::{PrivateBroker, PrivatePostgres};
 
 use audit::{Audit, Evidence};
 use faults::{Plan, Targets};
 use fleet::{Fleet, ServiceName};
 use load::{Kind, Ledger, Load, Outcome};
+use stand::{API_KEY, RATE_UNLIMITED, Stand};
 
-const API_KEY: &str = "fault-suite-key";
-const WEBHOOK_SECRET: &str = "fault-suite-secret";
-const TOPIC_PREFIX: &str = "faults.";
 /// How long the sagas of the last orders may take to end once the load stopped.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 
@@ -51,6 +49,8 @@ struct Cli {
 enum Command {
     /// Run the load and the faults, then the audit.
     Run(RunArgs),
+    /// Measure the command API's capacity, then offer ten times as much.
+    Overload(OverloadArgs),
     /// Run one service (how the suite starts its processes).
     #[command(hide = true)]
     Serve {
@@ -88,6 +88,22 @@ struct RunArgs {
     logs: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct OverloadArgs {
+    /// How many times the measured capacity to offer.
+    #[arg(long, default_value_t = 10.0)]
+    factor: f64,
+    /// Seconds of overload.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Seconds of the capacity measurement before it.
+    #[arg(long, default_value_t = 15)]
+    measure_seconds: u64,
+    /// Partitions of every event topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
+}
+
 impl RunArgs {
     fn plan(&self) -> Plan {
         if self.short {
@@ -113,6 +129,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { service } => serve(service).await,
+        Command::Overload(args) => match overload(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                println!("overload: FAILED (see the checks above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("fault-suite: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
@@ -125,6 +152,27 @@ async fn main() -> ExitCode {
             }
         },
     }
+}
+
+async fn overload(args: OverloadArgs) -> anyhow::Result<bool> {
+    let logs =
+        std::env::temp_dir().join(format!("shop-overload-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs)?;
+    println!(
+        "overload: {}x the measured capacity of the command API for {} s",
+        args.factor, args.seconds
+    );
+    println!("  service logs in {}", logs.display());
+    let stand = Stand::up(args.partitions, &logs, RATE_UNLIMITED).await?;
+    overload::run(
+        &stand,
+        overload::Overload {
+            factor: args.factor,
+            seconds: args.seconds,
+            measure_seconds: args.measure_seconds,
+        },
+    )
+    .await
 }
 
 async fn serve(service: ServiceName) -> ExitCode {
@@ -160,37 +208,6 @@ async fn serve(service: ServiceName) -> ExitCode {
     }
 }
 
-fn free_addr() -> anyhow::Result<String> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .to_string())
-}
-
-async fn wait_ready(addrs: &[(ServiceName, String)]) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (service, addr) in addrs {
-        loop {
-            let ready = client
-                .get(format!("http://{addr}/ready"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{} was not ready within 120 s",
-                service.as_str()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
-}
-
 /// Saga state and document by order id.
 type Sagas = BTreeMap<String, (String, serde_json::Value)>;
 
@@ -205,17 +222,71 @@ async fn sagas(pool: &sqlx::PgPool) -> anyhow::Result<Sagas> {
         .collect())
 }
 
-/// Waits until the saga of every accepted order has ended (or the bound passed).
-async fn settle(pool: &sqlx::PgPool, orders: &[String]) -> anyhow::Result<Sagas> {
+/// Whether the orchestrator has taken in every event of the topics it reads and carried
+/// out every step it issued: only then are the saga states final for the audit (a late
+/// cancellation may still turn a completed saga into a compensating one).
+async fn orchestrator_idle(
+    pool: &sqlx::PgPool,
+    settings: &event_store::KafkaSettings,
+    topics: &event_store::TopicNames,
+) -> anyhow::Result<bool> {
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM saga.outbox WHERE done_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let stored: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM saga.checkpoints")
+            .fetch_all(pool)
+            .await?;
+    let stored: BTreeMap<(String, i32), i64> =
+        stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    for service in ["users", "orders", "payments", "notifications"] {
+        let topic = topics.events(service);
+        for (partition, end) in event_store::scan::topic_ends(settings, &topic).await? {
+            if end
+                > stored
+                    .get(&(topic.clone(), partition))
+                    .copied()
+                    .unwrap_or(0)
+            {
+                return Ok(false);
+            }
+        }
+    }
+    // A command the outbox sent may not have reached its writer yet.
+    for service in ["orders", "payments", "notifications"] {
+        let topic = topics.commands(service);
+        let ends = event_store::scan::topic_ends(settings, &topic).await?;
+        let group = topics.writers_group(service);
+        let partitions = i32::try_from(ends.len()).unwrap_or(0);
+        let done = event_store::scan::committed(settings, &group, &topic, partitions).await?;
+        if ends
+            .iter()
+            .any(|(p, end)| *end > done.get(p).copied().flatten().unwrap_or(0))
+        {
+            return Ok(false);
+        }
+    }
+    Ok(pending == 0)
+}
+
+/// Waits until the saga of every accepted order has ended and the orchestrator is idle
+/// (or the bound passed).
+async fn settle(
+    pool: &sqlx::PgPool,
+    (settings, topics): (&event_store::KafkaSettings, &event_store::TopicNames),
+    orders: &[String],
+) -> anyhow::Result<Sagas> {
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
-        let states = match sagas(pool).await {
-            Ok(states) => states,
-            Err(_) if Instant::now() < deadline => {
+        let idle = orchestrator_idle(pool, settings, topics).await;
+        let states = sagas(pool).await;
+        let (idle, states) = match (idle, states) {
+            (Ok(idle), Ok(states)) => (idle, states),
+            (Err(e), _) | (_, Err(e)) if Instant::now() > deadline => return Err(e),
+            _ => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(e) => return Err(e),
         };
         let open = orders
             .iter()
@@ -226,7 +297,7 @@ async fn settle(pool: &sqlx::PgPool, orders: &[String]) -> anyhow::Result<Sagas>
                 )
             })
             .count();
-        if open == 0 || Instant::now() > deadline {
+        if (open == 0 && idle) || Instant::now() > deadline {
             return Ok(states);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -251,61 +322,21 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
     println!("  service logs in {}", logs.display());
 
-    let postgres = Arc::new(tokio::task::spawn_blocking(PrivatePostgres::start).await??);
-    let broker = PrivateBroker::start().await;
-    let settings = KafkaSettings::new(&broker.brokers);
-    let topics = TopicNames::new(TOPIC_PREFIX);
-    TopicAdmin::new(&settings)?
-        .create(&topics.all(args.partitions), 1)
-        .await?;
-    let (webhook, deliveries) = webhooks::receiver(WEBHOOK_SECRET).await?;
-    let addrs: Vec<(ServiceName, String)> = ServiceName::ALL
-        .into_iter()
-        .map(|s| free_addr().map(|a| (s, a)))
-        .collect::<anyhow::Result<_>>()?;
-    let addr_of = |service: ServiceName| {
-        addrs
-            .iter()
-            .find(|(s, _)| *s == service)
-            .map(|(_, a)| a.clone())
-            .unwrap_or_default()
-    };
-    let env: Vec<(String, String)> = [
-        ("KAFKA_BROKERS", broker.brokers.clone()),
-        ("DATABASE_URL", postgres.url()),
-        ("TOPIC_PREFIX", TOPIC_PREFIX.to_owned()),
-        ("EVENT_PARTITIONS", args.partitions.to_string()),
-        ("COMMAND_API_ADDR", addr_of(ServiceName::CommandApi)),
-        ("PROJECTIONS_ADDR", addr_of(ServiceName::Projections)),
-        (
-            "SAGA_ORCHESTRATOR_ADDR",
-            addr_of(ServiceName::SagaOrchestrator),
-        ),
-        ("API_KEYS", API_KEY.to_owned()),
-        ("RATE_LIMIT_PER_SECOND", "100000".to_owned()),
-        ("RATE_LIMIT_BURST", "100000".to_owned()),
-        ("SAGA_STEP_LEASE_MS", "2000".to_owned()),
-        ("PAYMENT_LATENCY_MS", "20".to_owned()),
-        (
-            "PAYMENT_DECLINE_ABOVE_CENTS",
-            load::DECLINE_ABOVE_CENTS.to_string(),
-        ),
-        ("NOTIFICATION_WEBHOOK_URL", webhook),
-        ("NOTIFICATION_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
-        (
-            "RUST_LOG",
-            std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let fleet = Arc::new(Fleet::start(env, logs.clone())?);
-    wait_ready(&addrs).await?;
+    let stand = Stand::up(args.partitions, &logs, RATE_UNLIMITED).await?;
     println!(
         "  services ready after {:.1} s",
         began.elapsed().as_secs_f64()
     );
+    let command_api = stand.url(ServiceName::CommandApi);
+    let Stand {
+        postgres,
+        broker,
+        settings,
+        topics,
+        deliveries,
+        fleet,
+        ..
+    } = stand;
 
     let supervisor = {
         let fleet = Arc::clone(&fleet);
@@ -329,7 +360,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let ledger = Ledger::default();
     let load = tokio::spawn(
         Load {
-            command_api: format!("http://{}", addr_of(ServiceName::CommandApi)),
+            command_api,
             api_key: API_KEY.to_owned(),
             orders_per_second: args.orders_per_second,
         }
@@ -359,7 +390,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let settling = Instant::now();
-    let sagas = settle(&pool, &orders).await?;
+    let sagas = settle(&pool, (&settings, &topics), &orders).await?;
     println!(
         "  sagas settled {:.1} s after the load",
         settling.elapsed().as_secs_f64()
