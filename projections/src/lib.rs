@@ -88,8 +88,14 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         wait: config.query_wait,
         models: Arc::new(views),
     };
+    let (routes, document) = query::router(state);
     service
-        .routes(config.gate.guard(query::router(state)))
+        .routes(
+            config
+                .gate
+                .guard(routes)
+                .merge(service_runtime::openapi::document_route(document)),
+        )
         .bind()
         .await
 }

@@ -3,13 +3,15 @@
 //! 404 for an unknown order, 503 when Postgres cannot answer), so they share its types.
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use projections::query::error::QueryError;
 use projections::query::params::{Cursor, Page, Params, path_id};
 use serde::Serialize;
+use service_runtime::openapi::BearerAuth;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::saga::{Compensation, Failure, HistoryEntry, Saga, SagaState, Stage};
@@ -60,14 +62,38 @@ impl From<Saga> for SagaView {
     }
 }
 
-pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/v1/sagas", get(list))
-        .route("/v1/sagas/{order_id}", get(one))
-        .with_state(pool)
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "shop saga API", description = "The order sagas: current step, every step with its time, compensations, failures. Errors are application/problem+json (RFC 9457)."),
+    modifiers(&BearerAuth),
+    tags((name = "sagas"))
+)]
+struct ApiDoc;
+
+/// The saga routes (registered through their documentation) and the OpenAPI document.
+pub fn router(pool: PgPool) -> (Router, utoipa::openapi::OpenApi) {
+    let (routes, document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(list))
+        .routes(routes!(one))
+        .split_for_parts();
+    (routes.with_state(pool), document)
 }
 
 /// `GET /v1/sagas/{order_id}`
+#[utoipa::path(
+    get, path = "/v1/sagas/{order_id}", tag = "sagas",
+    description = "The saga of one order.",
+    params(("order_id" = Uuid, Path, description = "the order")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 404, description = "no saga for that order"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
 async fn one(
     State(pool): State<PgPool>,
     Path(id): Path<String>,
@@ -91,6 +117,23 @@ const STATES: [&str; 5] = [
 ];
 
 /// `GET /v1/sagas?state=&limit=&cursor=`: newest first.
+#[utoipa::path(
+    get, path = "/v1/sagas", tag = "sagas",
+    description = "Sagas, newest first, filtered by state (keyset pagination).",
+    params(
+        ("state" = Option<String>, Query, description = "running, compensating, completed, compensated or failed"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "a page", body = serde_json::Value),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
 async fn list(
     State(pool): State<PgPool>,
     Query(pairs): Pairs,

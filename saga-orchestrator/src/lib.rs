@@ -97,7 +97,13 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         .worker(Box::new(move |stop| Box::pin(runner.run(stop))))
         .worker(Box::new(move |stop| Box::pin(deadlines.run(stop))))
         .worker(Box::new(move |stop| Box::pin(dispatcher.run(stop))))
-        .routes(config.gate.guard(http::router(pool)))
+        .routes({
+            let (routes, document) = http::router(pool);
+            config
+                .gate
+                .guard(routes)
+                .merge(service_runtime::openapi::document_route(document))
+        })
         .bind()
         .await
 }

@@ -5,6 +5,7 @@
 //! - [`infrastructure`]: broker and database settings, and the clients made from them;
 //! - [`readiness`] and [`probes`]: background probes with backoff behind `/ready`;
 //! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
+//! - [`openapi`]: the bearer scheme and `GET /openapi.json` of every service's document;
 //! - [`problem`]: RFC 9457 problem details, the shape of every error answer;
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
 //! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
@@ -13,6 +14,7 @@ pub mod api_keys;
 pub mod host;
 pub mod infrastructure;
 pub mod metrics;
+pub mod openapi;
 mod ops;
 pub mod probes;
 pub mod problem;

@@ -230,7 +230,6 @@ pub fn accepted<R: Serialize>(
 /// The command API's routes, behind the API-key gate, with body and in-flight limits.
 pub fn router(state: AppState, gate: Gate, max_in_flight: usize) -> Router {
     let (api, document) = openapi::routes().split_for_parts();
-    let document = Arc::new(document);
     let api = gate
         .guard(api)
         .layer(
@@ -244,5 +243,5 @@ pub fn router(state: AppState, gate: Gate, max_in_flight: usize) -> Router {
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(context::correlate))
         .with_state(state);
-    api.merge(openapi::document_route(document))
+    api.merge(service_runtime::openapi::document_route(document))
 }

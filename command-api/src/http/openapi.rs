@@ -1,12 +1,8 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations: routes are registered
 //! through it, so a route cannot exist undocumented, nor a documented one not exist.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::routing::get;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use service_runtime::openapi::BearerAuth;
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,18 +16,6 @@ use super::{AppState, orders, users};
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// Every command route, with its documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -40,15 +24,4 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::deactivate))
         .routes(routes!(orders::place))
         .routes(routes!(orders::cancel))
-}
-
-/// `GET /openapi.json`, open without an API key.
-pub fn document_route(document: Arc<utoipa::openapi::OpenApi>) -> Router {
-    Router::new().route(
-        "/openapi.json",
-        get(move || {
-            let document = Arc::clone(&document);
-            async move { axum::Json(document.as_ref().clone()) }
-        }),
-    )
 }

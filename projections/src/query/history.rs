@@ -99,6 +99,21 @@ pub struct History {
 }
 
 /// `GET /v1/orders/{id}/history`
+#[utoipa::path(
+    get, path = "/v1/orders/{id}/history", tag = "orders",
+    description = "The events of one order, in order.",
+    params(("id" = Uuid, Path, description = "the order"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 404, description = "unknown id"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn order_history(
     State(state): State<QueryState>,
     Path(id): Path<String>,

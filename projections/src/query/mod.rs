@@ -17,14 +17,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
 use event_store::position::Position;
 use event_store::{KafkaSettings, TopicNames};
 use serde_json::json;
+use service_runtime::openapi::BearerAuth;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::projector::metrics::Lag;
 use crate::projector::{Schema, bookkeeping};
@@ -146,15 +148,24 @@ async fn any_of(notified: Vec<Notified<'_>>) {
     .await;
 }
 
-/// The query routes.
-pub fn router(state: QueryState) -> Router {
-    Router::new()
-        .route("/v1/users/{id}", get(reads::user))
-        .route("/v1/users/{id}/orders", get(reads::orders_of_user))
-        .route("/v1/orders", get(reads::orders))
-        .route("/v1/orders/{id}", get(reads::order))
-        .route("/v1/orders/{id}/history", get(history::order_history))
-        .route("/v1/payments", get(reads::payments))
-        .route("/v1/notifications", get(reads::notifications))
-        .with_state(state)
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "shop query API", description = "Read models of the event-sourced shop. Every query takes `min_position` (read your writes). Errors are application/problem+json (RFC 9457)."),
+    modifiers(&BearerAuth),
+    tags((name = "users"), (name = "orders"), (name = "payments"), (name = "notifications"))
+)]
+struct ApiDoc;
+
+/// The query routes (registered through their documentation) and the OpenAPI document.
+pub fn router(state: QueryState) -> (Router, utoipa::openapi::OpenApi) {
+    let (routes, document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(reads::user))
+        .routes(routes!(reads::orders_of_user))
+        .routes(routes!(reads::orders))
+        .routes(routes!(reads::order))
+        .routes(routes!(history::order_history))
+        .routes(routes!(reads::payments))
+        .routes(routes!(reads::notifications))
+        .split_for_parts();
+    (routes.with_state(state), document)
 }

@@ -21,6 +21,21 @@ type Pairs = Query<Vec<(String, String)>>;
 pub const ORDER_STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "cancelled"];
 
 /// `GET /v1/users/{id}`
+#[utoipa::path(
+    get, path = "/v1/users/{id}", tag = "users",
+    description = "One user.",
+    params(("id" = Uuid, Path, description = "the user"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 404, description = "unknown id"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn user(
     State(state): State<QueryState>,
     Path(id): Path<String>,
@@ -109,6 +124,20 @@ async fn list_orders(
 }
 
 /// `GET /v1/orders?user_id=&status=&limit=&cursor=`
+#[utoipa::path(
+    get, path = "/v1/orders", tag = "orders",
+    description = "Orders, newest first, filtered by user and status (keyset pagination).",
+    params(("user_id" = Option<Uuid>, Query, description = "only this user's orders"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn orders(
     State(state): State<QueryState>,
     Query(pairs): Pairs,
@@ -124,6 +153,21 @@ pub async fn orders(
 }
 
 /// `GET /v1/users/{id}/orders?status=&limit=&cursor=`
+#[utoipa::path(
+    get, path = "/v1/users/{id}/orders", tag = "orders",
+    description = "A user's orders, newest first.",
+    params(("id" = Uuid, Path, description = "the user"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 404, description = "unknown id"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn orders_of_user(
     State(state): State<QueryState>,
     Path(id): Path<String>,
@@ -151,6 +195,21 @@ pub async fn orders_of_user(
 
 /// `GET /v1/orders/{id}`, or its state at a version (`as_of_version=N`) or a time
 /// (`as_of=<RFC 3339>`), folded from the log.
+#[utoipa::path(
+    get, path = "/v1/orders/{id}", tag = "orders",
+    description = "One order with its status timeline; or its state at a version or a time, folded from the log.",
+    params(("id" = Uuid, Path, description = "the order"), ("as_of_version" = Option<u64>, Query, description = "the state after this many events"), ("as_of" = Option<String>, Query, description = "the state at this RFC 3339 time"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 404, description = "unknown id"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn order(
     State(state): State<QueryState>,
     Path(id): Path<String>,
@@ -187,6 +246,20 @@ pub async fn order(
 }
 
 /// `GET /v1/payments?order_id=&limit=&cursor=`
+#[utoipa::path(
+    get, path = "/v1/payments", tag = "payments",
+    description = "Payments, filtered by order.",
+    params(("order_id" = Option<Uuid>, Query, description = "only this order's payments"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn payments(
     State(state): State<QueryState>,
     Query(pairs): Pairs,
@@ -216,6 +289,20 @@ pub async fn payments(
 }
 
 /// `GET /v1/notifications?user_id=&limit=&cursor=`
+#[utoipa::path(
+    get, path = "/v1/notifications", tag = "notifications",
+    description = "Notifications, filtered by user.",
+    params(("user_id" = Option<Uuid>, Query, description = "only this user's notifications"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    responses(
+        (status = 200, description = "found", body = serde_json::Value),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+        (status = 504, description = "the read model did not reach `min_position` in time; the lag is in the problem"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn notifications(
     State(state): State<QueryState>,
     Query(pairs): Pairs,
