@@ -712,3 +712,43 @@ async fn past_the_in_flight_limit_load_is_shed_with_503_not_queued() -> anyhow::
     assert_eq!(registered, created, "a shed request appended nothing");
     Ok(())
 }
+
+/// A keyed retry of an order whose first answer was lost gets that answer even when the
+/// customer was deactivated in between (the fault suite found it refused with 422 while
+/// the order stood in the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_of_a_placed_order_is_answered_as_placed_after_the_user_is_deactivated()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let user = register(&app, "linus@example.com").await?;
+    let place = || {
+        app.post("/v1/orders")
+            .header("Idempotency-Key", "order-linus-1")
+            .json(&order_body(&user))
+            .send()
+    };
+    let (status, first) = answer(place().await?).await?;
+    assert_eq!(status, 201, "{first}");
+    let (status, _) = app
+        .send(&format!("/v1/users/{user}/deactivate"), json!({}))
+        .await?;
+    assert_eq!(status, 200);
+
+    let (status, again) = answer(place().await?).await?;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        (&again["id"], &again["version"]),
+        (&first["id"], &first["version"])
+    );
+    assert_eq!(app.events("orders").await?.len(), 1, "placed once");
+
+    // A new request for the deactivated user is still refused.
+    let (status, problem) = app.send("/v1/orders", order_body(&user)).await?;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("user-deactivated"))
+    );
+    app.shutdown().await?;
+    Ok(())
+}

@@ -238,7 +238,15 @@ impl<T: Decodable> Subscription<T> {
         while batch.delivered.len() + batch.dead.len() < max {
             let message = match tokio::time::timeout(window, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(EventStoreError::from_kafka("consume", e)),
+                // The records taken so far have left the consumer: hand them over, or they
+                // would be skipped; the error comes back on the next call.
+                Ok(Err(e)) if batch.delivered.is_empty() && batch.dead.is_empty() => {
+                    return Err(EventStoreError::from_kafka("consume", e));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume failed mid-batch; handing over what was taken");
+                    break;
+                }
                 Ok(Ok(message)) => message,
             };
             window = linger;

@@ -136,11 +136,20 @@ pub async fn place(
 
     let models = &state.models;
     let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-    match user {
-        UserState::Active { .. } => {}
-        UserState::Unregistered => return Err(ApiError::rejected(&UserRejection::UnknownUser)),
-        UserState::Deactivated { .. } => {
-            return Err(ApiError::rejected(&UserRejection::UserDeactivated));
+    let refusal = match user {
+        UserState::Active { .. } => None,
+        UserState::Unregistered => Some(UserRejection::UnknownUser),
+        UserState::Deactivated { .. } => Some(UserRejection::UserDeactivated),
+    };
+    if let Some(refusal) = refusal {
+        // A keyed retry of a request whose order was placed gets that first answer, whatever
+        // became of the user since: the writer answers the known command id. (Found by the
+        // fault suite: a retry after a lost answer was refused although the order stood.)
+        let (version, _) = issuer
+            .state_of(&models.orders, &order_id.to_string())
+            .await?;
+        if version == 0 {
+            return Err(ApiError::rejected(&refusal));
         }
     }
     let place = PlaceOrder {
