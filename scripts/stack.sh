@@ -128,7 +128,8 @@ as_postgres() {
 # ancestor that blocks it (for example a checkout under /root).
 pg_make_reachable() {
   is_root || return 0
-  local dir=$1
+  local dir
+  dir=$(cd "$1" && pwd)
   while [ "$dir" != "/" ]; do
     if ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
       log "granting traverse permission on $dir so that the postgres user can reach its data"

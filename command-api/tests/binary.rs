@@ -2,8 +2,9 @@
 //! environment, JSON logs, graceful stop on SIGTERM, one-line errors. (The lifecycle is
 //! shared by all services through service-runtime; `system-tests` covers the other two.)
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
@@ -18,14 +19,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::Result<()> {
-    let env = TestEnv::new().await;
+/// Starts the binary on a fresh topic prefix and waits until `/ready` is green.
+async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(Child, u16)> {
     TopicAdmin::new(&KafkaSettings::new(&env.brokers))?
         .create(&TopicNames::new(&env.topic_prefix).all(2), 1)
         .await?;
     let port = free_port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .env_clear()
         .env("KAFKA_BROKERS", &env.brokers)
         .env("DATABASE_URL", &env.database_url)
@@ -33,8 +33,8 @@ async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::R
         .env("EVENT_PARTITIONS", "2")
         .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
         .env("API_KEYS", "test-key")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()?;
 
     let ready = format!("http://127.0.0.1:{port}/ready");
@@ -43,27 +43,37 @@ async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::R
         if let Ok(r) = reqwest::get(&ready).await
             && r.status() == 200
         {
-            break;
+            return Ok((child, port));
         }
         assert!(Instant::now() < deadline, "not ready within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
+/// SIGTERM, then the exit status (within 10 s).
+async fn terminate(child: &mut Child) -> anyhow::Result<ExitStatus> {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
     assert!(killed.success());
     let started = Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait()? {
-            break status;
+            return Ok(status);
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "no exit 10 s after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let (mut child, _) = start(&env, Stdio::piped(), Stdio::piped()).await?;
+    let status = terminate(&mut child).await?;
     assert!(status.success(), "exit status {status}");
 
     let stdout = BufReader::new(child.stdout.take().expect("piped"));
@@ -83,6 +93,36 @@ async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::R
             "no {expected:?} in {messages:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn keeps_serving_when_its_log_cannot_be_written() -> anyhow::Result<()> {
+    // A full disk under the redirected output: every write to /dev/full fails with ENOSPC.
+    let env = TestEnv::new().await;
+    let full = || {
+        File::options()
+            .write(true)
+            .open("/dev/full")
+            .map(Stdio::from)
+    };
+    let (mut child, port) = start(&env, full()?, full()?).await?;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        // Each refusal logs a warning and a failed response.
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}/v1/users"))
+            .bearer_auth("test-key")
+            .json(&serde_json::json!({"bad": 1}))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 422, "{:?}", child.try_wait());
+    }
+    if let Some(died) = child.try_wait()? {
+        panic!("the service died: {died}");
+    }
+    let status = terminate(&mut child).await?;
+    assert!(status.success(), "exit status {status}");
     Ok(())
 }
 

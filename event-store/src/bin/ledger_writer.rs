@@ -31,6 +31,7 @@ async fn main() -> ExitCode {
     // Logs go to stderr: stdout carries the `listening` line.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new(setting(
             "RUST_LOG", "warn",
         )))
