@@ -19,23 +19,37 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The running binary, killed if a test ends (or fails) without stopping it.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the binary on a fresh topic prefix and waits until `/ready` is green.
-async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(Child, u16)> {
+async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(Service, u16)> {
     TopicAdmin::new(&KafkaSettings::new(&env.brokers))?
         .create(&TopicNames::new(&env.topic_prefix).all(2), 1)
         .await?;
     let port = free_port();
-    let child = Command::new(BIN)
-        .env_clear()
-        .env("KAFKA_BROKERS", &env.brokers)
-        .env("DATABASE_URL", &env.database_url)
-        .env("TOPIC_PREFIX", &env.topic_prefix)
-        .env("EVENT_PARTITIONS", "2")
-        .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("API_KEYS", "test-key")
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()?;
+    let child = Service(
+        Command::new(BIN)
+            .env_clear()
+            .env("KAFKA_BROKERS", &env.brokers)
+            .env("DATABASE_URL", &env.database_url)
+            .env("TOPIC_PREFIX", &env.topic_prefix)
+            .env("EVENT_PARTITIONS", "2")
+            .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("API_KEYS", "test-key")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()?,
+    );
 
     let ready = format!("http://127.0.0.1:{port}/ready");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -51,7 +65,7 @@ async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(C
 }
 
 /// SIGTERM, then the exit status (within 10 s).
-async fn terminate(child: &mut Child) -> anyhow::Result<ExitStatus> {
+async fn terminate(Service(child): &mut Service) -> anyhow::Result<ExitStatus> {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
@@ -76,7 +90,7 @@ async fn runs_from_the_environment_logs_json_and_stops_on_sigterm() -> anyhow::R
     let status = terminate(&mut child).await?;
     assert!(status.success(), "exit status {status}");
 
-    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let stdout = BufReader::new(child.0.stdout.take().expect("piped"));
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(&l.expect("utf-8")).expect("every log line is JSON"))
@@ -116,9 +130,9 @@ async fn keeps_serving_when_its_log_cannot_be_written() -> anyhow::Result<()> {
             .json(&serde_json::json!({"bad": 1}))
             .send()
             .await?;
-        assert_eq!(answer.status(), 422, "{:?}", child.try_wait());
+        assert_eq!(answer.status(), 422, "{:?}", child.0.try_wait());
     }
-    if let Some(died) = child.try_wait()? {
+    if let Some(died) = child.0.try_wait()? {
         panic!("the service died: {died}");
     }
     let status = terminate(&mut child).await?;

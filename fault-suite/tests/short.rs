@@ -1,7 +1,7 @@
 //! The fault suite's CI variant, run as the README's test command runs everything: 60 s of
-//! load with four SIGKILLs of each service and a Postgres immediate shutdown, then the
-//! whole audit. (Broker restarts are in the full run only; see the README's known limits.) The suite starts its own broker and Postgres (it
-//! restarts them), so it does not touch the ones the other tests share.
+//! load with four SIGKILLs of each service, a broker SIGKILL and restart and a Postgres
+//! immediate shutdown, then the whole audit. The suite starts its own broker and Postgres
+//! (it restarts them), so it does not touch the ones the other tests share.
 
 use std::process::Command;
 
