@@ -1,0 +1,95 @@
+# Benchmarks: run the sections of docs/benchmarks and write BENCHMARKS.md from what they
+# print. Sourced by ./dev after stack.sh (uses ROOT, LOCAL, log, die, pg_bin).
+#
+# Each docs/benchmarks/NN-name.md is one section: a "## " title line, a
+# "<!-- command: ... -->" line (the command that prints the figures), then the text that
+# says what is measured and against which raw baseline. The figures come from the
+# command's stdout, verbatim: markdown table lines as they are, other lines in a text block.
+
+BENCH_SECTIONS="$ROOT/docs/benchmarks"
+
+bench_command() { sed -n 's/^<!-- command: \(.*\) -->$/\1/p' "$1"; }
+
+bench_name() { basename "$1" .md | sed 's/^[0-9]*-//'; }
+
+# What the figures were measured on.
+bench_machine() {
+  local rdkafka cpu memory os
+  rdkafka=$(awk '/^name = "rdkafka-sys"/ {getline; gsub(/"/, "", $3); print $3}' "$ROOT/Cargo.lock")
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+  memory=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
+  os=$(. /etc/os-release && printf '%s' "$PRETTY_NAME")
+  printf -- '- cores: %s (%s)\n' "$(nproc)" "${cpu:-unknown CPU}"
+  printf -- '- memory: %s GiB\n' "$memory"
+  printf -- '- system: %s, Linux %s\n' "$os" "$(uname -r)"
+  printf -- '- compiler: %s; builds: `cargo bench` / `--release`\n' "$(rustc -V)"
+  printf -- '- Kafka client: rdkafka-sys %s (librdkafka %s, built from source)\n' \
+    "${rdkafka%%+*}" "${rdkafka#*+}"
+  printf -- '- broker: %s, storage engine SQLite (a file on the local disk), one broker\n' \
+    "$(tansu --version 2>/dev/null || echo 'tansu (version unknown)')"
+  printf -- '- database: %s, a private cluster with default settings\n' \
+    "$("$(pg_bin)/postgres" --version)"
+}
+
+# A bench's stdout as markdown: table lines verbatim, runs of other lines in a text block.
+bench_figures() {
+  awk '
+    /^\|/ { if (text) { print "```"; print ""; text = 0 } ; print; table = 1; next }
+    /^[[:space:]]*$/ { next }
+    { if (table) { print ""; table = 0 } ; if (!text) { print "```text"; text = 1 } ; print }
+    END { if (text) print "```" }
+  ' "$1"
+}
+
+# bench_run SECTION OUT: runs the section's command, its stdout into OUT (and the terminal).
+bench_run() {
+  local section=$1 out=$2 command
+  command=$(bench_command "$section")
+  [ -n "$command" ] || die "$section has no <!-- command: ... --> line"
+  log "$(bench_name "$section"): $command"
+  (cd "$ROOT" && bash -o pipefail -c "$command" | tee "$out") ||
+    die "$(bench_name "$section") failed; BENCHMARKS.md is left as it was"
+}
+
+bench_write_report() {
+  local dir=$1 target=$2 section tmp
+  tmp="$target.new"
+  {
+    printf '# Benchmarks\n\n'
+    printf 'Written by `./dev bench` on %s; every figure below was printed by the command\n' \
+      "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'named in its section, in that one run, next to its raw baseline measured in the\n'
+    printf 'same run on the same broker (raw rdkafka produce, a raw consumer, raw Postgres COPY).\n'
+    printf 'Do not edit by hand: change docs/benchmarks/ or the benches, and run `./dev bench`.\n'
+    printf 'Findings and experiments of earlier runs: docs/benchmark-history.md.\n\n'
+    printf '## Machine\n\n'
+    bench_machine
+    for section in "$BENCH_SECTIONS"/*.md; do
+      printf '\n'
+      head -1 "$section"
+      printf '\n`%s`\n' "$(bench_command "$section")"
+      tail -n +3 "$section"
+      printf '\n'
+      bench_figures "$dir/$(bench_name "$section").out"
+    done
+  } >"$tmp"
+  mv "$tmp" "$target"
+}
+
+# bench_all [NAME...]: every section (and BENCHMARKS.md rewritten), or only the named ones
+# (printed; BENCHMARKS.md untouched).
+bench_all() {
+  local dir="$LOCAL/bench" section name wanted=("$@") found
+  mkdir -p "$dir"
+  for name in "${wanted[@]}"; do
+    found=$(ls "$BENCH_SECTIONS"/*-"$name".md 2>/dev/null) ||
+      die "no benchmark named $name (have: $(for s in "$BENCH_SECTIONS"/*.md; do printf '%s ' "$(bench_name "$s")"; done))"
+    bench_run "$found" "$dir/$name.out"
+  done
+  [ ${#wanted[@]} -eq 0 ] || return 0
+  for section in "$BENCH_SECTIONS"/*.md; do
+    bench_run "$section" "$dir/$(bench_name "$section").out"
+  done
+  bench_write_report "$dir" "$ROOT/BENCHMARKS.md"
+  log "BENCHMARKS.md rewritten"
+}
