@@ -31,11 +31,12 @@ bench_machine() {
     "$("$(pg_bin)/postgres" --version)"
 }
 
-# A bench's stdout as markdown: table lines verbatim, runs of other lines in a text block.
+# A bench's stdout as markdown: table lines verbatim, runs of other lines in a text block;
+# a blank line ends a table (two tables in a row stay two tables).
 bench_figures() {
   awk '
     /^\|/ { if (text) { print "```"; print ""; text = 0 } ; print; table = 1; next }
-    /^[[:space:]]*$/ { next }
+    /^[[:space:]]*$/ { if (table) { print ""; table = 0 } ; next }
     { if (table) { print ""; table = 0 } ; if (!text) { print "```text"; text = 1 } ; print }
     END { if (text) print "```" }
   ' "$1"
@@ -56,12 +57,13 @@ bench_write_report() {
   tmp="$target.new"
   {
     printf '# Benchmarks\n\n'
-    printf 'Written by `./dev bench` on %s; every figure below was printed by the command\n' \
-      "$(date -u '+%Y-%m-%d %H:%M UTC')"
-    printf 'named in its section, in that one run, next to its raw baseline measured in the\n'
-    printf 'same run on the same broker (raw rdkafka produce, a raw consumer, raw Postgres COPY).\n'
-    printf 'Do not edit by hand: change docs/benchmarks/ or the benches, and run `./dev bench`.\n'
-    printf 'Findings and experiments of earlier runs: docs/benchmark-history.md.\n\n'
+    printf 'Written by `./dev bench` from its run that started %s. Every figure below\n' \
+      "$(cat "$dir/started")"
+    printf 'was printed in that run by the command named in its section, next to its raw\n'
+    printf 'baseline measured in the same run on the same broker (raw rdkafka produce, a raw\n'
+    printf 'consumer, raw Postgres COPY). Do not edit by hand: change docs/benchmarks/ or the\n'
+    printf 'benches, and run `./dev bench`. Findings and experiments of earlier runs:\n'
+    printf 'docs/benchmark-history.md.\n\n'
     printf '## Machine\n\n'
     bench_machine
     for section in "$BENCH_SECTIONS"/*.md; do
@@ -87,6 +89,7 @@ bench_all() {
     bench_run "$found" "$dir/$name.out"
   done
   [ ${#wanted[@]} -eq 0 ] || return 0
+  date -u '+%Y-%m-%d %H:%M UTC' >"$dir/started"
   for section in "$BENCH_SECTIONS"/*.md; do
     bench_run "$section" "$dir/$(bench_name "$section").out"
   done
