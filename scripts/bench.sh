@@ -78,17 +78,25 @@ bench_write_report() {
   mv "$tmp" "$target"
 }
 
+# bench_section NAME: the section file of the benchmark NAME, or a one-line error.
+bench_section() {
+  local found names=() s
+  found=$(ls "$BENCH_SECTIONS"/*-"$1".md 2>/dev/null) && { printf '%s\n' "$found"; return; }
+  for s in "$BENCH_SECTIONS"/*.md; do names+=("$(bench_name "$s")"); done
+  die "no benchmark named $1 (have: ${names[*]})"
+}
+
 # bench_all [NAME...]: every section (and BENCHMARKS.md rewritten), or only the named ones
-# (printed; BENCHMARKS.md untouched).
+# (printed; BENCHMARKS.md untouched). Check the names with bench_section first.
 bench_all() {
-  local dir="$LOCAL/bench" section name wanted=("$@") found
+  local dir="$LOCAL/bench" section name
   mkdir -p "$dir"
-  for name in "${wanted[@]}"; do
-    found=$(ls "$BENCH_SECTIONS"/*-"$name".md 2>/dev/null) ||
-      die "no benchmark named $name (have: $(for s in "$BENCH_SECTIONS"/*.md; do printf '%s ' "$(bench_name "$s")"; done))"
-    bench_run "$found" "$dir/$name.out"
-  done
-  [ ${#wanted[@]} -eq 0 ] || return 0
+  if [ $# -gt 0 ]; then
+    for name in "$@"; do
+      bench_run "$(bench_section "$name")" "$dir/$name.out"
+    done
+    return
+  fi
   date -u '+%Y-%m-%d %H:%M UTC' >"$dir/started"
   for section in "$BENCH_SECTIONS"/*.md; do
     bench_run "$section" "$dir/$(bench_name "$section").out"
