@@ -12,28 +12,7 @@ use reqwest::Client;
 use serde_json::{Value, json};
 use service_runtime::Env;
 use test_support::TestEnv;
-
-/// Strings chosen to break parsers, queries and logs.
-const NASTY: &[&str] = &[
-    "",
-    " ",
-    "'; DROP TABLE users; --",
-    "\" OR 1=1 --",
-    "{\"$ne\": null}",
-    "</script><script>alert(1)</script>",
-    "\u{0}\u{1}\u{7f}",
-    "\u{202e}evil\u{202d}",
-    "😀😀😀",
-    "ﾟ･✿ヾ╲(｡◕‿◕｡)╱✿･ﾟ",
-    "a@b",
-    "@@",
-    "null",
-    "-1",
-    "9999999999999999999999",
-    "../../etc/passwd",
-    "%00",
-    "EUR\n",
-];
+use test_support::hostile::NASTY_STRINGS as NASTY;
 
 fn nasty_string() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -13,28 +13,10 @@ use event_store::{KafkaSettings, TopicNames};
 use serde_json::{Value, json};
 use system_tests::{create_topics, service_env, start_services};
 use test_support::TestEnv;
+use test_support::hostile::NASTY_STRINGS as NASTY;
 use uuid::Uuid;
 
 const KEY: &str = "test-key";
-
-/// Strings chosen to break parsers, queries and logs.
-const NASTY: &[&str] = &[
-    "",
-    " ",
-    "'; DROP TABLE users; --",
-    "\" OR 1=1 --",
-    "{\"$ne\": null}",
-    "</script><script>alert(1)</script>",
-    "\u{0}\u{1}\u{7f}",
-    "\u{202e}evil\u{202d}",
-    "😀😀😀",
-    "null",
-    "-1",
-    "9999999999999999999999",
-    "../../etc/passwd",
-    "%00",
-    "00000000-0000-0000-0000-00000000000g",
-];
 
 /// One generated request.
 #[derive(Debug)]

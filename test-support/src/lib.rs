@@ -7,6 +7,7 @@
 //! a dependency cycle. [`load`] drives benchmarks.
 
 pub mod floor;
+pub mod hostile;
 pub mod load;
 mod postgres;
 
