@@ -81,7 +81,8 @@ bench_write_report() {
 # bench_section NAME: the section file of the benchmark NAME, or a one-line error.
 bench_section() {
   local found names=() s
-  found=$(ls "$BENCH_SECTIONS"/*-"$1".md 2>/dev/null) && { printf '%s\n' "$found"; return; }
+  [[ $1 =~ ^[a-z0-9-]+$ ]] && found=$(ls "$BENCH_SECTIONS"/[0-9]*-"$1".md 2>/dev/null) &&
+    { printf '%s\n' "$found"; return; }
   for s in "$BENCH_SECTIONS"/*.md; do names+=("$(bench_name "$s")"); done
   die "no benchmark named $1 (have: ${names[*]})"
 }
