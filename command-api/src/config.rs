@@ -27,6 +27,17 @@ pub const COMMAND_TIMEOUT_MS: Setting = Setting {
     help: "longest a command may take before the answer is 503 (broker or writer unavailable)",
 };
 
+pub const PEER_KEY: Setting = Setting {
+    name: "PEER_KEY",
+    default: Some(""),
+    help: "key instances send each other when one hands a command to the instance writing its partition (empty: derived from the whole API_KEYS list); the same on every instance",
+};
+pub const ADVERTISED_URL: Setting = Setting {
+    name: "ADVERTISED_URL",
+    default: Some(""),
+    help: "base URL other instances reach this one at (empty: http:// and the bound address, or the host name when listening on 0.0.0.0)",
+};
+
 /// Every variable the command API reads.
 pub fn settings() -> Vec<Setting> {
     let mut own = vec![
@@ -34,6 +45,8 @@ pub fn settings() -> Vec<Setting> {
         KAFKA_TRANSACTIONS,
         MAX_IN_FLIGHT,
         COMMAND_TIMEOUT_MS,
+        PEER_KEY,
+        ADVERTISED_URL,
     ];
     own.extend(api_keys::SETTINGS);
     common::with(&own)
@@ -47,6 +60,10 @@ pub struct Config {
     pub transactions: bool,
     pub max_in_flight: usize,
     pub command_timeout: Duration,
+    /// The key instances authenticate to each other with.
+    pub peer_key: String,
+    /// How peers reach this instance; `None`: from the bound address.
+    pub advertised_url: Option<String>,
 }
 
 impl Config {
@@ -57,10 +74,55 @@ impl Config {
             transactions: env.parse(&KAFKA_TRANSACTIONS)?,
             max_in_flight: env.positive(&MAX_IN_FLIGHT)? as usize,
             command_timeout: Duration::from_millis(env.positive(&COMMAND_TIMEOUT_MS)?),
+            peer_key: match env.text(&PEER_KEY)?.trim() {
+                "" => derived_peer_key(env)?,
+                key => key.to_owned(),
+            },
+            advertised_url: advertised_url(env)?,
         })
     }
 
     pub fn log_filter(&self) -> &str {
         &self.service.infrastructure.log_filter
+    }
+}
+
+/// The peers' key when `PEER_KEY` is not set: a digest of the whole `API_KEYS` list, the
+/// same on every instance that shares it, and not known to a client that holds one key of
+/// several. A client holding the only key could derive it: set `PEER_KEY` then.
+fn derived_peer_key(env: &Env) -> Result<String, SettingError> {
+    use sha2::{Digest, Sha256};
+    let keys = env.text(&api_keys::API_KEYS)?;
+    let mut keys: Vec<&str> = keys
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.sort_unstable();
+    Ok(hex::encode(Sha256::digest(format!(
+        "shop peers\n{}",
+        keys.join("\n")
+    ))))
+}
+
+fn advertised_url(env: &Env) -> Result<Option<String>, SettingError> {
+    let url = env
+        .text(&ADVERTISED_URL)?
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match host {
+        Some(host) if !host.is_empty() && !host.contains('/') => Ok(Some(url)),
+        _ => Err(SettingError::Invalid {
+            name: ADVERTISED_URL.name,
+            value: url,
+            reason: "expected http://host:port (no path)".into(),
+        }),
     }
 }

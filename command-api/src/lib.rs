@@ -37,17 +37,33 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     for worker in workers {
         service = service.worker(worker);
     }
+    let peers = models.peers.clone();
     let state = http::AppState {
         models: Arc::new(models),
         keys: http::idempotency::IdempotencyKeys::new(pool),
         command_timeout: config.command_timeout,
     };
-    service
-        .routes(http::router(
-            state,
-            config.gate.clone(),
-            config.max_in_flight,
-        ))
-        .bind()
-        .await
+    let bound = service.routes(http::router(state, &config)).bind().await?;
+    let me = config
+        .advertised_url
+        .clone()
+        .unwrap_or_else(|| advertised(bound.local_addr()));
+    peers.set_me(me);
+    Ok(bound)
+}
+
+/// How peers reach an instance bound to `addr` when `ADVERTISED_URL` is not set: that
+/// address, or on every interface the host's name (a container's name on its network).
+fn advertised(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("http://{addr}");
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        tracing::warn!(%addr, "no host name: peers on other hosts cannot forward commands here; set ADVERTISED_URL");
+        return format!("http://127.0.0.1:{}", addr.port());
+    }
+    format!("http://{host}:{}", addr.port())
 }

@@ -1,11 +1,13 @@
 //! The write models this service hosts: one per aggregate type, each owning the
-//! partitions the consumer group gives this instance.
+//! partitions the consumer group gives this instance and handing commands for the others
+//! to the instances that own them (their [`Peers`]).
 
 use std::sync::Arc;
 
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::metrics::WriterMetrics;
 use event_store::writer::partition::PartitionSettings;
+use event_store::writer::peers::{OwnerDirectory, Peers};
 use event_store::writer::snapshot::SnapshotStore;
 use prometheus_client::registry::Registry;
 use schemas::MessageFamily;
@@ -25,6 +27,8 @@ pub struct WriteModels {
     pub orders: WriteModel<Order>,
     pub payments: WriteModel<Payment>,
     pub notifications: WriteModel<Notification>,
+    /// The other instances of the command API.
+    pub peers: Peers,
 }
 
 impl WriteModels {
@@ -35,10 +39,16 @@ impl WriteModels {
             WriterConfig::new(infra.kafka.clone(), infra.topics.clone(), infra.partitions);
         writer_config.ownership_wait = config.command_timeout / 2;
         writer_config.partition = PartitionSettings {
-            snapshots: Some(Arc::new(SnapshotStore::new(pool))),
+            snapshots: Some(Arc::new(SnapshotStore::new(pool.clone()))),
             transactions: config.transactions,
             ..PartitionSettings::default()
         };
+        let peers = Peers::new(
+            OwnerDirectory::new(pool),
+            config.peer_key.clone(),
+            config.command_timeout,
+        );
+        writer_config.peers = Some(peers.clone());
         let metrics = WriterMetrics::register(registry, "");
         let mut workers: Vec<Worker> = Vec::new();
         let users = host(&writer_config, &metrics, &mut workers);
@@ -52,6 +62,7 @@ impl WriteModels {
             orders,
             payments,
             notifications,
+            peers,
         };
         (models, workers)
     }

@@ -65,8 +65,11 @@ pub async fn inflict(targets: &mut Targets, faults: &[(Duration, Fault)]) -> any
         let t = start.elapsed().as_secs_f64();
         match fault {
             Fault::Kill(service) => {
-                targets.fleet.kill_and_restart(*service)?;
-                println!("  {t:7.1} s  SIGKILL {}", service.as_str());
+                let n = targets.fleet.kill_and_restart(*service)?;
+                println!(
+                    "  {t:7.1} s  SIGKILL {}",
+                    crate::fleet::label((*service, n))
+                );
             }
             Fault::RestartBroker => {
                 targets.broker.restart().await;

@@ -90,7 +90,8 @@ pub fn random_below(n: u64) -> u64 {
 /// Where and how fast to send the load.
 #[derive(Clone, Debug)]
 pub struct Load {
-    pub command_api: String,
+    /// Every instance of the command API: each request goes to one of them at random.
+    pub command_api: Vec<String>,
     pub api_key: String,
     pub orders_per_second: f64,
 }
@@ -98,7 +99,7 @@ pub struct Load {
 #[derive(Clone, Debug)]
 struct Sender {
     client: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
     ledger: Ledger,
 }
 
@@ -107,14 +108,17 @@ impl Sender {
     async fn send(&self, kind: Kind, path: &str, body: Value, target: Option<String>) -> Outcome {
         let key = Uuid::new_v4().to_string();
         let correlation_id = Uuid::new_v4();
-        let url = format!("{}{path}", self.base);
         let started = Instant::now();
         let mut retries = 0;
         let mut pause = Duration::from_millis(100);
         let outcome = loop {
+            let base = usize::try_from(random_below(self.bases.len() as u64))
+                .ok()
+                .and_then(|i| self.bases.get(i))
+                .map_or("", String::as_str);
             let answer = self
                 .client
-                .post(&url)
+                .post(format!("{base}{path}"))
                 .header("Idempotency-Key", &key)
                 .header("X-Correlation-Id", correlation_id.to_string())
                 .json(&body)
@@ -213,7 +217,7 @@ impl Load {
     pub async fn run(self, ledger: Ledger, stop: impl std::future::Future<Output = ()>) {
         let sender = Sender {
             client: test_support::client(&self.api_key),
-            base: self.command_api.clone(),
+            bases: Arc::new(self.command_api.clone()),
             ledger,
         };
         let customers = Customers::default();

@@ -5,6 +5,10 @@
 //!
 //!     fault-suite run            the full run (20 SIGKILLs of each service, 10 minutes)
 //!     fault-suite run --short    the CI variant
+//!     fault-suite run --instances 2 --partitions 8
+//!                                the same with two instances of every service
+//!     fault-suite scale-out      two instances of every service: the split, capacity with
+//!                                two and with one, the takeover when one dies, the audit
 //!
 //! `./dev faults` builds it in release mode and runs it.
 
@@ -13,6 +17,7 @@ mod faults;
 mod fleet;
 mod load;
 mod overload;
+mod scale_out;
 mod stand;
 mod webhooks;
 
@@ -51,6 +56,9 @@ enum Command {
     Run(RunArgs),
     /// Measure the command API's capacity, then offer ten times as much.
     Overload(OverloadArgs),
+    /// Two instances of every service: how partitions split, capacity with two instances
+    /// and with one, and the takeover when one instance of each service dies.
+    ScaleOut(ScaleOutArgs),
     /// Run one service (how the suite starts its processes).
     #[command(hide = true)]
     Serve {
@@ -83,9 +91,26 @@ struct RunArgs {
     /// Partitions of every event topic.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=64))]
     partitions: i32,
+    /// Instances of every service (requests go to the command API's at random; each
+    /// SIGKILL hits one instance).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4))]
+    instances: u64,
     /// Where the services' logs go (default: a fresh folder under the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ScaleOutArgs {
+    /// Partitions of every event topic.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(2..=64))]
+    partitions: i32,
+    /// Seconds of each capacity measurement.
+    #[arg(long, default_value_t = 15)]
+    measure_seconds: u64,
+    /// Orders per second of the steady load the audit checks.
+    #[arg(long, default_value_t = 5.0)]
+    orders_per_second: f64,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +165,17 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ScaleOut(args) => match scale_out(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                println!("scale-out: FAILED (see the checks above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("fault-suite: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
@@ -154,6 +190,15 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<bool> {
+    scale_out::run(scale_out::ScaleOut {
+        partitions: args.partitions,
+        measure_seconds: args.measure_seconds,
+        orders_per_second: args.orders_per_second,
+    })
+    .await
+}
+
 async fn overload(args: OverloadArgs) -> anyhow::Result<bool> {
     let logs =
         std::env::temp_dir().join(format!("shop-overload-{}", uuid::Uuid::new_v4().simple()));
@@ -163,7 +208,7 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<bool> {
         args.factor, args.seconds
     );
     println!("  service logs in {}", logs.display());
-    let stand = Stand::up(args.partitions, &logs, RATE_UNLIMITED).await?;
+    let stand = Stand::up(args.partitions, 1, &logs, RATE_UNLIMITED).await?;
     overload::run(
         &stand,
         overload::Overload {
@@ -322,12 +367,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     );
     println!("  service logs in {}", logs.display());
 
-    let stand = Stand::up(args.partitions, &logs, RATE_UNLIMITED).await?;
+    let instances = usize::try_from(args.instances).unwrap_or(1);
+    let stand = Stand::up(args.partitions, instances, &logs, RATE_UNLIMITED).await?;
     println!(
-        "  services ready after {:.1} s",
+        "  {instances} instance(s) of each service ready after {:.1} s",
         began.elapsed().as_secs_f64()
     );
-    let command_api = stand.url(ServiceName::CommandApi);
+    let command_api = stand.urls(ServiceName::CommandApi);
     let Stand {
         postgres,
         broker,
@@ -338,25 +384,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         ..
     } = stand;
 
-    let supervisor = {
-        let fleet = Arc::clone(&fleet);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match fleet.revive_exited() {
-                    Ok(revived) => {
-                        for (service, status) in revived {
-                            println!(
-                                "            {} stopped by itself ({status}); started again",
-                                service.as_str()
-                            );
-                        }
-                    }
-                    Err(e) => println!("            supervisor: {e}"),
-                }
-            }
-        })
-    };
+    let supervisor = supervise(Arc::clone(&fleet));
     let ledger = Ledger::default();
     let load = tokio::spawn(
         Load {
@@ -373,8 +401,69 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     faults::inflict(&mut targets, &faults::schedule(&plan)).await?;
     load.await?;
+    let passed = conclude(
+        &Finished {
+            postgres: &postgres,
+            settings: &settings,
+            topics: &topics,
+            deliveries: &deliveries,
+            ledger: &ledger,
+            fleet: &fleet,
+            partitions: args.partitions,
+        },
+        began,
+    )
+    .await?;
+    supervisor.abort();
+    drop(targets);
+    Ok(passed)
+}
+
+/// Starts again, every half second, the instances that stopped by themselves.
+fn supervise(fleet: Arc<Fleet>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match fleet.revive_exited() {
+                Ok(revived) => {
+                    for (instance, status) in revived {
+                        println!(
+                            "            {} stopped by itself ({status}); started again",
+                            fleet::label(instance)
+                        );
+                    }
+                }
+                Err(e) => println!("            supervisor: {e}"),
+            }
+        }
+    })
+}
+
+/// What a run leaves for the audit, and where to look.
+struct Finished<'a> {
+    postgres: &'a test_support::PrivatePostgres,
+    settings: &'a event_store::KafkaSettings,
+    topics: &'a event_store::TopicNames,
+    deliveries: &'a webhooks::Deliveries,
+    ledger: &'a Ledger,
+    fleet: &'a Fleet,
+    partitions: i32,
+}
+
+/// Once the load stopped: what it got, the sagas settled, then the audit; whether every
+/// check passed.
+async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
+    let Finished {
+        postgres,
+        settings,
+        topics,
+        deliveries,
+        ledger,
+        fleet,
+        partitions,
+    } = *run;
     let requests = ledger.requests();
-    summarize(&requests, &fleet);
+    summarize(&requests, fleet);
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(6)
@@ -390,16 +479,15 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let settling = Instant::now();
-    let sagas = settle(&pool, (&settings, &topics), &orders).await?;
+    let sagas = settle(&pool, (settings, topics), &orders).await?;
     println!(
         "  sagas settled {:.1} s after the load",
         settling.elapsed().as_secs_f64()
     );
-    supervisor.abort();
 
     println!("audit");
-    let events = audit::read_log(&settings, &topics).await?;
-    let dead_letters = audit::read_topic(&settings, &topics.dead_letters())
+    let events = audit::read_log(settings, topics).await?;
+    let dead_letters = audit::read_topic(settings, &topics.dead_letters())
         .await?
         .len();
     let deliveries = deliveries.all();
@@ -419,7 +507,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         pool: pool.clone(),
         kafka: settings.clone(),
         topics: topics.clone(),
-        partitions: args.partitions,
+        partitions,
         batch_max: 2_000,
         restart: true,
     };
@@ -435,7 +523,6 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         },
         began.elapsed().as_secs_f64()
     );
-    drop(targets);
     Ok(passed)
 }
 

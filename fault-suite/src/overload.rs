@@ -78,22 +78,37 @@ async fn capacity(
     users: &Arc<Vec<String>>,
     seconds: u64,
 ) -> f64 {
+    let (client, url, users) = (client.clone(), url.to_owned(), Arc::clone(users));
+    closed_loop(seconds, 64, move |_| {
+        let (client, url, users) = (client.clone(), url.clone(), Arc::clone(&users));
+        async move { (200..300).contains(&place(&client, &url, &users).await.0) }
+    })
+    .await
+}
+
+/// Successful calls per second of `callers` callers, each making its next call as soon
+/// as it has the answer to the previous one; `call` gets the caller's number.
+pub async fn closed_loop<F, Fut>(seconds: u64, callers: usize, call: F) -> f64
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let until = Instant::now() + Duration::from_secs(seconds);
-    let mut callers = JoinSet::new();
-    for _ in 0..64 {
-        let (client, url, users) = (client.clone(), url.to_owned(), Arc::clone(users));
-        callers.spawn(async move {
-            let mut accepted = 0u64;
+    let mut tasks = JoinSet::new();
+    for caller in 0..callers {
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut succeeded = 0u64;
             while Instant::now() < until {
-                if (200..300).contains(&place(&client, &url, &users).await.0) {
-                    accepted += 1;
+                if call(caller).await {
+                    succeeded += 1;
                 }
             }
-            accepted
+            succeeded
         });
     }
-    let accepted: u64 = callers.join_all().await.into_iter().sum();
-    accepted as f64 / seconds as f64
+    let succeeded: u64 = tasks.join_all().await.into_iter().sum();
+    succeeded as f64 / seconds as f64
 }
 
 /// Offers `rate` orders per second for `seconds`, each on its own task.
@@ -218,12 +233,12 @@ pub async fn run(stand: &Stand, overload: Overload) -> anyhow::Result<bool> {
         quantile(&shed, 0.99).as_secs_f64() * 1e3
     );
     let mut memory_ok = true;
-    for (service, pid) in stand.fleet.pids() {
+    for (instance, pid) in stand.fleet.pids() {
         let peak = peak_rss_mib(pid);
         memory_ok &= peak.is_some_and(|p| p <= RSS_CEILING_MIB);
         println!(
             "  peak RSS {:<18} {} MiB",
-            service.as_str(),
+            crate::fleet::label(instance),
             peak.map_or("?".into(), |p| p.to_string())
         );
     }

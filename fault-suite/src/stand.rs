@@ -1,7 +1,8 @@
 //! The stand every run of the suite builds: a private Postgres cluster and a private tansu
 //! (the suite kills them, so they are its own), the topics, the webhook receiver, and the
-//! three services as processes on free ports.
+//! three services as processes on free ports, one or more instances of each.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use test_support::{PrivateBroker, PrivatePostgres};
 
-use crate::fleet::{Fleet, ServiceName};
+use crate::fleet::{Fleet, Instance, ServiceName};
 use crate::load;
 use crate::webhooks::{self, Deliveries};
 
@@ -28,14 +29,19 @@ pub struct Stand {
     pub topics: TopicNames,
     pub deliveries: Deliveries,
     pub fleet: Arc<Fleet>,
-    pub addrs: Vec<(ServiceName, String)>,
+    pub addrs: BTreeMap<Instance, String>,
 }
 
 impl Stand {
-    /// Starts it all with `partitions` per topic, the services logging into `logs` and
-    /// allowing `rate_limit` requests per second per API key; returns once every service
-    /// is ready.
-    pub async fn up(partitions: i32, logs: &Path, rate_limit: u32) -> anyhow::Result<Self> {
+    /// Starts it all with `partitions` per topic and `instances` of each service, logging
+    /// into `logs` and allowing `rate_limit` requests per second per API key; returns once
+    /// every instance is ready.
+    pub async fn up(
+        partitions: i32,
+        instances: usize,
+        logs: &Path,
+        rate_limit: u32,
+    ) -> anyhow::Result<Self> {
         let postgres = Arc::new(tokio::task::spawn_blocking(PrivatePostgres::start).await??);
         let broker = PrivateBroker::start().await;
         let settings = KafkaSettings::new(&broker.brokers);
@@ -44,17 +50,12 @@ impl Stand {
             .create(&topics.all(partitions), 1)
             .await?;
         let (webhook, deliveries) = webhooks::receiver(WEBHOOK_SECRET).await?;
-        let addrs: Vec<(ServiceName, String)> = ServiceName::ALL
+        let addrs: BTreeMap<Instance, String> = ServiceName::ALL
             .into_iter()
-            .map(|s| free_addr().map(|a| (s, a)))
+            .flat_map(|s| (0..instances.max(1)).map(move |n| (s, n)))
+            .map(|i| free_addr().map(|a| (i, a)))
             .collect::<anyhow::Result<_>>()?;
-        let addr_of = |service: ServiceName| {
-            addrs
-                .iter()
-                .find(|(s, _)| *s == service)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default()
-        };
+        let addr_of = |service: ServiceName| addrs.get(&(service, 0)).cloned().unwrap_or_default();
         let env: Vec<(String, String)> = [
             ("KAFKA_BROKERS", broker.brokers.clone()),
             ("DATABASE_URL", postgres.url()),
@@ -85,7 +86,7 @@ impl Stand {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let fleet = Arc::new(Fleet::start(env, logs.to_path_buf())?);
+        let fleet = Arc::new(Fleet::start(env, logs.to_path_buf(), &addrs)?);
         wait_ready(&addrs).await?;
         Ok(Self {
             postgres,
@@ -98,13 +99,18 @@ impl Stand {
         })
     }
 
-    /// `http://host:port` of `service`.
+    /// `http://host:port` of the first instance of `service`.
     pub fn url(&self, service: ServiceName) -> String {
+        self.urls(service).into_iter().next().unwrap_or_default()
+    }
+
+    /// `http://host:port` of every instance of `service`.
+    pub fn urls(&self, service: ServiceName) -> Vec<String> {
         self.addrs
             .iter()
-            .find(|(s, _)| *s == service)
+            .filter(|((s, _), _)| *s == service)
             .map(|(_, a)| format!("http://{a}"))
-            .unwrap_or_default()
+            .collect()
     }
 }
 
@@ -114,10 +120,10 @@ fn free_addr() -> anyhow::Result<String> {
         .to_string())
 }
 
-async fn wait_ready(addrs: &[(ServiceName, String)]) -> anyhow::Result<()> {
+async fn wait_ready(addrs: &BTreeMap<Instance, String>) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    for (service, addr) in addrs {
+    for (&instance, addr) in addrs {
         loop {
             let ready = client
                 .get(format!("http://{addr}/ready"))
@@ -131,7 +137,7 @@ async fn wait_ready(addrs: &[(ServiceName, String)]) -> anyhow::Result<()> {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{} was not ready within 120 s",
-                service.as_str()
+                crate::fleet::label(instance)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

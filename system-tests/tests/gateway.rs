@@ -80,6 +80,18 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
     );
     assert_eq!(body["detail"], format!("no saga for order {order}"));
 
+    // What the command API's instances ask of each other is not reachable from outside,
+    // whatever the key.
+    let internal = gateway.url("/command-api/internal/writers/users/commands");
+    let response = keyed.post(&internal).body("{}").send().await?;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            response.headers()["content-type"].to_str()?
+        ),
+        (404, "application/problem+json")
+    );
+
     // A service that is down: a prompt 503 problem with Retry-After, not a hang or HTML.
     let saga = services.pop().expect("three services");
     saga.stop().await?;

@@ -5,7 +5,8 @@
 //! - [`idempotency`]: `Idempotency-Key` and `If-Match`;
 //! - [`users`], [`orders`]: the handlers;
 //! - [`error`]: the one mapping of failures to problem+json;
-//! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations;
+//! - [`peer`]: what instances ask of each other (commands for partitions written there).
 
 pub mod body;
 pub mod context;
@@ -14,6 +15,7 @@ pub mod fields;
 pub mod idempotency;
 pub mod openapi;
 pub mod orders;
+pub mod peer;
 pub mod users;
 
 use std::sync::Arc;
@@ -30,10 +32,11 @@ use event_store::position::Position;
 use event_store::writer::host::WriteModel;
 use schemas::{Command, CommandMeta, MessageFamily};
 use serde::Serialize;
-use service_runtime::api_keys::{Gate, Principal};
+use service_runtime::api_keys::Principal;
 use tower::ServiceBuilder;
 use utoipa::ToSchema;
 
+use crate::config::Config;
 use crate::write_models::WriteModels;
 use context::RequestContext;
 use error::ApiError;
@@ -227,18 +230,21 @@ pub fn accepted<R: Serialize>(
     }
 }
 
-/// The command API's routes, behind the API-key gate, with body and in-flight limits.
-pub fn router(state: AppState, gate: Gate, max_in_flight: usize) -> Router {
+/// The command API's routes, behind the API-key gate, and the peers' routes, behind
+/// theirs; both with body and in-flight limits.
+pub fn router(state: AppState, config: &Config) -> Router {
     let (api, document) = openapi::routes().split_for_parts();
-    let api = gate
+    let api = config
+        .gate
         .guard(api)
+        .merge(peer::routes(&config.peer_key))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     ApiError::Overloaded
                 }))
                 .load_shed()
-                .concurrency_limit(max_in_flight),
+                .concurrency_limit(config.max_in_flight),
         )
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(context::correlate))

@@ -8,8 +8,10 @@
 //! everything at every rebalance and most partitions come straight back.
 //!
 //! Commands reach a writer two ways: [`WriteModel::execute`] in this process (the HTTP
-//! path, which skips the command topic when the partition is local) and records on the
-//! command topic (the saga's path), whose offsets are committed once their outcome is known.
+//! path, which skips the command topic when the partition is local, and otherwise hands
+//! the command to the instance that writes the partition, see [`super::peers`]) and
+//! records on the command topic (the saga's path), whose offsets are committed once their
+//! outcome is known.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +37,10 @@ use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
 use crate::writer::orphans::Orphans;
 use crate::writer::partition::{PartitionSettings, PartitionWriter, Reply, Request};
+use crate::writer::peers::{PeerState, Peers};
+
+/// How often a caller waiting for a partition nobody announced looks at the directory again.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
 
 /// How a write model is set up.
 #[derive(Clone, Debug)]
@@ -49,6 +55,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Idempotency window, snapshots, and whether Kafka transactions fence writers.
     pub partition: PartitionSettings,
+    /// The other instances, when commands for partitions written elsewhere are handed to
+    /// their writer; without, such commands wait `ownership_wait` for the partition here.
+    pub peers: Option<Peers>,
 }
 
 impl WriterConfig {
@@ -60,6 +69,7 @@ impl WriterConfig {
             ownership_wait: Duration::from_secs(10),
             queue_capacity: 4096,
             partition: PartitionSettings::default(),
+            peers: None,
         }
     }
 }
@@ -93,6 +103,15 @@ struct Shared<A: Aggregate> {
     changed: watch::Sender<u64>,
     /// Partitions callers asked for and were told "not owner", since the last look.
     unserved: Mutex<BTreeSet<i32>>,
+    /// Partitions the group assigned here (served, or being taken over).
+    assigned: Mutex<BTreeSet<i32>>,
+}
+
+/// Where a command for a partition goes.
+enum Route<A: Aggregate> {
+    Here(mpsc::Sender<Request<A>>),
+    /// The base URL of the instance that writes the partition.
+    There(String),
 }
 
 impl<A: Aggregate> WriteModel<A> {
@@ -103,6 +122,7 @@ impl<A: Aggregate> WriteModel<A> {
             serving: RwLock::new(HashMap::new()),
             changed: watch::channel(0).0,
             unserved: Mutex::default(),
+            assigned: Mutex::default(),
         });
         let runtime = WriterRuntime {
             shared: Arc::clone(&shared),
@@ -118,13 +138,51 @@ impl<A: Aggregate> WriteModel<A> {
 
     /// Decides `command` and returns its outcome once it is durable: accepted (events in
     /// Kafka), rejected or conflicting (outcome recorded), or the same outcome as before
-    /// when its id was seen. Errors mean nothing can be said yet: retry.
+    /// when its id was seen. Errors mean nothing can be said yet: retry. The partition's
+    /// writer decides, here or, with peers, at the instance that writes it.
     pub async fn execute(
         &self,
         command: Command<A::Command>,
     ) -> Result<Outcome<A::Rejection>, EventStoreError> {
         let partition = self.partition_of(&command.payload.aggregate_id());
-        let queue = self.queue_of(partition).await?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
+        let mut document = None;
+        loop {
+            let owner = match self.route(partition, deadline).await? {
+                Route::Here(queue) => return self.execute_on(queue, partition, command).await,
+                Route::There(owner) => owner,
+            };
+            let document = document.get_or_insert_with(|| command.to_document());
+            let peers = self.peers();
+            match peers
+                .execute(&owner, A::Event::SERVICE, partition, document)
+                .await
+            {
+                Ok(answer) => return decode_answer(answer),
+                Err(EventStoreError::NotOwner { .. }) => self.moved(partition, deadline).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like [`Self::execute`], but only by a writer of this instance: what a peer's
+    /// forwarded command gets. Waits (up to `ownership_wait`) only while the partition is
+    /// being taken over here; a partition not assigned here is "not owner" at once.
+    pub async fn execute_here(
+        &self,
+        command: Command<A::Command>,
+    ) -> Result<Outcome<A::Rejection>, EventStoreError> {
+        let partition = self.partition_of(&command.payload.aggregate_id());
+        let queue = self.local_queue(partition).await?;
+        self.execute_on(queue, partition, command).await
+    }
+
+    async fn execute_on(
+        &self,
+        queue: mpsc::Sender<Request<A>>,
+        partition: i32,
+        command: Command<A::Command>,
+    ) -> Result<Outcome<A::Rejection>, EventStoreError> {
         let (reply, outcome) = oneshot::channel();
         queue
             .try_send(Request::Execute { command, reply })
@@ -144,7 +202,40 @@ impl<A: Aggregate> WriteModel<A> {
     /// log (the writer's state is never behind what it confirmed). Version 0: no such aggregate.
     pub async fn state_of(&self, aggregate_id: &str) -> Result<(u64, A::State), EventStoreError> {
         let partition = self.partition_of(aggregate_id);
-        let queue = self.queue_of(partition).await?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
+        loop {
+            let owner = match self.route(partition, deadline).await? {
+                Route::Here(queue) => return self.state_on(queue, partition, aggregate_id).await,
+                Route::There(owner) => owner,
+            };
+            let peers = self.peers();
+            match peers
+                .state(&owner, A::Event::SERVICE, partition, aggregate_id)
+                .await
+            {
+                Ok(answer) => {
+                    let PeerState { version, state } = decode_answer(answer)?;
+                    return Ok((version, state));
+                }
+                Err(EventStoreError::NotOwner { .. }) => self.moved(partition, deadline).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like [`Self::state_of`], only from a writer of this instance (see [`Self::execute_here`]).
+    pub async fn state_here(&self, aggregate_id: &str) -> Result<(u64, A::State), EventStoreError> {
+        let partition = self.partition_of(aggregate_id);
+        let queue = self.local_queue(partition).await?;
+        self.state_on(queue, partition, aggregate_id).await
+    }
+
+    async fn state_on(
+        &self,
+        queue: mpsc::Sender<Request<A>>,
+        partition: i32,
+        aggregate_id: &str,
+    ) -> Result<(u64, A::State), EventStoreError> {
         let (reply, answer) = oneshot::channel();
         queue
             .try_send(Request::Read {
@@ -157,6 +248,94 @@ impl<A: Aggregate> WriteModel<A> {
             .unwrap_or_else(|_| Err(self.not_owner(partition)))
     }
 
+    fn peers(&self) -> &Peers {
+        self.shared
+            .config
+            .peers
+            .as_ref()
+            .expect("commands are routed elsewhere only with peers")
+    }
+
+    /// Where `partition`'s commands go: its writer here once it serves, or with peers the
+    /// instance the directory names. Waits (until `deadline`) while nobody serves it.
+    async fn route(
+        &self,
+        partition: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<Route<A>, EventStoreError> {
+        let mut changes = self.shared.changed.subscribe();
+        let group = self.group();
+        loop {
+            if let Some(queue) = self.shared.queue(partition) {
+                return Ok(Route::Here(queue));
+            }
+            let mut wake = deadline;
+            if let Some(peers) = &self.shared.config.peers {
+                match peers.owner(&group, partition).await? {
+                    Some(owner) if Some(owner.as_str()) != peers.me() => {
+                        return Ok(Route::There(owner));
+                    }
+                    // Nobody announced it, or the entry names this instance, which is
+                    // taking the partition over or lost it: wait, and look again.
+                    _ => peers.forget(&group, partition),
+                }
+                wake = deadline.min(tokio::time::Instant::now() + LOOK_AGAIN);
+            }
+            match tokio::time::timeout_at(wake, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(self.not_owner(partition));
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+    }
+
+    /// The owner the directory named does not write `partition` (any more): forget it and
+    /// pause before looking again, or give up at `deadline`.
+    async fn moved(
+        &self,
+        partition: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), EventStoreError> {
+        self.peers().forget(&self.group(), partition);
+        let pause = tokio::time::Instant::now() + LOOK_AGAIN;
+        if pause >= deadline {
+            return Err(self.not_owner(partition));
+        }
+        tokio::time::sleep_until(pause).await;
+        Ok(())
+    }
+
+    /// The queue of `partition`'s writer here, waiting (bounded) while it is taken over here.
+    async fn local_queue(
+        &self,
+        partition: i32,
+    ) -> Result<mpsc::Sender<Request<A>>, EventStoreError> {
+        let mut changes = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
+        loop {
+            if let Some(queue) = self.shared.queue(partition) {
+                return Ok(queue);
+            }
+            let not_owner = EventStoreError::NotOwner {
+                service: A::Event::SERVICE,
+                partition,
+            };
+            if !self.shared.is_assigned(partition) {
+                return Err(not_owner);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(not_owner),
+            }
+        }
+    }
+
+    fn group(&self) -> String {
+        self.shared.config.topics.writers_group(A::Event::SERVICE)
+    }
+
     fn not_owner(&self, partition: i32) -> EventStoreError {
         self.shared
             .unserved
@@ -166,21 +345,6 @@ impl<A: Aggregate> WriteModel<A> {
         EventStoreError::NotOwner {
             service: A::Event::SERVICE,
             partition,
-        }
-    }
-
-    /// The queue of `partition`'s writer, waiting (bounded) while ownership settles.
-    async fn queue_of(&self, partition: i32) -> Result<mpsc::Sender<Request<A>>, EventStoreError> {
-        let mut changes = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
-        loop {
-            if let Some(queue) = self.shared.queue(partition) {
-                return Ok(queue);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Err(self.not_owner(partition)),
-            }
         }
     }
 
@@ -199,7 +363,53 @@ impl<A: Aggregate> WriteModel<A> {
     }
 }
 
+/// A peer's JSON answer as the type it stands for.
+fn decode_answer<T: serde::de::DeserializeOwned>(
+    answer: serde_json::Value,
+) -> Result<T, EventStoreError> {
+    serde_json::from_value(answer).map_err(|e| EventStoreError::Refused {
+        operation: "forward to the partition's writer",
+        reason: format!("the owner's answer cannot be read: {e}"),
+    })
+}
+
 impl<A: Aggregate> Shared<A> {
+    /// Tells the peers (when there are) that this instance writes `partitions`. A failure
+    /// only delays commands forwarded here: the next check announces again.
+    async fn announce(&self, partitions: &[i32]) {
+        let Some(peers) = &self.config.peers else {
+            return;
+        };
+        let group = self.config.topics.writers_group(A::Event::SERVICE);
+        if let Err(e) = peers.announce(&group, partitions).await {
+            tracing::warn!(service = A::Event::SERVICE, error = %e, "cannot announce the partitions written here");
+        }
+    }
+
+    fn is_assigned(&self, partition: i32) -> bool {
+        self.assigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&partition)
+    }
+
+    /// Records a change of assignment, and wakes callers waiting for a partition.
+    fn set_assigned(&self, partitions: &[i32], assigned: bool) {
+        let mut held = self
+            .assigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for partition in partitions {
+            if assigned {
+                held.insert(*partition);
+            } else {
+                held.remove(partition);
+            }
+        }
+        drop(held);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     fn queue(&self, partition: i32) -> Option<mpsc::Sender<Request<A>>> {
         self.serving
             .read()
@@ -337,12 +547,14 @@ impl<A: Aggregate> WriterRuntime<A> {
                 () = stop.cancelled() => break Ok(Exit::Stopped),
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(list) => {
+                        self.shared.set_assigned(&list, true);
                         for partition in list {
                             let writer = parked.remove(&partition);
                             running.insert(partition, self.start(partition, writer, producer.clone()));
                         }
                     }
                     Ownership::Revoked(list) => {
+                        self.shared.set_assigned(&list, false);
                         for partition in list {
                             if let Some(writer) = self.halt(running.remove(&partition)).await {
                                 parked.insert(partition, writer);
@@ -357,6 +569,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                 },
                 _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
                 _ = orphan_tick.tick() => {
+                    self.shared.announce(&self.served_here()).await;
                     let held = running.keys().copied().collect();
                     if self.orphaned(&mut orphans, &held).await {
                         tracing::warn!(
@@ -369,12 +582,24 @@ impl<A: Aggregate> WriterRuntime<A> {
                 }
             }
         };
+        let held: Vec<i32> = running.keys().copied().collect();
+        self.shared.set_assigned(&held, false);
         for (_, run) in running.drain() {
             self.halt(Some(run)).await;
         }
         self.commit_done(&consumer, &mut in_flight);
         consumer.unsubscribe();
         outcome
+    }
+
+    fn served_here(&self) -> Vec<i32> {
+        self.shared
+            .serving
+            .read()
+            .expect("serving lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Whether partitions demanded here stayed with nobody for too long (see [`Orphans`]).
@@ -463,6 +688,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                 seconds = started.elapsed().as_secs_f64(),
                 "serving partition"
             );
+            shared.announce(&[partition]).await;
             writer = writer.serve(requests, token).await;
             shared.set_serving(partition, None);
             metrics

@@ -7,4 +7,5 @@ pub mod log;
 pub mod metrics;
 pub mod orphans;
 pub mod partition;
+pub mod peers;
 pub mod snapshot;

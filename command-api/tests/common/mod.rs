@@ -1,0 +1,171 @@
+//! What the command API's HTTP tests share: an instance of the service in the test's
+//! process, on the test's broker and database, and small request helpers.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use event_store::writer::log::PartitionLog;
+use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::Message;
+use rdkafka::producer::FutureProducer;
+use reqwest::{Client, Response, StatusCode};
+use schemas::EventDocument;
+use serde_json::{Value, json};
+use service_runtime::Env;
+use test_support::TestEnv;
+
+pub const KEY: &str = "test-key";
+pub const PARTITIONS: i32 = 2;
+
+pub struct App {
+    pub base: String,
+    pub client: Client,
+    pub brokers: String,
+    pub topics: TopicNames,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), service_runtime::ServiceError>>>,
+}
+
+impl App {
+    pub async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(env, &env.brokers, extra).await
+    }
+
+    pub async fn start_on(
+        env: &TestEnv,
+        brokers: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let topics = TopicNames::new(&env.topic_prefix);
+        TopicAdmin::new(&KafkaSettings::new(brokers))?
+            .create(&topics.all(PARTITIONS), 1)
+            .await?;
+        let partitions = PARTITIONS.to_string();
+        let mut vars = vec![
+            ("KAFKA_BROKERS", brokers),
+            ("KAFKA_TIMEOUT_MS", "2000"),
+            ("DATABASE_URL", env.database_url.as_str()),
+            ("TOPIC_PREFIX", env.topic_prefix.as_str()),
+            ("EVENT_PARTITIONS", partitions.as_str()),
+            ("COMMAND_API_ADDR", "127.0.0.1:0"),
+            ("API_KEYS", "other-key, test-key"),
+        ];
+        vars.extend_from_slice(extra);
+        let config = command_api::Config::from_env(&Env::from_pairs(vars))?;
+        let service = command_api::build(config).await?;
+        let base = format!("http://{}", service.local_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let app = Self {
+            base,
+            client: Client::new(),
+            brokers: brokers.to_owned(),
+            topics,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        app.wait_ready().await?;
+        Ok(app)
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("command API not ready within 30 s")
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(15))
+    }
+
+    pub async fn send(&self, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+        answer(self.post(path).json(&body).send().await?).await
+    }
+
+    /// Every event record of a service's log, in partition and offset order.
+    pub async fn events(&self, service: &str) -> anyhow::Result<Vec<EventDocument>> {
+        let settings = KafkaSettings::new(&self.brokers);
+        let producer: FutureProducer = settings.producer().create()?;
+        let topic = self.topics.events(service);
+        let mut all = Vec::new();
+        for partition in 0..PARTITIONS {
+            let log = PartitionLog::new(producer.clone(), settings.clone(), partition);
+            let end = log.end_offset(&topic).await?;
+            log.read_range(&topic, 0, end, |m| {
+                all.push(EventDocument::from_json(m.payload().expect("value")).expect("an event"));
+            })
+            .await?;
+        }
+        Ok(all)
+    }
+}
+
+impl App {
+    /// Stops gracefully: the writers leave their group, so a successor takes over at once.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Sends until the answer is not 503 (which says: retry), as a client would.
+pub async fn until_decided(
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> anyhow::Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = request().send().await?;
+        if response.status() != 503 || Instant::now() > deadline {
+            return Ok(response);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn answer(response: Response) -> anyhow::Result<(StatusCode, Value)> {
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+pub fn user_body(name: &str, email: &str) -> Value {
+    json!({"name": name, "email": email})
+}
+
+pub async fn register(app: &App, email: &str) -> anyhow::Result<String> {
+    let (status, body) = app
+        .send("/v1/users", user_body("Ada Lovelace", email))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    Ok(body["id"].as_str().expect("an id").to_owned())
+}
+
+pub fn order_body(user: &str) -> Value {
+    json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]})
+}
