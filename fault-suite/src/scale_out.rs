@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_store::scan;
 use projections::projector::Schema;
 use serde_json::json;
 use sqlx::PgPool;
@@ -19,8 +18,6 @@ use crate::load::{Ledger, Load};
 use crate::overload::closed_loop;
 use crate::stand::{API_KEY, RATE_UNLIMITED, Stand};
 
-/// The event topics the projections and the saga read.
-const EVENT_SERVICES: [&str; 4] = ["users", "orders", "payments", "notifications"];
 /// How long the survivors may take to hold every partition and catch up.
 const TAKEOVER_WITHIN: Duration = Duration::from_secs(120);
 
@@ -67,7 +64,8 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
 
     println!("split");
     let groups = writers_groups(&stand);
-    let owners = wait_for_owners(&pool, &groups, &commands).await;
+    let partitions = usize::try_from(setup.partitions).unwrap_or(0);
+    let owners = wait_for_owners(&pool, (&groups, partitions), &commands).await;
     let split = match &owners {
         Ok(owners) => {
             for url in &commands {
@@ -97,8 +95,11 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
         setup.measure_seconds
     );
     for (service, metric) in [
-        (ServiceName::Projections, "projector_applied_events_total"),
-        (ServiceName::SagaOrchestrator, "saga_inputs_total"),
+        (
+            ServiceName::Projections,
+            "shop_projector_applied_events_total",
+        ),
+        (ServiceName::SagaOrchestrator, "shop_saga_inputs_total"),
     ] {
         let mut took = Vec::new();
         for url in stand.urls(service) {
@@ -112,14 +113,23 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
         ));
     }
 
-    let ends = event_ends(&stand).await?;
     let killed = Instant::now();
     for service in ServiceName::ALL {
         stand.fleet.kill_for_good((service, 1))?;
     }
+    // Where every reader stood when the second instances died: from here only the
+    // survivors move the checkpoints. (Not the topics' ends: tansu's ListOffsets answers
+    // watermarks seconds behind records it already serves.)
+    let mut at_kill = BTreeMap::new();
+    for table in checkpoint_tables() {
+        at_kill.insert(
+            table.clone(),
+            checkpoints(&pool, &table).await.unwrap_or_default(),
+        );
+    }
     println!("takeover (SIGKILL of the second instance of every service, which stays down)");
     let survivor = &commands[..1];
-    let taken = takeover(&pool, &groups, survivor, &ends, killed).await;
+    let taken = takeover(&pool, (&groups, &survivor[0]), &client, &at_kill, killed).await;
     for (what, seconds) in &taken {
         match seconds {
             Some(s) => println!("  {what}: {s:.1} s"),
@@ -185,7 +195,7 @@ async fn owners(
 /// `expected` (every one of them writes some).
 async fn wait_for_owners(
     pool: &PgPool,
-    groups: &[String],
+    (groups, partitions): (&[String], usize),
     expected: &[String],
 ) -> anyhow::Result<BTreeMap<(String, i32), String>> {
     let wanted: BTreeSet<&String> = expected.iter().collect();
@@ -193,8 +203,7 @@ async fn wait_for_owners(
     loop {
         let now = owners(pool, groups).await.unwrap_or_default();
         let seen: BTreeSet<&String> = now.values().collect();
-        let every_partition = groups.iter().all(|g| now.keys().any(|(h, _)| h == g));
-        if every_partition && seen == wanted {
+        if now.len() == groups.len() * partitions && seen == wanted {
             return Ok(now);
         }
         if Instant::now() > deadline {
@@ -241,79 +250,98 @@ async fn counter(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Res
         .sum())
 }
 
-/// The end offset of every partition of the event topics, now.
-async fn event_ends(stand: &Stand) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-    let mut ends = BTreeMap::new();
-    for service in EVENT_SERVICES {
-        let topic = stand.topics.events(service);
-        for (partition, end) in scan::topic_ends(&stand.settings, &topic).await? {
-            ends.insert((topic.clone(), partition), end);
-        }
-    }
-    Ok(ends)
+/// The tables of stored checkpoints: one per read model, and the saga's.
+fn checkpoint_tables() -> Vec<String> {
+    let mut tables: Vec<String> = projections::READ_MODELS
+        .iter()
+        .map(|m| Schema::live(m).table("checkpoints"))
+        .collect();
+    tables.push("saga.checkpoints".into());
+    tables
 }
 
-/// Seconds from `killed` until: the survivor writes every partition; each read model and
-/// the saga stored checkpoints at or past `ends` (everything written before the kill is
-/// in). `None` for what did not happen within [`TAKEOVER_WITHIN`].
+/// Seconds from `killed` until the survivor writes every partition (its directory entries
+/// all name it), and until each read model and the saga have moved their checkpoint past
+/// where it stood at the kill (`at_kill`, per table) on every partition: only a survivor
+/// moves it. Meanwhile registrations go to the survivor so that every users partition gets
+/// new events; the steady load covers the others. `None` for what did not happen within
+/// [`TAKEOVER_WITHIN`].
 async fn takeover(
     pool: &PgPool,
-    groups: &[String],
-    survivor: &[String],
-    ends: &BTreeMap<(String, i32), i64>,
+    (groups, survivor): (&[String], &str),
+    client: &reqwest::Client,
+    at_kill: &BTreeMap<String, BTreeMap<(String, i32), i64>>,
     killed: Instant,
 ) -> Vec<(String, Option<f64>)> {
-    let mut waiting: BTreeMap<String, Option<f64>> = BTreeMap::new();
-    waiting.insert("command-api writes every partition".into(), None);
-    for model in projections::READ_MODELS {
-        waiting.insert(format!("projections: {model} caught up"), None);
-    }
-    waiting.insert("saga-orchestrator caught up".into(), None);
-    let wanted: BTreeSet<&String> = survivor.iter().collect();
-    while killed.elapsed() < TAKEOVER_WITHIN && waiting.values().any(Option::is_none) {
+    let probe = {
+        let (client, url) = (client.clone(), format!("{survivor}/v1/users"));
+        tokio::spawn(async move {
+            loop {
+                let body = json!({"name": "Takeover Probe",
+                                  "email": format!("probe-{}@example.com", uuid::Uuid::new_v4().simple())});
+                let _ = client
+                    .post(&url)
+                    .json(&body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let tables: Vec<(String, String)> = checkpoint_tables()
+        .into_iter()
+        .map(|table| {
+            let reader = match table.strip_prefix("read_") {
+                Some(model) => format!("projections: {}", model.trim_end_matches(".checkpoints")),
+                None => "saga-orchestrator".to_owned(),
+            };
+            (format!("{reader} moved on every partition"), table)
+        })
+        .collect();
+    let writers = "command-api writes every partition".to_owned();
+    let mut done: BTreeMap<String, Option<f64>> = BTreeMap::new();
+    done.insert(writers.clone(), None);
+    // Per table: when each partition's checkpoint first moved past where it was at the kill.
+    let mut passed: BTreeMap<String, BTreeMap<(String, i32), f64>> = BTreeMap::new();
+    while killed.elapsed() < TAKEOVER_WITHIN {
         let at = killed.elapsed().as_secs_f64();
         let owners = owners(pool, groups).await.unwrap_or_default();
-        if owners.values().collect::<BTreeSet<_>>() == wanted {
-            waiting
-                .entry("command-api writes every partition".into())
-                .or_default()
-                .get_or_insert(at);
+        if !owners.is_empty() && owners.values().all(|o| o == survivor) {
+            done.entry(writers.clone()).or_default().get_or_insert(at);
         }
-        for model in projections::READ_MODELS {
-            let table = Schema::live(model).table("checkpoints");
-            if caught_up(pool, &table, ends).await {
-                waiting
-                    .entry(format!("projections: {model} caught up"))
-                    .or_default()
-                    .get_or_insert(at);
+        for (what, table) in &tables {
+            let Some(stored) = checkpoints(pool, table).await else {
+                continue;
+            };
+            let before = at_kill.get(table).cloned().unwrap_or_default();
+            let seen = passed.entry(table.clone()).or_default();
+            for (key, then) in &before {
+                if stored.get(key).is_some_and(|now| now > then) {
+                    seen.entry(key.clone()).or_insert(at);
+                }
+            }
+            let wanted = before.len();
+            let entry = done.entry(what.clone()).or_default();
+            if wanted > 0 && seen.len() == wanted {
+                *entry = seen.values().copied().reduce(f64::max);
             }
         }
-        if caught_up(pool, "saga.checkpoints", ends).await {
-            waiting
-                .entry("saga-orchestrator caught up".into())
-                .or_default()
-                .get_or_insert(at);
+        if done.values().all(Option::is_some) {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    waiting.into_iter().collect()
+    probe.abort();
+    done.into_iter().collect()
 }
 
-/// Whether the checkpoints in `table` are at or past `ends` on every partition of the
-/// topics the table has checkpoints for.
-async fn caught_up(pool: &PgPool, table: &str, ends: &BTreeMap<(String, i32), i64>) -> bool {
+/// The checkpoints stored in `table`: next offset per (topic, partition).
+async fn checkpoints(pool: &PgPool, table: &str) -> Option<BTreeMap<(String, i32), i64>> {
     let query = format!("SELECT topic, partition, next_offset FROM {table}");
-    let rows: Vec<(String, i32, i64)> = match sqlx::query_as(sqlx::AssertSqlSafe(query))
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .fetch_all(pool)
         .await
-    {
-        Ok(rows) => rows,
-        Err(_) => return false,
-    };
-    let stored: BTreeMap<(String, i32), i64> =
-        rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
-    let topics: BTreeSet<&String> = stored.keys().map(|(t, _)| t).collect();
-    ends.iter()
-        .filter(|((t, _), end)| topics.contains(t) && **end > 0)
-        .all(|(k, end)| stored.get(k).is_some_and(|o| o >= end))
+        .ok()?;
+    Some(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
