@@ -158,8 +158,13 @@ impl<A: Aggregate> WriteModel<A> {
                 .execute(&owner, A::Event::SERVICE, partition, document)
                 .await
             {
-                Ok(answer) => return decode_answer(answer),
-                Err(EventStoreError::NotOwner { .. }) => self.moved(partition, deadline).await?,
+                Ok(answer) => {
+                    peers.called(&self.group(), partition, &owner, true);
+                    return decode_answer(answer);
+                }
+                Err(EventStoreError::NotOwner { .. }) => {
+                    self.moved(partition, &owner, deadline).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -214,10 +219,13 @@ impl<A: Aggregate> WriteModel<A> {
                 .await
             {
                 Ok(answer) => {
+                    peers.called(&self.group(), partition, &owner, true);
                     let PeerState { version, state } = decode_answer(answer)?;
                     return Ok((version, state));
                 }
-                Err(EventStoreError::NotOwner { .. }) => self.moved(partition, deadline).await?,
+                Err(EventStoreError::NotOwner { .. }) => {
+                    self.moved(partition, &owner, deadline).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -296,9 +304,12 @@ impl<A: Aggregate> WriteModel<A> {
     async fn moved(
         &self,
         partition: i32,
+        owner: &str,
         deadline: tokio::time::Instant,
     ) -> Result<(), EventStoreError> {
-        self.peers().forget(&self.group(), partition);
+        let group = self.group();
+        self.peers().forget(&group, partition);
+        self.peers().called(&group, partition, owner, false);
         let pause = tokio::time::Instant::now() + LOOK_AGAIN;
         if pause >= deadline {
             return Err(self.not_owner(partition));
@@ -615,6 +626,9 @@ impl<A: Aggregate> WriterRuntime<A> {
         );
         let topic = config.topics.commands(service);
         let group = config.topics.writers_group(service);
+        if let Some(peers) = &config.peers {
+            demanded.extend(peers.failing(&group).await);
+        }
         let ends = scan::topic_ends(&config.kafka, &topic).await;
         let committed = scan::committed(&config.kafka, &group, &topic, config.partitions).await;
         if let (Ok(ends), Ok(committed)) = (ends, committed) {

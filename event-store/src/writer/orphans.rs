@@ -9,7 +9,10 @@
 //!
 //! A partition counts as demanded when, during one check interval, a caller here asked for
 //! it and was told "not owner", or its command topic partition has records past the
-//! group's committed offset that did not move since the previous check. A partition not
+//! group's committed offset that did not move since the previous check, or (with peers)
+//! the instance the directory names for it failed the last call for it and nobody else
+//! announced it since: that last one holds between calls, so a dead instance's partitions
+//! are found even under a trickle of requests. A partition not
 //! held here and demanded at every check for three session timeouts is held by nobody
 //! alive, and so is every partition when this instance held none for that long: the
 //! runtime then leaves the group and joins again, which makes the group rebalance. On

@@ -11,7 +11,7 @@
 //! a retry: an instance that does not write the partition answers 421, a dead one does not
 //! answer, and the caller looks again until its deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -108,6 +108,9 @@ pub struct Peers {
     me: Arc<OnceLock<String>>,
     /// Owners looked up, per (group, partition), until a call to them fails.
     cache: Arc<Mutex<HashMap<(String, i32), String>>>,
+    /// Per (group, partition), the announced owner that last failed to take a call for it
+    /// (dead, or no longer writing it), until a call succeeds or another owner announces.
+    failed: Arc<Mutex<HashMap<(String, i32), String>>>,
 }
 
 impl Peers {
@@ -124,6 +127,7 @@ impl Peers {
             client,
             me: Arc::default(),
             cache: Arc::default(),
+            failed: Arc::default(),
         }
     }
 
@@ -166,10 +170,41 @@ impl Peers {
         self.cache().remove(&(group.to_owned(), partition));
     }
 
+    /// Records how a call to `owner` for `partition` of `group` went.
+    pub(crate) fn called(&self, group: &str, partition: i32, owner: &str, served: bool) {
+        let mut failed = lock(&self.failed);
+        let key = (group.to_owned(), partition);
+        if served {
+            failed.remove(&key);
+        } else {
+            failed.insert(key, owner.to_owned());
+        }
+    }
+
+    /// Partitions of `group` whose announced owner failed the last call for them and that
+    /// no other instance announced since: nobody alive may hold them (see `orphans`).
+    pub(crate) async fn failing(&self, group: &str) -> BTreeSet<i32> {
+        let suspects: Vec<(i32, String)> = lock(&self.failed)
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|((_, p), owner)| (*p, owner.clone()))
+            .collect();
+        let mut failing = BTreeSet::new();
+        for (partition, owner) in suspects {
+            match self.directory.owner(group, partition).await {
+                Ok(Some(now)) if now != owner => {
+                    lock(&self.failed).remove(&(group.to_owned(), partition));
+                }
+                _ => {
+                    failing.insert(partition);
+                }
+            }
+        }
+        failing
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), String>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.cache)
     }
 
     /// Executes `command` at `owner`; its answer is the outcome as JSON.
@@ -210,6 +245,12 @@ impl Peers {
             .bearer_auth(&self.key);
         answer(request, service, partition).await
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A peer's answer: the JSON body of a 200, or the error its status stands for.
