@@ -94,6 +94,7 @@ impl<T> Batch<T> {
 /// as the fetch responses report them (librdkafka's statistics), so that measuring lag
 /// costs the broker nothing.
 struct SubscriptionContext {
+    group: String,
     known: Arc<Mutex<Offsets>>,
     ends: Arc<Mutex<Offsets>>,
 }
@@ -133,12 +134,18 @@ impl ConsumerContext for SubscriptionContext {
                     let _ = tpl.set_partition_offset(&topic, partition, offset);
                 }
                 drop(known);
-                tracing::info!(partitions = tpl.count(), "subscription assigned partitions");
+                let partitions: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
+                    .collect();
+                tracing::info!(group = %self.group, ?partitions, "subscription assigned partitions");
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "could not take the assigned partitions");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "subscription revoked partitions");
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!(error = %e, "could not release revoked partitions");
                 }
@@ -181,6 +188,7 @@ impl<T: Decodable> Subscription<T> {
         config.set("statistics.interval.ms", "1000");
         let consumer: StreamConsumer<SubscriptionContext> = config
             .create_with_context(SubscriptionContext {
+                group: group.to_owned(),
                 known: Arc::clone(&known),
                 ends: Arc::clone(&ends),
             })

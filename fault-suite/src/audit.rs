@@ -4,17 +4,19 @@
 //! no command applied twice; every aggregate's versions contiguous; every read model equal
 //! to a fold of the log (a shadow rebuilt from offset zero, compared row by row); every
 //! saga completed or compensated with end states that agree; no payment or webhook twice
-//! under different ids; no dead letter.
+//! under different ids; no dead letter; every reader's checkpoints at the log's end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_store::scan::{LogScan, Range, topic_ends};
 use event_store::{KafkaSettings, TopicNames};
+use projections::projector::Schema;
 use projections::rebuild::{self, Mode, Rebuild, Silent};
 use schemas::EventDocument;
 use schemas::notifications::NotificationKind;
 use schemas::{NotificationId, OrderId};
+use sqlx::PgPool;
 
 use crate::load::{Kind, Outcome, Request};
 use crate::webhooks::Delivery;
@@ -92,20 +94,130 @@ pub async fn read_topic(
     Ok(records)
 }
 
-/// Every event of every service's event topic.
+/// Where the log ends, per topic partition: the next offset after the last record read.
+pub type LogEnds = BTreeMap<(String, i32), i64>;
+
+/// Every event of every service's event topic, and where each partition ended.
 pub async fn read_log(
     settings: &KafkaSettings,
     topics: &TopicNames,
-) -> anyhow::Result<Vec<EventDocument>> {
+) -> anyhow::Result<(Vec<EventDocument>, LogEnds)> {
     let mut events = Vec::new();
+    let mut ends = LogEnds::new();
     for service in schemas::catalog::SERVICES {
         for record in read_topic(settings, &topics.events(service)).await? {
+            let end = ends
+                .entry((record.topic.clone(), record.partition))
+                .or_default();
+            *end = (*end).max(record.offset + 1);
             events.push(EventDocument::from_json(
                 record.payload.as_deref().unwrap_or_default(),
             )?);
         }
     }
-    Ok(events)
+    Ok((events, ends))
+}
+
+/// A reader that keeps its checkpoints in Postgres (a read model, the saga).
+#[derive(Clone, Debug)]
+pub struct Reader {
+    /// As printed: the service, and the read model.
+    pub name: String,
+    /// Its table of checkpoints (next offset per topic partition).
+    pub checkpoints: String,
+    /// The services whose event topics it reads.
+    pub services: &'static [&'static str],
+}
+
+/// Every reader of the system.
+pub fn readers() -> Vec<Reader> {
+    let mut readers: Vec<Reader> = projections::READ_MODELS
+        .iter()
+        .filter_map(|model| {
+            Some(Reader {
+                name: format!("projections: {model}"),
+                checkpoints: Schema::live(model).table("checkpoints"),
+                services: projections::services_read_by(model)?,
+            })
+        })
+        .collect();
+    readers.push(Reader {
+        name: "saga-orchestrator".into(),
+        checkpoints: "saga.checkpoints".into(),
+        services: &saga_orchestrator::runner::SERVICES,
+    });
+    readers
+}
+
+/// The checkpoints stored in `table`: next offset per (topic, partition).
+pub async fn checkpoints(
+    pool: &PgPool,
+    table: &str,
+) -> Result<BTreeMap<(String, i32), i64>, sqlx::Error> {
+    let query = format!("SELECT topic, partition, next_offset FROM {table}");
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+}
+
+/// The partitions `reader` has not read to their end: (topic, partition, checkpoint, end).
+async fn behind(
+    pool: &PgPool,
+    reader: &Reader,
+    topics: &TopicNames,
+    ends: &LogEnds,
+) -> Vec<(String, i32, Option<i64>, i64)> {
+    let stored = checkpoints(pool, &reader.checkpoints).await.ok();
+    let read: HashSet<String> = reader.services.iter().map(|s| topics.events(s)).collect();
+    ends.iter()
+        .filter(|((topic, _), _)| read.contains(topic))
+        .filter_map(|(key, end)| {
+            let at = stored.as_ref().map(|s| s.get(key).copied().unwrap_or(0));
+            (at.is_none_or(|at| at < *end)).then(|| (key.0.clone(), key.1, at, *end))
+        })
+        .collect()
+}
+
+/// Every reader read the whole log: once the load stopped, each one's checkpoint reaches
+/// the end of every partition it reads (the last batches get up to `within`). The read-model
+/// comparison folds the log only up to the positions the live model reached, so a partition
+/// that no instance reads any more shows here and nowhere else.
+pub async fn check_readers_caught_up(
+    audit: &mut Audit,
+    (pool, topics): (&PgPool, &TopicNames),
+    ends: &LogEnds,
+    within: Duration,
+) {
+    let began = Instant::now();
+    let readers = readers();
+    let mut failures = Vec::new();
+    for reader in &readers {
+        let late = loop {
+            let late = behind(pool, reader, topics, ends).await;
+            if late.is_empty() || began.elapsed() >= within {
+                break late;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        failures.extend(late.into_iter().map(|(topic, partition, at, end)| {
+            let at = at.map_or("unreadable".to_owned(), |at| at.to_string());
+            format!(
+                "{}: {topic}[{partition}] checkpoint {at}, log end {end}",
+                reader.name
+            )
+        }));
+    }
+    audit.add(
+        "every reader read the log to its end",
+        format!(
+            "{} readers, {} partitions with records, {:.1} s after the sagas settled",
+            readers.len(),
+            ends.len(),
+            began.elapsed().as_secs_f64()
+        ),
+        failures,
+    );
 }
 
 /// What the audit looks at besides the read models.

@@ -40,6 +40,10 @@ use stand::{API_KEY, RATE_UNLIMITED, Stand};
 /// How long the sagas of the last orders may take to end once the load stopped.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 
+/// How long the readers may take, once the sagas settled, to store their last batches. (A
+/// partition no instance reads waits three session timeouts for a rejoin: 18 s.)
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fault-suite",
@@ -486,7 +490,7 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
     );
 
     println!("audit");
-    let events = audit::read_log(settings, topics).await?;
+    let (events, ends) = audit::read_log(settings, topics).await?;
     let dead_letters = audit::read_topic(settings, &topics.dead_letters())
         .await?
         .len();
@@ -511,6 +515,7 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
         batch_max: 2_000,
         restart: true,
     };
+    audit::check_readers_caught_up(&mut audit, (&pool, topics), &ends, CATCH_UP_WITHIN).await;
     audit::check_read_models(&mut audit, &rebuild).await;
     audit.print();
     let passed = audit.passed();

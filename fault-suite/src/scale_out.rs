@@ -9,14 +9,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use projections::projector::Schema;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::audit;
 use crate::fleet::ServiceName;
 use crate::load::{Ledger, Load};
 use crate::overload::closed_loop;
 use crate::stand::{API_KEY, RATE_UNLIMITED, Stand};
+
+/// How long every instance of a reader may take, after the capacity phase, to have taken
+/// in events.
+const TAKE_IN_WITHIN: Duration = Duration::from_secs(60);
 
 /// How long the survivors may take to hold every partition and catch up.
 const TAKEOVER_WITHIN: Duration = Duration::from_secs(120);
@@ -94,6 +98,9 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
         "  two instances: {both:.0} registrations/s (64 callers, {} s, round robin)",
         setup.measure_seconds
     );
+    // The registrations of the capacity phase crowd out the steady load's orders on a
+    // small machine: the sagas may not have begun yet. Give them time.
+    let started = Instant::now();
     for (service, metric) in [
         (
             ServiceName::Projections,
@@ -101,11 +108,19 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
         ),
         (ServiceName::SagaOrchestrator, "shop_saga_inputs_total"),
     ] {
-        let mut took = Vec::new();
-        for url in stand.urls(service) {
-            let n = counter(&client, &url, metric).await.unwrap_or(0.0);
+        let urls = stand.urls(service);
+        let took = loop {
+            let mut took = Vec::new();
+            for url in &urls {
+                took.push(counter(&client, url, metric).await.unwrap_or(0.0));
+            }
+            if took.iter().all(|n| *n > 0.0) || started.elapsed() >= TAKE_IN_WITHIN {
+                break took;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        for (url, n) in urls.iter().zip(&took) {
             println!("  {} at {url} took in {n:.0} events", service.as_str());
-            took.push(n);
         }
         checks.push((
             format!("both {} instances take in events", service.as_str()),
@@ -117,15 +132,24 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
     for service in ServiceName::ALL {
         stand.fleet.kill_for_good((service, 1))?;
     }
-    // Where every reader stood when the second instances died: from here only the
-    // survivors move the checkpoints. (Not the topics' ends: tansu's ListOffsets answers
-    // watermarks seconds behind records it already serves.)
+    // Where every reader stood on every partition it reads when the second instances
+    // died (0 where it had stored nothing yet): from here only the survivors move the
+    // checkpoints. (Not the topics' ends: tansu's ListOffsets answers watermarks seconds
+    // behind records it already serves.)
     let mut at_kill = BTreeMap::new();
-    for table in checkpoint_tables() {
-        at_kill.insert(
-            table.clone(),
-            checkpoints(&pool, &table).await.unwrap_or_default(),
-        );
+    for reader in audit::readers() {
+        let stored = audit::checkpoints(&pool, &reader.checkpoints).await?;
+        let every = reader.services.iter().flat_map(|service| {
+            let topic = stand.topics.events(service);
+            (0..setup.partitions).map(move |p| (topic.clone(), p))
+        });
+        let stood = every
+            .map(|key| {
+                let at = stored.get(&key).copied().unwrap_or(0);
+                (key, at)
+            })
+            .collect::<BTreeMap<_, _>>();
+        at_kill.insert(reader.checkpoints, stood);
     }
     println!("takeover (SIGKILL of the second instance of every service, which stays down)");
     let survivor = &commands[..1];
@@ -247,17 +271,7 @@ async fn counter(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Res
         .lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-/// The tables of stored checkpoints: one per read model, and the saga's.
-fn checkpoint_tables() -> Vec<String> {
-    let mut tables: Vec<String> = projections::READ_MODELS
-        .iter()
-        .map(|m| Schema::live(m).table("checkpoints"))
-        .collect();
-    tables.push("saga.checkpoints".into());
-    tables
+        .fold(0.0, |sum, n| sum + n))
 }
 
 /// Seconds from `killed` until the survivor writes every partition (its directory entries
@@ -289,14 +303,13 @@ async fn takeover(
             }
         })
     };
-    let tables: Vec<(String, String)> = checkpoint_tables()
+    let tables: Vec<(String, String)> = audit::readers()
         .into_iter()
-        .map(|table| {
-            let reader = match table.strip_prefix("read_") {
-                Some(model) => format!("projections: {}", model.trim_end_matches(".checkpoints")),
-                None => "saga-orchestrator".to_owned(),
-            };
-            (format!("{reader} moved on every partition"), table)
+        .map(|r| {
+            (
+                format!("{} moved on every partition", r.name),
+                r.checkpoints,
+            )
         })
         .collect();
     let writers = "command-api writes every partition".to_owned();
@@ -304,6 +317,7 @@ async fn takeover(
     done.insert(writers.clone(), None);
     // Per table: when each partition's checkpoint first moved past where it was at the kill.
     let mut passed: BTreeMap<String, BTreeMap<(String, i32), f64>> = BTreeMap::new();
+    let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
     while killed.elapsed() < TAKEOVER_WITHIN {
         let at = killed.elapsed().as_secs_f64();
         let owners = owners(pool, groups).await.unwrap_or_default();
@@ -311,8 +325,12 @@ async fn takeover(
             done.entry(writers.clone()).or_default().get_or_insert(at);
         }
         for (what, table) in &tables {
-            let Some(stored) = checkpoints(pool, table).await else {
-                continue;
+            let stored = match audit::checkpoints(pool, table).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    unreadable.insert(table.clone(), e.to_string());
+                    continue;
+                }
             };
             let before = at_kill.get(table).cloned().unwrap_or_default();
             let seen = passed.entry(table.clone()).or_default();
@@ -332,16 +350,31 @@ async fn takeover(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What a reader that did not make it left behind.
+    for (what, table) in &tables {
+        if done.get(what).is_some_and(Option::is_some) {
+            continue;
+        }
+        let before = at_kill.get(table).cloned().unwrap_or_default();
+        let seen = passed.get(table).cloned().unwrap_or_default();
+        let still: Vec<String> = before
+            .iter()
+            .filter(|(key, _)| !seen.contains_key(*key))
+            .map(|((topic, partition), at)| format!("{topic}[{partition}] at {at}"))
+            .collect();
+        println!(
+            "  {what}: not moved since the kill: {}{}",
+            if still.is_empty() {
+                "none".to_owned()
+            } else {
+                still.join(", ")
+            },
+            unreadable
+                .get(table)
+                .map(|e| format!("; last read failed: {e}"))
+                .unwrap_or_default()
+        );
+    }
     probe.abort();
     done.into_iter().collect()
-}
-
-/// The checkpoints stored in `table`: next offset per (topic, partition).
-async fn checkpoints(pool: &PgPool, table: &str) -> Option<BTreeMap<(String, i32), i64>> {
-    let query = format!("SELECT topic, partition, next_offset FROM {table}");
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
-        .fetch_all(pool)
-        .await
-        .ok()?;
-    Some(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }

@@ -361,16 +361,7 @@ impl<A: Aggregate> WriteModel<A> {
 
     /// Partitions this instance serves now.
     pub fn served_partitions(&self) -> Vec<i32> {
-        let mut served: Vec<i32> = self
-            .shared
-            .serving
-            .read()
-            .expect("serving lock")
-            .keys()
-            .copied()
-            .collect();
-        served.sort_unstable();
-        served
+        self.shared.served()
     }
 }
 
@@ -385,6 +376,19 @@ fn decode_answer<T: serde::de::DeserializeOwned>(
 }
 
 impl<A: Aggregate> Shared<A> {
+    /// Partitions this instance serves now, in order.
+    fn served(&self) -> Vec<i32> {
+        let mut served: Vec<i32> = self
+            .serving
+            .read()
+            .expect("serving lock")
+            .keys()
+            .copied()
+            .collect();
+        served.sort_unstable();
+        served
+    }
+
     /// Tells the peers (when there are) that this instance writes `partitions`. A failure
     /// only delays commands forwarded here: the next check announces again.
     async fn announce(&self, partitions: &[i32]) {
@@ -580,7 +584,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                 },
                 _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
                 _ = orphan_tick.tick() => {
-                    self.shared.announce(&self.served_here()).await;
+                    self.shared.announce(&self.shared.served()).await;
                     let held = running.keys().copied().collect();
                     if self.orphaned(&mut orphans, &held).await {
                         tracing::warn!(
@@ -601,16 +605,6 @@ impl<A: Aggregate> WriterRuntime<A> {
         self.commit_done(&consumer, &mut in_flight);
         consumer.unsubscribe();
         outcome
-    }
-
-    fn served_here(&self) -> Vec<i32> {
-        self.shared
-            .serving
-            .read()
-            .expect("serving lock")
-            .keys()
-            .copied()
-            .collect()
     }
 
     /// Whether partitions demanded here stayed with nobody for too long (see [`Orphans`]).

@@ -75,7 +75,17 @@ impl Coverage {
             return false;
         };
         let stored = bookkeeping::offsets(&stored).into_iter().collect();
-        self.judge(now, assignment, &stored, &ends)
+        let rejoin = self.judge(now, assignment, &stored, &ends);
+        let waiting: Vec<String> = self
+            .waiting
+            .iter()
+            .map(|((topic, partition), (at, since))| {
+                let seconds = (now - *since).as_secs();
+                format!("{topic}[{partition}] at {at} for {seconds} s")
+            })
+            .collect();
+        tracing::debug!(%schema, held = assignment.len(), ?waiting, rejoin, "coverage judged");
+        rejoin
     }
 
     /// The decision, from what was read at `now`.
