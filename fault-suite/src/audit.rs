@@ -161,19 +161,21 @@ pub async fn checkpoints(
     Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
 
-/// The partitions `reader` has not read to their end: (topic, partition, checkpoint, end).
-async fn behind(
-    pool: &PgPool,
-    reader: &Reader,
-    topics: &TopicNames,
+/// A partition a reader has not read to its end: topic, partition, its checkpoint (`None`
+/// when the checkpoints could not be read), the log's end.
+type Behind = (String, i32, Option<i64>, i64);
+
+/// The partitions of the topics in `read` whose stored checkpoint is short of `ends`; a
+/// partition without a checkpoint stands at 0.
+fn behind(
+    stored: Option<&BTreeMap<(String, i32), i64>>,
+    read: &HashSet<String>,
     ends: &LogEnds,
-) -> Vec<(String, i32, Option<i64>, i64)> {
-    let stored = checkpoints(pool, &reader.checkpoints).await.ok();
-    let read: HashSet<String> = reader.services.iter().map(|s| topics.events(s)).collect();
+) -> Vec<Behind> {
     ends.iter()
         .filter(|((topic, _), _)| read.contains(topic))
         .filter_map(|(key, end)| {
-            let at = stored.as_ref().map(|s| s.get(key).copied().unwrap_or(0));
+            let at = stored.map(|s| s.get(key).copied().unwrap_or(0));
             (at.is_none_or(|at| at < *end)).then(|| (key.0.clone(), key.1, at, *end))
         })
         .collect()
@@ -193,8 +195,10 @@ pub async fn check_readers_caught_up(
     let readers = readers();
     let mut failures = Vec::new();
     for reader in &readers {
+        let read: HashSet<String> = reader.services.iter().map(|s| topics.events(s)).collect();
         let late = loop {
-            let late = behind(pool, reader, topics, ends).await;
+            let stored = checkpoints(pool, &reader.checkpoints).await.ok();
+            let late = behind(stored.as_ref(), &read, ends);
             if late.is_empty() || began.elapsed() >= within {
                 break late;
             }
@@ -528,4 +532,63 @@ pub async fn check_read_models(audit: &mut Audit, rebuild: &Rebuild) {
         compared.join(", "),
         failures,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDERS: &str = "shop.orders.events";
+    const USERS: &str = "shop.users.events";
+
+    fn offsets(entries: &[(&str, i32, i64)]) -> BTreeMap<(String, i32), i64> {
+        entries
+            .iter()
+            .map(|(t, p, o)| (((*t).to_owned(), *p), *o))
+            .collect()
+    }
+
+    fn orders_only() -> HashSet<String> {
+        HashSet::from([ORDERS.to_owned()])
+    }
+
+    #[test]
+    fn given_checkpoints_at_every_end_when_checked_then_nothing_is_behind() {
+        let ends = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 3)]);
+        let stored = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 3)]);
+        assert!(behind(Some(&stored), &orders_only(), &ends).is_empty());
+    }
+
+    #[test]
+    fn given_a_partition_short_of_its_end_when_checked_then_it_is_named() {
+        let ends = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 3)]);
+        let stored = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 2)]);
+        assert_eq!(
+            behind(Some(&stored), &orders_only(), &ends),
+            vec![(ORDERS.to_owned(), 1, Some(2), 3)]
+        );
+    }
+
+    #[test]
+    fn given_a_partition_with_records_and_no_checkpoint_when_checked_then_it_stands_at_zero() {
+        let ends = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 3)]);
+        let stored = offsets(&[(ORDERS, 0, 5)]);
+        assert_eq!(
+            behind(Some(&stored), &orders_only(), &ends),
+            vec![(ORDERS.to_owned(), 1, Some(0), 3)]
+        );
+    }
+
+    #[test]
+    fn given_topics_the_reader_does_not_read_when_checked_then_they_are_ignored() {
+        let ends = offsets(&[(ORDERS, 0, 5), (USERS, 0, 9)]);
+        let stored = offsets(&[(ORDERS, 0, 5)]);
+        assert!(behind(Some(&stored), &orders_only(), &ends).is_empty());
+    }
+
+    #[test]
+    fn given_unreadable_checkpoints_when_checked_then_every_partition_is_behind() {
+        let ends = offsets(&[(ORDERS, 0, 5), (ORDERS, 1, 3)]);
+        assert_eq!(behind(None, &orders_only(), &ends).len(), 2);
+    }
 }
