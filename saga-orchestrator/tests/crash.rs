@@ -129,19 +129,8 @@ async fn command_api(env: &TestEnv) -> anyhow::Result<(String, tokio::sync::ones
     tokio::spawn(bound.run_until(async move {
         let _ = stopped.await;
     }));
-    let client = test_support::client(KEY);
-    for _ in 0..300 {
-        if client
-            .get(format!("{url}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Ok((url, stop));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the command API did not turn ready")
+    test_support::wait_for_200(&format!("{url}/ready"), Duration::from_secs(30)).await?;
+    Ok((url, stop))
 }
 
 async fn post_json(client: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {

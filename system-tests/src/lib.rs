@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use service_runtime::{BoundService, Env, ServiceError};
 use test_support::TestEnv;
+pub use test_support::wait_for_200;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -117,28 +118,6 @@ pub async fn start_services(env: &Env) -> anyhow::Result<Vec<RunningService>> {
         RunningService::start(projections::NAME, projections),
         RunningService::start(saga_orchestrator::NAME, saga),
     ])
-}
-
-/// Polls `url` until it answers 200, up to `within`. Returns the last body either way.
-pub async fn wait_for_200(url: &str, within: Duration) -> anyhow::Result<serde_json::Value> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + within;
-    loop {
-        let response = client.get(url).timeout(Duration::from_secs(2)).send().await;
-        if let Ok(response) = response {
-            let ok = response.status() == 200;
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            if ok {
-                return Ok(body);
-            }
-            if Instant::now() > deadline {
-                bail!("{url} not 200 within {within:?}; last answer {body}");
-            }
-        } else if Instant::now() > deadline {
-            bail!("{url} not answering within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The real nginx gateway, configured from the repository's templates, in front of the

@@ -13,7 +13,7 @@ mod postgres;
 
 pub use postgres::PrivatePostgres;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -127,6 +127,28 @@ pub fn client(api_key: &str) -> reqwest::Client {
         .default_headers(headers)
         .build()
         .expect("an HTTP client")
+}
+
+/// Polls `url` until it answers 200, up to `within`. Returns the last body either way.
+pub async fn wait_for_200(url: &str, within: Duration) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let response = client.get(url).timeout(Duration::from_secs(2)).send().await;
+        if let Ok(response) = response {
+            let ok = response.status() == 200;
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if ok {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{url} not 200 within {within:?}; last answer {body}");
+            }
+        } else if Instant::now() > deadline {
+            anyhow::bail!("{url} not answering within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests

@@ -72,16 +72,9 @@ impl App {
     }
 
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/ready", self.base)).send().await
-                && r.status() == 200
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("command API not ready within 30 s")
+        let ready = format!("{}/ready", self.base);
+        test_support::wait_for_200(&ready, Duration::from_secs(30)).await?;
+        Ok(())
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {

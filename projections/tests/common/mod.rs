@@ -249,6 +249,9 @@ impl Service {
         let task = tokio::spawn(service.run_until(async move {
             let _ = stopped.await;
         }));
+        // Queries before the migrations ran answer 503, as they should; a caller waits
+        // for /ready as a load balancer would.
+        test_support::wait_for_200(&format!("{base}/ready"), Duration::from_secs(30)).await?;
         Ok(Self {
             base,
             stop: Some(stop),
