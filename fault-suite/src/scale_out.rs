@@ -112,7 +112,11 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
         let took = loop {
             let mut took = Vec::new();
             for url in &urls {
-                took.push(counter(&client, url, metric).await.unwrap_or(0.0));
+                took.push(
+                    test_support::metric_sum(&client, url, metric)
+                        .await
+                        .unwrap_or(0.0),
+                );
             }
             if took.iter().all(|n| *n > 0.0) || started.elapsed() >= TAKE_IN_WITHIN {
                 break took;
@@ -256,22 +260,6 @@ async fn registrations_per_second(client: &reqwest::Client, urls: &[String], sec
         }
     })
     .await
-}
-
-/// The sum of a counter over its labels at `url`'s `/metrics`.
-async fn counter(client: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<f64> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |sum, n| sum + n))
 }
 
 /// Seconds from `killed` until the survivor writes every partition (its directory entries

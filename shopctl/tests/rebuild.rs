@@ -1,8 +1,9 @@
 //! `shopctl rebuild` on the real broker and Postgres, with the real services running:
 //!
-//! - blue/green rebuilds under a live command load: every query meanwhile answers without
-//!   a 5xx, the rebuilt models equal the live ones at the swap, the live projector goes on
-//!   with the swapped-in schema, and at the end each model equals a fold of the log;
+//! - blue/green rebuilds under a live command load with two projections instances: every
+//!   query meanwhile answers without a 5xx on either, the rebuilt models equal the live
+//!   ones at the swap, both live projectors go on with the swapped-in schema, and at the
+//!   end each model equals a fold of the log;
 //!   rebuilds fire nothing (no saga step, no command, no dead letter);
 //! - determinism: a rebuild from offset zero, one killed at its midpoint and resumed, and
 //!   one in place give the same checksum;
@@ -33,10 +34,16 @@ use tokio::sync::Mutex;
 
 const KEY: &str = "Bearer test-key";
 
-/// The three services in-process, ready.
-async fn shop(env: &TestEnv) -> anyhow::Result<Vec<RunningService>> {
+/// The three services in-process, ready, plus `more_projections` further instances of
+/// the projections service (in the same consumer groups: they split the partitions).
+async fn shop(env: &TestEnv, more_projections: usize) -> anyhow::Result<Vec<RunningService>> {
     create_topics(env).await?;
-    let services = start_services(&service_env(env, &env.brokers, &env.database_url)).await?;
+    let settings = service_env(env, &env.brokers, &env.database_url);
+    let mut services = start_services(&settings).await?;
+    for _ in 0..more_projections {
+        let bound = projections::build(projections::Config::from_env(&settings)?).await?;
+        services.push(RunningService::start(projections::NAME, bound));
+    }
     for service in &services {
         wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
     }
@@ -86,9 +93,10 @@ async fn command_load(
     Ok(accepted)
 }
 
-/// Queries the read models until stopped; counts answers, fails on any 5xx.
+/// Queries the read models until stopped, each query at the next of `bases` in turn;
+/// counts answers, fails on any 5xx.
 async fn query_load(
-    base: String,
+    bases: Vec<String>,
     stop: Arc<AtomicBool>,
     orders: Arc<Mutex<Vec<String>>>,
     answered: Arc<AtomicU64>,
@@ -107,6 +115,7 @@ async fn query_load(
             paths.push(format!("/v1/orders/{order}/history"));
         }
         for path in paths {
+            let base = &bases[i % bases.len()];
             let response = client.get(format!("{base}{path}")).send().await?;
             let status = response.status();
             anyhow::ensure!(
@@ -164,8 +173,16 @@ async fn side_effects(env: &TestEnv, pool: &sqlx::PgPool) -> anyhow::Result<(i64
 async fn blue_green_rebuilds_under_live_load_fail_no_query_and_end_equal_to_the_log()
 -> anyhow::Result<()> {
     let env = TestEnv::new().await;
-    let services = shop(&env).await?;
-    let (commands, queries) = (services[0].url(""), services[1].url(""));
+    // Two projections instances: the swap holds both live projectors, and both go on
+    // with the swapped-in schema.
+    let services = shop(&env, 1).await?;
+    let commands = services[0].url("");
+    let queries: Vec<String> = services
+        .iter()
+        .filter(|s| s.name == projections::NAME)
+        .map(|s| s.url(""))
+        .collect();
+    assert_eq!(queries.len(), 2);
     let pool = env.pool().await;
     let stop = Arc::new(AtomicBool::new(false));
     let orders: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -176,7 +193,7 @@ async fn blue_green_rebuilds_under_live_load_fail_no_query_and_end_equal_to_the_
         Arc::clone(&orders),
     ));
     let reads = tokio::spawn(query_load(
-        queries,
+        queries.clone(),
         Arc::clone(&stop),
         Arc::clone(&orders),
         Arc::clone(&answered),
@@ -200,7 +217,15 @@ async fn blue_green_rebuilds_under_live_load_fail_no_query_and_end_equal_to_the_
         assert_eq!(report["mode"], "blue-green");
         assert!(report["records"].as_u64().unwrap_or(0) > 0, "{report}");
     }
-    // The live projector goes on with the swapped-in schema.
+    // Both live projectors go on with the swapped-in schema.
+    let applied_orders = async |base: &String| {
+        let series = r#"shop_projector_applied_events_total{read_model="orders""#;
+        test_support::metric_sum(&reqwest::Client::new(), base, series).await
+    };
+    let mut applied_at_swap = Vec::new();
+    for base in &queries {
+        applied_at_swap.push(applied_orders(base).await?);
+    }
     let placed_at_swap = orders.lock().await.len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while orders.lock().await.len() < placed_at_swap + 15 {
@@ -226,6 +251,13 @@ async fn blue_green_rebuilds_under_live_load_fail_no_query_and_end_equal_to_the_
     }
     for model in ["orders", "users"] {
         caught_up(&env, &pool, model, Duration::from_secs(60)).await?;
+    }
+    for (base, at_swap) in queries.iter().zip(applied_at_swap) {
+        let now = applied_orders(base).await?;
+        assert!(
+            now > at_swap,
+            "the projections instance at {base} applied no orders event after the swap ({at_swap} -> {now})"
+        );
     }
     let expected_orders = fold::<Orders>(&log_of(&env, "orders").await?);
     let keys: Vec<String> = expected_orders.keys().cloned().collect();

@@ -151,6 +151,24 @@ pub async fn wait_for_200(url: &str, within: Duration) -> anyhow::Result<serde_j
     }
 }
 
+/// The sum over every sample at `base`'s `/metrics` whose line starts with `series` (a
+/// metric name, or a name with the first of its labels, such as
+/// `shop_projector_applied_events_total{read_model="orders"`): a counter over its labels.
+pub async fn metric_sum(client: &reqwest::Client, base: &str, series: &str) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, n| sum + n))
+}
+
 /// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests
 /// that restart or stop the broker (which they must not do to the shared one).
 #[derive(Debug)]
