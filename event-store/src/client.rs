@@ -19,6 +19,11 @@ pub struct KafkaSettings {
     /// How long a consumer-group member may stay silent before the group moves its
     /// partitions: the failover time after a crash.
     pub session_timeout: Duration,
+    /// Longest a consumer's fetch waits for records (`fetch.wait.max.ms`). Apache Kafka
+    /// answers a fetch as soon as records arrive, so this only bounds an idle fetch; tansu
+    /// 0.6.0 holds every fetch this long (and serves each partition of it with SQL
+    /// queries), so on tansu it is both the latency of a hop and the broker's idle load.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaSettings {
@@ -28,6 +33,7 @@ impl KafkaSettings {
             timeout: Duration::from_secs(5),
             // Apache Kafka's smallest allowed value by default (group.min.session.timeout.ms).
             session_timeout: Duration::from_secs(6),
+            fetch_wait: Duration::from_millis(50),
         }
     }
 
@@ -83,10 +89,9 @@ impl KafkaSettings {
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("heartbeat.interval.ms", millis(self.session_timeout / 3))
             .set("enable.partition.eof", "false")
-            // Readers of the log sit on every hop of a saga. Apache Kafka answers a fetch as
-            // soon as data arrives; tansu 0.6.0 tends to hold it for the whole wait, which
-            // librdkafka sets to 500 ms by default: one such wait per hop.
-            .set("fetch.wait.max.ms", "50");
+            // Readers of the log sit on every hop of a saga. librdkafka's default wait is
+            // 500 ms, which tansu would add to every hop (see `fetch_wait`).
+            .set("fetch.wait.max.ms", millis(self.fetch_wait));
         config
     }
 

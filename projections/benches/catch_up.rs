@@ -5,7 +5,8 @@
 //!     ./dev bench                      (BENCH_EVENTS=1000000 for the full size)
 //!
 //! For each read model, `BENCH_EVENTS` events (default 200,000) are written to its topic on
-//! a private tansu (SQLite storage, as in the local stack); the projector starts from offset
+//! a private tansu (SQLite storage as in the local stack; `BENCH_BROKER=memory` for its
+//! in-memory engine, `BENCH_FETCH_WAIT_MS` for the fetch wait); the projector starts from offset
 //! zero and the clock stops when its checkpoints reach the end. Then the model is rebuilt
 //! blue/green (shadow from offset zero, checksums of both, swap) and in place (one
 //! transaction), each timed whole, through the same library calls `shopctl rebuild` makes.
@@ -189,9 +190,7 @@ async fn raw_consume(
     topics: &[String],
     count: usize,
 ) -> anyhow::Result<f64> {
-    let mut config = settings.consumer("bench-raw-consume");
-    config.set("fetch.wait.max.ms", "50");
-    let consumer: StreamConsumer = config.create()?;
+    let consumer: StreamConsumer = settings.consumer("bench-raw-consume").create()?;
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
         for partition in 0..PARTITIONS {
@@ -303,8 +302,10 @@ async fn measure<M: ReadModel>(
     let in_place = rebuild::run(M::NAME, &rebuild, Mode::InPlace, &Silent).await?;
     anyhow::ensure!(
         blue_green.identical == Some(true) && in_place.identical == Some(true),
-        "{}: a rebuild differs from the caught-up model",
-        M::NAME
+        "{}: a rebuild differs from the caught-up model:\nblue/green {}\nin place {}",
+        M::NAME,
+        serde_json::to_string(&blue_green)?,
+        serde_json::to_string(&in_place)?
     );
     let (rows, copy) = raw_copy(pool, &Schema::live(M::NAME).table(table)).await?;
     Ok(Measured {
@@ -342,14 +343,19 @@ async fn write_and_measure<M: ReadModel>(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let count: usize = test_support::bench_knob("BENCH_EVENTS", 200_000);
+    let storage = test_support::Storage::for_bench();
     let env = test_support::TestEnv::new().await;
-    let broker = test_support::PrivateBroker::start().await;
+    let broker = test_support::PrivateBroker::start_with(storage).await;
     let mut settings = KafkaSettings::new(&broker.brokers);
     settings.timeout = Duration::from_secs(30);
+    settings.fetch_wait =
+        Duration::from_millis(test_support::bench_knob("BENCH_FETCH_WAIT_MS", 50));
+    println!(
+        "tansu on {} storage; consumers' fetch wait: {} ms",
+        storage.name(),
+        settings.fetch_wait.as_millis()
+    );
     let topics = TopicNames::new("");
     TopicAdmin::new(&settings)?
         .create(&topics.all(PARTITIONS), 1)

@@ -24,6 +24,7 @@ impl Infrastructure {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         let mut kafka = KafkaSettings::new(env.text(&common::KAFKA_BROKERS)?);
         kafka.timeout = Duration::from_millis(env.parse(&common::KAFKA_TIMEOUT_MS)?);
+        kafka.fetch_wait = Duration::from_millis(env.parse(&common::KAFKA_FETCH_WAIT_MS)?);
         let partitions: i32 = env.parse(&common::EVENT_PARTITIONS)?;
         if partitions < 1 {
             return Err(SettingError::Invalid {

@@ -109,6 +109,11 @@ pub mod common {
         default: Some("5000"),
         help: "upper bound of one broker operation before it counts as unavailable",
     };
+    pub const KAFKA_FETCH_WAIT_MS: Setting = Setting {
+        name: "KAFKA_FETCH_WAIT_MS",
+        default: Some("50"),
+        help: "longest a consumer's fetch waits for records (fetch.wait.max.ms); tansu holds every fetch this long",
+    };
     pub const TOPIC_PREFIX: Setting = Setting {
         name: "TOPIC_PREFIX",
         default: Some(""),
@@ -141,9 +146,10 @@ pub mod common {
     }
 
     /// All of the above.
-    pub const ALL: [Setting; 7] = [
+    pub const ALL: [Setting; 8] = [
         KAFKA_BROKERS,
         KAFKA_TIMEOUT_MS,
+        KAFKA_FETCH_WAIT_MS,
         TOPIC_PREFIX,
         EVENT_PARTITIONS,
         DATABASE_URL,

@@ -18,7 +18,8 @@ type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 
 /// `count` records of 600 bytes to `topic` (which must exist with `partitions`), from
 /// `concurrency` callers each waiting for its record to be consumed before the next.
-/// `consumer` is a consumer configuration (its group is not used: partitions are assigned).
+/// `consumer` is a consumer configuration, with the services' fetch wait (its group is not
+/// used: partitions are assigned).
 pub async fn produce_to_consume(
     producer: FutureProducer,
     consumer: &ClientConfig,
@@ -26,7 +27,7 @@ pub async fn produce_to_consume(
     partitions: i32,
     (count, concurrency): (usize, usize),
 ) -> anyhow::Result<Run> {
-    let consumer: StreamConsumer = consumer.clone().set("fetch.wait.max.ms", "50").create()?;
+    let consumer: StreamConsumer = consumer.create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::End)?;

@@ -169,11 +169,52 @@ pub async fn metric_sum(client: &reqwest::Client, base: &str, series: &str) -> a
         .fold(0.0, |sum, n| sum + n))
 }
 
+/// Where a private tansu keeps its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// SQLite in the broker's folder: durable across a restart, as `./dev` runs it.
+    Sqlite,
+    /// tansu's in-memory engine (`memory://`): lost on a restart, and no SQL per fetch.
+    Memory,
+}
+
+impl Storage {
+    /// `BENCH_BROKER` (`sqlite`, the default, or `memory`): the storage a benchmark's
+    /// private broker uses.
+    pub fn for_bench() -> Self {
+        match std::env::var("BENCH_BROKER").as_deref() {
+            Err(_) | Ok("sqlite") => Self::Sqlite,
+            Ok("memory") => Self::Memory,
+            Ok(other) => panic!("BENCH_BROKER={other}: expected sqlite or memory"),
+        }
+    }
+
+    /// The engine's name, as BENCHMARKS.md prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// A benchmark knob from the environment (`BENCH_SAGAS`, `BENCH_FETCH_WAIT_MS`, ...), or
+/// `default` when unset; a value that does not parse stops the benchmark with its name.
+pub fn bench_knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text}: not a valid value")),
+    }
+}
+
 /// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests
 /// that restart or stop the broker (which they must not do to the shared one).
 #[derive(Debug)]
 pub struct PrivateBroker {
     pub brokers: String,
+    pub storage: Storage,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
@@ -181,6 +222,11 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts `tansu broker` on a free port with its data in a fresh folder.
     pub async fn start() -> Self {
+        Self::start_with(Storage::Sqlite).await
+    }
+
+    /// Starts `tansu broker` on a free port with the given storage.
+    pub async fn start_with(storage: Storage) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -189,6 +235,7 @@ impl PrivateBroker {
         std::fs::create_dir_all(&dir).expect("a broker folder");
         let mut broker = Self {
             brokers: format!("127.0.0.1:{port}"),
+            storage,
             dir,
             child: None,
         };
@@ -206,7 +253,13 @@ impl PrivateBroker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "--storage-engine",
+                match self.storage {
+                    Storage::Sqlite => "sqlite://tansu.db",
+                    Storage::Memory => "memory://tansu/",
+                },
+            ])
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -216,7 +269,9 @@ impl PrivateBroker {
         self.child = Some(child);
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(&self.brokers).await.is_ok() {
-                self.add_header_index().await;
+                if self.storage == Storage::Sqlite {
+                    self.add_header_index().await;
+                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
