@@ -209,8 +209,9 @@ pub fn bench_knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-/// A tansu broker of one test's own, on SQLite storage in a temporary folder, for tests
-/// that restart or stop the broker (which they must not do to the shared one).
+/// A tansu broker of one test's own, on SQLite storage in a temporary folder (or in
+/// memory, for benchmarks that ask for it), for tests that restart or stop the broker
+/// (which they must not do to the shared one) and for benchmarks.
 #[derive(Debug)]
 pub struct PrivateBroker {
     pub brokers: String,
