@@ -257,13 +257,7 @@ impl Shop {
 
     /// One line of the orchestrator's `/metrics`.
     async fn metric(&self, line_start: &str) -> anyhow::Result<Option<String>> {
-        let text = self
-            .client
-            .get(self.services[2].url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = test_support::metrics_text(&self.client, &self.services[2].url("")).await?;
         Ok(text
             .lines()
             .find(|l| l.starts_with(line_start))

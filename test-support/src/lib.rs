@@ -151,18 +151,23 @@ pub async fn wait_for_200(url: &str, within: Duration) -> anyhow::Result<serde_j
     }
 }
 
-/// The sum over every sample at `base`'s `/metrics` whose line starts with `series` (a
-/// metric name, or a name with the first of its labels, such as
-/// `shop_projector_applied_events_total{read_model="orders"`): a counter over its labels.
-pub async fn metric_sum(client: &reqwest::Client, base: &str, series: &str) -> anyhow::Result<f64> {
-    let text = client
+/// `base`'s `/metrics` page (Prometheus text).
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(client
         .get(format!("{base}/metrics"))
         .timeout(Duration::from_secs(5))
         .send()
         .await?
         .text()
-        .await?;
-    Ok(text
+        .await?)
+}
+
+/// The sum over every sample at `base`'s `/metrics` whose line starts with `series` (a
+/// metric name, or a name with the first of its labels, such as
+/// `shop_projector_applied_events_total{read_model="orders"`): a counter over its labels.
+pub async fn metric_sum(client: &reqwest::Client, base: &str, series: &str) -> anyhow::Result<f64> {
+    Ok(metrics_text(client, base)
+        .await?
         .lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
