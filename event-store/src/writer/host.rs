@@ -114,6 +114,19 @@ enum Route<A: Aggregate> {
     There(String),
 }
 
+/// What a call asks of the instance that writes a partition.
+enum Ask<'a, C> {
+    Execute(&'a Command<C>),
+    State(&'a str),
+}
+
+/// Where a call for a partition got to: the writer's queue here, or the answer of the
+/// instance that writes it.
+enum Reached<A: Aggregate> {
+    Here(mpsc::Sender<Request<A>>),
+    There(serde_json::Value),
+}
+
 impl<A: Aggregate> WriteModel<A> {
     /// The handle and the runtime that must run (as a service worker) for it to serve.
     pub fn new(config: WriterConfig, metrics: WriterMetrics) -> (Self, WriterRuntime<A>) {
@@ -145,28 +158,9 @@ impl<A: Aggregate> WriteModel<A> {
         command: Command<A::Command>,
     ) -> Result<Outcome<A::Rejection>, EventStoreError> {
         let partition = self.partition_of(&command.payload.aggregate_id());
-        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
-        let mut document = None;
-        loop {
-            let owner = match self.route(partition, deadline).await? {
-                Route::Here(queue) => return self.execute_on(queue, partition, command).await,
-                Route::There(owner) => owner,
-            };
-            let document = document.get_or_insert_with(|| command.to_document());
-            let peers = self.peers();
-            match peers
-                .execute(&owner, A::Event::SERVICE, partition, document)
-                .await
-            {
-                Ok(answer) => {
-                    peers.called(&self.group(), partition, &owner, true);
-                    return decode_answer(answer);
-                }
-                Err(EventStoreError::NotOwner { .. }) => {
-                    self.moved(partition, &owner, deadline).await?;
-                }
-                Err(e) => return Err(e),
-            }
+        match self.reach(partition, Ask::Execute(&command)).await? {
+            Reached::Here(queue) => self.execute_on(queue, partition, command).await,
+            Reached::There(answer) => decode_answer(answer),
         }
     }
 
@@ -207,26 +201,11 @@ impl<A: Aggregate> WriteModel<A> {
     /// log (the writer's state is never behind what it confirmed). Version 0: no such aggregate.
     pub async fn state_of(&self, aggregate_id: &str) -> Result<(u64, A::State), EventStoreError> {
         let partition = self.partition_of(aggregate_id);
-        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
-        loop {
-            let owner = match self.route(partition, deadline).await? {
-                Route::Here(queue) => return self.state_on(queue, partition, aggregate_id).await,
-                Route::There(owner) => owner,
-            };
-            let peers = self.peers();
-            match peers
-                .state(&owner, A::Event::SERVICE, partition, aggregate_id)
-                .await
-            {
-                Ok(answer) => {
-                    peers.called(&self.group(), partition, &owner, true);
-                    let PeerState { version, state } = decode_answer(answer)?;
-                    return Ok((version, state));
-                }
-                Err(EventStoreError::NotOwner { .. }) => {
-                    self.moved(partition, &owner, deadline).await?;
-                }
-                Err(e) => return Err(e),
+        match self.reach(partition, Ask::State(aggregate_id)).await? {
+            Reached::Here(queue) => self.state_on(queue, partition, aggregate_id).await,
+            Reached::There(answer) => {
+                let PeerState { version, state } = decode_answer(answer)?;
+                Ok((version, state))
             }
         }
     }
@@ -295,6 +274,46 @@ impl<A: Aggregate> WriteModel<A> {
                     return Err(self.not_owner(partition));
                 }
                 Ok(Err(_)) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Finds `partition`'s writer: its queue when it serves here, or else the answer to
+    /// `ask` of the instance the directory names, following the partition while the
+    /// instances asked say they do not write it (until `ownership_wait`).
+    async fn reach(
+        &self,
+        partition: i32,
+        ask: Ask<'_, A::Command>,
+    ) -> Result<Reached<A>, EventStoreError> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.ownership_wait;
+        // Serialized once, and only when the command leaves this instance.
+        let mut document = None;
+        loop {
+            let owner = match self.route(partition, deadline).await? {
+                Route::Here(queue) => return Ok(Reached::Here(queue)),
+                Route::There(owner) => owner,
+            };
+            let peers = self.peers();
+            let service = A::Event::SERVICE;
+            let answer = match ask {
+                Ask::Execute(command) => {
+                    let document = document.get_or_insert_with(|| command.to_document());
+                    peers.execute(&owner, service, partition, document).await
+                }
+                Ask::State(aggregate_id) => {
+                    peers.state(&owner, service, partition, aggregate_id).await
+                }
+            };
+            match answer {
+                Ok(answer) => {
+                    peers.called(&self.group(), partition, &owner, true);
+                    return Ok(Reached::There(answer));
+                }
+                Err(EventStoreError::NotOwner { .. }) => {
+                    self.moved(partition, &owner, deadline).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
