@@ -33,6 +33,12 @@ pub const PAYMENT_DECLINE_ABOVE_CENTS: Setting = Setting {
     help: "payment simulator: amounts above this (minor units) are declined",
 };
 
+pub const PAYMENT_REFUSE_REFUNDS_OF_CENTS: Setting = Setting {
+    name: "PAYMENT_REFUSE_REFUNDS_OF_CENTS",
+    default: Some("0"),
+    help: "payment simulator: refunds of payments of exactly this amount (minor units) are refused for good, which fails the saga for an operator; 0: none",
+};
+
 pub const PAYMENT_LATENCY_MS: Setting = Setting {
     name: "PAYMENT_LATENCY_MS",
     default: Some("20"),
@@ -94,6 +100,7 @@ pub fn settings() -> Vec<Setting> {
         SAGA_PAYMENT_TIMEOUT_MS,
         SAGA_BATCH_MAX,
         PAYMENT_DECLINE_ABOVE_CENTS,
+        PAYMENT_REFUSE_REFUNDS_OF_CENTS,
         PAYMENT_LATENCY_MS,
         PAYMENT_FAILURE_RATE,
         NOTIFICATION_WEBHOOK_URL,
@@ -179,6 +186,8 @@ impl Config {
             batch_max: usize::try_from(env.positive(&SAGA_BATCH_MAX)?).unwrap_or(usize::MAX),
             simulator: SimulatorRules {
                 decline_above_cents: env.parse(&PAYMENT_DECLINE_ABOVE_CENTS)?,
+                refuse_refunds_of_cents: Some(env.parse(&PAYMENT_REFUSE_REFUNDS_OF_CENTS)?)
+                    .filter(|cents| *cents > 0),
                 latency: Duration::from_millis(env.parse(&PAYMENT_LATENCY_MS)?),
                 failure_rate,
                 ..SimulatorRules::default()

@@ -1,21 +1,47 @@
-//! The saga visibility API: `GET /v1/sagas/{order_id}` and `GET /v1/sagas?state=&limit=&cursor=`.
-//! Parameters and errors work as in the query API (one 422 with every invalid parameter,
-//! 404 for an unknown order, 503 when Postgres cannot answer), so they share its types.
+//! The saga API: `GET /v1/sagas/{order_id}`, `GET /v1/sagas?state=&limit=&cursor=`, and
+//! the operator's `POST /v1/sagas/{order_id}/retry` for a failed saga. Parameters and
+//! errors work as in the query API (one 422 with every invalid parameter, 404 for an
+//! unknown order, 503 when Postgres cannot answer), so they share its types.
 
-use axum::extract::{Path, Query, State};
+use std::sync::Arc;
+
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use projections::query::error::QueryError;
 use projections::query::params::{Cursor, Page, Params, path_id};
+use schemas::OrderId;
 use serde::Serialize;
 use service_runtime::openapi::BearerAuth;
+use service_runtime::problem::Problem;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::saga::{Compensation, Failure, HistoryEntry, Saga, SagaState, Stage};
+use crate::metrics::SagaMetrics;
+use crate::operator::{self, RetryError};
+use crate::saga::{Compensation, Failure, HistoryEntry, Policy, Saga, SagaState, Stage};
 use crate::store;
+
+/// What the saga routes work with.
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub pool: PgPool,
+    pub policy: Policy,
+    /// Wakes the dispatcher when a retry put a step into the outbox.
+    pub dispatch: Arc<Notify>,
+    pub metrics: SagaMetrics,
+}
+
+impl FromRef<Api> for PgPool {
+    fn from_ref(api: &Api) -> Self {
+        api.pool.clone()
+    }
+}
 
 type Pairs = Query<Vec<(String, String)>>;
 
@@ -71,12 +97,13 @@ impl From<Saga> for SagaView {
 struct ApiDoc;
 
 /// The saga routes (registered through their documentation) and the OpenAPI document.
-pub fn router(pool: PgPool) -> (Router, utoipa::openapi::OpenApi) {
+pub fn router(api: Api) -> (Router, utoipa::openapi::OpenApi) {
     let (routes, document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(list))
         .routes(routes!(one))
+        .routes(routes!(retry))
         .split_for_parts();
-    (routes.with_state(pool), document)
+    (routes.with_state(api), document)
 }
 
 /// `GET /v1/sagas/{order_id}`
@@ -106,6 +133,51 @@ async fn one(
         .await?
         .map(|s| Json(SagaView::from(s)))
         .ok_or_else(|| QueryError::NotFound(format!("no saga for order {id}")))
+}
+
+/// `POST /v1/sagas/{order_id}/retry`
+#[utoipa::path(
+    post, path = "/v1/sagas/{order_id}/retry", tag = "sagas",
+    description = "For operators: retries a failed saga once what made it fail is dealt with. A saga fails when a compensation is given up on for good (a refund the provider refused); the retry issues that compensation again under its old command id, and the rest of the plan follows. Answers the saga as stored after the retry (state `compensating`).",
+    params(("order_id" = Uuid, Path, description = "the order")),
+    responses(
+        (status = 200, description = "the saga compensates again", body = serde_json::Value),
+        (status = 404, description = "no saga for that order"),
+        (status = 409, description = "the saga is not failed (problem+json with its `state`)"),
+        (status = 401, description = "no valid API key"),
+        (status = 422, description = "invalid parameters (problem+json lists every one)"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "Postgres unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
+async fn retry(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(pairs): Pairs,
+) -> Result<Json<SagaView>, Response> {
+    let invalid = |e: QueryError| e.into_response();
+    Params::new(pairs, &[]).finish().map_err(invalid)?;
+    let order_id = OrderId::from(path_id(&id).map_err(invalid)?);
+    match operator::retry(&api.pool, order_id, &api.policy).await {
+        Ok(saga) => {
+            api.metrics.observe_input("operator_retry", "applied");
+            api.dispatch.notify_one();
+            tracing::info!(%order_id, "failed saga retried by an operator");
+            Ok(Json(SagaView::from(saga)))
+        }
+        Err(RetryError::NoSaga(_)) => {
+            Err(QueryError::NotFound(format!("no saga for order {order_id}")).into_response())
+        }
+        Err(refused @ RetryError::NotFailed { state, .. }) => {
+            api.metrics.observe_input("operator_retry", "ignored");
+            Err(Problem::new(StatusCode::CONFLICT, refused.to_string())
+                .typed("urn:shop:problem:saga-not-failed", "Saga not failed")
+                .with("state", state.as_str())
+                .into_response())
+        }
+        Err(RetryError::Postgres(e)) => Err(QueryError::from(e).into_response()),
+    }
 }
 
 const STATES: [&str; 5] = [

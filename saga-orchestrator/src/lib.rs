@@ -7,13 +7,15 @@
 //!   in one transaction per batch; fires durable deadlines;
 //! - [`dispatch`]: carries out the outbox (provider calls, commands to the writers);
 //! - [`providers`]: payment provider and notification channel, with circuit breakers;
-//! - [`store`]: the `saga` schema; [`http`]: the visibility API; [`config`], [`metrics`].
+//! - [`operator`]: an operator's retry of a failed saga;
+//! - [`store`]: the `saga` schema; [`http`]: the saga API; [`config`], [`metrics`].
 
 pub mod config;
 pub mod dispatch;
 pub mod facts;
 pub mod http;
 pub mod metrics;
+pub mod operator;
 pub mod providers;
 pub mod runner;
 pub mod saga;
@@ -86,8 +88,14 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         Arc::clone(&wake),
         metrics.clone(),
     );
-    let deadlines = DeadlinePoller {
+    let api = http::Api {
         pool: pool.clone(),
+        policy,
+        dispatch: Arc::clone(&wake),
+        metrics: metrics.clone(),
+    };
+    let deadlines = DeadlinePoller {
+        pool,
         policy,
         interval: Duration::from_millis(250),
         dispatch: wake,
@@ -98,7 +106,7 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         .worker(Box::new(move |stop| Box::pin(deadlines.run(stop))))
         .worker(Box::new(move |stop| Box::pin(dispatcher.run(stop))))
         .routes({
-            let (routes, document) = http::router(pool);
+            let (routes, document) = http::router(api);
             config
                 .gate
                 .guard(routes)

@@ -185,6 +185,24 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(),
     Ok(())
 }
 
+/// Makes steps due again that were carried out or given up on before (an operator's
+/// retry): the same command id, a fresh count of attempts, no error. Action and cause stay
+/// as first stored.
+pub async fn rearm(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = instructions
+        .iter()
+        .map(|i| command_id(i.instruction.order_id, i.instruction.step).as_uuid())
+        .collect();
+    sqlx::query(
+        "UPDATE saga.outbox SET done_at = NULL, due_at = now(), attempts = 0, last_error = NULL
+         WHERE command_id = ANY($1)",
+    )
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Which of `users` were seen deactivated.
 pub async fn deactivated_among(
     conn: &mut PgConnection,

@@ -377,7 +377,7 @@ async fn every_documented_operation_refuses_keyless_callers_and_survives_hostile
         "{operations} operations, {requests} requests, {} refused writes",
         refused.len()
     );
-    assert!(operations >= 14, "only {operations} operations documented");
+    assert!(operations >= 15, "only {operations} operations documented");
     assert!(server_errors.is_empty(), "5xx answers: {server_errors:#?}");
     assert!(let_in.is_empty(), "not refused with 401: {let_in:#?}");
     assert!(leaked.is_empty(), "refused yet appended: {leaked:#?}");

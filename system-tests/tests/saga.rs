@@ -112,7 +112,9 @@ impl Receiver {
 
 /// The three services behind the gateway, with the webhook pointed at `receiver`.
 struct Shop {
-    _env: TestEnv,
+    env: TestEnv,
+    /// The settings the services started with, beyond the test environment's.
+    extra: Vec<(String, String)>,
     settings: service_runtime::Env,
     services: Vec<RunningService>,
     gateway: Gateway,
@@ -132,6 +134,10 @@ impl Shop {
             ("PAYMENT_LATENCY_MS", "5"),
         ];
         settings.extend_from_slice(extra);
+        let extra: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let settings = service_env_with(&env, &env.brokers, &env.database_url, &settings);
         let services = start_services(&settings).await?;
         let gateway = Gateway::start(services[0].addr, services[1].addr, services[2].addr).await?;
@@ -140,7 +146,8 @@ impl Shop {
         }
         let sagas = gateway.url("");
         Ok(Self {
-            _env: env,
+            env,
+            extra,
             settings,
             services,
             gateway,
@@ -253,6 +260,30 @@ impl Shop {
         self.sagas = orchestrator.url("");
         self.services.push(orchestrator);
         Ok(())
+    }
+
+    /// Restarts the orchestrator with `changed` settings on top of the ones it had.
+    async fn restart_orchestrator_with(&mut self, changed: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.stop_orchestrator().await?;
+        let mut pairs: Vec<(&str, &str)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.extend_from_slice(changed);
+        let env = &self.env;
+        self.settings = service_env_with(env, &env.brokers, &env.database_url, &pairs);
+        self.start_orchestrator().await
+    }
+
+    /// An operator's `POST /v1/sagas/{order}/retry`: status and body.
+    async fn retry(&self, order: OrderId) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .client
+            .post(format!("{}/v1/sagas/{order}/retry", self.sagas))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
     }
 
     /// One line of the orchestrator's `/metrics`.
@@ -402,6 +433,101 @@ async fn a_customer_cancelling_a_confirmed_order_gets_a_refund_and_a_notice() ->
             .of(order, NotificationKind::OrderCancelled)
             .is_empty()
     );
+    shop.stop().await
+}
+
+#[tokio::test]
+async fn a_refund_refused_for_good_fails_the_saga_until_an_operator_retries_it()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let refused = [("PAYMENT_REFUSE_REFUNDS_OF_CENTS", "1313")];
+    let mut shop = Shop::start(&receiver, &refused).await?;
+    let order = shop.order(1313).await?;
+    shop.saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+    shop.post(
+        &format!("/v1/orders/{order}/cancel"),
+        json!({"reason": "changed my mind"}),
+    )
+    .await?;
+
+    let saga = shop
+        .saga_in(order, "failed", Duration::from_secs(60))
+        .await?;
+    assert_eq!(saga["failures"][0]["step"], "refund_payment", "{saga}");
+    let error = saga["failures"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("refused"), "{saga}");
+    let payment = payment_becomes(&shop, order, "authorized").await?;
+    assert_eq!(
+        payment["status"], "authorized",
+        "the money is not back: {payment}"
+    );
+    let (status, failed) = shop.get("/v1/sagas?state=failed").await?;
+    assert_eq!(status, 200);
+    assert!(
+        failed["items"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|s| s["order_id"] == order.to_string())),
+        "{failed}"
+    );
+
+    // A retry while the provider still refuses: compensating, then failed again.
+    let (status, retried) = shop.retry(order).await?;
+    assert_eq!(
+        (status, retried["state"].as_str()),
+        (200, Some("compensating")),
+        "{retried}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let saga = shop
+            .saga_in(order, "failed", Duration::from_secs(60))
+            .await?;
+        if saga["failures"].as_array().is_some_and(|f| f.len() == 2) {
+            break saga;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not refused twice: {saga}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again["failures"][1]["step"], "refund_payment", "{again}");
+
+    // The operator deals with the cause (the provider takes the refund), then retries.
+    shop.restart_orchestrator_with(&[("PAYMENT_REFUSE_REFUNDS_OF_CENTS", "0")])
+        .await?;
+    let (status, retried) = shop.retry(order).await?;
+    assert_eq!(status, 200, "{retried}");
+    assert!(
+        step_names(&retried).contains(&"operator:operator_retry".to_owned()),
+        "{retried}"
+    );
+    let saga = shop
+        .saga_in(order, "compensated", Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        compensations(&saga),
+        ["refund_payment", "notify_order_cancelled"]
+    );
+    let payment = payment_becomes(&shop, order, "refunded").await?;
+    assert_eq!(payment["status"], "refunded", "{payment}");
+    assert!(
+        !receiver
+            .of(order, NotificationKind::OrderCancelled)
+            .is_empty()
+    );
+
+    // Only a failed saga can be retried; an unknown order has none.
+    let (status, problem) = shop.retry(order).await?;
+    assert_eq!(
+        (status, problem["state"].as_str()),
+        (409, Some("compensated")),
+        "{problem}"
+    );
+    assert_eq!(problem["type"], "urn:shop:problem:saga-not-failed");
+    let (status, _) = shop.retry(OrderId::new()).await?;
+    assert_eq!(status, 404);
     shop.stop().await
 }
 

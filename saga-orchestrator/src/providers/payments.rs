@@ -34,6 +34,9 @@ pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
 pub struct SimulatorRules {
     /// Amounts above this (in minor units) are declined.
     pub decline_above_cents: u64,
+    /// Refunds of payments of exactly this amount (minor units) are refused for good, as a
+    /// provider refuses one to a closed account; `None`: every refund goes through.
+    pub refuse_refunds_of_cents: Option<u64>,
     /// How long every call takes.
     pub latency: Duration,
     /// The share of calls (0 to 1) that fail as if the provider were unreachable.
@@ -46,6 +49,7 @@ impl Default for SimulatorRules {
     fn default() -> Self {
         Self {
             decline_above_cents: 100_000,
+            refuse_refunds_of_cents: None,
             latency: Duration::from_millis(20),
             failure_rate: 0.0,
             seed: 7,
@@ -104,9 +108,15 @@ impl PaymentProvider for Simulator {
         })
     }
 
-    fn refund<'a>(&'a self, payment_id: PaymentId, _amount: &'a Money) -> CallFuture<'a, String> {
+    fn refund<'a>(&'a self, payment_id: PaymentId, amount: &'a Money) -> CallFuture<'a, String> {
         Box::pin(async move {
             self.call().await?;
+            if self.rules.refuse_refunds_of_cents == Some(amount.amount_cents) {
+                return Err(CallError::Permanent(format!(
+                    "refund of {} refused: the account is closed",
+                    amount.amount_cents
+                )));
+            }
             Ok(format!("sim-refund-{}", short(payment_id)))
         })
     }
@@ -188,5 +198,20 @@ mod tests {
             .refund(PaymentId::for_order(OrderId::new()), &request(1).amount)
             .await;
         assert!(refund.is_err(), "every call fails at rate 1");
+    }
+
+    #[tokio::test]
+    async fn refuses_for_good_the_refunds_of_the_configured_amount_only() {
+        let sim = Simulator::new(SimulatorRules {
+            latency: Duration::ZERO,
+            refuse_refunds_of_cents: Some(1313),
+            ..SimulatorRules::default()
+        });
+        let payment = PaymentId::for_order(OrderId::new());
+        assert!(matches!(
+            sim.refund(payment, &request(1313).amount).await,
+            Err(CallError::Permanent(_))
+        ));
+        assert!(sim.refund(payment, &request(1314).amount).await.is_ok());
     }
 }

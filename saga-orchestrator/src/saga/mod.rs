@@ -6,7 +6,7 @@
 //! order of the steps done, run one at a time, each at most once.
 //!
 //! Inputs are facts (events read from the log, a deadline that fired, an action the
-//! executor gave up on). Actions are what the orchestrator must make happen; each carries
+//! executor gave up on) and an operator's retry of a failed saga. Actions are what the orchestrator must make happen; each carries
 //! a [`Step`] that names it, so the command it becomes has an id derived from the saga
 //! and the step, and a re-sent command is a duplicate the writer drops.
 //!
@@ -206,6 +206,9 @@ pub enum Input {
     },
     /// The payment request was never sent: the saga stopped needing it first.
     PaymentNotAsked,
+    /// An operator dealt with what made a compensation fail (say, a refund the provider
+    /// refused) and asks the failed saga to try it again.
+    OperatorRetry,
 }
 
 impl Input {
@@ -223,6 +226,7 @@ impl Input {
             Self::PaymentDeadlinePassed => "payment_deadline_passed",
             Self::StepAbandoned { .. } => "step_abandoned",
             Self::PaymentNotAsked => "payment_not_asked",
+            Self::OperatorRetry => "operator_retry",
         }
     }
 
@@ -271,7 +275,7 @@ pub struct Compensation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
-    /// `event`, `command` or `deadline`.
+    /// `event`, `command`, `deadline` or `operator`.
     pub kind: String,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -357,10 +361,10 @@ pub fn react(
             let mut run = Run::new(saga.clone(), at);
             run.saga.history.push(HistoryEntry {
                 at,
-                kind: if matches!(input, Input::PaymentDeadlinePassed) {
-                    "deadline"
-                } else {
-                    "event"
+                kind: match input {
+                    Input::PaymentDeadlinePassed => "deadline",
+                    Input::OperatorRetry => "operator",
+                    _ => "event",
                 }
                 .into(),
                 name: input.name().into(),
@@ -500,6 +504,7 @@ impl Run {
             }
             Input::StepAbandoned { step, error } => self.abandoned(*step, error),
             Input::PaymentNotAsked => self.payment_not_asked(),
+            Input::OperatorRetry => self.retried(),
         }
     }
 
@@ -641,6 +646,25 @@ impl Run {
         if step.is_compensation() && self.saga.state == SagaState::Compensating {
             self.saga.state = SagaState::Failed;
         }
+        Ok(())
+    }
+
+    /// A failed saga compensates again: the compensation given up on is issued anew under
+    /// the same step (so the same command id), and the rest of the plan follows it.
+    fn retried(&mut self) -> Result<(), Ignored> {
+        if self.saga.state != SagaState::Failed {
+            return Err(Ignored::NotApplicable("operator_retry"));
+        }
+        if let Some(given_up) = self
+            .saga
+            .compensations
+            .iter_mut()
+            .find(|c| c.done_at.is_none())
+        {
+            given_up.issued_at = None;
+        }
+        self.saga.state = SagaState::Compensating;
+        self.settle();
         Ok(())
     }
 

@@ -347,6 +347,119 @@ fn a_refund_given_up_for_good_fails_the_saga_for_an_operator() {
     assert!(steps(&then).is_empty());
 }
 
+/// A completed order cancelled by its customer, whose refund the provider refused for good.
+fn refund_refused_after_completion() -> Vec<Input> {
+    vec![
+        placed(),
+        AUTHORIZED,
+        Input::OrderConfirmed,
+        sent(NotificationKind::OrderConfirmed),
+        cancelled_by_customer(),
+        Input::StepAbandoned {
+            step: Step::RefundPayment,
+            error: "provider refuses the refund".into(),
+        },
+    ]
+}
+
+#[test]
+fn an_operator_retry_issues_the_refund_given_up_on_again_and_the_saga_compensates() {
+    let failed = refund_refused_after_completion();
+    assert_eq!(given(&failed).state, SagaState::Failed);
+
+    let then = when(&failed, Input::OperatorRetry);
+    assert_eq!(steps(&then), [Step::RefundPayment]);
+    assert_eq!(then.saga.state, SagaState::Compensating);
+    let kinds: Vec<(&str, &str)> = then.saga.history[then.saga.history.len() - 2..]
+        .iter()
+        .map(|h| (h.kind.as_str(), h.name.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("operator", "operator_retry"),
+            ("command", "refund_payment")
+        ]
+    );
+    assert_eq!(then.saga.failures.len(), 1, "the refusal stays on record");
+
+    let retried = [failed.clone(), vec![Input::OperatorRetry]].concat();
+    let then = when(&retried, Input::PaymentRefunded);
+    assert_eq!(steps(&then), [Step::NotifyOrderCancelled]);
+
+    let refunded = [retried, vec![Input::PaymentRefunded]].concat();
+    let then = when(&refunded, sent(NotificationKind::OrderCancelled));
+    assert_eq!(
+        (then.saga.state, then.saga.payment),
+        (SagaState::Compensated, PaymentState::Refunded)
+    );
+}
+
+#[test]
+fn a_retry_refused_again_fails_the_saga_again() {
+    let retried = [
+        refund_refused_after_completion(),
+        vec![Input::OperatorRetry],
+    ]
+    .concat();
+    let then = when(
+        &retried,
+        Input::StepAbandoned {
+            step: Step::RefundPayment,
+            error: "still refused".into(),
+        },
+    );
+    assert_eq!(then.saga.state, SagaState::Failed);
+    assert!(steps(&then).is_empty());
+    assert_eq!(then.saga.failures.len(), 2);
+}
+
+#[test]
+fn a_retry_after_the_refund_landed_anyway_goes_on_with_the_rest_of_the_plan() {
+    let landed = [
+        refund_refused_after_completion(),
+        vec![Input::PaymentRefunded],
+    ]
+    .concat();
+    assert_eq!(
+        given(&landed).state,
+        SagaState::Failed,
+        "waits for an operator"
+    );
+    let then = when(&landed, Input::OperatorRetry);
+    assert_eq!(steps(&then), [Step::NotifyOrderCancelled]);
+}
+
+#[test]
+fn only_a_failed_saga_can_be_retried() {
+    let not_applicable = Err(Ignored::NotApplicable("operator_retry"));
+    let running = [placed(), AUTHORIZED];
+    assert_eq!(
+        when_at(&running, Input::OperatorRetry, t0()),
+        not_applicable
+    );
+    let completed = [
+        placed(),
+        AUTHORIZED,
+        Input::OrderConfirmed,
+        sent(NotificationKind::OrderConfirmed),
+    ];
+    assert_eq!(
+        when_at(&completed, Input::OperatorRetry, t0()),
+        not_applicable
+    );
+    let retried = [
+        refund_refused_after_completion(),
+        vec![Input::OperatorRetry],
+    ]
+    .concat();
+    assert_eq!(
+        when_at(&retried, Input::OperatorRetry, t0()),
+        not_applicable,
+        "compensating again"
+    );
+}
+
 #[test]
 fn inputs_out_of_place_change_nothing() {
     assert_eq!(
