@@ -349,7 +349,9 @@ async fn tail_and_read_show_keys_headers_and_pretty_json() -> anyhow::Result<()>
 /// Walks the first branch under `node`, collecting event types and saga step names.
 fn first_branch(node: &Value, out: &mut Vec<String>) {
     match node["kind"].as_str() {
-        Some("event") => out.push(node["event_type"].as_str().unwrap_or("?").to_owned()),
+        Some("event" | "elsewhere") => {
+            out.push(node["event_type"].as_str().unwrap_or("?").to_owned())
+        }
         Some("saga_step") => out.push(format!("step {}", node["step"].as_str().unwrap_or("?"))),
         _ => {}
     }
@@ -390,24 +392,45 @@ async fn explain_shows_what_one_request_caused_through_the_saga() -> anyhow::Res
         "/v1/sagas/{}",
         order["id"].as_str().unwrap_or("?")
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let saga: Value = client
-            .get(&saga_url)
-            .send()
-            .await?
-            .json()
-            .await
-            .unwrap_or_default();
-        if saga["state"] == "completed" {
-            break;
+    let saga_in = async |state: &str| -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let saga: Value = client
+                .get(&saga_url)
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or_default();
+            if saga["state"] == state {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "saga not {state}: {saga}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "saga not completed: {saga}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    saga_in("completed").await?;
+    // The customer cancels in a request of their own: the saga's refund answers to it.
+    let cancellation = uuid::Uuid::new_v4().to_string();
+    let cancelled = client
+        .post(services[0].url(&format!(
+            "/v1/orders/{}/cancel",
+            order["id"].as_str().unwrap_or("?")
+        )))
+        .header("Authorization", "Bearer test-key")
+        .header("X-Correlation-Id", &cancellation)
+        .json(&json!({"reason": "changed my mind"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        cancelled.status().is_success(),
+        "cancel: {}",
+        cancelled.status()
+    );
+    saga_in("compensated").await?;
     let pool = env.pool().await;
     common::caught_up(&env, &pool, "event_index", Duration::from_secs(30)).await?;
 
@@ -416,7 +439,7 @@ async fn explain_shows_what_one_request_caused_through_the_saga() -> anyhow::Res
         &["explain", &correlation, "--json"],
     )))[0];
     let tree = report["tree"].as_array().expect("a tree");
-    assert_eq!(tree.len(), 1, "one request: {report}");
+    assert_eq!(tree.len(), 2, "the request and the cancellation: {report}");
     assert_eq!(tree[0]["kind"], "request");
     let mut branch = Vec::new();
     first_branch(&tree[0], &mut branch);
@@ -429,6 +452,32 @@ async fn explain_shows_what_one_request_caused_through_the_saga() -> anyhow::Res
             "step confirm_order",
             "OrderConfirmed",
             "step notify_order_confirmed",
+            "NotificationSent",
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        (
+            &tree[1]["kind"],
+            &tree[1]["event_type"],
+            &tree[1]["correlation_id"]
+        ),
+        (
+            &json!("elsewhere"),
+            &json!("OrderCancelled"),
+            &json!(cancellation)
+        ),
+        "{report}"
+    );
+    let mut branch = Vec::new();
+    first_branch(&tree[1], &mut branch);
+    assert_eq!(
+        branch,
+        [
+            "OrderCancelled",
+            "step refund_payment",
+            "PaymentRefunded",
+            "step notify_order_cancelled",
             "NotificationSent",
         ],
         "{report}"

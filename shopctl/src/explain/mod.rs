@@ -14,7 +14,7 @@ use clap::Args;
 use projections::projector::Schema;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, PgPool};
-use tree::{EventFact, Node, SagaStep};
+use tree::{Elsewhere, EventFact, Node, SagaStep};
 use uuid::Uuid;
 
 use crate::connect;
@@ -36,7 +36,8 @@ pub async fn run(args: ExplainArgs, json: bool) -> anyhow::Result<()> {
             args.correlation_id
         );
     }
-    let roots = tree::build(&events, &steps);
+    let elsewhere = causes_elsewhere(&pool, &events, &steps).await?;
+    let roots = tree::build(&events, &steps, &elsewhere);
     if json {
         println!(
             "{}",
@@ -55,43 +56,90 @@ pub async fn run(args: ExplainArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The columns of an indexed event as [`fact`] reads them.
+const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_type, aggregate_id, version, topic,
+    partition, \"offset\", occurred_at, causation_id, correlation_id";
+
+type EventRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i32,
+    i64,
+    DateTime<Utc>,
+    Uuid,
+    Uuid,
+);
+
+/// An indexed event and its correlation id.
+fn fact(r: EventRow) -> (EventFact, Uuid) {
+    let event = EventFact {
+        event_id: r.0,
+        event_type: r.1,
+        aggregate_type: r.2,
+        aggregate_id: r.3,
+        version: r.4,
+        topic: r.5,
+        partition: r.6,
+        offset: r.7,
+        occurred_at: r.8,
+        causation_id: r.9,
+    };
+    (event, r.10)
+}
+
+fn index_unreadable(index: &Schema, e: sqlx::Error) -> anyhow::Error {
+    anyhow::anyhow!("reading the event index ({}): {e}", index.table("events"))
+}
+
 async fn events_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<EventFact>> {
     let index = Schema::live("event_index");
-    type Row = (
-        Uuid,
-        String,
-        String,
-        String,
-        i64,
-        String,
-        i32,
-        i64,
-        DateTime<Utc>,
-        Uuid,
-    );
-    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT event_id, event_type, aggregate_type, aggregate_id, version, topic, partition,
-                \"offset\", occurred_at, causation_id
-         FROM {} WHERE correlation_id = $1 ORDER BY occurred_at, topic, partition, \"offset\"",
+    let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM {} WHERE correlation_id = $1
+         ORDER BY occurred_at, topic, partition, \"offset\"",
         index.table("events")
     )))
     .bind(correlation)
     .fetch_all(pool)
     .await
-    .map_err(|e| anyhow::anyhow!("reading the event index ({}): {e}", index.table("events")))?;
+    .map_err(|e| index_unreadable(&index, e))?;
+    Ok(rows.into_iter().map(|r| fact(r).0).collect())
+}
+
+/// The events of other requests that made this correlation's saga issue a step, such as the
+/// customer's cancellation of the order: looked up among the events of the steps' orders
+/// (through the index's key, not a scan).
+async fn causes_elsewhere(
+    pool: &PgPool,
+    events: &[EventFact],
+    steps: &[SagaStep],
+) -> anyhow::Result<Vec<Elsewhere>> {
+    let (orders, causes) = tree::unknown_causes(events, steps);
+    if causes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let index = Schema::live("event_index");
+    let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM {}
+         WHERE aggregate_type = 'order' AND aggregate_id = ANY($1) AND event_id = ANY($2)",
+        index.table("events")
+    )))
+    .bind(&orders)
+    .bind(&causes)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| index_unreadable(&index, e))?;
     Ok(rows
         .into_iter()
-        .map(|r| EventFact {
-            event_id: r.0,
-            event_type: r.1,
-            aggregate_type: r.2,
-            aggregate_id: r.3,
-            version: r.4,
-            topic: r.5,
-            partition: r.6,
-            offset: r.7,
-            occurred_at: r.8,
-            causation_id: r.9,
+        .map(|r| {
+            let (event, correlation_id) = fact(r);
+            Elsewhere {
+                event,
+                correlation_id,
+            }
         })
         .collect())
 }
@@ -165,17 +213,15 @@ fn label(node: &Node) -> String {
         Node::Request { command_id, at, .. } => {
             format!("request command {command_id}  {}", time(*at))
         }
-        Node::Deadline { .. } => "saga deadline (steps issued when a deadline passed)".into(),
-        Node::Event { event: e, .. } => format!(
-            "{} {} {} v{}  {}/{}@{}  {}",
-            e.event_type,
-            e.aggregate_type,
-            e.aggregate_id,
-            e.version,
-            e.topic,
-            e.partition,
-            e.offset,
-            time(e.occurred_at)
+        Node::Deadline { .. } => {
+            "saga deadline (steps issued when a deadline passed, or for a message not indexed)"
+                .into()
+        }
+        Node::Event { event, .. } => event_label(event),
+        Node::Elsewhere { cause, .. } => format!(
+            "{}  (another request: correlation {})",
+            event_label(&cause.event),
+            cause.correlation_id
         ),
         Node::SagaStep { step: s, .. } => {
             let done = s
@@ -195,6 +241,20 @@ fn label(node: &Node) -> String {
             )
         }
     }
+}
+
+fn event_label(e: &EventFact) -> String {
+    format!(
+        "{} {} {} v{}  {}/{}@{}  {}",
+        e.event_type,
+        e.aggregate_type,
+        e.aggregate_id,
+        e.version,
+        e.topic,
+        e.partition,
+        e.offset,
+        time(e.occurred_at)
+    )
 }
 
 fn time(at: DateTime<Utc>) -> String {

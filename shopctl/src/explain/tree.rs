@@ -3,7 +3,8 @@
 //!
 //! - an event hangs under the command that caused it (its `causationid`);
 //! - a saga step (a command) hangs under the message that made the saga issue it: an
-//!   event, or the command of an earlier step; a step issued by a deadline has none;
+//!   event, or the command of an earlier step; a step issued by a deadline has none; an
+//!   event of another request (the customer cancelling the order) is a root of its own;
 //! - commands no saga issued are the requests that started it all (the roots).
 //!
 //! Children are ordered by time, so reading down a branch follows what happened.
@@ -42,6 +43,15 @@ pub struct SagaStep {
     pub last_error: Option<String>,
 }
 
+/// An event of another request (another correlation id) that made this correlation's saga
+/// issue a step, such as the customer's cancellation of the order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Elsewhere {
+    #[serde(flatten)]
+    pub event: EventFact,
+    pub correlation_id: Uuid,
+}
+
 /// One node of the tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -63,7 +73,14 @@ pub enum Node {
         event: EventFact,
         children: Vec<Node>,
     },
-    /// Steps the saga issued on its own (a fired deadline).
+    /// An event of another request, with the steps it made the saga issue.
+    Elsewhere {
+        #[serde(flatten)]
+        cause: Elsewhere,
+        children: Vec<Node>,
+    },
+    /// Steps the saga issued on its own (a fired deadline), or for a message the index
+    /// does not hold.
     Deadline { children: Vec<Node> },
 }
 
@@ -73,6 +90,7 @@ impl Node {
             Self::Request { at, .. } => Some(*at),
             Self::SagaStep { step, .. } => Some(step.issued_at),
             Self::Event { event, .. } => Some(event.occurred_at),
+            Self::Elsewhere { cause, .. } => Some(cause.event.occurred_at),
             Self::Deadline { children } => children.iter().filter_map(Self::at).min(),
         }
     }
@@ -82,15 +100,41 @@ impl Node {
             Self::Request { children, .. }
             | Self::SagaStep { children, .. }
             | Self::Event { children, .. }
+            | Self::Elsewhere { children, .. }
             | Self::Deadline { children } => children,
         }
     }
 }
 
-/// The roots of the tree of `events` and `steps`, ordered by time.
-pub fn build(events: &[EventFact], steps: &[SagaStep]) -> Vec<Node> {
+/// The orders of the steps whose cause is neither among `events` nor among `steps`, and
+/// those causes: what to look for in other requests.
+pub fn unknown_causes(events: &[EventFact], steps: &[SagaStep]) -> (Vec<String>, Vec<Uuid>) {
+    let known: HashSet<Uuid> = events
+        .iter()
+        .map(|e| e.event_id)
+        .chain(steps.iter().map(|s| s.command_id))
+        .collect();
+    let mut orders = Vec::new();
+    let mut causes = Vec::new();
+    for step in steps {
+        if let Some(cause) = step.causation_id.filter(|c| !known.contains(c)) {
+            orders.push(step.order_id.to_string());
+            causes.push(cause);
+        }
+    }
+    orders.sort();
+    orders.dedup();
+    causes.sort();
+    causes.dedup();
+    (orders, causes)
+}
+
+/// The roots of the tree of `events` and `steps` (and the `elsewhere` events that caused
+/// some of the steps), ordered by time.
+pub fn build(events: &[EventFact], steps: &[SagaStep], elsewhere: &[Elsewhere]) -> Vec<Node> {
     let step_ids: HashSet<Uuid> = steps.iter().map(|s| s.command_id).collect();
     let event_ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let elsewhere_ids: HashSet<Uuid> = elsewhere.iter().map(|e| e.event.event_id).collect();
     // Parent id -> children, where the parent is a message id (command or event).
     let mut events_by_cause: BTreeMap<Uuid, Vec<&EventFact>> = BTreeMap::new();
     for event in events {
@@ -103,7 +147,7 @@ pub fn build(events: &[EventFact], steps: &[SagaStep]) -> Vec<Node> {
     for step in steps {
         let known = step
             .causation_id
-            .filter(|c| event_ids.contains(c) || step_ids.contains(c));
+            .filter(|c| event_ids.contains(c) || step_ids.contains(c) || elsewhere_ids.contains(c));
         steps_by_cause.entry(known).or_default().push(step);
     }
     let index = Index {
@@ -124,6 +168,10 @@ pub fn build(events: &[EventFact], steps: &[SagaStep]) -> Vec<Node> {
             children: index.under(command_id),
         })
         .collect();
+    roots.extend(elsewhere.iter().map(|cause| Node::Elsewhere {
+        cause: cause.clone(),
+        children: index.under(cause.event.event_id),
+    }));
     if let Some(unprompted) = index.steps_by_cause.get(&None) {
         roots.push(Node::Deadline {
             children: sorted(unprompted.iter().map(|s| index.step(s)).collect()),
@@ -214,6 +262,7 @@ mod tests {
                 Node::Request { command_id, .. } => format!("request {}", command_id.as_u128()),
                 Node::SagaStep { step, .. } => format!("step {}", step.step),
                 Node::Event { event, .. } => format!("event {}", event.event_type),
+                Node::Elsewhere { cause, .. } => format!("elsewhere {}", cause.event.event_type),
                 Node::Deadline { .. } => "deadline".into(),
             };
             out.push(format!("{}{label}", "  ".repeat(depth)));
@@ -233,7 +282,7 @@ mod tests {
             step(21, "confirm_order", Some(11), 3),
         ];
         let mut lines = Vec::new();
-        outline(&build(&events, &steps), 0, &mut lines);
+        outline(&build(&events, &steps, &[]), 0, &mut lines);
         assert_eq!(
             lines,
             [
@@ -259,7 +308,7 @@ mod tests {
             step(23, "notify_rejection", Some(20), 10),
         ];
         let mut lines = Vec::new();
-        outline(&build(&events, &steps), 0, &mut lines);
+        outline(&build(&events, &steps, &[]), 0, &mut lines);
         assert_eq!(
             lines,
             [
@@ -275,12 +324,50 @@ mod tests {
     }
 
     #[test]
+    fn given_a_step_caused_by_another_request_when_built_then_it_hangs_under_that_event() {
+        let events = [
+            event(10, "OrderPlaced", 1, 0),
+            event(14, "PaymentRefunded", 24, 12),
+        ];
+        let steps = [
+            step(20, "authorize_payment", Some(10), 1),
+            step(24, "refund_payment", Some(30), 11),
+            step(25, "notify_order_cancelled", Some(14), 13),
+            step(26, "reject_order", Some(99), 14),
+        ];
+        let (orders, causes) = unknown_causes(&events, &steps);
+        assert_eq!(orders, [Uuid::from_u128(0).to_string()]);
+        assert_eq!(causes, [Uuid::from_u128(30), Uuid::from_u128(99)]);
+        let cancelled = Elsewhere {
+            event: event(30, "OrderCancelled", 2, 10),
+            correlation_id: Uuid::from_u128(7),
+        };
+        let mut lines = Vec::new();
+        outline(&build(&events, &steps, &[cancelled]), 0, &mut lines);
+        assert_eq!(
+            lines,
+            [
+                "request 1",
+                "  event OrderPlaced",
+                "    step authorize_payment",
+                "elsewhere OrderCancelled",
+                "  step refund_payment",
+                "    event PaymentRefunded",
+                "      step notify_order_cancelled",
+                "deadline",
+                "  step reject_order",
+            ],
+            "a cause found nowhere stays with the deadline's steps"
+        );
+    }
+
+    #[test]
     fn given_two_requests_in_one_correlation_when_built_then_they_are_roots_in_time_order() {
         let events = [
             event(11, "OrderCancelled", 2, 5),
             event(10, "OrderPlaced", 1, 0),
         ];
-        let roots = build(&events, &[]);
+        let roots = build(&events, &[], &[]);
         let ids: Vec<u128> = roots
             .iter()
             .filter_map(|n| match n {
