@@ -46,11 +46,12 @@ impl FromRef<Api> for PgPool {
 type Pairs = Query<Vec<(String, String)>>;
 
 /// A saga as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SagaView {
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub correlation_id: Uuid,
+    /// `running`, `compensating`, `completed`, `compensated` or `failed`.
     pub state: &'static str,
     /// Where the forward path is: `authorizing_payment`, `confirming_order`,
     /// `notifying_customer` or `done`.
@@ -112,7 +113,7 @@ pub fn router(api: Api) -> (Router, utoipa::openapi::OpenApi) {
     description = "The saga of one order.",
     params(("order_id" = Uuid, Path, description = "the order")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = SagaView),
         (status = 404, description = "no saga for that order"),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
@@ -141,7 +142,7 @@ async fn one(
     description = "For operators: retries a failed saga once what made it fail is dealt with. A saga fails when a compensation is given up on for good (a refund the provider refused); the retry issues that compensation again under its old command id, and the rest of the plan follows. Answers the saga as stored after the retry (state `compensating`).",
     params(("order_id" = Uuid, Path, description = "the order")),
     responses(
-        (status = 200, description = "the saga compensates again", body = serde_json::Value),
+        (status = 200, description = "the saga compensates again", body = SagaView),
         (status = 404, description = "no saga for that order"),
         (status = 409, description = "the saga is not failed (problem+json with its `state`)"),
         (status = 401, description = "no valid API key"),
@@ -198,7 +199,7 @@ const STATES: [&str; 5] = [
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
-        (status = 200, description = "a page", body = serde_json::Value),
+        (status = 200, description = "a page", body = Page<SagaView>),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),

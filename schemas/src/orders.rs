@@ -7,7 +7,7 @@ use crate::ids::{OrderId, PaymentId, UserId};
 use crate::money::Currency;
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct OrderLine {
     pub sku: String,

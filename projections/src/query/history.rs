@@ -76,7 +76,7 @@ pub async fn events_of(
 }
 
 /// One event as history shows it: as it was written, with where it is in the log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub version: i64,
     #[serde(rename = "type")]
@@ -89,10 +89,12 @@ pub struct HistoryEntry {
     pub command_id: Uuid,
     /// The token a query can wait for, and where a console finds the record.
     pub position: String,
+    /// The event's payload, as its `type` and `schema_version` define it.
     pub data: Value,
 }
 
-#[derive(Debug, Serialize)]
+/// An order's events, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History {
     pub order_id: Uuid,
     pub events: Vec<HistoryEntry>,
@@ -104,7 +106,7 @@ pub struct History {
     description = "The events of one order, in order.",
     params(("id" = Uuid, Path, description = "the order"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = History),
         (status = 404, description = "unknown id"),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),

@@ -153,9 +153,10 @@ impl Cursor {
 }
 
 /// A page of a list: `{"items": [...], "next_cursor": ... | null}`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// The `cursor` of the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 

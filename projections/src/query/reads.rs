@@ -26,7 +26,7 @@ pub const ORDER_STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "canc
     description = "One user.",
     params(("id" = Uuid, Path, description = "the user"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = UserRow),
         (status = 404, description = "unknown id"),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
@@ -129,7 +129,7 @@ async fn list_orders(
     description = "Orders, newest first, filtered by user and status (keyset pagination).",
     params(("user_id" = Option<Uuid>, Query, description = "only this user's orders"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = Page<OrderRow>),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),
@@ -158,7 +158,7 @@ pub async fn orders(
     description = "A user's orders, newest first.",
     params(("id" = Uuid, Path, description = "the user"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = Page<OrderRow>),
         (status = 404, description = "unknown id"),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
@@ -200,7 +200,7 @@ pub async fn orders_of_user(
     description = "One order with its status timeline; or its state at a version or a time, folded from the log.",
     params(("id" = Uuid, Path, description = "the order"), ("as_of_version" = Option<u64>, Query, description = "the state after this many events"), ("as_of" = Option<String>, Query, description = "the state at this RFC 3339 time"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = OrderRow),
         (status = 404, description = "unknown id"),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
@@ -248,10 +248,10 @@ pub async fn order(
 /// `GET /v1/payments?order_id=&limit=&cursor=`
 #[utoipa::path(
     get, path = "/v1/payments", tag = "payments",
-    description = "Payments, filtered by order.",
-    params(("order_id" = Option<Uuid>, Query, description = "only this order's payments"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    description = "The payments of one order, newest first (keyset pagination).",
+    params(("order_id" = Uuid, Query, description = "the order whose payments to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = Page<PaymentRow>),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),
@@ -291,10 +291,10 @@ pub async fn payments(
 /// `GET /v1/notifications?user_id=&limit=&cursor=`
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "notifications",
-    description = "Notifications, filtered by user.",
-    params(("user_id" = Option<Uuid>, Query, description = "only this user's notifications"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    description = "The notifications of one user, newest first (keyset pagination).",
+    params(("user_id" = Uuid, Query, description = "the user whose notifications to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
     responses(
-        (status = 200, description = "found", body = serde_json::Value),
+        (status = 200, description = "found", body = Page<NotificationRow>),
         (status = 401, description = "no valid API key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),

@@ -13,7 +13,7 @@ use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
 /// One status the order went through.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub status: String,
     /// The event that set it.
@@ -22,7 +22,8 @@ pub struct TimelineEntry {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+/// An order as the query API shows it, with its status timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderRow {
     #[serde(rename = "id")]
     pub order_id: Uuid,

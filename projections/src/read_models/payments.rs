@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+/// A payment as the query API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PaymentRow {
     #[serde(rename = "id")]
     pub payment_id: Uuid,

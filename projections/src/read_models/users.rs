@@ -12,7 +12,8 @@ use uuid::Uuid;
 use super::{decode, load_by_id, out_of_order, stored_version, time_of};
 use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+/// A user as the query API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UserRow {
     #[serde(rename = "id")]
     pub user_id: Uuid,

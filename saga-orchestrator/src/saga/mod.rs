@@ -65,7 +65,19 @@ impl SagaState {
 
 /// Every action a saga can take; each at most once per saga, so its name is enough to
 /// derive the id of the command it becomes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     AuthorizePayment,
@@ -244,7 +256,7 @@ impl Input {
 }
 
 /// Where the forward path stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     AuthorizingPayment,
@@ -254,7 +266,7 @@ pub enum Stage {
 }
 
 /// What is known of the payment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentState {
     Requested,
@@ -264,7 +276,7 @@ pub enum PaymentState {
 }
 
 /// One undo step of the plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Compensation {
     pub step: Step,
     pub issued_at: Option<DateTime<Utc>>,
@@ -272,7 +284,7 @@ pub struct Compensation {
 }
 
 /// One line of the saga's history: an input it saw or an action it issued.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     /// `event`, `command`, `deadline` or `operator`.
@@ -283,7 +295,7 @@ pub struct HistoryEntry {
 }
 
 /// Something that went wrong and stays on record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     pub at: DateTime<Utc>,
     pub step: String,
