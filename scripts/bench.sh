@@ -25,8 +25,8 @@ bench_machine() {
   printf -- '- compiler: %s; builds: `cargo bench` / `--release`\n' "$(rustc -V)"
   printf -- '- Kafka client: rdkafka-sys %s (librdkafka %s, built from source)\n' \
     "${rdkafka%%+*}" "${rdkafka#*+}"
-  printf -- '- broker: %s, storage engine SQLite (a file on the local disk), one broker\n' \
-    "$(tansu --version 2>/dev/null || echo 'tansu (version unknown)')"
+  printf -- '- broker: Apache Kafka %s (KRaft, one combined broker and controller, from Maven Central), %s, OpenJDK %s\n' \
+    "$(kafka_version)" "heap ${KAFKA_HEAP_OPTS}" "$(java_major)"
   printf -- '- database: %s, a private cluster with default settings\n' \
     "$("$(pg_bin)/postgres" --version)"
 }

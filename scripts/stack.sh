@@ -1,12 +1,11 @@
-# Functions behind ./dev: install what is missing, run a private Postgres cluster, the tansu
-# broker, the services and the nginx gateway, each recorded by a pid file under .local/ so
+# Functions behind ./dev: install what is missing, run a private Postgres cluster, the
+# services and the nginx gateway (the broker: scripts/kafka.sh), each recorded by a pid file under .local/ so
 # that `./dev down` stops exactly what was started and nothing else.
 # Sourced by ./dev; expects ROOT to be the repository root.
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev: %s\n' "$*" >&2; exit 1; }
 
-TANSU_VERSION=0.6.0
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$CARGO_BIN:$PATH"
 
@@ -49,23 +48,16 @@ ensure_packages() {
   pg_bin >/dev/null || missing+=(postgresql)
   nginx_bin >/dev/null || missing+=(nginx)
   command -v curl >/dev/null || missing+=(curl)
-  command -v sqlite3 >/dev/null || missing+=(sqlite3)
+  command -v envsubst >/dev/null || missing+=(gettext-base)
+  command -v kcat >/dev/null || missing+=(kcat)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
   nginx_bin >/dev/null || die "nginx is not installed"
 }
 
-ensure_tansu() {
-  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q " $TANSU_VERSION\$"; then
-    return
-  fi
-  log "installing tansu $TANSU_VERSION with cargo (about 13 minutes on 2 cores, once)"
-  cargo install "tansu@$TANSU_VERSION" --locked --features libsql,dynostore
-}
-
 ensure_tools() {
   ensure_packages
-  ensure_tansu
+  ensure_kafka
 }
 
 # --- processes ------------------------------------------------------------------------
@@ -180,37 +172,3 @@ pg_stop() {
     log "stopped Postgres in $dir"
   fi
 }
-
-# --- tansu ----------------------------------------------------------------------------
-
-# tansu_start DIR PORT: the broker on 127.0.0.1:PORT, storing in DIR/tansu.db (SQLite).
-# tansu resolves a relative sqlite:// path against its working directory, so it runs there.
-tansu_start() {
-  local dir port=$2
-  dir=$(mkdir -p "$1" && cd "$1" && pwd)
-  if alive "$dir/tansu.pid" "tansu broker"; then
-    log "tansu already running (pid $(cat "$dir/tansu.pid"))"
-    return
-  fi
-  port_open 127.0.0.1 "$port" && die "port $port is taken by a process this stack did not start"
-  log "starting tansu on 127.0.0.1:$port (storage $dir/tansu.db)"
-  # tansu logs through RUST_LOG too; do not let the services' filter make it chatty.
-  (cd "$dir" && RUST_LOG="${TANSU_LOG:-warn}" start_detached "$dir/tansu.pid" "$dir/tansu.log" \
-    tansu broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine "sqlite://tansu.db")
-  wait_port 127.0.0.1 "$port" 30 tansu
-  tansu_index "$dir/tansu.db"
-}
-
-# Adds the index tansu's SQLite schema lacks (see scripts/tansu-index.sql). tansu creates
-# its tables before it listens; the retries cover a slow first start.
-tansu_index() {
-  local db=$1 i
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    sqlite3 "$db" <"$ROOT/scripts/tansu-index.sql" 2>/dev/null && return
-    sleep 0.5
-  done
-  die "could not add the header index to $db"
-}
-
-tansu_stop() { stop_pidfile "$1/tansu.pid" "tansu broker" 10; }

@@ -4,7 +4,7 @@
 //!     ./dev bench            (or, with SHOP_TEST_DATABASE_URL set: cargo bench -p command-api)
 //!
 //! The load generator is this program (reqwest, one client, `CONCURRENCY` callers each
-//! waiting for its answer). The broker is a private tansu on SQLite, as in the local stack.
+//! waiting for its answer). The broker is a private Apache Kafka node, as in the local stack.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let ((raw_p50, raw_p99), (http_p50, http_p99)) = (raw.percentiles(), http.percentiles());
     let (raw_rate, http_rate) = (raw.per_second, http.per_second);
     println!(
-        "HTTP commands: {ORDERS} POST /v1/orders, {CONCURRENCY} concurrent, {PARTITIONS} partitions, tansu 0.6.0 on SQLite"
+        "HTTP commands: {ORDERS} POST /v1/orders, {CONCURRENCY} concurrent, {PARTITIONS} partitions, a private Apache Kafka node"
     );
     println!("| path | per second | p50 ms | p99 ms |");
     println!("|---|---|---|---|");

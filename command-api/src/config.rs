@@ -11,11 +11,6 @@ pub const COMMAND_API_ADDR: Setting = Setting {
     default: Some("127.0.0.1:8080"),
     help: "address the command API listens on",
 };
-pub const KAFKA_TRANSACTIONS: Setting = Setting {
-    name: "KAFKA_TRANSACTIONS",
-    default: Some("false"),
-    help: "fence writers with Kafka transactions (true on Apache Kafka; tansu 0.6.0 cannot commit them)",
-};
 pub const MAX_IN_FLIGHT: Setting = Setting {
     name: "MAX_IN_FLIGHT",
     default: Some("512"),
@@ -42,7 +37,6 @@ pub const ADVERTISED_URL: Setting = Setting {
 pub fn settings() -> Vec<Setting> {
     let mut own = vec![
         COMMAND_API_ADDR,
-        KAFKA_TRANSACTIONS,
         MAX_IN_FLIGHT,
         COMMAND_TIMEOUT_MS,
         PEER_KEY,
@@ -57,7 +51,6 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Who may call, and how fast.
     pub gate: Gate,
-    pub transactions: bool,
     pub max_in_flight: usize,
     pub command_timeout: Duration,
     /// The key instances authenticate to each other with.
@@ -71,7 +64,6 @@ impl Config {
         Ok(Self {
             service: ServiceConfig::from_env(env, &COMMAND_API_ADDR)?,
             gate: Gate::from_env(env)?,
-            transactions: env.parse(&KAFKA_TRANSACTIONS)?,
             max_in_flight: env.positive(&MAX_IN_FLIGHT)? as usize,
             command_timeout: Duration::from_millis(env.positive(&COMMAND_TIMEOUT_MS)?),
             peer_key: match env.text(&PEER_KEY)?.trim() {

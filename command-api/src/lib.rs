@@ -11,8 +11,10 @@ pub mod http;
 pub mod write_models;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_store::writer::snapshot::SnapshotStore;
+use service_runtime::readiness::{Dependency, Probe};
 use service_runtime::{BoundService, Service, ServiceError, probes};
 
 use write_models::WriteModels;
@@ -37,6 +39,7 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     for worker in workers {
         service = service.worker(worker);
     }
+    service = service.depends_on(writers_serving(models.clone()));
     let peers = models.peers.clone();
     let state = http::AppState {
         models: Arc::new(models),
@@ -50,6 +53,20 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         .unwrap_or_else(|| advertised(bound.local_addr()));
     peers.set_me(me);
     Ok(bound)
+}
+
+/// Ready once every partition the writers' groups gave this instance is served here.
+fn writers_serving(models: WriteModels) -> Dependency {
+    Dependency::new("writers", Duration::from_secs(1), move || {
+        let pending = models.not_serving();
+        async move {
+            if pending.is_empty() {
+                Probe::Ready
+            } else {
+                Probe::NotReady(pending.join("; "))
+            }
+        }
+    })
 }
 
 /// How peers reach an instance bound to `addr` when `ADVERTISED_URL` is not set: that

@@ -40,7 +40,6 @@ impl WriteModels {
         writer_config.ownership_wait = config.command_timeout / 2;
         writer_config.partition = PartitionSettings {
             snapshots: Some(Arc::new(SnapshotStore::new(pool.clone()))),
-            transactions: config.transactions,
             ..PartitionSettings::default()
         };
         let peers = Peers::new(
@@ -65,6 +64,23 @@ impl WriteModels {
             peers,
         };
         (models, workers)
+    }
+}
+
+impl WriteModels {
+    /// Why some write model cannot decide every command the group gave this instance yet
+    /// (readiness); empty when all can.
+    pub fn not_serving(&self) -> Vec<String> {
+        [
+            self.users.not_serving(),
+            self.emails.not_serving(),
+            self.orders.not_serving(),
+            self.payments.not_serving(),
+            self.notifications.not_serving(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 

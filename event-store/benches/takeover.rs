@@ -3,7 +3,7 @@
 //!
 //!     ./dev bench            (or, with SHOP_TEST_DATABASE_URL set: cargo bench -p event-store --bench takeover)
 //!
-//! The broker is a private tansu on SQLite storage; snapshots go to the Postgres that
+//! The broker is a private Apache Kafka node; snapshots go to the Postgres that
 //! `SHOP_TEST_DATABASE_URL` points at (a fresh database is created).
 
 mod support;
@@ -81,13 +81,12 @@ async fn append(producer: &FutureProducer, topic: &str, from: u64, to: u64) -> a
 }
 
 async fn take_over(
-    producer: &FutureProducer,
     settings: &KafkaSettings,
     snapshots: Option<Arc<SnapshotStore>>,
 ) -> anyhow::Result<(Duration, PartitionWriter<Ledger>)> {
     let started = Instant::now();
     let writer = PartitionWriter::<Ledger>::take_over(
-        PartitionLog::new(producer.clone(), settings.clone(), 0),
+        PartitionLog::transactional(settings.clone(), 0, "ledger-writer-0")?,
         &TopicNames::new(""),
         &PartitionSettings {
             snapshots,
@@ -123,20 +122,20 @@ async fn main() -> anyhow::Result<()> {
         "history: {EVENTS} events on {ACCOUNTS} aggregates in one partition, produced in {produced:.1?}"
     );
 
-    let (full, writer) = take_over(&producer, &settings, None).await?;
+    let (full, writer) = take_over(&settings, None).await?;
     assert_eq!(writer.core().next_offset, EVENTS as i64);
     drop(writer);
 
     // A writer with snapshots takes over once (full replay), serves, and leaves: leaving
     // saves its snapshot. Then the history grows by a tail the snapshot does not cover.
-    let (_, writer) = take_over(&producer, &settings, Some(Arc::clone(&store))).await?;
+    let (_, writer) = take_over(&settings, Some(Arc::clone(&store))).await?;
     let stop = CancellationToken::new();
     stop.cancel();
     let (_, requests) = mpsc::channel(1);
     drop(writer.serve(requests, stop).await);
     append(&producer, &topic, EVENTS, EVENTS + TAIL).await?;
 
-    let (with_snapshot, writer) = take_over(&producer, &settings, Some(store)).await?;
+    let (with_snapshot, writer) = take_over(&settings, Some(store)).await?;
     assert_eq!(writer.core().next_offset, (EVENTS + TAIL) as i64);
 
     println!("| takeover of one partition | seconds |");

@@ -3,7 +3,7 @@
 //!
 //!     ./dev bench            (or: cargo bench -p event-store --bench write_path)
 //!
-//! The broker is a private tansu on SQLite storage, like the local stack's.
+//! The broker is a private Apache Kafka node, like the local stack's.
 
 mod support;
 
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     let (raw_p50, raw_p99) = raw.percentiles();
     let (store_p50, store_p99) = store.percentiles();
     println!(
-        "write path: {COMMANDS} appends, {CONCURRENCY} concurrent, {PARTITIONS} partitions, tansu 0.6.0 on SQLite"
+        "write path: {COMMANDS} appends, {CONCURRENCY} concurrent, {PARTITIONS} partitions, a private Apache Kafka node"
     );
     println!("| path | appends/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|");

@@ -53,8 +53,10 @@ impl TopicAdmin {
             .operation_timeout(Some(self.settings.timeout))
     }
 
-    /// Creates the topics that do not exist yet, with their configs. Existing topics are
-    /// left as they are: [`Self::preflight`] says whether they are fit for use.
+    /// Creates the topics that do not exist yet, with their configs, and returns once the
+    /// broker serves every one of them (the controller accepts a topic before the broker's
+    /// metadata shows it). Existing topics are left as they are: [`Self::preflight`] says
+    /// whether they are fit for use.
     pub async fn create(
         &self,
         specs: &[TopicSpec],
@@ -78,7 +80,7 @@ impl TopicAdmin {
             .create_topics(&new_topics, &self.options())
             .await
             .map_err(|e| EventStoreError::from_kafka("create topics", e))?;
-        results
+        let created = results
             .into_iter()
             .map(|result| match result {
                 Ok(name) => Ok(Created::Created(name)),
@@ -90,7 +92,32 @@ impl TopicAdmin {
                     reason: format!("{name}: {code}"),
                 }),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.await_served(specs).await?;
+        Ok(created)
+    }
+
+    /// Waits (bounded by the timeout) until the metadata shows every topic of `specs`.
+    async fn await_served(&self, specs: &[TopicSpec]) -> Result<(), EventStoreError> {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        loop {
+            let served = self.partition_counts().await?;
+            let missing: Vec<&str> = specs
+                .iter()
+                .filter(|s| !served.contains_key(&s.name))
+                .map(|s| s.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EventStoreError::Unavailable {
+                    operation: "create topics",
+                    reason: format!("created but not served yet: {}", missing.join(", ")),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Partition counts and configs of those of `names` that exist.

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::error::EventStoreError;
 
@@ -19,11 +21,6 @@ pub struct KafkaSettings {
     /// How long a consumer-group member may stay silent before the group moves its
     /// partitions: the failover time after a crash.
     pub session_timeout: Duration,
-    /// Longest a consumer's fetch waits for records (`fetch.wait.max.ms`). Apache Kafka
-    /// answers a fetch as soon as records arrive, so this only bounds an idle fetch; tansu
-    /// 0.6.0 holds every fetch this long (and serves each partition of it with SQL
-    /// queries), so on tansu it is both the latency of a hop and the broker's idle load.
-    pub fetch_wait: Duration,
 }
 
 impl KafkaSettings {
@@ -33,7 +30,6 @@ impl KafkaSettings {
             timeout: Duration::from_secs(5),
             // Apache Kafka's smallest allowed value by default (group.min.session.timeout.ms).
             session_timeout: Duration::from_secs(6),
-            fetch_wait: Duration::from_millis(50),
         }
     }
 
@@ -77,7 +73,10 @@ impl KafkaSettings {
     }
 
     /// A consumer in `group` that never commits or stores offsets on its own: readers
-    /// keep their position next to their state (Postgres) or commit it explicitly.
+    /// keep their position next to their state (Postgres) or commit it explicitly. It
+    /// reads only committed transactions, and the group moves partitions incrementally
+    /// (cooperative-sticky): a member joining or dying moves only the partitions that must
+    /// move, and the others keep being read through the rebalance.
     pub fn consumer(&self, group: &str) -> ClientConfig {
         let mut config = self.base();
         config
@@ -86,12 +85,10 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("heartbeat.interval.ms", millis(self.session_timeout / 3))
-            .set("enable.partition.eof", "false")
-            // Readers of the log sit on every hop of a saga. librdkafka's default wait is
-            // 500 ms, which tansu would add to every hop (see `fetch_wait`).
-            .set("fetch.wait.max.ms", millis(self.fetch_wait));
+            .set("enable.partition.eof", "false");
         config
     }
 
@@ -102,7 +99,7 @@ impl KafkaSettings {
         topic: &str,
         partition: i32,
         from: i64,
-    ) -> Result<StreamConsumer, EventStoreError> {
+    ) -> Result<RangeReader, EventStoreError> {
         let mut config = self.consumer("event-store-range-reader");
         config
             .set("enable.partition.eof", "true")
@@ -110,8 +107,8 @@ impl KafkaSettings {
             .set("fetch.min.bytes", "1")
             .set("max.partition.fetch.bytes", "16777216")
             .set("queued.max.messages.kbytes", "131072");
-        let consumer: StreamConsumer = config
-            .create()
+        let consumer: RangeReader = config
+            .create_with_context(EndOfPartitionExpected)
             .map_err(|e| EventStoreError::from_kafka("read", e))?;
         seek_to(&consumer, topic, partition, from)?;
         Ok(consumer)
@@ -123,9 +120,65 @@ impl KafkaSettings {
     }
 }
 
+/// A consumer that reads ranges outside any group, told about each partition's end.
+pub type RangeReader = StreamConsumer<EndOfPartitionExpected>;
+
+/// The context of consumers that ask to be told when a partition ends: the end is an
+/// answer they wait for, not an error. librdkafka also reports it through the error
+/// callback when it comes after the reader stopped listening (it dropped the consumer at
+/// the end of its range); other errors are logged as warnings (the call that failed
+/// reports them to its caller).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndOfPartitionExpected;
+
+impl ClientContext for EndOfPartitionExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(target: "librdkafka", %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for EndOfPartitionExpected {}
+
+/// The context of a partition writer's transactional producer. Being fenced is how a
+/// writer learns that another one took its partition over: an expected turn of events the
+/// writer reports itself (a warning), which librdkafka would log as errors.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterContext;
+
+impl ClientContext for WriterContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let fenced = message.contains("fenced") || message.contains("old epoch");
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+                if !fenced =>
+            {
+                tracing::error!(target: "librdkafka", facility, "{message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                tracing::info!(target: "librdkafka", facility, "{message}");
+            }
+            _ => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced) {
+            tracing::debug!(target: "librdkafka", %error, reason, "producer fenced");
+        } else {
+            tracing::error!(target: "librdkafka", %error, reason, "librdkafka error");
+        }
+    }
+}
+
 /// Points a group-less consumer at `topic`/`partition` from `offset` on.
-pub fn seek_to(
-    consumer: &StreamConsumer,
+pub fn seek_to<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
     topic: &str,
     partition: i32,
     offset: i64,

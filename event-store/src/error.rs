@@ -27,14 +27,7 @@ pub enum EventStoreError {
         service: &'static str,
         partition: i32,
     },
-    /// Another writer appended to the partition; the command's events lost to its records
-    /// and readers drop them. Nothing of the command holds; retry.
-    #[error("another writer appended to partition {partition} of {service}; retry")]
-    Fenced {
-        service: &'static str,
-        partition: i32,
-    },
-    /// The decision cannot be appended safely in this mode.
+    /// The request cannot be carried out at all (an undecodable command record).
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// The client could not be configured (a setting librdkafka rejects).

@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::KafkaSettings;
+use crate::client::{EndOfPartitionExpected, KafkaSettings, RangeReader};
 use crate::error::EventStoreError;
 use crate::record::header_pairs;
 
@@ -61,7 +61,7 @@ pub struct Range {
 /// Reads one topic's partitions over their ranges.
 pub struct LogScan {
     topic: String,
-    consumer: StreamConsumer,
+    consumer: RangeReader,
     /// Unfinished partitions and their ranges' ends.
     open: BTreeMap<i32, Option<i64>>,
     /// How long a bounded scan may go without a record before the broker counts as gone.
@@ -96,8 +96,8 @@ impl LogScan {
             .set("fetch.wait.max.ms", "10")
             .set("max.partition.fetch.bytes", "16777216")
             .set("queued.max.messages.kbytes", "262144");
-        let consumer: StreamConsumer = config
-            .create()
+        let consumer: RangeReader = config
+            .create_with_context(EndOfPartitionExpected)
             .map_err(|e| EventStoreError::from_kafka("scan", e))?;
         let mut assignment = TopicPartitionList::new();
         let mut open = BTreeMap::new();
@@ -301,6 +301,78 @@ pub async fn topic_ends(
             .collect()
     })
     .await
+}
+
+/// Where the records of each partition end, given its high watermark in `ends`: the
+/// offset after its last committed record (0 when it has none). The watermark can be past
+/// that: each transaction's commit marker takes an offset, and aborted records do too, so
+/// a reader whose next offset reached this end has read everything there is to read.
+pub async fn record_ends(
+    settings: &KafkaSettings,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    Ok(last_records(settings, topic, ends, 1)
+        .await?
+        .into_iter()
+        .map(|(p, first)| (p, first.map_or(0, |offset| offset + 1)))
+        .collect())
+}
+
+/// The offset of the `n`th committed record counting back from each partition's end in
+/// `ends` (`None` where the partition holds fewer). Offsets are not records: transaction
+/// markers and aborted records take offsets too, so this reads backwards from each end, in
+/// growing windows, until it has seen `n` records or the partition's start.
+pub async fn last_records(
+    settings: &KafkaSettings,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    n: usize,
+) -> Result<BTreeMap<i32, Option<i64>>, EventStoreError> {
+    if n == 0 {
+        return Ok(ends.iter().map(|(&p, &end)| (p, Some(end))).collect());
+    }
+    let mut found = BTreeMap::new();
+    let mut window = i64::try_from(n.max(4))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(2);
+    loop {
+        let ranges: BTreeMap<i32, Range> = ends
+            .iter()
+            .filter(|(p, _)| !found.contains_key(*p))
+            .map(|(&p, &end)| {
+                let from = end.saturating_sub(window).max(0);
+                (
+                    p,
+                    Range {
+                        from,
+                        to: Some(end),
+                    },
+                )
+            })
+            .collect();
+        if ranges.is_empty() {
+            return Ok(found);
+        }
+        let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        let mut scan = LogScan::open(settings, topic, &ranges)?;
+        while !scan.is_done() {
+            for record in scan.next_batch(10_000, Duration::from_millis(100)).await? {
+                seen.entry(record.partition)
+                    .or_default()
+                    .push(record.offset);
+            }
+        }
+        for (partition, range) in ranges {
+            let offsets = seen.remove(&partition).unwrap_or_default();
+            if offsets.len() >= n {
+                found.insert(partition, Some(offsets[offsets.len() - n]));
+            } else if range.from == 0 {
+                found.insert(partition, None);
+            }
+        }
+        window = window.saturating_mul(16);
+    }
 }
 
 /// The offsets consumer group `group` committed on `partitions` of `topic` (`None`

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -140,13 +142,22 @@ impl ConsumerContext for SubscriptionContext {
                     .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
                     .collect();
                 tracing::info!(group = %self.group, ?partitions, "subscription assigned partitions");
-                if let Err(e) = consumer.assign(tpl) {
+                // Cooperative rebalancing hands over only the partitions that move.
+                let taken = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(e) = taken {
                     tracing::error!(error = %e, "could not take the assigned partitions");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(group = %self.group, partitions = tpl.count(), "subscription revoked partitions");
-                if let Err(e) = consumer.unassign() {
+                let released = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                    _ => consumer.unassign(),
+                };
+                if let Err(e) = released {
                     tracing::warn!(error = %e, "could not release revoked partitions");
                 }
             }
@@ -207,11 +218,19 @@ impl<T: Decodable> Subscription<T> {
     }
 
     /// Tells the subscription the reader stored these offsets; a partition assigned later
-    /// starts there.
+    /// starts there. They are also committed to the consumer group, in the background, as
+    /// a mirror for Kafka's own tools (`kafka-consumer-groups --describe` shows each
+    /// reader's lag); the reader never reads them back: its own store is the truth.
     pub fn stored(&self, next_offsets: &BTreeMap<TopicPartition, i64>) {
         let mut known = self.known.lock().expect("offsets lock");
+        let mut mirror = TopicPartitionList::new();
         for (key, offset) in next_offsets {
             known.insert(key.clone(), *offset);
+            let _ = mirror.add_partition_offset(&key.0, key.1, Offset::Offset(*offset));
+        }
+        drop(known);
+        if let Err(e) = self.consumer.commit(&mirror, CommitMode::Async) {
+            tracing::debug!(error = %e, "offsets not mirrored to the consumer group");
         }
     }
 
@@ -301,7 +320,34 @@ impl<T: Decodable> Subscription<T> {
                 })?
                 .map_err(|(e, _)| EventStoreError::from_kafka("dead-letter", e))?;
         }
+        self.past_markers(&mut batch.next_offsets);
         Ok(batch)
+    }
+
+    /// Moves the batch's next offsets past the transaction markers (and aborted records)
+    /// the consumer has stepped over: offsets that are not records, so a reader at the end
+    /// of a partition stores its end and shows no lag. The consumer's position only passes
+    /// what it handed out or what is not a record, and every record it handed out is in
+    /// this batch or stored; a partition that only stepped over markers since (an idle
+    /// reader) joins the batch with no records, so that its checkpoint moves too.
+    fn past_markers(&self, next_offsets: &mut BTreeMap<TopicPartition, i64>) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        let known = self.known.lock().expect("offsets lock");
+        for element in positions.elements() {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let key = (element.topic().to_owned(), element.partition());
+            match next_offsets.get_mut(&key) {
+                Some(next) => *next = (*next).max(position),
+                None if position > known.get(&key).copied().unwrap_or(0) => {
+                    next_offsets.insert(key, position);
+                }
+                None => {}
+            }
+        }
     }
 
     /// Where this reader's dead letters go.

@@ -15,14 +15,13 @@ use std::collections::BTreeMap;
 
 use schemas::catalog::SERVICES;
 
-/// `retention.ms` of topics kept forever: Long.MAX_VALUE, about 292 million years.
-///
-/// Not `-1`, Apache Kafka's "infinite": tansu 0.6.0's retention job deletes a record when
-/// `now - timestamp > retention.ms`, which `-1` makes true for every record, and it runs at
-/// broker start and every 10 minutes (measured: a topic with `-1` came back empty, offsets
-/// reset to 0, after a restart; one with this value kept every record). Apache Kafka accepts
-/// any value from -1 up, and treats this one as never.
-pub const FOREVER_MS: i64 = i64::MAX;
+/// `retention.ms` of topics kept forever: `-1`, Apache Kafka's "no time limit". Set
+/// explicitly, since the broker's default is 7 days.
+pub const FOREVER_MS: i64 = -1;
+
+/// `retention.ms` values that also never delete by time, accepted on existing topics:
+/// Long.MAX_VALUE (about 292 million years), which topics created by earlier versions carry.
+const ALSO_FOREVER_MS: [i64; 1] = [i64::MAX];
 
 /// How long routed commands are kept: long enough to diagnose, short enough not to grow.
 pub const COMMAND_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
@@ -210,18 +209,16 @@ pub fn check(spec: &TopicSpec, observed: Option<&ObservedTopic>) -> Result<(), T
         });
     }
     let retention = found("retention.ms");
-    if retention != FOREVER_MS.to_string() {
-        let consequence = if retention == "-1" {
-            "which tansu 0.6.0 treats as zero and deletes every record"
-        } else {
-            "which would delete events after a while"
-        };
+    let forever = retention
+        .parse::<i64>()
+        .is_ok_and(|ms| ms == FOREVER_MS || ALSO_FOREVER_MS.contains(&ms));
+    if !forever {
         return Err(TopicProblem::Config {
             topic: spec.name.clone(),
             key: "retention.ms",
             expected: FOREVER_MS.to_string(),
             found: retention,
-            consequence,
+            consequence: "which would delete events after a while",
         });
     }
     Ok(())
@@ -263,17 +260,19 @@ mod tests {
     fn event_topics_are_created_to_keep_everything() {
         let spec = orders_events();
         assert_eq!(spec.configs["cleanup.policy"], "delete");
-        assert_eq!(spec.configs["retention.ms"], "9223372036854775807");
+        assert_eq!(spec.configs["retention.ms"], "-1");
     }
 
     #[test]
     fn preflight_accepts_a_good_topic_and_names_each_fault() {
         let spec = orders_events();
-        let good = [
+        let good = [("cleanup.policy", "delete"), ("retention.ms", "-1")];
+        assert_eq!(check(&spec, Some(&observed(8, &good))), Ok(()));
+        let long_max = [
             ("cleanup.policy", "delete"),
             ("retention.ms", "9223372036854775807"),
         ];
-        assert_eq!(check(&spec, Some(&observed(8, &good))), Ok(()));
+        assert_eq!(check(&spec, Some(&observed(8, &long_max))), Ok(()));
 
         assert!(matches!(check(&spec, None), Err(TopicProblem::Missing(_))));
         let wrong_count = check(&spec, Some(&observed(4, &good))).unwrap_err();
@@ -283,10 +282,7 @@ mod tests {
             "topic t.orders.events has 4 partitions, configured 8"
         );
 
-        let compacted = [
-            ("cleanup.policy", "compact"),
-            ("retention.ms", "9223372036854775807"),
-        ];
+        let compacted = [("cleanup.policy", "compact"), ("retention.ms", "-1")];
         let err = check(&spec, Some(&observed(8, &compacted))).unwrap_err();
         assert!(err.to_string().contains("cleanup.policy=compact"), "{err}");
 
@@ -294,9 +290,9 @@ mod tests {
         let err = check(&spec, Some(&observed(8, &finite))).unwrap_err();
         assert!(err.to_string().contains("retention.ms=604800000"), "{err}");
 
-        let minus_one = [("cleanup.policy", "delete"), ("retention.ms", "-1")];
-        let err = check(&spec, Some(&observed(8, &minus_one))).unwrap_err();
-        assert!(err.to_string().contains("tansu"), "{err}");
+        let zero = [("cleanup.policy", "delete"), ("retention.ms", "0")];
+        let err = check(&spec, Some(&observed(8, &zero))).unwrap_err();
+        assert!(err.to_string().contains("retention.ms=0"), "{err}");
 
         let unreported = check(&spec, Some(&observed(8, &[]))).unwrap_err();
         assert!(unreported.is_fatal());

@@ -12,7 +12,6 @@ use event_store::writer::metrics::WriterMetrics;
 use event_store::writer::partition::{PartitionSettings, PartitionWriter, SnapshotPolicy};
 use event_store::writer::snapshot::SnapshotStore;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
-use rdkafka::producer::FutureProducer;
 use schemas::{Command, CommandMeta};
 use test_support::TestEnv;
 use tokio_util::sync::CancellationToken;
@@ -86,9 +85,10 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
     )
     .fetch_one(&pool)
     .await?;
+    // 25 events, each committed alone: each followed by its transaction's commit marker.
     assert_eq!(
         (events_offset, version),
-        (25, 25),
+        (49, 25),
         "the snapshot covers all 25 events"
     );
 
@@ -111,9 +111,9 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
     )
     .execute(&pool)
     .await?;
-    let producer: FutureProducer = settings.producer().create()?;
+    let id = format!("{}ledger-writer-0", topics.prefix());
     let writer = PartitionWriter::<Ledger>::take_over(
-        PartitionLog::new(producer, settings.clone(), 0),
+        PartitionLog::transactional(settings.clone(), 0, &id)?,
         &topics,
         &PartitionSettings {
             snapshots: Some(Arc::clone(&store)),
@@ -129,7 +129,8 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
         "snapshot state plus the replayed tail"
     );
     assert_eq!(slot.version, 26);
-    assert_eq!(writer.core().next_offset, 26);
+    // The 26th event follows the snapshot's offset 49 (the 25th event's commit marker).
+    assert_eq!(writer.core().next_offset, 51);
     // Outcomes from before the snapshot are still answered the same.
     assert_eq!(
         writer.core().outcome_of(opened.meta.id),

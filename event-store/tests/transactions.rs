@@ -1,22 +1,24 @@
-//! The transactional write path, for Apache Kafka. tansu 0.6.0 cannot commit transactions,
-//! so these run on librdkafka's mock cluster, which implements the transaction protocol
-//! (InitProducerId, AddPartitionsToTxn, EndTxn) and consumer groups: a client-logic test of
-//! our use of it, not a test of a broker.
+//! Fencing on the real broker: each partition's writer appends in Kafka transactions under
+//! the partition's transactional id, so a second writer of the partition fences the first.
+//! The first writer's late appends are refused by the broker, its callers get no 2xx, and
+//! a read_committed reader of the log never sees a version twice.
 
 use std::time::Duration;
 
 use event_store::outcome::Outcome;
-use event_store::sample::{Ledger, LedgerCommand, LedgerRejection, OpenAccount, Withdraw};
-use event_store::writer::host::{WriteModel, WriterConfig};
-use event_store::writer::log::PartitionLog;
+use event_store::sample::{Deposit, Ledger, LedgerCommand, OpenAccount};
+use event_store::writer::log::{OutgoingRecord, PartitionLog, TransactionError};
 use event_store::writer::metrics::WriterMetrics;
 use event_store::writer::partition::{PartitionSettings, PartitionWriter, Request};
-use event_store::{EventStoreError, KafkaSettings, TopicNames};
-use rdkafka::mocking::MockCluster;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use schemas::{Command, CommandMeta};
+use event_store::{EventStoreError, KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::Message;
+use rdkafka::message::OwnedHeaders;
+use schemas::{Command, CommandMeta, EventDocument};
+use test_support::TestEnv;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+const ID: &str = "ledger-writer-0";
 
 fn command(payload: impl Into<LedgerCommand>) -> Command<LedgerCommand> {
     Command {
@@ -25,125 +27,195 @@ fn command(payload: impl Into<LedgerCommand>) -> Command<LedgerCommand> {
     }
 }
 
-fn open_with(account: &str, initial_deposit: u64) -> Command<LedgerCommand> {
+fn open(account: &str) -> Command<LedgerCommand> {
     command(OpenAccount {
         account_id: account.into(),
-        initial_deposit: Some(initial_deposit),
+        initial_deposit: None,
     })
 }
 
-fn cluster() -> anyhow::Result<(
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    KafkaSettings,
-    TopicNames,
-)> {
-    let cluster = MockCluster::new(1)?;
-    let topics = TopicNames::new("");
-    for spec in topics.for_services(&["ledger"], 1) {
-        cluster.create_topic(&spec.name, spec.partitions, 1)?;
-    }
-    let mut settings = KafkaSettings::new(cluster.bootstrap_servers());
-    settings.timeout = Duration::from_secs(10);
-    Ok((cluster, settings, topics))
+fn deposit(account: &str, amount: u64) -> Command<LedgerCommand> {
+    command(Deposit {
+        account_id: account.into(),
+        amount,
+    })
 }
 
-fn transactional() -> PartitionSettings {
-    PartitionSettings {
-        transactions: true,
-        ..PartitionSettings::default()
+async fn ledger(env: &TestEnv) -> anyhow::Result<(KafkaSettings, TopicNames)> {
+    let settings = KafkaSettings::new(&env.brokers);
+    let topics = TopicNames::new(&env.topic_prefix);
+    TopicAdmin::new(&settings)?
+        .create(&topics.for_services(&["ledger"], 1), 1)
+        .await?;
+    Ok((settings, topics))
+}
+
+/// A writer of partition 0 under the one transactional id: taking over fences the others.
+async fn take_over(
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+) -> anyhow::Result<PartitionWriter<Ledger>> {
+    Ok(PartitionWriter::take_over(
+        PartitionLog::transactional(settings.clone(), 0, &format!("{}{ID}", topics.prefix()))?,
+        topics,
+        &PartitionSettings::default(),
+        WriterMetrics::unregistered("ledger"),
+    )
+    .await?)
+}
+
+/// A writer serving its queue on a task; the task ends when the writer stops.
+struct Serving {
+    queue: mpsc::Sender<Request<Ledger>>,
+    task: tokio::task::JoinHandle<PartitionWriter<Ledger>>,
+}
+
+impl Serving {
+    fn start(writer: PartitionWriter<Ledger>) -> Self {
+        let (queue, requests) = mpsc::channel(16);
+        let task = tokio::spawn(writer.serve(requests, CancellationToken::new()));
+        Self { queue, task }
     }
+
+    async fn execute(
+        &self,
+        command: Command<LedgerCommand>,
+    ) -> Result<Outcome<event_store::sample::LedgerRejection>, EventStoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Request::Execute { command, reply })
+            .await
+            .map_err(|_| EventStoreError::NotOwner {
+                service: "ledger",
+                partition: 0,
+            })?;
+        outcome.await.unwrap_or(Err(EventStoreError::NotOwner {
+            service: "ledger",
+            partition: 0,
+        }))
+    }
+}
+
+/// Every committed event of partition 0, as a read_committed reader sees them.
+async fn committed_events(
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+) -> anyhow::Result<Vec<EventDocument>> {
+    let log = PartitionLog::reader(settings.clone(), 0)?;
+    let topic = topics.events("ledger");
+    let end = log.end_offset(&topic).await?;
+    let mut events = Vec::new();
+    log.read_range(&topic, 0, end, |m| {
+        events.push(EventDocument::from_json(m.payload().expect("a value")).expect("an event"));
+    })
+    .await?;
+    Ok(events)
+}
+
+fn versions_of(events: &[EventDocument], account: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.subject == account)
+        .map(|e| e.aggregateversion)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_of_a_partition_fences_the_first() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let (settings, topics) = ledger(&env).await?;
+    let first = Serving::start(take_over(&settings, &topics).await?);
+    let opened = first.execute(open("acc")).await?;
+    assert!(
+        matches!(opened, Outcome::Accepted { version: 1, .. }),
+        "{opened:?}"
+    );
+
+    // The second writer takes over: it fences the first and reads what it committed.
+    let second = take_over(&settings, &topics).await?;
+    assert_eq!(second.core().slot("acc").map(|s| s.version), Some(1));
+    let second = Serving::start(second);
+
+    // The first one, unaware, decides on its state and appends: the broker refuses, its
+    // caller gets "not owner" (no 2xx), and it stops serving by itself.
+    let late = first.execute(deposit("acc", 5)).await;
+    assert!(
+        matches!(late, Err(EventStoreError::NotOwner { .. })),
+        "a fenced writer's append must fail: {late:?}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(10), first.task).await;
+    assert!(stopped.is_ok(), "a fenced writer stops serving by itself");
+
+    let accepted = second.execute(deposit("acc", 7)).await?;
+    assert!(
+        matches!(accepted, Outcome::Accepted { version: 2, .. }),
+        "{accepted:?}"
+    );
+    let events = committed_events(&settings, &topics).await?;
+    assert_eq!(
+        versions_of(&events, "acc"),
+        vec![1, 2],
+        "one record per version"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_when_the_partition_moves_never_commits() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let (settings, topics) = ledger(&env).await?;
+    let id = format!("{}{ID}", topics.prefix());
+    let zombie = PartitionLog::transactional(settings.clone(), 0, &id)?;
+    zombie
+        .init_transactions()
+        .await
+        .map_err(TransactionError::into_inner)?;
+    // The zombie's record is written and acknowledged inside its open transaction...
+    zombie.begin().await.map_err(TransactionError::into_inner)?;
+    let record = OutgoingRecord {
+        key: "acc".into(),
+        value: br#"{"not":"committed"}"#.to_vec(),
+        headers: OwnedHeaders::new(),
+    };
+    let delivery = zombie.enqueue(&topics.events("ledger"), &record).await?;
+    assert!(delivery.await?.is_ok(), "acknowledged, not yet committed");
+
+    // ...when the new owner initializes: the broker aborts it, and its commit is refused.
+    let successor = take_over(&settings, &topics).await?;
+    let commit = zombie.commit().await;
+    assert!(
+        matches!(commit, Err(TransactionError::Fenced(_))),
+        "the zombie's commit must be fenced: {commit:?}"
+    );
+    assert!(
+        successor.core().slot("acc").is_none(),
+        "the successor saw nothing"
+    );
+    assert!(committed_events(&settings, &topics).await?.is_empty());
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_with_several_events_commits_them_together() -> anyhow::Result<()> {
-    let (_cluster, settings, topics) = cluster()?;
-    let mut config = WriterConfig::new(settings.clone(), topics.clone(), 1);
-    config.partition = transactional();
-    let (model, runtime) = WriteModel::<Ledger>::new(config, WriterMetrics::unregistered("ledger"));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(runtime.run(stop.clone()));
-
-    let opened = model.execute(open_with("acc", 70)).await?;
+    let env = TestEnv::new().await;
+    let (settings, topics) = ledger(&env).await?;
+    let writer = Serving::start(take_over(&settings, &topics).await?);
+    let opened = writer
+        .execute(command(OpenAccount {
+            account_id: "rich".into(),
+            initial_deposit: Some(70),
+        }))
+        .await?;
     assert!(
         matches!(opened, Outcome::Accepted { version: 2, .. }),
         "{opened:?}"
     );
-    let refused = model
-        .execute(command(Withdraw {
-            account_id: "acc".into(),
-            amount: 71,
-        }))
-        .await?;
-    assert!(matches!(
-        refused,
-        Outcome::Rejected {
-            reason: LedgerRejection::InsufficientFunds { balance: 70 },
-            ..
-        }
-    ));
-    stop.cancel();
-    task.await?;
 
-    // A new owner reads the committed log: both events, and the recorded refusal.
-    let log = PartitionLog::transactional(settings, 0, "ledger-writer-0")?;
-    let writer = PartitionWriter::<Ledger>::take_over(
-        log,
-        &topics,
-        &transactional(),
-        WriterMetrics::unregistered("ledger"),
-    )
-    .await?;
-    let slot = writer.core().slot("acc").expect("the account");
+    // A new owner reads both events from the committed log.
+    let successor = take_over(&settings, &topics).await?;
+    let slot = successor.core().slot("rich").expect("the account");
     assert_eq!((slot.version, slot.state.balance), (2, 70));
+    let events = committed_events(&settings, &topics).await?;
+    assert_eq!(versions_of(&events, "rich"), vec![1, 2]);
     Ok(())
-}
-
-/// Apache Kafka fences the old producer of a transactional id when a new one initializes;
-/// the mock cluster does not (it issues a new producer id each time), so the broker's signal
-/// is injected here: the writer must answer "not owner" and stop serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_told_it_is_fenced_answers_not_owner_and_stops() -> anyhow::Result<()> {
-    let (cluster, settings, topics) = cluster()?;
-    let id = "ledger-writer-0";
-    let zombie = PartitionWriter::<Ledger>::take_over(
-        PartitionLog::transactional(settings.clone(), 0, id)?,
-        &topics,
-        &transactional(),
-        WriterMetrics::unregistered("ledger"),
-    )
-    .await?;
-    cluster.request_errors(
-        RDKafkaApiKey::EndTxn,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
-    );
-    let (outcome, stopped) = serve_one_and_watch(zombie, open_with("z", 5)).await;
-    assert!(
-        matches!(outcome, Err(EventStoreError::NotOwner { .. })),
-        "{outcome:?}"
-    );
-    assert!(stopped, "a fenced writer stops serving by itself");
-    // What the broker does with the fenced transaction (Kafka aborts it when the new
-    // producer initializes) is beyond the mock; that the caller was not told "accepted" and
-    // the writer stopped is ours.
-    Ok(())
-}
-
-/// Runs `writer` on one command; the outcome, and whether the writer stopped on its own.
-async fn serve_one_and_watch(
-    writer: PartitionWriter<Ledger>,
-    command: Command<LedgerCommand>,
-) -> (Result<Outcome<LedgerRejection>, EventStoreError>, bool) {
-    let (queue, requests) = mpsc::channel(1);
-    let (reply, outcome) = oneshot::channel();
-    queue
-        .send(Request::Execute { command, reply })
-        .await
-        .expect("queue open");
-    let serving = tokio::spawn(writer.serve(requests, CancellationToken::new()));
-    let result = outcome.await.expect("an answer");
-    let stopped = tokio::time::timeout(Duration::from_secs(10), serving)
-        .await
-        .is_ok();
-    drop(queue);
-    (result, stopped)
 }

@@ -18,6 +18,7 @@ use schemas::notifications::NotificationKind;
 use schemas::{NotificationId, OrderId};
 use sqlx::PgPool;
 
+use crate::faults::{BrokerRestart, GREEN_WITHIN, RED_WITHIN};
 use crate::load::{Kind, Outcome, Request};
 use crate::webhooks::Delivery;
 
@@ -530,6 +531,43 @@ pub async fn check_read_models(audit: &mut Audit, rebuild: &Rebuild) {
     audit.add(
         "every read model equals a fold of the log",
         compared.join(", "),
+        failures,
+    );
+}
+
+/// Every broker SIGKILL: each instance noticed it (`/ready` 503) and, once the broker was
+/// back, recovered by itself (`/ready` 200) within the bounds.
+pub fn check_broker_restarts(audit: &mut Audit, restarts: &[BrokerRestart]) {
+    let mut failures = Vec::new();
+    for (i, restart) in restarts.iter().enumerate() {
+        if restart.red_after.is_none() {
+            failures.push(format!(
+                "restart {}: not every /ready answered 503 within {RED_WITHIN:?} of the SIGKILL",
+                i + 1
+            ));
+        }
+        if restart.green_after.is_none() {
+            failures.push(format!(
+                "restart {}: not every /ready answered 200 within {GREEN_WITHIN:?} of the restart",
+                i + 1
+            ));
+        }
+    }
+    let longest = |of: fn(&BrokerRestart) -> Option<Duration>| {
+        restarts
+            .iter()
+            .filter_map(of)
+            .max()
+            .map_or_else(|| "-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+    };
+    audit.add(
+        "services follow the broker",
+        format!(
+            "{} broker restarts; every /ready 503 at most {} after the SIGKILL, 200 again at most {} after the restart",
+            restarts.len(),
+            longest(|r| r.red_after),
+            longest(|r| r.green_after),
+        ),
         failures,
     );
 }

@@ -55,7 +55,28 @@ pub struct Targets {
     pub fleet: Arc<Fleet>,
     pub broker: PrivateBroker,
     pub postgres: Arc<PrivatePostgres>,
+    /// Base URLs of every instance, whose `/ready` a broker restart watches.
+    pub instances: Vec<String>,
+    /// What each broker restart did to the services' readiness.
+    pub broker_restarts: Vec<BrokerRestart>,
 }
+
+/// How the services' `/ready` followed one broker SIGKILL and restart.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerRestart {
+    /// From the SIGKILL until every instance answered 503 (`None`: not all within
+    /// [`RED_WITHIN`]).
+    pub red_after: Option<Duration>,
+    /// From the restart until every instance answered 200 again (`None`: not all within
+    /// [`GREEN_WITHIN`]).
+    pub green_after: Option<Duration>,
+}
+
+/// How long the services may take to notice the broker is gone (a healthy dependency is
+/// probed every 5 s).
+pub const RED_WITHIN: Duration = Duration::from_secs(20);
+/// How long the services may take to be ready again once the broker is back.
+pub const GREEN_WITHIN: Duration = Duration::from_secs(60);
 
 /// Carries out `faults` (moments counted from now); prints each as it happens.
 pub async fn inflict(targets: &mut Targets, faults: &[(Duration, Fault)]) -> anyhow::Result<()> {
@@ -72,11 +93,14 @@ pub async fn inflict(targets: &mut Targets, faults: &[(Duration, Fault)]) -> any
                 );
             }
             Fault::RestartBroker => {
-                targets.broker.restart().await;
+                let restart = restart_broker(targets).await;
                 println!(
-                    "  {t:7.1} s  broker killed and restarted ({:.1} s)",
-                    start.elapsed().as_secs_f64() - t
+                    "  {t:7.1} s  broker killed and restarted ({:.1} s): every /ready 503 after {}, 200 again {} after the restart",
+                    start.elapsed().as_secs_f64() - t,
+                    seconds(restart.red_after),
+                    seconds(restart.green_after),
                 );
+                targets.broker_restarts.push(restart);
             }
             Fault::RestartPostgres => {
                 let postgres = Arc::clone(&targets.postgres);
@@ -89,6 +113,59 @@ pub async fn inflict(targets: &mut Targets, faults: &[(Duration, Fault)]) -> any
         }
     }
     Ok(())
+}
+
+/// SIGKILLs the broker, waits until every instance says it is not ready, starts the
+/// broker again, and waits until every instance is ready.
+async fn restart_broker(targets: &mut Targets) -> BrokerRestart {
+    let client = reqwest::Client::new();
+    targets.broker.kill();
+    let killed = tokio::time::Instant::now();
+    let red = every_ready_is(&client, &targets.instances, false, RED_WITHIN).await;
+    let red_after = red.then(|| killed.elapsed());
+    targets.broker.start_again().await;
+    let restarted = tokio::time::Instant::now();
+    let green = every_ready_is(&client, &targets.instances, true, GREEN_WITHIN).await;
+    BrokerRestart {
+        red_after,
+        green_after: green.then(|| restarted.elapsed()),
+    }
+}
+
+/// Polls every instance's `/ready` until each answers 200 (`ready`) or anything else,
+/// for at most `within`; whether they all did.
+async fn every_ready_is(
+    client: &reqwest::Client,
+    instances: &[String],
+    ready: bool,
+    within: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pending: Vec<&String> = instances.iter().collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for base in pending {
+            let answer = client
+                .get(format!("{base}/ready"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let is_ready = answer.is_ok_and(|r| r.status() == 200);
+            if is_ready != ready {
+                still.push(base);
+            }
+        }
+        pending = still;
+        if pending.is_empty() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pending.is_empty()
+}
+
+fn seconds(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".into(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::ValueEnum;
+use test_support::watchdog::{Watchdog, shell_quote};
 
 /// A service of the shop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -71,6 +72,10 @@ pub struct Fleet {
     env: Vec<(String, String)>,
     logs: PathBuf,
     members: Mutex<BTreeMap<Instance, Member>>,
+    /// Marks this run's processes on their command line (`serve ... --stand <id>`).
+    stand: String,
+    /// Kills them should the suite end without `Drop`.
+    _watchdog: Watchdog,
 }
 
 impl Fleet {
@@ -81,11 +86,18 @@ impl Fleet {
         logs: PathBuf,
         addrs: &BTreeMap<Instance, String>,
     ) -> anyhow::Result<Self> {
+        let stand = uuid::Uuid::new_v4().simple().to_string();
+        let watchdog = Watchdog::arm(&format!(
+            "pkill -KILL -f -- {}",
+            shell_quote(&format!("--stand {stand}"))
+        ));
         let fleet = Self {
             exe: std::env::current_exe().context("the suite's own executable")?,
             env,
             logs,
             members: Mutex::default(),
+            stand,
+            _watchdog: watchdog,
         };
         for (&instance, addr) in addrs {
             let child = fleet.spawn(instance, addr)?;
@@ -120,6 +132,7 @@ impl Fleet {
         Command::new(&self.exe)
             .arg("serve")
             .arg(service.as_str())
+            .args(["--stand", &self.stand])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(service.addr_variable(), addr)
             .stdin(Stdio::null())

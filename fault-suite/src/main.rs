@@ -1,7 +1,7 @@
-//! The fault suite: the three services as processes on a private tansu and a private
-//! Postgres, a steady load of users, orders and sagas, and meanwhile SIGKILLs of every
-//! service, broker restarts and Postgres immediate shutdowns; then an audit of what the
-//! README promises (see `audit`). Exit 0 when every check passes, 1 otherwise.
+//! The fault suite: the three services as processes on a private Apache Kafka node and a
+//! private Postgres, a steady load of users, orders and sagas, and meanwhile SIGKILLs of
+//! every service, broker restarts and Postgres immediate shutdowns; then an audit of what
+//! the README promises (see `audit`). Exit 0 when every check passes, 1 otherwise.
 //!
 //!     fault-suite run            the full run (20 SIGKILLs of each service, 10 minutes)
 //!     fault-suite run --short    the CI variant
@@ -27,7 +27,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use projections::rebuild::Rebuild;
 
@@ -35,7 +34,7 @@ use audit::{Audit, Evidence};
 use faults::{Plan, Targets};
 use fleet::{Fleet, ServiceName};
 use load::{Kind, Ledger, Load, Outcome};
-use stand::{API_KEY, RATE_UNLIMITED, Stand};
+use stand::{API_KEY, LogFolder, RATE_UNLIMITED, Stand};
 
 /// How long the sagas of the last orders may take to end once the load stopped.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
@@ -68,6 +67,9 @@ enum Command {
     Serve {
         #[arg(value_enum)]
         service: ServiceName,
+        /// Which run started it (lets a watchdog find the run's processes).
+        #[arg(long)]
+        stand: Option<String>,
     },
 }
 
@@ -157,7 +159,7 @@ impl RunArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { service } => serve(service).await,
+        Command::Serve { service, .. } => serve(service).await,
         Command::Overload(args) => match overload(args).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
@@ -204,16 +206,13 @@ async fn scale_out(args: ScaleOutArgs) -> anyhow::Result<bool> {
 }
 
 async fn overload(args: OverloadArgs) -> anyhow::Result<bool> {
-    let logs =
-        std::env::temp_dir().join(format!("shop-overload-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&logs)?;
     println!(
         "overload: {}x the measured capacity of the command API for {} s",
         args.factor, args.seconds
     );
-    println!("  service logs in {}", logs.display());
-    let stand = Stand::up(args.partitions, 1, &logs, RATE_UNLIMITED).await?;
-    overload::run(
+    let logs = LogFolder::new("overload", None)?;
+    let stand = Stand::up(args.partitions, 1, &logs.path, RATE_UNLIMITED).await?;
+    let passed = overload::run(
         &stand,
         overload::Overload {
             factor: args.factor,
@@ -221,7 +220,10 @@ async fn overload(args: OverloadArgs) -> anyhow::Result<bool> {
             measure_seconds: args.measure_seconds,
         },
     )
-    .await
+    .await?;
+    drop(stand);
+    logs.finish(passed);
+    Ok(passed)
 }
 
 async fn serve(service: ServiceName) -> ExitCode {
@@ -290,7 +292,8 @@ async fn orchestrator_idle(
         stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     for service in ["users", "orders", "payments", "notifications"] {
         let topic = topics.events(service);
-        for (partition, end) in event_store::scan::topic_ends(settings, &topic).await? {
+        let ends = event_store::scan::topic_ends(settings, &topic).await?;
+        for (partition, end) in event_store::scan::record_ends(settings, &topic, &ends).await? {
             if end
                 > stored
                     .get(&(topic.clone(), partition))
@@ -356,10 +359,6 @@ async fn settle(
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let plan = args.plan();
     let began = Instant::now();
-    let logs = args.logs.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("shop-faults-{}", uuid::Uuid::new_v4().simple()))
-    });
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     println!(
         "fault suite: {} s of load at {} orders/s; {} SIGKILLs of each service, {} broker restarts, {} Postgres restarts; {} partitions per topic",
         plan.duration.as_secs(),
@@ -369,15 +368,19 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         plan.postgres_restarts,
         args.partitions
     );
-    println!("  service logs in {}", logs.display());
+    let logs = LogFolder::new("faults", args.logs.clone())?;
 
     let instances = usize::try_from(args.instances).unwrap_or(1);
-    let stand = Stand::up(args.partitions, instances, &logs, RATE_UNLIMITED).await?;
+    let stand = Stand::up(args.partitions, instances, &logs.path, RATE_UNLIMITED).await?;
     println!(
         "  {instances} instance(s) of each service ready after {:.1} s",
         began.elapsed().as_secs_f64()
     );
     let command_api = stand.urls(ServiceName::CommandApi);
+    let instances: Vec<String> = ServiceName::ALL
+        .into_iter()
+        .flat_map(|service| stand.urls(service))
+        .collect();
     let Stand {
         postgres,
         broker,
@@ -402,6 +405,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         fleet: Arc::clone(&fleet),
         broker,
         postgres: Arc::clone(&postgres),
+        instances,
+        broker_restarts: Vec::new(),
     };
     faults::inflict(&mut targets, &faults::schedule(&plan)).await?;
     load.await?;
@@ -414,12 +419,15 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             ledger: &ledger,
             fleet: &fleet,
             partitions: args.partitions,
+            broker_restarts: &targets.broker_restarts,
         },
         began,
     )
     .await?;
     supervisor.abort();
     drop(targets);
+    drop(fleet);
+    logs.finish(passed);
     Ok(passed)
 }
 
@@ -452,6 +460,7 @@ struct Finished<'a> {
     ledger: &'a Ledger,
     fleet: &'a Fleet,
     partitions: i32,
+    broker_restarts: &'a [faults::BrokerRestart],
 }
 
 /// Once the load stopped: what it got, the sagas settled, then the audit; whether every
@@ -465,6 +474,7 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
         ledger,
         fleet,
         partitions,
+        broker_restarts,
     } = *run;
     let requests = ledger.requests();
     summarize(&requests, fleet);
@@ -507,6 +517,9 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
     audit::check_log(&mut audit, &evidence);
     audit::check_sagas(&mut audit, &evidence);
     audit::check_webhooks(&mut audit, &evidence);
+    if !broker_restarts.is_empty() {
+        audit::check_broker_restarts(&mut audit, broker_restarts);
+    }
     let rebuild = Rebuild {
         pool: pool.clone(),
         kafka: settings.clone(),

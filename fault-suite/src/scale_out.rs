@@ -36,15 +36,12 @@ pub struct ScaleOut {
 /// Runs it; whether every check passed.
 pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
     let began = Instant::now();
-    let logs =
-        std::env::temp_dir().join(format!("shop-scale-out-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&logs)?;
     println!(
         "scale-out: 2 instances of each service, {} partitions per topic, {} orders/s of steady load",
         setup.partitions, setup.orders_per_second
     );
-    println!("  service logs in {}", logs.display());
-    let stand = Stand::up(setup.partitions, 2, &logs, RATE_UNLIMITED).await?;
+    let logs = crate::stand::LogFolder::new("scale-out", None)?;
+    let stand = Stand::up(setup.partitions, 2, &logs.path, RATE_UNLIMITED).await?;
     let supervisor = crate::supervise(Arc::clone(&stand.fleet));
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
@@ -138,8 +135,7 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
     }
     // Where every reader stood on every partition it reads when the second instances
     // died (0 where it had stored nothing yet): from here only the survivors move the
-    // checkpoints. (Not the topics' ends: tansu's ListOffsets answers watermarks seconds
-    // behind records it already serves.)
+    // checkpoints.
     let mut at_kill = BTreeMap::new();
     for reader in audit::readers() {
         let stored = audit::checkpoints(&pool, &reader.checkpoints).await?;
@@ -186,6 +182,7 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
             ledger: &ledger,
             fleet: &stand.fleet,
             partitions: setup.partitions,
+            broker_restarts: &[],
         },
         began,
     )
@@ -194,7 +191,10 @@ pub async fn run(setup: ScaleOut) -> anyhow::Result<bool> {
     for (name, ok) in &checks {
         println!("  {}  {name}", if *ok { "PASS" } else { "FAIL" });
     }
-    Ok(passed && checks.iter().all(|(_, ok)| *ok))
+    let passed = passed && checks.iter().all(|(_, ok)| *ok);
+    drop(stand);
+    logs.finish(passed);
+    Ok(passed)
 }
 
 fn writers_groups(stand: &Stand) -> Vec<String> {

@@ -1,9 +1,10 @@
-//! The stand every run of the suite builds: a private Postgres cluster and a private tansu
-//! (the suite kills them, so they are its own), the topics, the webhook receiver, and the
-//! three services as processes on free ports, one or more instances of each.
+//! The stand every run of the suite builds: a private Postgres cluster and a private Apache
+//! Kafka node (the suite kills them, so they are its own), the topics, the webhook
+//! receiver, and the three services as processes on free ports, one or more instances of
+//! each.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,4 +144,34 @@ async fn wait_ready(addrs: &BTreeMap<Instance, String>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a run's service logs go: a folder the caller named (kept), or a fresh one under
+/// the temp dir, removed once the run passed and kept (and named) when it did not.
+#[derive(Debug)]
+pub struct LogFolder {
+    pub path: PathBuf,
+    fresh: bool,
+}
+
+impl LogFolder {
+    pub fn new(kind: &str, given: Option<PathBuf>) -> anyhow::Result<Self> {
+        let fresh = given.is_none();
+        let path = given.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("shop-{kind}-{}", uuid::Uuid::new_v4().simple()))
+        });
+        std::fs::create_dir_all(&path)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        println!("  service logs in {}", path.display());
+        Ok(Self { path, fresh })
+    }
+
+    /// Removes a fresh folder of a run that passed; says where the logs are otherwise.
+    pub fn finish(self, passed: bool) {
+        if passed && self.fresh {
+            let _ = std::fs::remove_dir_all(&self.path);
+        } else {
+            println!("  service logs kept in {}", self.path.display());
+        }
+    }
 }

@@ -5,8 +5,7 @@
 //!     ./dev bench                      (BENCH_EVENTS=1000000 for the full size)
 //!
 //! For each read model, `BENCH_EVENTS` events (default 200,000) are written to its topic on
-//! a private tansu (SQLite storage as in the local stack; `BENCH_BROKER=memory` for its
-//! in-memory engine, `BENCH_FETCH_WAIT_MS` for the fetch wait); the projector starts from offset
+//! a private Apache Kafka node; the projector starts from offset
 //! zero and the clock stops when its checkpoints reach the end. Then the model is rebuilt
 //! blue/green (shadow from offset zero, checksums of both, swap) and in place (one
 //! transaction), each timed whole, through the same library calls `shopctl rebuild` makes.
@@ -344,18 +343,11 @@ async fn write_and_measure<M: ReadModel>(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let count: usize = test_support::bench_knob("BENCH_EVENTS", 200_000);
-    let storage = test_support::Storage::for_bench();
     let env = test_support::TestEnv::new().await;
-    let broker = test_support::PrivateBroker::start_with(storage).await;
+    let broker = test_support::PrivateBroker::start().await;
     let mut settings = KafkaSettings::new(&broker.brokers);
     settings.timeout = Duration::from_secs(30);
-    settings.fetch_wait =
-        Duration::from_millis(test_support::bench_knob("BENCH_FETCH_WAIT_MS", 50));
-    println!(
-        "tansu on {} storage; consumers' fetch wait: {} ms",
-        storage.name(),
-        settings.fetch_wait.as_millis()
-    );
+    println!("a private Apache Kafka node, {PARTITIONS} partitions per topic");
     let topics = TopicNames::new("");
     TopicAdmin::new(&settings)?
         .create(&topics.all(PARTITIONS), 1)

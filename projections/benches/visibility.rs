@@ -4,8 +4,7 @@
 //!
 //!     ./dev bench
 //!
-//! Knobs: `BENCH_BROKER` (`sqlite`, the default, or `memory`: tansu's in-memory engine)
-//! and `BENCH_FETCH_WAIT_MS` (the consumers' fetch wait, default 50).
+//! The broker is a private Apache Kafka node, so that nothing else loads it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,12 +43,9 @@ async fn raw_floor(settings: &KafkaSettings) -> anyhow::Result<(f64, f64)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let storage = test_support::Storage::for_bench();
-    let fetch_wait: u64 = test_support::bench_knob("BENCH_FETCH_WAIT_MS", 50);
     let env = test_support::TestEnv::new().await;
-    let broker = test_support::PrivateBroker::start_with(storage).await;
-    let mut settings = KafkaSettings::new(&broker.brokers);
-    settings.fetch_wait = Duration::from_millis(fetch_wait);
+    let broker = test_support::PrivateBroker::start().await;
+    let settings = KafkaSettings::new(&broker.brokers);
     TopicAdmin::new(&settings)?
         .create(&TopicNames::new("").all(PARTITIONS), 1)
         .await?;
@@ -60,10 +56,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let partitions = PARTITIONS.to_string();
-    let fetch_wait_ms = fetch_wait.to_string();
     let common = [
         ("KAFKA_BROKERS", broker.brokers.as_str()),
-        ("KAFKA_FETCH_WAIT_MS", fetch_wait_ms.as_str()),
         ("DATABASE_URL", env.database_url.as_str()),
         ("EVENT_PARTITIONS", partitions.as_str()),
         ("RUST_LOG", "warn"),
@@ -175,10 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let measured = std::mem::take(&mut *latencies.lock().expect("lock"));
     let count = measured.len();
     let ours = percentiles(measured);
-    println!(
-        "tansu on {} storage, {PARTITIONS} partitions; consumers' fetch wait: {fetch_wait} ms",
-        storage.name()
-    );
+    println!("a private Apache Kafka node, {PARTITIONS} partitions");
     println!("| path | samples | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
     println!(

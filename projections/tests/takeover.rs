@@ -1,8 +1,7 @@
 //! Two projections processes share each read model's consumer group; one is killed with
-//! SIGKILL while events flow. The survivor must end up projecting every partition: on
-//! tansu 0.6.0, which does not make the survivors of a dead member rebalance, it notices
-//! partitions with records that nobody takes and joins its group again
-//! (`projector::coverage`). Nothing is lost: the read model ends equal to a fold of the
+//! SIGKILL while events flow. Once the dead member's session (3 s here) expires, the
+//! broker rebalances the group and the survivor projects every partition: within the
+//! session timeout plus 5 s. Nothing is lost: the read model ends equal to a fold of the
 //! whole log. The takeover time (kill -> every partition moving again) is printed.
 
 mod common;
@@ -67,6 +66,10 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_instance() -> anyhow::
     )
     .await?;
     let takeover = killed_at.elapsed();
+    assert!(
+        takeover <= common::SESSION + Duration::from_secs(5),
+        "takeover took {takeover:?}, more than the session timeout plus 5 s"
+    );
 
     stop.cancel();
     writer.await?;
@@ -95,12 +98,8 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_instance() -> anyhow::
         fold_orders(&documents),
         "nothing lost, nothing doubled"
     );
-    let rejoined = std::fs::read_to_string(&survivor_log)
-        .unwrap_or_default()
-        .matches("joining the group again")
-        .count();
     println!(
-        "takeover after SIGKILL: {:.1} s; {} events; the survivor rejoined its groups {rejoined} times",
+        "takeover after SIGKILL: {:.1} s; {} events",
         takeover.as_secs_f64(),
         documents.len()
     );

@@ -55,16 +55,13 @@ async fn start_services(
     env: &test_support::TestEnv,
     webhook: &str,
     partitions: i32,
-    fetch_wait: u64,
 ) -> anyhow::Result<String> {
     let partitions = partitions.to_string();
-    let fetch_wait = fetch_wait.to_string();
     let settings = Env::from_pairs([
         ("KAFKA_BROKERS", env.brokers.as_str()),
         ("DATABASE_URL", env.database_url.as_str()),
         ("TOPIC_PREFIX", env.topic_prefix.as_str()),
         ("EVENT_PARTITIONS", partitions.as_str()),
-        ("KAFKA_FETCH_WAIT_MS", fetch_wait.as_str()),
         ("COMMAND_API_ADDR", "127.0.0.1:0"),
         ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
         ("API_KEYS", KEY),
@@ -185,14 +182,10 @@ async fn drained(arrivals: &Arrivals, orders: usize) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let count: usize = test_support::bench_knob("BENCH_SAGAS", 1000);
-    // Partitions per topic: tansu's work grows with the partitions it serves per fetch.
+    // Partitions per topic (the local stack's default).
     let partitions: i32 = test_support::bench_knob("BENCH_PARTITIONS", 8);
-    // The consumers' fetch wait (KAFKA_FETCH_WAIT_MS of the services): on tansu, every
-    // hop waits about this long.
-    let fetch_wait: u64 = test_support::bench_knob("BENCH_FETCH_WAIT_MS", 50);
     let env = test_support::TestEnv::new().await;
-    let mut settings = KafkaSettings::new(&env.brokers);
-    settings.fetch_wait = Duration::from_millis(fetch_wait);
+    let settings = KafkaSettings::new(&env.brokers);
     let topics = TopicNames::new(&env.topic_prefix);
     let mut specs = topics.all(partitions);
     specs.extend(
@@ -200,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     );
     TopicAdmin::new(&settings)?.create(&specs, 1).await?;
     let (webhook, arrivals) = receiver().await?;
-    let api = start_services(&env, &webhook, partitions, fetch_wait).await?;
+    let api = start_services(&env, &webhook, partitions).await?;
     let client = test_support::client(KEY);
     let user: Value = client
         .post(format!("{api}/v1/users"))
@@ -242,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (raw50, raw99) = raw.percentiles();
-    println!("partitions per topic: {partitions}; consumers' fetch wait: {fetch_wait} ms");
+    println!("partitions per topic: {partitions}");
     println!("| measure | value |");
     println!("|---|---|");
     println!("| command path capacity (POST /v1/orders, 16 callers) | {capacity:.0} orders/s |");

@@ -14,7 +14,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use event_store::subscription::{Subscription, TopicPartition};
 use event_store::{KafkaSettings, TopicNames};
-use projections::projector::coverage::Coverage;
 use projections::projector::{Schema, bookkeeping};
 use schemas::{EventDocument, OrderId, UserId};
 use sqlx::PgPool;
@@ -97,36 +96,7 @@ impl Runner {
         };
         tracing::info!("saga orchestrator consuming");
         let mut next = self.stored_offsets().await;
-        let mut coverage = Coverage::new(self.config.kafka.session_timeout);
-        let topics = self.topics();
         loop {
-            if coverage
-                .rejoin_needed(
-                    &subscription.assignment(),
-                    (&self.pool, &self.schema),
-                    &self.config.kafka,
-                    &topics,
-                )
-                .await
-            {
-                tracing::warn!(
-                    "partitions with records wait and no member takes them; joining the group again"
-                );
-                drop(subscription);
-                subscription = loop {
-                    match self.subscribe().await {
-                        Ok(again) => break again,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot join the group again yet");
-                            if pause(&stop, Duration::from_secs(1)).await {
-                                return;
-                            }
-                        }
-                    }
-                };
-                next = self.stored_offsets().await;
-                coverage.reset();
-            }
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
                 batch = subscription.next_batch(self.config.batch_max, Duration::from_millis(250), Duration::from_millis(2)) => batch,

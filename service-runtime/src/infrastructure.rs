@@ -24,16 +24,18 @@ impl Infrastructure {
     pub fn from_env(env: &Env) -> Result<Self, SettingError> {
         let mut kafka = KafkaSettings::new(env.text(&common::KAFKA_BROKERS)?);
         kafka.timeout = Duration::from_millis(env.parse(&common::KAFKA_TIMEOUT_MS)?);
-        let fetch_wait: u64 = env.parse(&common::KAFKA_FETCH_WAIT_MS)?;
-        // librdkafka's range; 0 would make every idle consumer poll without pause.
-        if !(1..=300_000).contains(&fetch_wait) {
+        let session: u64 = env.parse(&common::KAFKA_SESSION_TIMEOUT_MS)?;
+        // The broker's allowed range (group.min/max.session.timeout.ms) is checked when a
+        // member joins; below 1 s heartbeats could not keep up, above 5 minutes a crash
+        // would leave partitions unread that long.
+        if !(1_000..=300_000).contains(&session) {
             return Err(SettingError::Invalid {
-                name: common::KAFKA_FETCH_WAIT_MS.name,
-                value: fetch_wait.to_string(),
-                reason: "must be from 1 to 300000 (milliseconds)".into(),
+                name: common::KAFKA_SESSION_TIMEOUT_MS.name,
+                value: session.to_string(),
+                reason: "must be from 1000 to 300000 (milliseconds)".into(),
             });
         }
-        kafka.fetch_wait = Duration::from_millis(fetch_wait);
+        kafka.session_timeout = Duration::from_millis(session);
         let partitions: i32 = env.parse(&common::EVENT_PARTITIONS)?;
         if partitions < 1 {
             return Err(SettingError::Invalid {
@@ -93,7 +95,7 @@ mod tests {
         let infra = Infrastructure::from_env(&Env::default()).unwrap();
         assert_eq!(infra.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(infra.partitions, 8);
-        assert_eq!(infra.kafka.fetch_wait, Duration::from_millis(50));
+        assert_eq!(infra.kafka.session_timeout, Duration::from_secs(6));
         assert_eq!(infra.database.get_port(), 55432);
         assert_eq!(infra.topics.events("orders"), "orders.events");
     }
@@ -103,10 +105,13 @@ mod tests {
         let env = Env::from_pairs([("EVENT_PARTITIONS", "0")]);
         let err = Infrastructure::from_env(&env).unwrap_err();
         assert!(err.to_string().starts_with("EVENT_PARTITIONS"), "{err}");
-        for wait in ["0", "300001"] {
-            let env = Env::from_pairs([("KAFKA_FETCH_WAIT_MS", wait)]);
+        for session in ["999", "300001"] {
+            let env = Env::from_pairs([("KAFKA_SESSION_TIMEOUT_MS", session)]);
             let err = Infrastructure::from_env(&env).unwrap_err();
-            assert!(err.to_string().starts_with("KAFKA_FETCH_WAIT_MS"), "{err}");
+            assert!(
+                err.to_string().starts_with("KAFKA_SESSION_TIMEOUT_MS"),
+                "{err}"
+            );
         }
         let env = Env::from_pairs([("DATABASE_URL", "mysql://nope")]);
         let err = Infrastructure::from_env(&env).unwrap_err();

@@ -109,10 +109,10 @@ pub mod common {
         default: Some("5000"),
         help: "upper bound of one broker operation before it counts as unavailable",
     };
-    pub const KAFKA_FETCH_WAIT_MS: Setting = Setting {
-        name: "KAFKA_FETCH_WAIT_MS",
-        default: Some("50"),
-        help: "longest a consumer's fetch waits for records (fetch.wait.max.ms); tansu holds every fetch this long",
+    pub const KAFKA_SESSION_TIMEOUT_MS: Setting = Setting {
+        name: "KAFKA_SESSION_TIMEOUT_MS",
+        default: Some("6000"),
+        help: "how long a consumer-group member may stay silent before its partitions move to the others (the takeover time after a crash)",
     };
     pub const TOPIC_PREFIX: Setting = Setting {
         name: "TOPIC_PREFIX",
@@ -149,7 +149,7 @@ pub mod common {
     pub const ALL: [Setting; 8] = [
         KAFKA_BROKERS,
         KAFKA_TIMEOUT_MS,
-        KAFKA_FETCH_WAIT_MS,
+        KAFKA_SESSION_TIMEOUT_MS,
         TOPIC_PREFIX,
         EVENT_PARTITIONS,
         DATABASE_URL,

@@ -45,12 +45,20 @@ pub async fn tail(args: TailArgs, json: bool) -> anyhow::Result<()> {
     let known = connect::topic_partitions(&infra).await?;
     let topic = replay::resolve_topic(&infra, &known, &args.topic)?;
     let partitions = connect::partitions_of(&known, &topic)?;
+    let marks = scan::watermarks_of(&infra.kafka, &topic, (0..partitions).collect()).await?;
+    let highs: BTreeMap<i32, i64> = marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+    // `--last N` counts records, not offsets (transaction markers take offsets too).
+    let lasts = match args.last {
+        Some(n) if !args.from_beginning => {
+            scan::last_records(&infra.kafka, &topic, &highs, n as usize).await?
+        }
+        _ => BTreeMap::new(),
+    };
     let mut ranges = BTreeMap::new();
-    for partition in 0..partitions {
-        let (low, high) = scan::watermarks(&infra.kafka, &topic, partition).await?;
+    for (partition, (low, high)) in marks {
         let from = match (args.from_beginning, args.last) {
             (true, _) => low,
-            (false, Some(last)) => (high - i64::from(last)).max(low),
+            (false, Some(_)) => lasts.get(&partition).copied().flatten().unwrap_or(low),
             (false, None) => high,
         };
         let to = args.no_follow.then_some(high);

@@ -35,7 +35,7 @@ pub struct ReaderLag {
     pub records_behind: u64,
     /// Age of the oldest record not taken yet; 0 when caught up, `None` when unknown.
     pub seconds_behind: Option<f64>,
-    /// Per partition: next offset to take, and the partition's end.
+    /// Per partition: next offset to take, and where its records end.
     pub partitions: Vec<PartitionLag>,
 }
 
@@ -44,6 +44,8 @@ pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
     pub next: i64,
+    /// The offset after the partition's last committed record (the high watermark can be
+    /// past it: transaction markers take offsets too).
     pub end: i64,
 }
 
@@ -258,13 +260,19 @@ impl<'a> Ends<'a> {
         connect::partitions_of(self.known, topic)
     }
 
-    /// Low and high watermark of each partition of `topic`.
+    /// The first offset of each partition of `topic`, and where its records end.
     async fn of(&mut self, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
         if let Some(found) = self.fetched.get(topic) {
             return Ok(found.clone());
         }
         let partitions = self.partitions(topic)?;
-        let found = scan::watermarks_of(self.kafka, topic, (0..partitions).collect()).await?;
+        let marks = scan::watermarks_of(self.kafka, topic, (0..partitions).collect()).await?;
+        let highs = marks.iter().map(|(p, (_, high))| (*p, *high)).collect();
+        let record_ends = scan::record_ends(self.kafka, topic, &highs).await?;
+        let found: BTreeMap<i32, (i64, i64)> = marks
+            .into_iter()
+            .map(|(p, (low, high))| (p, (low, record_ends.get(&p).copied().unwrap_or(high))))
+            .collect();
         self.fetched.insert(topic.to_owned(), found.clone());
         Ok(found)
     }

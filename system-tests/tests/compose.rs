@@ -92,11 +92,18 @@ fn every_part_of_the_system_is_there() -> anyhow::Result<()> {
         compose.service(name)?;
     }
     let kafka = compose.environment("kafka")?;
-    assert!(
+    // The same Kafka release as the local stack, tests and benchmarks (kafka/pom.xml).
+    let pom = std::fs::read_to_string(repo_root().join("kafka/pom.xml"))?;
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .context("kafka.version in kafka/pom.xml")?;
+    assert_eq!(
         compose.service("kafka")?["image"]
             .as_str()
-            .unwrap_or_default()
-            .starts_with("apache/kafka:")
+            .unwrap_or_default(),
+        format!("apache/kafka:{version}")
     );
     assert!(
         kafka["KAFKA_PROCESS_ROLES"].contains("controller"),

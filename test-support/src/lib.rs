@@ -1,4 +1,4 @@
-//! Isolation for integration tests. `./dev test` starts a real broker (tansu) and a real
+//! Isolation for integration tests. `./dev test` starts a real broker (Apache Kafka) and a real
 //! Postgres cluster and exports where they are; [`TestEnv::new`] gives each test its own
 //! topic prefix and its own freshly created database on them, so tests run in parallel
 //! without seeing each other.
@@ -6,11 +6,14 @@
 //! This crate depends on nothing of ours, so every crate can use it in its tests without
 //! a dependency cycle. [`load`] drives benchmarks.
 
+mod broker;
 pub mod floor;
 pub mod hostile;
 pub mod load;
 mod postgres;
+pub mod watchdog;
 
+pub use broker::{KAFKA_LIBS_ENV, PrivateBroker};
 pub use postgres::PrivatePostgres;
 
 use std::time::{Duration, Instant};
@@ -98,24 +101,6 @@ fn with_database(url: &str, database: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn swaps_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://a:b@127.0.0.1:5/postgres", "t_1"),
-            "postgres://a:b@127.0.0.1:5/t_1"
-        );
-        assert_eq!(
-            with_database("postgres://a@h:5/x?sslmode=disable", "t_2"),
-            "postgres://a@h:5/t_2?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h:5", "t_3"), "postgres://h:5/t_3");
-    }
-}
-
 /// An HTTP client that sends `Authorization: Bearer <api_key>` with every request, as
 /// every `/v1` route of the services requires.
 pub fn client(api_key: &str) -> reqwest::Client {
@@ -174,36 +159,7 @@ pub async fn metric_sum(client: &reqwest::Client, base: &str, series: &str) -> a
         .fold(0.0, |sum, n| sum + n))
 }
 
-/// Where a private tansu keeps its records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Storage {
-    /// SQLite in the broker's folder: durable across a restart, as `./dev` runs it.
-    Sqlite,
-    /// tansu's in-memory engine (`memory://`): lost on a restart, and no SQL per fetch.
-    Memory,
-}
-
-impl Storage {
-    /// `BENCH_BROKER` (`sqlite`, the default, or `memory`): the storage a benchmark's
-    /// private broker uses.
-    pub fn for_bench() -> Self {
-        match std::env::var("BENCH_BROKER").as_deref() {
-            Err(_) | Ok("sqlite") => Self::Sqlite,
-            Ok("memory") => Self::Memory,
-            Ok(other) => panic!("BENCH_BROKER={other}: expected sqlite or memory"),
-        }
-    }
-
-    /// The engine's name, as BENCHMARKS.md prints it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "SQLite",
-            Self::Memory => "memory",
-        }
-    }
-}
-
-/// A benchmark knob from the environment (`BENCH_SAGAS`, `BENCH_FETCH_WAIT_MS`, ...), or
+/// A benchmark knob from the environment (`BENCH_SAGAS`, `BENCH_EVENTS`, ...), or
 /// `default` when unset; a value that does not parse stops the benchmark with its name.
 pub fn bench_knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -214,118 +170,20 @@ pub fn bench_knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
-/// A tansu broker of one test's own, on SQLite storage in a temporary folder (or in
-/// memory, for benchmarks that ask for it), for tests that restart or stop the broker
-/// (which they must not do to the shared one) and for benchmarks.
-#[derive(Debug)]
-pub struct PrivateBroker {
-    pub brokers: String,
-    pub storage: Storage,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
+#[cfg(test)]
+mod tests {
+    use super::with_database;
 
-impl PrivateBroker {
-    /// Starts `tansu broker` on a free port with its data in a fresh folder.
-    pub async fn start() -> Self {
-        Self::start_with(Storage::Sqlite).await
-    }
-
-    /// Starts `tansu broker` on a free port with the given storage.
-    pub async fn start_with(storage: Storage) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("shop-tansu-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("a broker folder");
-        let mut broker = Self {
-            brokers: format!("127.0.0.1:{port}"),
-            storage,
-            dir,
-            child: None,
-        };
-        broker.spawn().await;
-        broker
-    }
-
-    async fn spawn(&mut self) {
-        let url = format!("tcp://{}", self.brokers);
-        let child = std::process::Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                match self.storage {
-                    Storage::Sqlite => "sqlite://tansu.db",
-                    Storage::Memory => "memory://tansu/",
-                },
-            ])
-            .current_dir(&self.dir)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu on PATH (./dev test installs it)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(&self.brokers).await.is_ok() {
-                if self.storage == Storage::Sqlite {
-                    self.add_header_index().await;
-                }
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("private tansu did not listen on {}", self.brokers);
-    }
-
-    /// Adds the index tansu's SQLite schema lacks, as `./dev` does for its brokers.
-    async fn add_header_index(&self) {
-        const HEADER_INDEX: &str = include_str!("../../scripts/tansu-index.sql");
-        for _ in 0..20 {
-            let mut sqlite = std::process::Command::new("sqlite3")
-                .arg("tansu.db")
-                .current_dir(&self.dir)
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("sqlite3 on PATH (./dev test installs it)");
-            if let Some(mut stdin) = sqlite.stdin.take() {
-                use std::io::Write;
-                let _ = stdin.write_all(HEADER_INDEX.as_bytes());
-            }
-            if sqlite.wait().is_ok_and(|status| status.success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("could not add the header index to {}", self.dir.display());
-    }
-
-    /// Stops the broker the hard way (SIGKILL).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGKILL, then start again on the same port and storage.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    #[test]
+    fn swaps_the_database_of_a_url() {
+        assert_eq!(
+            with_database("postgres://a:b@127.0.0.1:5/postgres", "t_1"),
+            "postgres://a:b@127.0.0.1:5/t_1"
+        );
+        assert_eq!(
+            with_database("postgres://a@h:5/x?sslmode=disable", "t_2"),
+            "postgres://a@h:5/t_2?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:5", "t_3"), "postgres://h:5/t_3");
     }
 }

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::watchdog::{Watchdog, shell_quote};
+
 /// A private cluster in a temporary folder on a free port, with a superuser `shop` (password
 /// `shop`) and a database `shop`. Stopped and removed when dropped.
 #[derive(Debug)]
@@ -13,6 +15,8 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Stops the cluster and removes its folder should this process end without `Drop`.
+    _watchdog: Watchdog,
 }
 
 fn is_root() -> bool {
@@ -50,7 +54,23 @@ impl PrivatePostgres {
         let dir =
             std::env::temp_dir().join(format!("shop-postgres-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
-        let cluster = Self { port, dir, bin };
+        let stop = format!(
+            "{} -D {} -m immediate -w stop; rm -rf {}",
+            shell_quote(&bin.join("pg_ctl").display().to_string()),
+            shell_quote(&dir.join("data").display().to_string()),
+            shell_quote(&dir.display().to_string()),
+        );
+        let watchdog = Watchdog::arm(&if is_root() {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        });
+        let cluster = Self {
+            port,
+            dir,
+            bin,
+            _watchdog: watchdog,
+        };
         let pwfile = cluster.dir.join("pwfile");
         std::fs::write(&pwfile, "shop\n")?;
         if is_root() {

@@ -66,9 +66,9 @@ impl ApiError {
 
     pub fn from_store(error: EventStoreError) -> Self {
         match error {
-            EventStoreError::Unavailable { .. }
-            | EventStoreError::NotOwner { .. }
-            | EventStoreError::Fenced { .. } => Self::Unavailable(error.to_string()),
+            EventStoreError::Unavailable { .. } | EventStoreError::NotOwner { .. } => {
+                Self::Unavailable(error.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

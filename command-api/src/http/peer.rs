@@ -118,7 +118,6 @@ fn problem_of(error: EventStoreError) -> Problem {
         EventStoreError::NotOwner { .. } => {
             StatusCode::from_u16(NOT_OWNER_STATUS).unwrap_or(StatusCode::MISDIRECTED_REQUEST)
         }
-        EventStoreError::Fenced { .. } => StatusCode::CONFLICT,
         EventStoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

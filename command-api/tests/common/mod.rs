@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use event_store::writer::log::PartitionLog;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::Message;
-use rdkafka::producer::FutureProducer;
 use reqwest::{Client, Response, StatusCode};
 use schemas::EventDocument;
 use serde_json::{Value, json};
@@ -91,11 +90,10 @@ impl App {
     /// Every event record of a service's log, in partition and offset order.
     pub async fn events(&self, service: &str) -> anyhow::Result<Vec<EventDocument>> {
         let settings = KafkaSettings::new(&self.brokers);
-        let producer: FutureProducer = settings.producer().create()?;
         let topic = self.topics.events(service);
         let mut all = Vec::new();
         for partition in 0..PARTITIONS {
-            let log = PartitionLog::new(producer.clone(), settings.clone(), partition);
+            let log = PartitionLog::reader(settings.clone(), partition)?;
             let end = log.end_offset(&topic).await?;
             log.read_range(&topic, 0, end, |m| {
                 all.push(EventDocument::from_json(m.payload().expect("value")).expect("an event"));

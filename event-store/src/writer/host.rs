@@ -2,10 +2,13 @@
 //!
 //! The lease is the consumer group of the command topic (`<prefix><service>.commands`,
 //! group `<prefix><service>-writers`): the instance the group assigns partition p to writes
-//! partition p of the event topic. On assignment the host builds (or, for a partition it
-//! had before, catches up) that partition's state and starts its writer; on revocation it
-//! stops the writer and keeps its state parked, since the group's eager protocol revokes
-//! everything at every rebalance and most partitions come straight back.
+//! partition p of the event topic. The group rebalances cooperatively: a member that joins,
+//! leaves or dies moves only the partitions that must move. On assignment the host builds
+//! (or, for a partition it had before, catches up) that partition's state and starts its
+//! writer, whose transactional producer fences any earlier writer of the partition; on
+//! revocation it stops the writer and keeps its state parked, in case the partition comes
+//! back. A writer that stops on its own (fenced, or a transaction left unsettled by a
+//! broker failure) is resumed while the partition is still assigned here.
 //!
 //! Commands reach a writer two ways: [`WriteModel::execute`] in this process (the HTTP
 //! path, which skips the command topic when the partition is local, and otherwise hands
@@ -19,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use schemas::{Command, CommandDocument, MessageFamily};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,16 +33,18 @@ use crate::client::KafkaSettings;
 use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::partitioner::partition_for;
-use crate::scan;
 use crate::topics::TopicNames;
 use crate::writer::log::PartitionLog;
 use crate::writer::metrics::WriterMetrics;
-use crate::writer::orphans::Orphans;
 use crate::writer::partition::{PartitionSettings, PartitionWriter, Reply, Request};
 use crate::writer::peers::{PeerState, Peers};
 
 /// How often a caller waiting for a partition nobody announced looks at the directory again.
 const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// How long a writer that stopped on its own waits before it resumes: time for the group's
+/// revocation to reach this instance when it is the one that lost the partition.
+const RESUME_AFTER: Duration = Duration::from_millis(500);
 
 /// How a write model is set up.
 #[derive(Clone, Debug)]
@@ -101,10 +105,10 @@ struct Shared<A: Aggregate> {
     serving: RwLock<HashMap<i32, mpsc::Sender<Request<A>>>>,
     /// Bumped whenever `serving` changes, to wake `execute` calls waiting for a partition.
     changed: watch::Sender<u64>,
-    /// Partitions callers asked for and were told "not owner", since the last look.
-    unserved: Mutex<BTreeSet<i32>>,
     /// Partitions the group assigned here (served, or being taken over).
     assigned: Mutex<BTreeSet<i32>>,
+    /// Whether the group has assigned this instance anything (even nothing) yet.
+    joined: std::sync::atomic::AtomicBool,
 }
 
 /// Where a command for a partition goes.
@@ -134,8 +138,8 @@ impl<A: Aggregate> WriteModel<A> {
             config,
             serving: RwLock::new(HashMap::new()),
             changed: watch::channel(0).0,
-            unserved: Mutex::default(),
             assigned: Mutex::default(),
+            joined: std::sync::atomic::AtomicBool::new(false),
         });
         let runtime = WriterRuntime {
             shared: Arc::clone(&shared),
@@ -306,10 +310,7 @@ impl<A: Aggregate> WriteModel<A> {
                 }
             };
             match answer {
-                Ok(answer) => {
-                    peers.called(&self.group(), partition, &owner, true);
-                    return Ok(Reached::There(answer));
-                }
+                Ok(answer) => return Ok(Reached::There(answer)),
                 Err(EventStoreError::NotOwner { .. }) => {
                     self.moved(partition, &owner, deadline).await?;
                 }
@@ -326,9 +327,12 @@ impl<A: Aggregate> WriteModel<A> {
         owner: &str,
         deadline: tokio::time::Instant,
     ) -> Result<(), EventStoreError> {
-        let group = self.group();
-        self.peers().forget(&group, partition);
-        self.peers().called(&group, partition, owner, false);
+        self.peers().forget(&self.group(), partition);
+        tracing::debug!(
+            partition,
+            owner,
+            "the named owner does not write the partition"
+        );
         let pause = tokio::time::Instant::now() + LOOK_AGAIN;
         if pause >= deadline {
             return Err(self.not_owner(partition));
@@ -367,11 +371,6 @@ impl<A: Aggregate> WriteModel<A> {
     }
 
     fn not_owner(&self, partition: i32) -> EventStoreError {
-        self.shared
-            .unserved
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(partition);
         EventStoreError::NotOwner {
             service: A::Event::SERVICE,
             partition,
@@ -381,6 +380,34 @@ impl<A: Aggregate> WriteModel<A> {
     /// Partitions this instance serves now.
     pub fn served_partitions(&self) -> Vec<i32> {
         self.shared.served()
+    }
+
+    /// Why this instance cannot decide every command the group gave it, if it cannot:
+    /// it has not joined the writers' group yet, or partitions assigned here are still
+    /// being taken over (readiness).
+    pub fn not_serving(&self) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if !self.shared.joined.load(Ordering::Relaxed) {
+            return Some(format!(
+                "{} writers: not in the writers' group yet",
+                A::Event::SERVICE
+            ));
+        }
+        let served: BTreeSet<i32> = self.shared.served().into_iter().collect();
+        let pending: Vec<i32> = self
+            .shared
+            .assigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .difference(&served)
+            .copied()
+            .collect();
+        (!pending.is_empty()).then(|| {
+            format!(
+                "{} writers: partitions {pending:?} being taken over",
+                A::Event::SERVICE
+            )
+        })
     }
 }
 
@@ -494,14 +521,6 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
-/// Why one membership of the writers' group ended.
-#[derive(Debug)]
-enum Exit {
-    Stopped,
-    /// Partitions were left with nobody: leave and join again.
-    Rejoin,
-}
-
 /// One partition being taken over or served.
 struct Running<A: Aggregate> {
     stop: CancellationToken,
@@ -539,8 +558,7 @@ impl<A: Aggregate> WriterRuntime<A> {
     pub async fn run(self, stop: CancellationToken) {
         loop {
             match self.run_once(&stop).await {
-                Ok(Exit::Stopped) => return,
-                Ok(Exit::Rejoin) => {}
+                Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(service = A::Event::SERVICE, error = %e, "writer runtime failed; restarting");
                     tokio::select! {
@@ -552,14 +570,9 @@ impl<A: Aggregate> WriterRuntime<A> {
         }
     }
 
-    async fn run_once(&self, stop: &CancellationToken) -> Result<Exit, EventStoreError> {
+    async fn run_once(&self, stop: &CancellationToken) -> Result<(), EventStoreError> {
         let config = &self.shared.config;
         let service = A::Event::SERVICE;
-        let producer: FutureProducer = config
-            .kafka
-            .producer()
-            .create()
-            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
         let (events, mut ownership) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<OwnershipContext> = config
             .kafka
@@ -573,18 +586,22 @@ impl<A: Aggregate> WriterRuntime<A> {
         let mut running: HashMap<i32, Running<A>> = HashMap::new();
         let mut parked: HashMap<i32, PartitionWriter<A>> = HashMap::new();
         let mut in_flight: VecDeque<InFlight<A>> = VecDeque::new();
+        let (halted, mut halts) = mpsc::unbounded_channel();
         let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
-        let mut orphans = Orphans::new(config.kafka.session_timeout);
-        let mut orphan_tick = tokio::time::interval(orphans.interval);
+        // The directory of owners heals itself (after a Postgres restart, say) when every
+        // instance announces what it writes once per session timeout.
+        let mut announce_tick = tokio::time::interval(config.kafka.session_timeout);
         let outcome = loop {
             tokio::select! {
-                () = stop.cancelled() => break Ok(Exit::Stopped),
+                () = stop.cancelled() => break Ok(()),
                 Some(change) = ownership.recv() => match change {
                     Ownership::Assigned(list) => {
+                        self.shared.joined.store(true, std::sync::atomic::Ordering::Relaxed);
                         self.shared.set_assigned(&list, true);
                         for partition in list {
                             let writer = parked.remove(&partition);
-                            running.insert(partition, self.start(partition, writer, producer.clone()));
+                            let run = self.start(partition, writer, Duration::ZERO, &halted);
+                            running.insert(partition, run);
                         }
                     }
                     Ownership::Revoked(list) => {
@@ -594,29 +611,28 @@ impl<A: Aggregate> WriterRuntime<A> {
                                 parked.insert(partition, writer);
                             }
                         }
-                        in_flight.clear();
+                        in_flight.retain(|f| self.shared.is_assigned(f.partition));
                     }
                 },
+                Some(partition) = halts.recv() => {
+                    // A writer stopped on its own; resume it while the partition is ours.
+                    if let Some(writer) = self.halt(running.remove(&partition)).await {
+                        let run = self.start(partition, Some(writer), RESUME_AFTER, &halted);
+                        running.insert(partition, run);
+                    }
+                }
                 message = consumer.recv() => match message {
                     Ok(message) => in_flight.push_back(self.forward(&message)),
                     Err(e) => break Err(EventStoreError::from_kafka("consume commands", e)),
                 },
                 _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
-                _ = orphan_tick.tick() => {
-                    self.shared.announce(&self.shared.served()).await;
-                    let held = running.keys().copied().collect();
-                    if self.orphaned(&mut orphans, &held).await {
-                        tracing::warn!(
-                            service,
-                            held = ?held,
-                            "partitions of the writers' group are held by nobody; rejoining"
-                        );
-                        break Ok(Exit::Rejoin);
-                    }
-                }
+                _ = announce_tick.tick() => self.shared.announce(&self.shared.served()).await,
             }
         };
         let held: Vec<i32> = running.keys().copied().collect();
+        self.shared
+            .joined
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.shared.set_assigned(&held, false);
         for (_, run) in running.drain() {
             self.halt(Some(run)).await;
@@ -626,83 +642,30 @@ impl<A: Aggregate> WriterRuntime<A> {
         outcome
     }
 
-    /// Whether partitions demanded here stayed with nobody for too long (see [`Orphans`]).
-    async fn orphaned(&self, orphans: &mut Orphans, held: &BTreeSet<i32>) -> bool {
-        let config = &self.shared.config;
-        let service = A::Event::SERVICE;
-        let mut demanded = std::mem::take(
-            &mut *self
-                .shared
-                .unserved
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let topic = config.topics.commands(service);
-        let group = config.topics.writers_group(service);
-        if let Some(peers) = &config.peers {
-            demanded.extend(peers.failing(&group).await);
-        }
-        let ends = scan::topic_ends(&config.kafka, &topic).await;
-        let committed = scan::committed(&config.kafka, &group, &topic, config.partitions).await;
-        if let (Ok(ends), Ok(committed)) = (ends, committed) {
-            demanded.extend(orphans.commands_waiting(&ends, committed));
-        }
-        orphans.judge(Instant::now(), held, &demanded)
-    }
-
-    /// Starts serving `partition`: from its parked state (caught up) or from the log.
+    /// Starts serving `partition` after `delay`: from its parked state (caught up) or from
+    /// the log, on a fresh transactional producer whose initialization fences every
+    /// earlier writer of the partition. A writer that stops on its own reports on `halted`.
     fn start(
         &self,
         partition: i32,
-        mut parked: Option<PartitionWriter<A>>,
-        producer: FutureProducer,
+        parked: Option<PartitionWriter<A>>,
+        delay: Duration,
+        halted: &mpsc::UnboundedSender<i32>,
     ) -> Running<A> {
         let shared = Arc::clone(&self.shared);
         let metrics = self.metrics.clone();
         let stop = CancellationToken::new();
         let token = stop.clone();
+        let halted = halted.clone();
         let task = tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => return parked,
+                () = tokio::time::sleep(delay) => {}
+            }
             let started = Instant::now();
-            let config = &shared.config;
-            let log = if config.partition.transactions {
-                let id = format!(
-                    "{}{}-writer-{partition}",
-                    config.topics.prefix(),
-                    A::Event::SERVICE
-                );
-                match PartitionLog::transactional(config.kafka.clone(), partition, &id) {
-                    Ok(log) => log,
-                    Err(e) => {
-                        tracing::error!(partition, error = %e, "cannot create a transactional producer");
-                        return None;
-                    }
-                }
-            } else {
-                PartitionLog::new(producer, config.kafka.clone(), partition)
-            };
-            let mut writer = loop {
-                let attempt = match parked.take() {
-                    Some(mut writer) => writer.catch_up().await.map(|()| writer),
-                    None => {
-                        PartitionWriter::take_over(
-                            log.clone(),
-                            &shared.config.topics,
-                            &shared.config.partition,
-                            metrics.clone(),
-                        )
-                        .await
-                    }
-                };
-                match attempt {
-                    Ok(writer) => break writer,
-                    Err(e) => {
-                        tracing::warn!(partition, error = %e, "taking over failed; retrying");
-                        tokio::select! {
-                            () = token.cancelled() => return None,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
+            let mut writer = match Self::take(&shared, partition, parked, &metrics, &token).await {
+                Ok(writer) => writer,
+                Err(parked) => return parked,
             };
             let (queue, requests) = mpsc::channel(shared.config.queue_capacity);
             shared.set_serving(partition, Some(queue));
@@ -722,9 +685,59 @@ impl<A: Aggregate> WriterRuntime<A> {
                 .owned_partitions
                 .get_or_create(&metrics.labels())
                 .dec();
+            if writer.halted().is_some() {
+                let _ = halted.send(partition);
+            }
             Some(writer)
         });
         Running { stop, task }
+    }
+
+    /// Takes `partition` over (or resumes its parked writer), retrying until it succeeds
+    /// or `token` is cancelled (then the parked writer, if any, comes back as the error).
+    async fn take(
+        shared: &Shared<A>,
+        partition: i32,
+        mut parked: Option<PartitionWriter<A>>,
+        metrics: &WriterMetrics,
+        token: &CancellationToken,
+    ) -> Result<PartitionWriter<A>, Option<PartitionWriter<A>>> {
+        let config = &shared.config;
+        let id = format!(
+            "{}{}-writer-{partition}",
+            config.topics.prefix(),
+            A::Event::SERVICE
+        );
+        loop {
+            let attempt = match PartitionLog::transactional(config.kafka.clone(), partition, &id) {
+                Err(e) => Err(e),
+                Ok(log) => match parked.take() {
+                    Some(writer) => writer.resume(log).await.map_err(|(e, writer)| {
+                        parked = Some(writer);
+                        e
+                    }),
+                    None => {
+                        PartitionWriter::take_over(
+                            log,
+                            &config.topics,
+                            &config.partition,
+                            metrics.clone(),
+                        )
+                        .await
+                    }
+                },
+            };
+            match attempt {
+                Ok(writer) => return Ok(writer),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "taking over failed; retrying");
+                    tokio::select! {
+                        () = token.cancelled() => return Err(parked),
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Stops a partition's writer (after its current batch) and returns its state.

@@ -1,7 +1,8 @@
-//! One partition of the log as its writer sees it: records are enqueued on a shared
-//! idempotent producer (acks=all) and confirmed by their delivery reports; ranges are read
-//! back with a short-lived consumer of that one partition (no group, no commits), only on
-//! the rare paths: taking over a partition, and resolving a gap after another writer wrote.
+//! One partition of the log as its writer sees it: records are produced in transactions on
+//! the partition's own transactional producer (acks=all) and confirmed by their delivery
+//! reports and the commit; ranges are read back with a short-lived read_committed consumer
+//! of that one partition (no group, no commits), only when the writer takes the partition
+//! over or settles a transaction whose outcome it does not know.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use crate::client::KafkaSettings;
+use crate::client::{KafkaSettings, WriterContext};
 use crate::error::EventStoreError;
 
 /// A record to append: key, JSON value, headers.
@@ -23,7 +24,7 @@ pub struct OutgoingRecord {
 
 #[derive(Clone)]
 pub struct PartitionLog {
-    producer: FutureProducer,
+    producer: FutureProducer<WriterContext>,
     settings: KafkaSettings,
     pub partition: i32,
 }
@@ -37,32 +38,41 @@ impl std::fmt::Debug for PartitionLog {
 }
 
 impl PartitionLog {
-    pub fn new(producer: FutureProducer, settings: KafkaSettings, partition: i32) -> Self {
-        Self {
+    /// A log to read ranges and ends from (its producer only asks for watermarks); a
+    /// writer needs [`Self::transactional`].
+    pub fn reader(settings: KafkaSettings, partition: i32) -> Result<Self, EventStoreError> {
+        let producer = settings
+            .producer()
+            .create_with_context(WriterContext)
+            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
+        Ok(Self {
             producer,
             settings,
             partition,
-        }
+        })
     }
 
-    /// A log whose producer is transactional (Apache Kafka), for `transactional_id`.
+    /// The log a writer appends to: its producer is transactional, with `transactional_id`.
     pub fn transactional(
         settings: KafkaSettings,
         partition: i32,
         transactional_id: &str,
     ) -> Result<Self, EventStoreError> {
-        let producer = settings
-            .transactional_producer(transactional_id)
-            .create()
-            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
-        Ok(Self::new(producer, settings, partition))
+        let producer = transactional_producer(&settings, transactional_id)?;
+        Ok(Self {
+            producer,
+            settings,
+            partition,
+        })
     }
 
     /// Runs one of librdkafka's blocking transaction calls off the async workers.
     async fn transaction_step(
         &self,
         operation: &'static str,
-        step: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+        step: impl FnOnce(&FutureProducer<WriterContext>, Duration) -> rdkafka::error::KafkaResult<()>
+        + Send
+        + 'static,
     ) -> Result<(), TransactionError> {
         let producer = self.producer.clone();
         let timeout = self.settings.timeout;
@@ -187,6 +197,16 @@ impl PartitionLog {
     }
 }
 
+fn transactional_producer(
+    settings: &KafkaSettings,
+    transactional_id: &str,
+) -> Result<FutureProducer<WriterContext>, EventStoreError> {
+    settings
+        .transactional_producer(transactional_id)
+        .create_with_context(WriterContext)
+        .map_err(|e| EventStoreError::from_kafka("create producer", e))
+}
+
 /// Why a transaction step failed: retry it (after an abort), or stop writing (fenced).
 #[derive(Debug, Clone)]
 pub enum TransactionError {
@@ -196,14 +216,19 @@ pub enum TransactionError {
 }
 
 impl TransactionError {
+    /// Fenced only when the broker said a newer producer of the id exists; any other
+    /// failure, fatal ones included, leaves the transaction's outcome to be settled.
     fn from_kafka(operation: &'static str, e: KafkaError) -> Self {
-        let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal())
-            || matches!(
-                e.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-            );
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        );
         let error = EventStoreError::from_kafka(operation, e);
-        if fatal {
+        if fenced {
             Self::Fenced(error)
         } else {
             Self::Retry(error)

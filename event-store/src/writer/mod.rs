@@ -5,7 +5,6 @@ pub mod core;
 pub mod host;
 pub mod log;
 pub mod metrics;
-pub mod orphans;
 pub mod partition;
 pub mod peers;
 pub mod snapshot;

@@ -1,21 +1,23 @@
 //! The writer of one partition: a task that takes commands in batches, plans them on its
 //! own state ([`PartitionCore`]), appends the events, and answers once the log confirms.
 //!
-//! Confirmation without transactions: offsets in a partition are dense, so if this
-//! batch's events got exactly the offsets following the last record the writer knows, no
-//! other writer's record came between and the plan holds as decided. Otherwise the writer
-//! reads the records it did not write, applies everything in log order by the reader rule
-//! (first record for a version wins), and answers "accepted" only for commands whose events
-//! all survived; the others get [`EventStoreError::Fenced`] and nothing of them holds.
+//! Every batch is one Kafka transaction (its events and recorded outcomes), on a producer
+//! whose transactional id belongs to the partition. Taking a partition over starts with
+//! `init_transactions`, which fences every earlier producer of that id and settles its open
+//! transaction, and only then reads the state: nothing a former owner writes can land
+//! after it. The state changes only once a transaction committed; a fenced commit makes the
+//! writer stop (its callers get "not owner", never a 2xx). A transaction whose outcome is
+//! unknown (the broker went away mid-commit) stops the writer too: its host resumes the
+//! partition with a fresh producer of the same id, whose `init_transactions` completes or
+//! aborts what was left open, and the state is read again from the log.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use schemas::{
-    Command, CommandId, Event, EventDocument, EventId, MessageFamily, OutcomeDocument,
+    Command, CommandId, Event, EventDocument, MessageFamily, OutcomeDocument,
     envelope::{DATA_CONTENT_TYPE, SPEC_VERSION, source_of},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregate;
 use crate::error::EventStoreError;
-use crate::gate::Admission;
 use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
@@ -85,9 +86,6 @@ pub struct PartitionSettings {
     pub idempotency: IdempotencyWindow,
     pub snapshots: Snapshots,
     pub snapshot_policy: SnapshotPolicy,
-    /// Apache Kafka: one transaction per batch, and the broker fences earlier owners.
-    /// tansu 0.6.0 cannot commit transactions: there the log-order rule does the fencing.
-    pub transactions: bool,
 }
 
 #[derive(Debug)]
@@ -102,11 +100,29 @@ pub struct PartitionWriter<A: Aggregate> {
     behind: bool,
     snapshots: Snapshots,
     policy: SnapshotPolicy,
-    transactional: bool,
-    /// A transactional writer whose producer was fenced: another owner took over.
-    fenced: bool,
+    /// Why the writer stopped on its own, if it did: its host resumes it with a fresh
+    /// producer while the partition is still assigned here.
+    halted: Option<Halt>,
     last_cut: Instant,
     saving: Option<JoinHandle<SaveResult<A>>>,
+}
+
+/// Why a writer stopped serving on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// A newer producer of the partition's transactional id exists: another writer took over.
+    Fenced,
+    /// A transaction's outcome is unknown (the broker went away mid-commit).
+    Unsettled,
+}
+
+impl Halt {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Fenced => "fenced by a newer owner",
+            Self::Unsettled => "a transaction's outcome is unknown",
+        }
+    }
 }
 
 /// A background snapshot save; a failed cut comes back to be merged into the next one.
@@ -124,13 +140,11 @@ impl<A: Aggregate> PartitionWriter<A> {
         let started = Instant::now();
         let service = A::Event::SERVICE;
         let partition = log.partition;
-        if settings.transactions {
-            // Fence earlier owners (and abort their open transaction) before reading, so
-            // nothing they write can land after the state is built.
-            log.init_transactions()
-                .await
-                .map_err(TransactionError::into_inner)?;
-        }
+        // Fence earlier owners (and settle their open transaction) before reading, so
+        // nothing they write can land after the state is built.
+        log.init_transactions()
+            .await
+            .map_err(TransactionError::into_inner)?;
         let window = settings.idempotency;
         let restored = match &settings.snapshots {
             Some(store) => store.load::<A>(partition, window).await?,
@@ -146,8 +160,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             behind: true,
             snapshots: settings.snapshots.clone(),
             policy: settings.snapshot_policy,
-            transactional: settings.transactions,
-            fenced: false,
+            halted: None,
             last_cut: Instant::now(),
             saving: None,
         };
@@ -205,10 +218,11 @@ impl<A: Aggregate> PartitionWriter<A> {
                 }
             }
             self.process(batch).await;
-            if self.fenced {
+            if let Some(halt) = self.halted {
                 tracing::warn!(
                     partition = self.core.partition,
-                    "fenced by a newer owner; stopped writing"
+                    reason = halt.reason(),
+                    "partition writer stopped"
                 );
                 break;
             }
@@ -270,9 +284,36 @@ impl<A: Aggregate> PartitionWriter<A> {
     /// Reads the event partition from where the state ends to the current end.
     pub async fn catch_up(&mut self) -> Result<(), EventStoreError> {
         let end = self.log.end_offset(&self.events_topic).await?;
-        self.apply_range(self.core.next_offset, end, &HashSet::new())
-            .await?;
+        self.apply_range(self.core.next_offset, end).await?;
         self.behind = false;
+        Ok(())
+    }
+
+    /// Takes the partition up again after it was parked or halted, on a fresh `log`:
+    /// fences whoever wrote meanwhile, then reads what the state lacks.
+    pub async fn resume(mut self, log: PartitionLog) -> Result<Self, (EventStoreError, Self)> {
+        self.log = log;
+        self.halted = None;
+        self.behind = true;
+        if let Err(e) = self.log.init_transactions().await {
+            return Err((e.into_inner(), self));
+        }
+        match self.catch_up().await {
+            Ok(()) => Ok(self),
+            Err(e) => Err((e, self)),
+        }
+    }
+
+    /// Why the writer stopped on its own, if it did.
+    pub fn halted(&self) -> Option<Halt> {
+        self.halted
+    }
+
+    /// Reads what the state lacks before a decision.
+    async fn settle(&mut self) -> Result<(), EventStoreError> {
+        if self.behind {
+            self.catch_up().await?;
+        }
         Ok(())
     }
 
@@ -297,16 +338,8 @@ impl<A: Aggregate> PartitionWriter<A> {
         Ok(())
     }
 
-    /// Applies the event records in `[from, to)` by the reader rule; returns which of the
-    /// event ids in `ours` were admitted, and whether any record was another writer's.
-    async fn apply_range(
-        &mut self,
-        from: i64,
-        to: i64,
-        ours: &HashSet<EventId>,
-    ) -> Result<(HashSet<EventId>, bool), EventStoreError> {
-        let mut admitted = HashSet::new();
-        let mut foreign = false;
+    /// Applies the event records in `[from, to)` by the reader rule.
+    async fn apply_range(&mut self, from: i64, to: i64) -> Result<(), EventStoreError> {
         let (core, metrics) = (&mut self.core, &self.metrics);
         self.log
             .read_range(&self.events_topic, from, to, |message| {
@@ -319,24 +352,14 @@ impl<A: Aggregate> PartitionWriter<A> {
                         .inc();
                     return;
                 };
-                let mine = ours.contains(&event.meta.id);
-                foreign |= !mine;
-                match core.apply_event(&event, offset) {
-                    Admission::Next if mine => {
-                        admitted.insert(event.meta.id);
-                    }
-                    Admission::Next => {}
-                    dropped => {
-                        let reason = dropped.drop_reason().unwrap_or("unknown");
-                        metrics
-                            .dropped
-                            .get_or_create(&metrics.with("reason", reason))
-                            .inc();
-                    }
+                if let Some(reason) = core.apply_event(&event, offset).drop_reason() {
+                    metrics
+                        .dropped
+                        .get_or_create(&metrics.with("reason", reason))
+                        .inc();
                 }
             })
-            .await?;
-        Ok((admitted, foreign))
+            .await
     }
 
     /// Decides and answers a batch; commands deferred by the plan (a second command on
@@ -355,9 +378,7 @@ impl<A: Aggregate> PartitionWriter<A> {
         }
         self.execute(batch).await;
         for (aggregate_id, reply) in reads {
-            let answer = if self.behind
-                && let Err(e) = self.catch_up().await
-            {
+            let answer = if let Err(e) = self.settle().await {
                 Err(e)
             } else {
                 Ok(self
@@ -378,14 +399,9 @@ impl<A: Aggregate> PartitionWriter<A> {
                 .observe(batch.len() as f64);
             let commands: Vec<Command<A::Command>> =
                 batch.iter().map(|r| r.command.clone()).collect();
-            let results = if self.behind
-                && let Err(e) = self.catch_up().await
-            {
-                vec![Some(Err(e)); commands.len()]
-            } else if self.transactional {
-                self.decide_and_commit(&commands).await
-            } else {
-                self.decide_and_append(&commands).await
+            let results = match self.settle().await {
+                Err(e) => vec![Some(Err(e)); commands.len()],
+                Ok(()) => self.decide_and_commit(&commands).await,
             };
             let mut deferred = Vec::new();
             for (request, result) in batch.into_iter().zip(results) {
@@ -412,27 +428,9 @@ impl<A: Aggregate> PartitionWriter<A> {
         let _ = request.reply.send(result);
     }
 
-    /// The result of each command, `None` for those deferred to the next round.
-    async fn decide_and_append(
-        &mut self,
-        commands: &[Command<A::Command>],
-    ) -> Vec<Option<Reply<A>>> {
-        let plans = self.core.plan(commands, Utc::now());
-        let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
-        self.append_planned(commands, &plans, &mut results).await;
-        self.record_planned(commands, &plans, &mut results).await;
-        for (i, plan) in plans.iter().enumerate() {
-            match plan {
-                Plan::Known(outcome) => results[i] = Some(Ok(outcome.clone())),
-                Plan::SameAs(first) => results[i] = results[*first].clone(),
-                _ => {}
-            }
-        }
-        results
-    }
-
-    /// The transactional path: every event and recorded outcome of the batch in one Kafka
-    /// transaction; the state changes only once it commits.
+    /// Every event and recorded outcome of the batch in one Kafka transaction; the state
+    /// changes only once it commits. The result of each command, `None` for those deferred
+    /// to the next round.
     async fn decide_and_commit(
         &mut self,
         commands: &[Command<A::Command>],
@@ -492,62 +490,89 @@ impl<A: Aggregate> PartitionWriter<A> {
         &mut self,
         records: &[(usize, bool, OutgoingRecord)],
     ) -> Result<Vec<i64>, EventStoreError> {
-        let outcome = async {
-            self.log.begin().await?;
-            let mut deliveries = Vec::with_capacity(records.len());
-            for (_, is_event, record) in records {
-                let topic = if *is_event {
-                    &self.events_topic
-                } else {
-                    &self.outcomes_topic
-                };
-                let delivery = self
-                    .log
-                    .enqueue(topic, record)
-                    .await
-                    .map_err(TransactionError::Retry)?;
-                deliveries.push(delivery);
-            }
-            let mut offsets = Vec::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(d)) => offsets.push(d.offset),
-                    Ok(Err((e, _))) => {
-                        return Err(TransactionError::Retry(EventStoreError::from_kafka(
-                            "append", e,
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(TransactionError::Retry(EventStoreError::Unavailable {
-                            operation: "append",
-                            reason: "producer shut down".into(),
-                        }));
-                    }
+        let produced = self.produce(records).await;
+        let outcome = match produced {
+            Ok(offsets) => match self.log.commit().await {
+                Ok(()) => return Ok(offsets),
+                // The commit may have reached the broker: only a fresh producer of this
+                // transactional id can tell (it completes or aborts it).
+                Err(TransactionError::Retry(e)) => {
+                    self.halted = Some(Halt::Unsettled);
+                    return Err(e);
                 }
-            }
-            self.log.commit().await?;
-            Ok(offsets)
-        }
-        .await;
-        match outcome {
-            Ok(offsets) => Ok(offsets),
-            Err(TransactionError::Fenced(e)) => {
-                self.fenced = true;
-                let labels = self.metrics.labels();
-                self.metrics.fenced.get_or_create(&labels).inc();
-                tracing::warn!(partition = self.core.partition, error = %e, "transaction fenced");
-                Err(EventStoreError::NotOwner {
-                    service: A::Event::SERVICE,
-                    partition: self.core.partition,
-                })
-            }
+                Err(fenced) => fenced,
+            },
             Err(TransactionError::Retry(e)) => {
-                if let Err(abort) = self.log.abort().await {
-                    tracing::warn!(error = ?abort, "aborting the transaction failed");
-                    self.fenced = matches!(abort, TransactionError::Fenced(_));
+                // Nothing was committed: aborting makes that final.
+                match self.log.abort().await {
+                    Ok(()) => return Err(e),
+                    Err(TransactionError::Retry(abort)) => {
+                        tracing::warn!(partition = self.core.partition, error = %abort, "aborting the transaction failed");
+                        self.halted = Some(Halt::Unsettled);
+                        return Err(e);
+                    }
+                    Err(fenced) => fenced,
                 }
-                Err(e)
             }
+            Err(fenced) => fenced,
+        };
+        tracing::warn!(partition = self.core.partition, error = %outcome.into_inner(), "transaction fenced: another writer owns this partition now");
+        self.fence();
+        Err(self.not_owner())
+    }
+
+    /// Begins a transaction and produces `records` in it; their offsets once every one is
+    /// acknowledged (not yet committed).
+    async fn produce(
+        &self,
+        records: &[(usize, bool, OutgoingRecord)],
+    ) -> Result<Vec<i64>, TransactionError> {
+        self.log.begin().await?;
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (_, is_event, record) in records {
+            let topic = if *is_event {
+                &self.events_topic
+            } else {
+                &self.outcomes_topic
+            };
+            let delivery = self
+                .log
+                .enqueue(topic, record)
+                .await
+                .map_err(TransactionError::Retry)?;
+            deliveries.push(delivery);
+        }
+        let mut offsets = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(d)) => offsets.push(d.offset),
+                Ok(Err((e, _))) => {
+                    return Err(TransactionError::Retry(EventStoreError::from_kafka(
+                        "append", e,
+                    )));
+                }
+                Err(_) => {
+                    return Err(TransactionError::Retry(EventStoreError::Unavailable {
+                        operation: "append",
+                        reason: "producer shut down".into(),
+                    }));
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// Another writer took the partition over: stop writing.
+    fn fence(&mut self) {
+        self.halted = Some(Halt::Fenced);
+        let labels = self.metrics.labels();
+        self.metrics.fenced.get_or_create(&labels).inc();
+    }
+
+    fn not_owner(&self) -> EventStoreError {
+        EventStoreError::NotOwner {
+            service: A::Event::SERVICE,
+            partition: self.core.partition,
         }
     }
 
@@ -570,7 +595,9 @@ impl<A: Aggregate> PartitionWriter<A> {
                     }
                     let last = events.last().expect("not empty");
                     let outcome = self.core.outcome_of(last.meta.command_id).cloned();
-                    results[i] = Some(outcome.ok_or_else(|| self.fenced()));
+                    results[i] = Some(Ok(
+                        outcome.expect("applied events leave their command's outcome")
+                    ));
                     let labels = self.metrics.labels();
                     self.metrics
                         .appended
@@ -586,224 +613,6 @@ impl<A: Aggregate> PartitionWriter<A> {
                 }
                 _ => {}
             }
-        }
-    }
-
-    fn fenced(&self) -> EventStoreError {
-        EventStoreError::Fenced {
-            service: A::Event::SERVICE,
-            partition: self.core.partition,
-        }
-    }
-
-    /// Appends the events of every `Append` plan (one per aggregate) and fills in results.
-    async fn append_planned(
-        &mut self,
-        commands: &[Command<A::Command>],
-        plans: &[Plan<A>],
-        results: &mut [Option<Reply<A>>],
-    ) {
-        let mut appends: Vec<(usize, &Event<A::Event>)> = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
-            let Plan::Append(events) = plan else { continue };
-            match events.as_slice() {
-                [] => {
-                    results[i] = Some(Ok(self.core.unchanged(&commands[i].payload.aggregate_id())))
-                }
-                [event] => appends.push((i, event)),
-                // Several events of one command could be torn apart by a crash between
-                // them; without transactions they cannot be appended atomically.
-                _ => {
-                    results[i] = Some(Err(EventStoreError::Unsupported(
-                        "a command causing several events needs Kafka transactions".into(),
-                    )))
-                }
-            }
-        }
-        if appends.is_empty() {
-            return;
-        }
-        let events: Vec<&Event<A::Event>> = appends.iter().map(|(_, e)| *e).collect();
-        let admitted = self.append_events(&events).await;
-        for (i, event) in appends {
-            results[i] = Some(match &admitted {
-                Ok(admitted) if admitted.contains(&event.meta.id) => Ok(self
-                    .core
-                    .outcome_of(event.meta.command_id)
-                    .cloned()
-                    .expect("an admitted event leaves its command's outcome")),
-                Ok(_) => Err(self.fenced()),
-                Err(e) => Err(e.clone()),
-            });
-        }
-    }
-
-    /// Produces `events` in order and confirms them; the ids of those readers will accept.
-    async fn append_events(
-        &mut self,
-        events: &[&Event<A::Event>],
-    ) -> Result<HashSet<EventId>, EventStoreError> {
-        let mut deliveries = Vec::with_capacity(events.len());
-        for event in events {
-            let document = event.to_document();
-            let record = OutgoingRecord {
-                key: document.subject.clone(),
-                value: document.to_json(),
-                headers: to_kafka_headers(&document.headers()),
-            };
-            match self.log.enqueue(&self.events_topic, &record).await {
-                Ok(delivery) => deliveries.push(delivery),
-                Err(e) => {
-                    // Some may be in flight: the state is unknown until read back.
-                    self.behind = true;
-                    return Err(e);
-                }
-            }
-        }
-        let mut offsets = Vec::with_capacity(deliveries.len());
-        let mut failure = None;
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(delivery)) => offsets.push(delivery.offset),
-                Ok(Err((e, _))) => failure = Some(EventStoreError::from_kafka("append", e)),
-                Err(_) => {
-                    failure = Some(EventStoreError::Unavailable {
-                        operation: "append",
-                        reason: "producer shut down".into(),
-                    })
-                }
-            }
-        }
-        let ours: HashSet<EventId> = events.iter().map(|e| e.meta.id).collect();
-        let start = self.core.next_offset;
-        let contiguous = failure.is_none()
-            && offsets
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o == start + i as i64);
-        if contiguous {
-            let mut admitted = HashSet::with_capacity(events.len());
-            for (event, offset) in events.iter().zip(&offsets) {
-                // Planned on the current state, one event per aggregate: always the next.
-                if self.core.apply_event(event, *offset) == Admission::Next {
-                    admitted.insert(event.meta.id);
-                }
-            }
-            let labels = self.metrics.labels();
-            self.metrics
-                .appended
-                .get_or_create(&labels)
-                .inc_by(admitted.len() as u64);
-            return Ok(admitted);
-        }
-        self.reconcile(&ours, &offsets, failure).await
-    }
-
-    /// After a non-contiguous or failed append: read what the log really holds.
-    async fn reconcile(
-        &mut self,
-        ours: &HashSet<EventId>,
-        offsets: &[i64],
-        failure: Option<EventStoreError>,
-    ) -> Result<HashSet<EventId>, EventStoreError> {
-        let until = match (&failure, offsets.iter().max()) {
-            (None, Some(last)) => last + 1,
-            _ => match self.log.end_offset(&self.events_topic).await {
-                Ok(end) => end,
-                Err(e) => {
-                    self.behind = true;
-                    return Err(e);
-                }
-            },
-        };
-        let (admitted, foreign) = match self.apply_range(self.core.next_offset, until, ours).await {
-            Ok(read) => read,
-            Err(e) => {
-                self.behind = true;
-                return Err(e);
-            }
-        };
-        if foreign {
-            let labels = self.metrics.labels();
-            self.metrics.fenced.get_or_create(&labels).inc();
-            tracing::warn!(
-                service = A::Event::SERVICE,
-                partition = self.core.partition,
-                "another writer appended to this partition; the log decided"
-            );
-        }
-        let labels = self.metrics.labels();
-        self.metrics
-            .appended
-            .get_or_create(&labels)
-            .inc_by(admitted.len() as u64);
-        match failure {
-            // Some events may still be in flight and land later; the next append's
-            // contiguity check (or catch-up) will see them.
-            Some(e) if admitted.is_empty() => {
-                self.behind = true;
-                Err(e)
-            }
-            _ => Ok(admitted),
-        }
-    }
-
-    /// Records the outcome of every `Record` plan in the outcomes log, then answers it.
-    async fn record_planned(
-        &mut self,
-        commands: &[Command<A::Command>],
-        plans: &[Plan<A>],
-        results: &mut [Option<Reply<A>>],
-    ) {
-        let mut pending = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
-            let Plan::Record(outcome) = plan else {
-                continue;
-            };
-            let document = outcome_document::<A>(&commands[i], outcome);
-            let record = OutgoingRecord {
-                key: document.subject.clone(),
-                value: document.to_json(),
-                headers: to_kafka_headers(&document.headers()),
-            };
-            match self.log.enqueue(&self.outcomes_topic, &record).await {
-                Ok(delivery) => pending.push((i, outcome, delivery)),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-        let mut offsets = Vec::new();
-        for (i, outcome, delivery) in pending {
-            results[i] = Some(match delivery.await {
-                Ok(Ok(delivery)) => {
-                    offsets.push(delivery.offset);
-                    self.core
-                        .remember(commands[i].meta.id, outcome.clone(), Utc::now());
-                    Ok(outcome.clone())
-                }
-                Ok(Err((e, _))) => Err(EventStoreError::from_kafka("record outcome", e)),
-                Err(_) => Err(EventStoreError::Unavailable {
-                    operation: "record outcome",
-                    reason: "producer shut down".into(),
-                }),
-            });
-        }
-        self.note_outcome_offsets(offsets).await;
-    }
-
-    /// Another writer may have recorded outcomes between ours: remember them too (a
-    /// command's first recorded outcome wins), so a retry gets what its caller was told.
-    async fn note_outcome_offsets(&mut self, mut offsets: Vec<i64>) {
-        offsets.sort_unstable();
-        let Some(&last) = offsets.last() else { return };
-        let start = self.core.outcomes_next_offset;
-        let contiguous = offsets
-            .iter()
-            .enumerate()
-            .all(|(i, o)| *o == start + i as i64);
-        if contiguous {
-            self.core.outcomes_next_offset = last + 1;
-        } else if let Err(e) = self.read_outcome_range(start, last + 1).await {
-            tracing::warn!(error = %e, "could not read outcomes another writer recorded");
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The consumer group of the command topic stays the lease (see [`super::host`]). When an
 //! instance starts serving a partition it announces itself in Postgres
-//! (`event_store.writer_owners`), and again at every check of its group, so the table heals
+//! (`event_store.writer_owners`), and again once per session timeout, so the table heals
 //! after a Postgres restart. An instance asked for an aggregate of a partition it does not
 //! write looks the owner up (cached until it fails), sends it the command document over
 //! HTTP ([`PEER_COMMANDS_PATH`]) with the peers' shared key, and returns its outcome: one
@@ -11,7 +11,7 @@
 //! a retry: an instance that does not write the partition answers 421, a dead one does not
 //! answer, and the caller looks again until its deadline.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -108,9 +108,6 @@ pub struct Peers {
     me: Arc<OnceLock<String>>,
     /// Owners looked up, per (group, partition), until a call to them fails.
     cache: Arc<Mutex<HashMap<(String, i32), String>>>,
-    /// Per (group, partition), the announced owner that last failed to take a call for it
-    /// (dead, or no longer writing it), until a call succeeds or another owner announces.
-    failed: Arc<Mutex<HashMap<(String, i32), String>>>,
 }
 
 impl Peers {
@@ -127,7 +124,6 @@ impl Peers {
             client,
             me: Arc::default(),
             cache: Arc::default(),
-            failed: Arc::default(),
         }
     }
 
@@ -168,39 +164,6 @@ impl Peers {
     /// Forgets the cached owner of `partition` of `group` (a call to it failed).
     pub(crate) fn forget(&self, group: &str, partition: i32) {
         self.cache().remove(&(group.to_owned(), partition));
-    }
-
-    /// Records how a call to `owner` for `partition` of `group` went.
-    pub(crate) fn called(&self, group: &str, partition: i32, owner: &str, served: bool) {
-        let mut failed = lock(&self.failed);
-        let key = (group.to_owned(), partition);
-        if served {
-            failed.remove(&key);
-        } else {
-            failed.insert(key, owner.to_owned());
-        }
-    }
-
-    /// Partitions of `group` whose announced owner failed the last call for them and that
-    /// no other instance announced since: nobody alive may hold them (see `orphans`).
-    pub(crate) async fn failing(&self, group: &str) -> BTreeSet<i32> {
-        let suspects: Vec<(i32, String)> = lock(&self.failed)
-            .iter()
-            .filter(|((g, _), _)| g == group)
-            .map(|((_, p), owner)| (*p, owner.clone()))
-            .collect();
-        let mut failing = BTreeSet::new();
-        for (partition, owner) in suspects {
-            match self.directory.owner(group, partition).await {
-                Ok(Some(now)) if now != owner => {
-                    lock(&self.failed).remove(&(group.to_owned(), partition));
-                }
-                _ => {
-                    failing.insert(partition);
-                }
-            }
-        }
-        failing
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), String>> {
@@ -279,7 +242,6 @@ async fn answer(
             .await
             .map_err(|e| unavailable(e.to_string())),
         NOT_OWNER_STATUS => Err(EventStoreError::NotOwner { service, partition }),
-        409 => Err(EventStoreError::Fenced { service, partition }),
         _ => {
             let body = response.text().await.unwrap_or_default();
             let reason = format!("the owner answered {status}: {}", body.trim());

@@ -5,14 +5,12 @@
 //! - [`plan`]: the reader rule, parking and folding of one batch, without I/O;
 //! - [`schema`]: a read model's Postgres schema and its migrations;
 //! - [`bookkeeping`]: checkpoints, last versions and parked records, in that schema;
-//! - [`coverage`]: whether the group still covers every partition (a rejoin when not);
 //! - [`runner`]: consume, plan, store rows + versions + parked + offsets in one
 //!   transaction, repeat;
 //! - [`operator`]: list, retry and skip parked records;
 //! - [`metrics`]: lag, batch sizes, apply rate, drops and parked records.
 
 pub mod bookkeeping;
-pub mod coverage;
 pub mod metrics;
 pub mod operator;
 pub mod plan;

@@ -16,7 +16,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::bookkeeping::{self, Checkpoint};
-use super::coverage::Coverage;
 use super::metrics::{Lag, ProjectorMetrics};
 use super::plan::{self, Loaded, ParkReason, Record};
 use super::{Applied, ReadModel, Schema};
@@ -128,28 +127,10 @@ impl<M: ReadModel> Projector<M> {
         // Apache Kafka a transaction's commit marker takes an offset that no record fills,
         // so "end - next offset" alone would never reach 0.)
         let mut idle = false;
-        let mut coverage = Coverage::new(self.config.kafka.session_timeout);
-        let topics = Self::topics(&self.config.topics);
         loop {
             if measured.elapsed() >= LAG_INTERVAL {
                 self.measure_lag(&subscription, &positions, idle);
                 measured = Instant::now();
-                let (kafka, store) = (&self.config.kafka, (&self.pool, &self.schema));
-                if coverage
-                    .rejoin_needed(&subscription.assignment(), store, kafka, &topics)
-                    .await
-                {
-                    tracing::warn!(
-                        read_model = M::NAME,
-                        "partitions with records wait and no member takes them; joining the group again"
-                    );
-                    drop(subscription);
-                    match self.start_with_backoff(&mut backoff, &stop).await {
-                        Some(again) => subscription = again,
-                        None => return,
-                    }
-                    coverage.reset();
-                }
             }
             let batch = tokio::select! {
                 () = stop.cancelled() => return,

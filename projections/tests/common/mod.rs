@@ -46,11 +46,7 @@ pub struct Log {
 
 impl Log {
     pub async fn new(env: &TestEnv) -> anyhow::Result<Self> {
-        let mut settings = KafkaSettings::new(&env.brokers);
-        // tansu 0.6.0 stalls now and then under load; an idempotent producer whose record
-        // times out bumps its epoch, which tansu's storage cannot take (it panics and stops
-        // serving). A delivery timeout longer than any stall avoids that.
-        settings.timeout = Duration::from_secs(60);
+        let settings = KafkaSettings::new(&env.brokers);
         let topics = TopicNames::new(&env.topic_prefix);
         TopicAdmin::new(&settings)?
             .create(&topics.all(PARTITIONS), 1)
@@ -285,8 +281,11 @@ impl Drop for Projections {
     }
 }
 
-/// The projections binary on the test's broker and database (session timeout 3 s), its
-/// logs at `PROJECTIONS_LOG` level into `PROJECTIONS_LOG_FILE` when set.
+/// The consumer-group session timeout the spawned projections processes ask for.
+pub const SESSION: Duration = Duration::from_secs(3);
+
+/// The projections binary on the test's broker and database (session timeout
+/// [`SESSION`]), its logs at `PROJECTIONS_LOG` level into `PROJECTIONS_LOG_FILE` when set.
 pub fn spawn(env: &TestEnv) -> Projections {
     let level = std::env::var("PROJECTIONS_LOG").unwrap_or_else(|_| "error".into());
     let file = std::env::var("PROJECTIONS_LOG_FILE").ok();
@@ -301,7 +300,7 @@ pub fn spawn_logging(env: &TestEnv, level: &str, file: Option<&str>) -> Projecti
             .env("DATABASE_URL", &env.database_url)
             .env("TOPIC_PREFIX", &env.topic_prefix)
             .env("EVENT_PARTITIONS", PARTITIONS.to_string())
-            .env("KAFKA_SESSION_TIMEOUT_MS", "3000")
+            .env("KAFKA_SESSION_TIMEOUT_MS", SESSION.as_millis().to_string())
             .env("PROJECTIONS_ADDR", "127.0.0.1:0")
             .env("API_KEYS", API_KEY)
             .env("PROJECTION_BATCH_MAX", "200")
@@ -323,10 +322,10 @@ pub fn random_below(n: u64) -> u64 {
     u64::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(n)).unwrap_or(0)
 }
 
-/// Appends `document`, again and again while the broker refuses it (tansu stalls under
-/// load); a copy that landed unseen is a duplicate the reader rule drops.
+/// Appends `document`, again while the broker refuses it (it retries only an append whose
+/// delivery failed; a copy that landed unseen is a duplicate the reader rule drops).
 pub async fn append(log: &Mutex<Log>, document: schemas::EventDocument) {
-    loop {
+    for _ in 0..10 {
         match log.lock().await.append(document.clone()).await {
             Ok(_) => return,
             Err(e) => {
@@ -335,6 +334,7 @@ pub async fn append(log: &Mutex<Log>, document: schemas::EventDocument) {
             }
         }
     }
+    panic!("the broker refused an append ten times");
 }
 
 /// Writes order lifecycles until stopped: place, then confirm, then cancel, interleaved.

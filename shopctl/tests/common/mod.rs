@@ -71,11 +71,9 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Producer-side settings for the test broker (long delivery timeout: tansu stalls).
+/// Client settings for the test broker.
 pub fn kafka(env: &TestEnv) -> KafkaSettings {
-    let mut settings = KafkaSettings::new(&env.brokers);
-    settings.timeout = Duration::from_secs(60);
-    settings
+    KafkaSettings::new(&env.brokers)
 }
 
 /// Writes event documents straight into the log, keyed and partitioned as writers do.
@@ -109,7 +107,7 @@ impl Log {
                     .key(&document.subject)
                     .payload(&payload)
                     .headers(headers),
-                Duration::from_secs(60),
+                Duration::from_secs(10),
             )
             .await
             .map_err(|(e, _)| e)?;
@@ -243,7 +241,8 @@ pub async fn caught_up(
         let mut behind = 0;
         for service in services {
             let topic = topics.events(service);
-            for (partition, end) in scan::ends(&settings, &topic, PARTITIONS).await? {
+            let ends = scan::ends(&settings, &topic, PARTITIONS).await?;
+            for (partition, end) in scan::record_ends(&settings, &topic, &ends).await? {
                 let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT next_offset FROM {} WHERE topic = $1 AND partition = $2",
                     Schema::live(model).table("checkpoints")
