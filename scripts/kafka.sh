@@ -73,10 +73,14 @@ kafka_format() {
 # True once the broker answers a metadata request.
 kafka_answers() { kcat -b "127.0.0.1:$1" -L -m 2 -t __no_such_topic >/dev/null 2>&1; }
 
-# The first line of the broker's log that says why it stopped.
+# The line of the broker's log that says why it stopped: the exception and its message
+# (say "java.lang.RuntimeException: Error: node ID not found in ..."), else the first error.
 kafka_failure() {
-  grep -m1 -E 'ERROR|FATAL|Exception|Error:' "$1" 2>/dev/null | cut -c1-300 ||
-    tail -n 1 "$1"
+  local line
+  line=$(grep -m1 -E '^[A-Za-z0-9_.$]+(Exception|Error)(: |$)' "$1" 2>/dev/null) ||
+    line=$(grep -m1 -E ' (ERROR|FATAL) ' "$1" 2>/dev/null) ||
+    line=$(tail -n 1 "$1")
+  printf '%s' "${line:0:300}"
 }
 
 # kafka_start DIR PORT CONTROLLER_PORT: the node on 127.0.0.1:PORT, storage in DIR/data.
