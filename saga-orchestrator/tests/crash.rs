@@ -149,6 +149,33 @@ async fn post_json(client: &reqwest::Client, url: &str, body: Value) -> anyhow::
     anyhow::bail!("POST {url}: still 503")
 }
 
+/// Whether the orchestrator's checkpoints reached the last record of every partition of
+/// the topics it reads.
+async fn read_everything(
+    pool: &sqlx::PgPool,
+    settings: &KafkaSettings,
+    topics: &TopicNames,
+) -> anyhow::Result<bool> {
+    let stored: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM saga.checkpoints")
+            .fetch_all(pool)
+            .await?;
+    for service in saga_orchestrator::runner::SERVICES {
+        let topic = topics.events(service);
+        let ends = event_store::scan::ends(settings, &topic, PARTITIONS).await?;
+        for (partition, end) in event_store::scan::record_ends(settings, &topic, &ends).await? {
+            let next = stored
+                .iter()
+                .find(|(t, p, _)| *t == topic && *p == partition)
+                .map_or(0, |(_, _, next)| *next);
+            if next < end {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Every event of `topic`, decoded, in partition order.
 async fn events_of(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<EventDocument>> {
     let mut all = Vec::new();
@@ -259,7 +286,10 @@ async fn every_saga_ends_and_every_effect_happens_once_through_20_sigkills() -> 
                 )
             })
             .count();
-        if done == SAGAS {
+        // Final only once the orchestrator has taken in the whole log: after the last
+        // kill its successor gets the partitions when the dead member's session expires,
+        // and a customer's late cancellation may still be waiting for it.
+        if done == SAGAS && read_everything(&pool, &settings, &topics).await? {
             break states;
         }
         anyhow::ensure!(

@@ -290,15 +290,22 @@ impl<A: Aggregate> PartitionWriter<A> {
     }
 
     /// Takes the partition up again after it was parked or halted, on a fresh `log`:
-    /// fences whoever wrote meanwhile, then reads what the state lacks.
+    /// fences whoever wrote meanwhile, then reads what the state lacks (the events, and
+    /// the outcomes another owner recorded meanwhile, which a retry must get back).
     pub async fn resume(mut self, log: PartitionLog) -> Result<Self, (EventStoreError, Self)> {
         self.log = log;
         self.halted = None;
         self.behind = true;
-        if let Err(e) = self.log.init_transactions().await {
-            return Err((e.into_inner(), self));
+        let caught_up = async {
+            self.log
+                .init_transactions()
+                .await
+                .map_err(TransactionError::into_inner)?;
+            self.catch_up().await?;
+            self.read_outcomes(self.core.outcomes_next_offset).await
         }
-        match self.catch_up().await {
+        .await;
+        match caught_up {
             Ok(()) => Ok(self),
             Err(e) => Err((e, self)),
         }
