@@ -33,6 +33,11 @@ impl KafkaSettings {
         }
     }
 
+    /// How long a group's rebalance may wait for its members: twice the session.
+    pub fn rebalance_timeout(&self) -> Duration {
+        self.session_timeout * 2
+    }
+
     fn base(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -88,6 +93,11 @@ impl KafkaSettings {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("heartbeat.interval.ms", millis(self.session_timeout / 3))
+            // Also the group's rebalance timeout: how long a rebalance waits for a member
+            // that was asked to rejoin. The broker keeps such a member alive whatever its
+            // session, so with librdkafka's default (5 minutes) one instance killed
+            // mid-rebalance stalls its group that long. Our readers poll continuously.
+            .set("max.poll.interval.ms", millis(self.rebalance_timeout()))
             .set("enable.partition.eof", "false");
         config
     }

@@ -39,8 +39,8 @@ use stand::{API_KEY, LogFolder, RATE_UNLIMITED, Stand};
 /// How long the sagas of the last orders may take to end once the load stopped.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 
-/// How long the readers may take, once the sagas settled, to store their last batches. (A
-/// partition no instance reads waits three session timeouts for a rejoin: 18 s.)
+/// How long the readers may take, once the sagas settled, to store their last batches (a
+/// partition of a killed instance waits for its session to expire, then a rebalance).
 const CATCH_UP_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]

@@ -73,9 +73,9 @@ impl PrivateBroker {
         let dir = std::env::temp_dir().join(format!("shop-kafka-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a broker folder");
         let config = dir.join("server.properties").display().to_string();
+        let running = format!("-f -- {}", shell_quote(&config));
         let watchdog = Watchdog::arm(&format!(
-            "pkill -KILL -f -- {}; rm -rf {}",
-            shell_quote(&config),
+            "pkill -KILL {running}; while pgrep {running} >/dev/null; do sleep 0.2; done; rm -rf {}",
             shell_quote(&dir.display().to_string())
         ));
         let broker = Self {
