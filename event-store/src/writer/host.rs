@@ -538,6 +538,36 @@ struct InFlight<A: Aggregate> {
     sent: bool,
 }
 
+/// The command offsets decided per partition held, and when to commit them again.
+#[derive(Debug, Default)]
+struct CommandCommits {
+    done: HashMap<i32, i64>,
+    ticks: u32,
+}
+
+impl CommandCommits {
+    /// How many ticks (of 500 ms) pass between commits of unchanged offsets.
+    const AGAIN_EVERY: u32 = 10;
+
+    /// Takes in what was just decided; the offsets to commit now, if any: all of them
+    /// (for the partitions still `held`) when something new was decided or a while passed.
+    fn due(
+        &mut self,
+        fresh: HashMap<i32, i64>,
+        held: impl Fn(i32) -> bool,
+    ) -> Option<HashMap<i32, i64>> {
+        self.ticks = self.ticks.wrapping_add(1);
+        let changed = !fresh.is_empty();
+        for (partition, next) in fresh {
+            let known = self.done.entry(partition).or_insert(next);
+            *known = (*known).max(next);
+        }
+        self.done.retain(|p, _| held(*p));
+        let again = self.ticks.is_multiple_of(Self::AGAIN_EVERY);
+        ((changed || again) && !self.done.is_empty()).then(|| self.done.clone())
+    }
+}
+
 /// The loop that holds the lease and runs the partition writers. Run it as a worker.
 pub struct WriterRuntime<A: Aggregate> {
     shared: Arc<Shared<A>>,
@@ -586,6 +616,7 @@ impl<A: Aggregate> WriterRuntime<A> {
         let mut running: HashMap<i32, Running<A>> = HashMap::new();
         let mut parked: HashMap<i32, PartitionWriter<A>> = HashMap::new();
         let mut in_flight: VecDeque<InFlight<A>> = VecDeque::new();
+        let mut commits = CommandCommits::default();
         let (halted, mut halts) = mpsc::unbounded_channel();
         let mut commit_tick = tokio::time::interval(Duration::from_millis(500));
         // The directory of owners heals itself (after a Postgres restart, say) when every
@@ -625,7 +656,7 @@ impl<A: Aggregate> WriterRuntime<A> {
                     Ok(message) => in_flight.push_back(self.forward(&message)),
                     Err(e) => break Err(EventStoreError::from_kafka("consume commands", e)),
                 },
-                _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight),
+                _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight, &mut commits),
                 _ = announce_tick.tick() => self.shared.announce(&self.shared.served()).await,
             }
         };
@@ -633,11 +664,12 @@ impl<A: Aggregate> WriterRuntime<A> {
         self.shared
             .joined
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.shared.set_assigned(&held, false);
         for (_, run) in running.drain() {
             self.halt(Some(run)).await;
         }
-        self.commit_done(&consumer, &mut in_flight);
+        // What the writers decided before they stopped, while the partitions are held.
+        self.commit_done(&consumer, &mut in_flight, &mut commits);
+        self.shared.set_assigned(&held, false);
         consumer.unsubscribe();
         outcome
     }
@@ -805,10 +837,14 @@ impl<A: Aggregate> WriterRuntime<A> {
     }
 
     /// Commits, per partition, the offsets of commands whose outcome is known, in order.
+    /// Commits are asynchronous and can fail (a rebalance in progress), so the offsets done
+    /// stay known per partition held and are committed again every few ticks: otherwise a
+    /// lost commit would leave the group behind until the next command arrived.
     fn commit_done(
         &self,
         consumer: &StreamConsumer<OwnershipContext>,
         in_flight: &mut VecDeque<InFlight<A>>,
+        commits: &mut CommandCommits,
     ) {
         let topic = self.shared.config.topics.commands(A::Event::SERVICE);
         let mut done: HashMap<i32, i64> = HashMap::new();
@@ -835,9 +871,9 @@ impl<A: Aggregate> WriterRuntime<A> {
                 Err(oneshot::error::TryRecvError::Empty) => break,
             }
         }
-        if done.is_empty() {
+        let Some(done) = commits.due(done, |p| self.shared.is_assigned(p)) else {
             return;
-        }
+        };
         let mut offsets = TopicPartitionList::new();
         for (partition, next) in done {
             let _ = offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
@@ -845,5 +881,33 @@ impl<A: Aggregate> WriterRuntime<A> {
         if let Err(e) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Async) {
             tracing::warn!(error = %e, "committing command offsets failed; they will be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decided_offsets_are_committed_at_once_then_again_now_and_then_for_held_partitions() {
+        let mut commits = CommandCommits::default();
+        let held = |p: i32| p != 2;
+        // Given offsets decided on partitions 0 and 2 (2 no longer held)...
+        let first = commits.due(HashMap::from([(0, 5), (2, 9)]), held);
+        assert_eq!(first, Some(HashMap::from([(0, 5)])));
+        // ...when nothing new is decided, nothing is committed for a while...
+        for _ in 2..CommandCommits::AGAIN_EVERY {
+            assert_eq!(commits.due(HashMap::new(), held), None);
+        }
+        // ...then the same offsets again (a lost commit heals).
+        assert_eq!(
+            commits.due(HashMap::new(), held),
+            Some(HashMap::from([(0, 5)]))
+        );
+        // An older offset never moves a partition back.
+        assert_eq!(
+            commits.due(HashMap::from([(0, 3), (1, 1)]), held),
+            Some(HashMap::from([(0, 5), (1, 1)]))
+        );
     }
 }
