@@ -160,21 +160,18 @@ pub struct WriterContext;
 impl ClientContext for WriterContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let fenced = message.contains("fenced") || message.contains("old epoch");
-        match level {
+        let level = match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error
-                if !fenced =>
+                if fenced =>
             {
-                tracing::error!(target: "librdkafka", facility, "{message}");
+                RDKafkaLogLevel::Warning
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
-                tracing::info!(target: "librdkafka", facility, "{message}");
-            }
-            _ => tracing::warn!(target: "librdkafka", facility, "{message}"),
-        }
+            level => level,
+        };
+        log_librdkafka(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -204,4 +201,19 @@ pub fn seek_to<C: ConsumerContext>(
 
 fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+/// A librdkafka log line as a tracing event at the same level.
+pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}");
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
 }

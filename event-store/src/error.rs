@@ -36,6 +36,11 @@ pub enum EventStoreError {
 }
 
 impl EventStoreError {
+    /// Whether waiting may fix it (the broker unreachable or slow).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
     pub fn from_kafka(operation: &'static str, e: rdkafka::error::KafkaError) -> Self {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
         let code = e.rdkafka_error_code();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -102,6 +103,16 @@ struct SubscriptionContext {
 }
 
 impl ClientContext for SubscriptionContext {
+    /// A mirrored offset commit refused because the group is rebalancing is of no
+    /// consequence (the reader's own store is the truth; the next batch commits again).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let level = match facility {
+            "COMMITFAIL" => RDKafkaLogLevel::Debug,
+            _ => level,
+        };
+        crate::client::log_librdkafka(level, facility, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut ends = self.ends.lock().expect("ends lock");
         for (name, topic) in statistics.topics {
@@ -261,22 +272,31 @@ impl<T: Decodable> Subscription<T> {
             dead: Vec::new(),
         };
         let mut pending_dead = Vec::new();
-        let mut window = wait;
+        let mut until = tokio::time::Instant::now() + wait;
         while batch.delivered.len() + batch.dead.len() < max {
-            let message = match tokio::time::timeout(window, self.consumer.recv()).await {
+            let message = match tokio::time::timeout_at(until, self.consumer.recv()).await {
                 Err(_) => break,
-                // The records taken so far have left the consumer: hand them over, or they
-                // would be skipped; the error comes back on the next call.
-                Ok(Err(e)) if batch.delivered.is_empty() && batch.dead.is_empty() => {
-                    return Err(EventStoreError::from_kafka("consume", e));
-                }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consume failed mid-batch; handing over what was taken");
+                    let error = EventStoreError::from_kafka("consume", e);
+                    // A broker that went away is librdkafka's to reconnect to: it reports
+                    // it, and goes on fetching once the broker is back. Waiting out each
+                    // report would leave the reader behind by as many waits as reports
+                    // queued up during the outage.
+                    if error.is_unavailable() {
+                        tracing::debug!(%error, "broker unavailable; librdkafka reconnects");
+                        continue;
+                    }
+                    // The records taken so far have left the consumer: hand them over, or
+                    // they would be skipped.
+                    if batch.delivered.is_empty() && batch.dead.is_empty() {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "consume failed mid-batch; handing over what was taken");
                     break;
                 }
                 Ok(Ok(message)) => message,
             };
-            window = linger;
+            until = tokio::time::Instant::now() + linger;
             let key = (message.topic().to_owned(), message.partition());
             let offset = message.offset();
             if self

@@ -35,8 +35,6 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_instance() -> anyhow::
     let pool = env.pool().await;
     let log = Arc::new(Mutex::new(Log::new(&env).await?));
     let topic = log.lock().await.topics.events("orders");
-    let logs = tempfile_dir()?;
-    let survivor_log = logs.join("survivor.log");
     let stop = CancellationToken::new();
     let writer = tokio::spawn(write_until(Arc::clone(&log), stop.clone()));
 
@@ -47,7 +45,7 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_instance() -> anyhow::
         || async { Ok(checkpoints(&pool, &topic).await?.values().sum::<i64>() > 0) },
     )
     .await?;
-    let survivor = spawn_logging(&env, "warn", survivor_log.to_str());
+    let survivor = spawn_logging(&env, "warn", None);
     // Both in the group (each gets a share once the group rebalanced on the join).
     tokio::time::sleep(Duration::from_secs(8)).await;
 
@@ -104,11 +102,4 @@ async fn a_survivor_takes_over_the_partitions_of_a_killed_instance() -> anyhow::
         documents.len()
     );
     Ok(())
-}
-
-/// A fresh folder for the processes' logs.
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("takeover-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -654,7 +654,13 @@ impl<A: Aggregate> WriterRuntime<A> {
                 }
                 message = consumer.recv() => match message {
                     Ok(message) => in_flight.push_back(self.forward(&message)),
-                    Err(e) => break Err(EventStoreError::from_kafka("consume commands", e)),
+                    // librdkafka reconnects to a broker that went away by itself.
+                    Err(e) => match EventStoreError::from_kafka("consume commands", e) {
+                        error if error.is_unavailable() => {
+                            tracing::debug!(%error, "broker unavailable; librdkafka reconnects");
+                        }
+                        error => break Err(error),
+                    },
                 },
                 _ = commit_tick.tick() => self.commit_done(&consumer, &mut in_flight, &mut commits),
                 _ = announce_tick.tick() => self.shared.announce(&self.shared.served()).await,

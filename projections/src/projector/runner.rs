@@ -143,6 +143,7 @@ impl<M: ReadModel> Projector<M> {
             let batch = match batch {
                 Ok(batch) if batch.is_empty() => {
                     idle = true;
+                    backoff = Backoff::default();
                     continue;
                 }
                 Ok(batch) => {
