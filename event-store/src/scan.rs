@@ -8,6 +8,7 @@
 //! One scan reads one topic: the end-of-partition event names only a partition number.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -281,10 +282,51 @@ pub async fn topic_ends(
     settings: &KafkaSettings,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, EventStoreError> {
-    const OPERATION: &str = "fetch watermarks";
-    let consumer = client(settings, "event-store-scan", OPERATION)?;
-    let (topic, timeout) = (topic.to_owned(), settings.timeout);
-    blocking(OPERATION, move || {
+    let consumer = Arc::new(client(settings, "event-store-scan", ENDS)?);
+    every_end(consumer, topic, settings.timeout).await
+}
+
+/// The committed end of every partition of `topic` once the transactions that have
+/// ended can be read. Kafka answers a commit before its coordinator has written the
+/// commit markers, so for a few milliseconds after a writer's answer its records are not
+/// yet readable and the committed end (the last stable offset) has not moved. This waits,
+/// up to the timeout, until each committed end reaches the end of what is written; with a
+/// transaction still open it answers the committed ends at the timeout. For reading back
+/// what was just acknowledged (audits, tests), not for live lag.
+pub async fn settled_ends(
+    settings: &KafkaSettings,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    let committed = Arc::new(client(settings, "event-store-scan", ENDS)?);
+    let written: Arc<StreamConsumer> = Arc::new(
+        settings
+            .consumer("event-store-scan")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(|e| EventStoreError::from_kafka(ENDS, e))?,
+    );
+    let deadline = Instant::now() + settings.timeout;
+    loop {
+        let ends = every_end(committed.clone(), topic, settings.timeout).await?;
+        let written_ends = every_end(written.clone(), topic, settings.timeout).await?;
+        if ends == written_ends || Instant::now() >= deadline {
+            return Ok(ends);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+const ENDS: &str = "fetch watermarks";
+
+/// The high watermark, as `consumer`'s isolation level sees it, of every partition of
+/// `topic` in its metadata.
+async fn every_end(
+    consumer: Arc<StreamConsumer>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, EventStoreError> {
+    let topic = topic.to_owned();
+    blocking(ENDS, move || {
         let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
         let partitions: Vec<i32> = metadata
             .topics()

@@ -103,7 +103,11 @@ async fn committed_events(
 ) -> anyhow::Result<Vec<EventDocument>> {
     let log = PartitionLog::reader(settings.clone(), 0)?;
     let topic = topics.events("ledger");
-    let end = log.end_offset(&topic).await?;
+    let end = event_store::scan::settled_ends(settings, &topic)
+        .await?
+        .get(&0)
+        .copied()
+        .unwrap_or(0);
     let mut events = Vec::new();
     log.read_range(&topic, 0, end, |m| {
         events.push(EventDocument::from_json(m.payload().expect("a value")).expect("an event"));

@@ -53,10 +53,11 @@ impl Ledgers {
     /// Every event record of the ledger, per partition, in log order.
     async fn events(&self) -> anyhow::Result<Vec<EventDocument>> {
         let topic = self.topics.events("ledger");
+        let ends = event_store::scan::settled_ends(&self.settings, &topic).await?;
         let mut all = Vec::new();
         for partition in 0..PARTITIONS {
             let log = PartitionLog::reader(self.settings.clone(), partition)?;
-            let end = log.end_offset(&topic).await?;
+            let end = ends.get(&partition).copied().unwrap_or(0);
             log.read_range(&topic, 0, end, |m| {
                 all.push(EventDocument::from_json(m.payload().expect("a value")).expect("ours"));
             })
@@ -290,7 +291,7 @@ async fn the_writer_answers_what_state_it_decides_on() -> anyhow::Result<()> {
 #[tokio::test]
 async fn commands_waiting_on_the_command_topic_at_takeover_are_all_decided() -> anyhow::Result<()> {
     use event_store::partitioner::partition_for;
-    use event_store::scan::{committed, topic_ends};
+    use event_store::scan::{committed, settled_ends};
     use rdkafka::producer::FutureRecord;
 
     let env = TestEnv::new().await;
@@ -352,7 +353,7 @@ async fn commands_waiting_on_the_command_topic_at_takeover_are_all_decided() -> 
     assert!(missing.is_empty(), "never decided: {missing:?}");
 
     // Every record's offset is committed once its outcome is known.
-    let ends = topic_ends(&ledgers.settings, &topic).await?;
+    let ends = settled_ends(&ledgers.settings, &topic).await?;
     let group = ledgers.topics.writers_group("ledger");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

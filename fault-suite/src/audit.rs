@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use event_store::scan::{LogScan, Range, topic_ends};
+use event_store::scan::{LogScan, Range, settled_ends};
 use event_store::{KafkaSettings, TopicNames};
 use projections::projector::Schema;
 use projections::rebuild::{self, Mode, Rebuild, Silent};
@@ -74,7 +74,7 @@ pub async fn read_topic(
     settings: &KafkaSettings,
     topic: &str,
 ) -> anyhow::Result<Vec<event_store::scan::ScannedRecord>> {
-    let ranges = topic_ends(settings, topic)
+    let ranges = settled_ends(settings, topic)
         .await?
         .into_iter()
         .map(|(p, end)| {

@@ -292,7 +292,7 @@ async fn orchestrator_idle(
         stored.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
     for service in ["users", "orders", "payments", "notifications"] {
         let topic = topics.events(service);
-        let ends = event_store::scan::topic_ends(settings, &topic).await?;
+        let ends = event_store::scan::settled_ends(settings, &topic).await?;
         for (partition, end) in event_store::scan::record_ends(settings, &topic, &ends).await? {
             if end
                 > stored
@@ -307,7 +307,7 @@ async fn orchestrator_idle(
     // A command the outbox sent may not have reached its writer yet.
     for service in ["orders", "payments", "notifications"] {
         let topic = topics.commands(service);
-        let ends = event_store::scan::topic_ends(settings, &topic).await?;
+        let ends = event_store::scan::settled_ends(settings, &topic).await?;
         let group = topics.writers_group(service);
         let partitions = i32::try_from(ends.len()).unwrap_or(0);
         let done = event_store::scan::committed(settings, &group, &topic, partitions).await?;

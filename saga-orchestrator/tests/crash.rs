@@ -162,7 +162,7 @@ async fn read_everything(
             .await?;
     for service in saga_orchestrator::runner::SERVICES {
         let topic = topics.events(service);
-        let ends = event_store::scan::ends(settings, &topic, PARTITIONS).await?;
+        let ends = event_store::scan::settled_ends(settings, &topic).await?;
         for (partition, end) in event_store::scan::record_ends(settings, &topic, &ends).await? {
             let next = stored
                 .iter()

@@ -230,7 +230,7 @@ async fn correlations_in_log(env: &TestEnv) -> anyhow::Result<HashSet<String>> {
     let mut seen = HashSet::new();
     for service in schemas::catalog::SERVICES {
         let topic = topics.events(service);
-        let ends = event_store::scan::topic_ends(&settings, &topic).await?;
+        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
         let ranges = ends
             .into_iter()
             .map(|(p, end)| {

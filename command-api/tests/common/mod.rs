@@ -91,10 +91,11 @@ impl App {
     pub async fn events(&self, service: &str) -> anyhow::Result<Vec<EventDocument>> {
         let settings = KafkaSettings::new(&self.brokers);
         let topic = self.topics.events(service);
+        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
         let mut all = Vec::new();
         for partition in 0..PARTITIONS {
             let log = PartitionLog::reader(settings.clone(), partition)?;
-            let end = log.end_offset(&topic).await?;
+            let end = ends.get(&partition).copied().unwrap_or(0);
             log.read_range(&topic, 0, end, |m| {
                 all.push(EventDocument::from_json(m.payload().expect("value")).expect("an event"));
             })

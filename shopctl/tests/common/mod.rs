@@ -119,7 +119,7 @@ impl Log {
 pub async fn log_of(env: &TestEnv, service: &str) -> anyhow::Result<Vec<EventDocument>> {
     let settings = kafka(env);
     let topic = TopicNames::new(&env.topic_prefix).events(service);
-    let ends = scan::ends(&settings, &topic, PARTITIONS).await?;
+    let ends = scan::settled_ends(&settings, &topic).await?;
     let ranges = ends
         .into_iter()
         .map(|(p, end)| {
@@ -241,7 +241,7 @@ pub async fn caught_up(
         let mut behind = 0;
         for service in services {
             let topic = topics.events(service);
-            let ends = scan::ends(&settings, &topic, PARTITIONS).await?;
+            let ends = scan::settled_ends(&settings, &topic).await?;
             for (partition, end) in scan::record_ends(&settings, &topic, &ends).await? {
                 let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT next_offset FROM {} WHERE topic = $1 AND partition = $2",
