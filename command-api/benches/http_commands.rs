@@ -69,7 +69,12 @@ async fn main() -> anyhow::Result<()> {
     ]))?;
     let service = command_api::build(config).await?;
     let base = format!("http://{}", service.local_addr());
-    let _server = tokio::spawn(service.run_until(std::future::pending()));
+    // Stopped before the broker goes: a consumer dropped after its broker died can wait
+    // forever to leave its group, and the process with it.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run_until(async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::new();
     while !client
         .get(format!("{base}/ready"))
@@ -170,5 +175,7 @@ async fn main() -> anyhow::Result<()> {
         http_rate / raw_rate,
         http_p99 - raw_p99
     );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), server).await???;
     Ok(())
 }

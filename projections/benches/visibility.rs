@@ -81,8 +81,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let command_base = format!("http://{}", commands.local_addr());
     let query_base = format!("http://{}", queries.local_addr());
-    let _commands = tokio::spawn(commands.run_until(std::future::pending()));
-    let _queries = tokio::spawn(queries.run_until(std::future::pending()));
+    // Both stop before the broker goes: a consumer dropped after its broker died can wait
+    // forever to leave its group, and the process with it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let services = [
+        tokio::spawn(commands.run_until(stop.clone().cancelled_owned())),
+        tokio::spawn(queries.run_until(stop.clone().cancelled_owned())),
+    ];
     let client = test_support::client("bench");
     for base in [&command_base, &query_base] {
         while !client
@@ -185,5 +190,9 @@ async fn main() -> anyhow::Result<()> {
         ours.1,
         ours.1 - raw.1
     );
+    stop.cancel();
+    for service in services {
+        tokio::time::timeout(Duration::from_secs(30), service).await???;
+    }
     Ok(())
 }
