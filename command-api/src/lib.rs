@@ -43,7 +43,7 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     let peers = models.peers.clone();
     let state = http::AppState {
         models: Arc::new(models),
-        keys: http::idempotency::IdempotencyKeys::new(pool),
+        keyed_runs: http::idempotency::answers::KeyedRuns::new(pool, config.command_timeout),
         command_timeout: config.command_timeout,
     };
     let bound = service.routes(http::router(state, &config)).bind().await?;

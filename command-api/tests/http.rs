@@ -312,6 +312,61 @@ async fn an_idempotency_key_replays_the_same_bytes_and_refuses_another_body() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_after_a_burst_all_get_the_first_answer()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let user = register(&app, "burst@example.com").await?;
+    let path = format!("/v1/users/{user}/email");
+
+    // A burst of 100 concurrent email changes on the user (unkeyed, all at once)...
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let change = json!({"email": format!("burst-{i}@example.com")});
+            tokio::spawn(app.post(&path).json(&change).send())
+        })
+        .collect();
+    for change in burst {
+        let status = change.await??.status();
+        assert!(
+            [200, 409, 422, 503].contains(&status.as_u16()),
+            "burst: {status}"
+        );
+    }
+    // ...then 20 copies of one keyed change at once: one runs, the others get its answer.
+    let change = json!({"email": "keyed@example.com"});
+    let answers = same_key_at_once(&[&app], &path, &change, "change-after-burst", 20).await?;
+    let (status, _, body) = one_answer(&answers);
+    assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+    // And a later retry too.
+    let later = same_key_at_once(&[&app], &path, &change, "change-after-burst", 1).await?;
+    assert_eq!(
+        &later[0], &answers[0],
+        "a later retry gets the stored answer"
+    );
+
+    let changed = app
+        .events("users")
+        .await?
+        .into_iter()
+        .filter(|e| e.event_type == "UserEmailChanged" && e.data["email"] == "keyed@example.com")
+        .count();
+    assert_eq!(changed, 1, "the keyed change appended once");
+
+    // Keyed registrations at once: one user, one 201 with its Location, for every copy.
+    let body = user_body("Katherine Johnson", "katherine@example.com");
+    let answers = same_key_at_once(&[&app], "/v1/users", &body, "register-katherine", 20).await?;
+    let (status, location, _) = one_answer(&answers);
+    assert_eq!(*status, 201);
+    assert!(
+        location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("/v1/users/"))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_documented_problem() -> anyhow::Result<()> {
     let env = TestEnv::new().await;
     let app = App::start(&env, &[]).await?;

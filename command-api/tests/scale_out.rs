@@ -164,3 +164,35 @@ async fn two_instances_split_the_partitions_take_any_command_and_survive_each_ot
     a.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_sent_to_two_instances_at_once_runs_once_with_one_answer() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let a = App::start(&env, &[]).await?;
+    let b = App::start(&env, &[]).await?;
+    let db = PgPool::connect(&env.database_url).await?;
+    wait_for_owners(&db, &a, &[&a.base, &b.base]).await?;
+
+    let user = register(&a, "twice@example.com").await?;
+    let order = order_body(&user);
+    let answers = same_key_at_once(&[&a, &b], "/v1/orders", &order, "order-twice", 20).await?;
+    let (status, location, body) = one_answer(&answers);
+    assert_eq!(*status, 201, "{}", String::from_utf8_lossy(body));
+    assert!(location.is_some());
+    let placed = a
+        .events("orders")
+        .await?
+        .into_iter()
+        .filter(|e| e.event_type == "OrderPlaced")
+        .count();
+    assert_eq!(placed, 1, "placed once");
+
+    // The key holds its answer, and no instance holds the key any more.
+    let (status, owner): (Option<i16>, Option<uuid::Uuid>) = sqlx::query_as(
+        "SELECT status, owner FROM command_api.idempotency_keys WHERE key = 'order-twice'",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!((status, owner), (Some(201), None));
+    Ok(())
+}

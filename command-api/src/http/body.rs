@@ -3,6 +3,7 @@
 //! client learns every failing field in one answer.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde_json::Value;
@@ -12,11 +13,10 @@ use super::error::ApiError;
 /// Largest command body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A parsed JSON body, and its bytes (hashed for idempotency keys).
+/// A parsed JSON body.
 #[derive(Debug)]
 pub struct JsonBody {
     pub value: Value,
-    pub bytes: Bytes,
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -38,17 +38,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         let bytes = Bytes::from_request(request, state)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge {
-                        limit: MAX_BODY_BYTES,
-                    }
-                } else {
-                    ApiError::MalformedJson(rejection.body_text())
-                }
-            })?;
+            .map_err(bytes_rejection)?;
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-        Ok(Self { value, bytes })
+        Ok(Self { value })
+    }
+}
+
+/// Why a body could not be read: too large (413), or cut off (400).
+pub fn bytes_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }
+    } else {
+        ApiError::MalformedJson(rejection.body_text())
     }
 }

@@ -50,6 +50,8 @@ pub enum ApiError {
         rejection: Value,
     },
     IdempotencyKeyReused,
+    /// A request with this key is still running (and outlived the wait for its answer).
+    IdempotencyKeyInProgress,
     /// The broker, the database or a writer could not answer in time: retry.
     Unavailable(String),
     Overloaded,
@@ -131,6 +133,15 @@ impl IntoResponse for ApiError {
                 problem_type("idempotency-key-reused"),
                 "Idempotency key reused",
             ),
+            Self::IdempotencyKeyInProgress => Problem::new(
+                StatusCode::CONFLICT,
+                "a request with this Idempotency-Key is still running; retry to get its answer",
+            )
+            .typed(
+                problem_type("idempotency-key-in-progress"),
+                "Idempotency key in progress",
+            )
+            .retry_after(1),
             Self::Unavailable(reason) => {
                 tracing::warn!(%reason, "command not decided: unavailable");
                 Problem::new(

@@ -40,32 +40,29 @@ use crate::config::Config;
 use crate::write_models::WriteModels;
 use context::RequestContext;
 use error::ApiError;
-use idempotency::{CommandIds, IdempotencyKeys};
+use idempotency::CommandIds;
+use idempotency::answers::KeyedRuns;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub models: Arc<WriteModels>,
-    pub keys: IdempotencyKeys,
+    /// Runs each keyed request once (see [`idempotency::answers`]).
+    pub keyed_runs: KeyedRuns,
     /// The longest a command may take; past it, 503.
     pub command_timeout: Duration,
 }
 
 impl AppState {
-    /// The issuer of a `POST` to `path`: its commands get ids from its `Idempotency-Key`
-    /// (checked against the key's first request) or fresh ones.
-    pub async fn issuer(
+    /// The issuer of a request: its commands get ids derived from its `Idempotency-Key`,
+    /// or fresh ones.
+    pub fn issuer(
         &self,
         context: RequestContext,
         principal: &Principal,
         headers: &axum::http::HeaderMap,
-        path: &str,
-        body: &body::JsonBody,
     ) -> Result<Issuer, ApiError> {
-        let ids = self
-            .keys
-            .ids_for(principal, headers, ("POST", path, &body.bytes))
-            .await?;
+        let ids = CommandIds::of(principal, headers)?;
         Ok(Issuer::new(context, ids, self.command_timeout))
     }
 }
@@ -234,6 +231,10 @@ pub fn accepted<R: Serialize>(
 /// theirs; both with body and in-flight limits.
 pub fn router(state: AppState, config: &Config) -> Router {
     let (api, document) = openapi::routes().split_for_parts();
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        state.keyed_runs.clone(),
+        idempotency::answers::run_once,
+    ));
     let api = config
         .gate
         .guard(api)

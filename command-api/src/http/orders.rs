@@ -19,7 +19,7 @@ use super::context::RequestContext;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::idempotency::expected_version;
-use super::{AppState, Issuer, accepted};
+use super::{AppState, accepted};
 use crate::domain::orders::{MAX_LINES, MAX_QUANTITY, MAX_TOTAL_CENTS, total_of};
 use crate::domain::users::{UserRejection, UserState};
 use service_runtime::api_keys::Principal;
@@ -89,6 +89,7 @@ fn parse_line(line: &mut Fields<'_>) -> Option<OrderLine> {
         (status = 201, description = "placed (pending)", body = super::Accepted, headers(("Location" = String))),
         (status = 400, description = "malformed JSON"), (status = 401, description = "no valid API key"),
         (status = 413, description = "body over 64 KiB"), (status = 415, description = "not JSON"),
+        (status = 409, description = "a request with this Idempotency-Key is still running; retry"),
         (status = 422, description = "invalid fields, unknown or deactivated user"), (status = 429, description = "rate limited"),
         (status = 503, description = "unavailable; retry"),
     ),
@@ -125,11 +126,7 @@ pub async fn place(
         );
     }
     let ((user_id, currency), lines) = fields.finish(user_id.zip(currency).zip(lines))?;
-    let ids = state
-        .keys
-        .ids_for(&principal, &headers, ("POST", "/v1/orders", &body.bytes))
-        .await?;
-    let issuer = Issuer::new(context, ids, state.command_timeout);
+    let issuer = state.issuer(context, &principal, &headers)?;
     let order_id = id
         .map(OrderId::from)
         .unwrap_or_else(|| issuer.ids().new_order());
@@ -175,7 +172,7 @@ pub async fn place(
     ),
     responses(
         (status = 200, description = "cancelled", body = super::Accepted),
-        (status = 404, description = "no such order"), (status = 409, description = "If-Match does not match"),
+        (status = 404, description = "no such order"), (status = 409, description = "If-Match does not match, or a request with this Idempotency-Key is still running"),
         (status = 422, description = "invalid reason, or the order is rejected or already cancelled"),
         (status = 503, description = "unavailable; retry"),
     ),
@@ -206,12 +203,7 @@ pub async fn cancel(
         }
     });
     let reason = fields.finish(reason)?;
-    let path = format!("/v1/orders/{order_id}/cancel");
-    let ids = state
-        .keys
-        .ids_for(&principal, &headers, ("POST", &path, &body.bytes))
-        .await?;
-    let issuer = Issuer::new(context, ids, state.command_timeout);
+    let issuer = state.issuer(context, &principal, &headers)?;
     let cancel = CancelOrder {
         order_id,
         reason,

@@ -77,6 +77,7 @@ fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
         (status = 201, description = "registered", body = super::Accepted, headers(("Location" = String))),
         (status = 400, description = "malformed JSON"), (status = 401, description = "no valid API key"),
         (status = 413, description = "body over 64 KiB"), (status = 415, description = "not JSON"),
+        (status = 409, description = "a request with this Idempotency-Key is still running; retry"),
         (status = 422, description = "invalid fields, email taken, or key reused"), (status = 429, description = "rate limited"),
         (status = 503, description = "unavailable; retry"),
     ),
@@ -100,9 +101,7 @@ pub async fn register(
     });
     let email = parse_email(&mut fields, email);
     let (name, email) = fields.finish(name.zip(email))?;
-    let issuer = state
-        .issuer(context, &principal, &headers, "/v1/users", &body)
-        .await?;
+    let issuer = state.issuer(context, &principal, &headers)?;
     let user_id = id
         .map(UserId::from)
         .unwrap_or_else(|| issuer.ids().new_user());
@@ -158,7 +157,7 @@ pub async fn register(
     ),
     responses(
         (status = 200, description = "changed", body = super::Accepted),
-        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match"),
+        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match, or a request with this Idempotency-Key is still running"),
         (status = 422, description = "invalid email, taken, same as now, or user deactivated"),
         (status = 503, description = "unavailable; retry"),
     ),
@@ -178,10 +177,7 @@ pub async fn change_email(
     let email = fields.string("email");
     let email = parse_email(&mut fields, email);
     let email = fields.finish(email)?;
-    let path = format!("/v1/users/{user_id}/email");
-    let issuer = state
-        .issuer(context, &principal, &headers, &path, &body)
-        .await?;
+    let issuer = state.issuer(context, &principal, &headers)?;
     let models = &state.models;
 
     // On a keyed retry every step below has the id it had the first time, so the writers
@@ -256,7 +252,7 @@ pub async fn change_email(
     ),
     responses(
         (status = 200, description = "deactivated", body = super::Accepted),
-        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match"),
+        (status = 404, description = "no such user"), (status = 409, description = "If-Match does not match, or a request with this Idempotency-Key is still running"),
         (status = 422, description = "already deactivated"), (status = 503, description = "unavailable; retry"),
     ),
     security(("bearer" = []))
@@ -274,10 +270,7 @@ pub async fn deactivate(
     let mut fields = Fields::of(&body.value);
     let reason = fields.optional_string("reason", 500).map(str::to_owned);
     let reason = fields.finish(Some(reason))?;
-    let path = format!("/v1/users/{user_id}/deactivate");
-    let issuer = state
-        .issuer(context, &principal, &headers, &path, &body)
-        .await?;
+    let issuer = state.issuer(context, &principal, &headers)?;
     let models = &state.models;
 
     for attempt in 0..ATTEMPTS {

@@ -161,3 +161,60 @@ pub async fn register(app: &App, email: &str) -> anyhow::Result<String> {
 pub fn order_body(user: &str) -> Value {
     json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]})
 }
+
+/// One answer as a client sees it: status, `Location`, body bytes.
+pub type Answer = (StatusCode, Option<String>, Vec<u8>);
+
+/// Sends the request `path` + `body` with one `Idempotency-Key` `copies` times at once,
+/// spread over `apps` in turn, and gathers every answer.
+pub async fn same_key_at_once(
+    apps: &[&App],
+    path: &str,
+    body: &Value,
+    key: &str,
+    copies: usize,
+) -> anyhow::Result<Vec<Answer>> {
+    let sends: Vec<_> = (0..copies)
+        .map(|i| {
+            let request = apps[i % apps.len()]
+                .post(path)
+                .header("Idempotency-Key", key)
+                .json(body);
+            tokio::spawn(request.send())
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for send in sends {
+        let response = send.await??;
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        answers.push((
+            response.status(),
+            location,
+            response.bytes().await?.to_vec(),
+        ));
+    }
+    Ok(answers)
+}
+
+/// Asserts that every answer is the first one, byte for byte, and returns it.
+pub fn one_answer(answers: &[Answer]) -> &Answer {
+    let first = &answers[0];
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer,
+            first,
+            "answer {i} differs: {} {:?} {} / first {} {:?} {}",
+            answer.0,
+            answer.1,
+            String::from_utf8_lossy(&answer.2),
+            first.0,
+            first.1,
+            String::from_utf8_lossy(&first.2)
+        );
+    }
+    first
+}
