@@ -156,3 +156,16 @@ fn a_bad_setting_is_one_line_on_stderr_and_exit_code_2() {
     );
     assert!(output.stdout.is_empty());
 }
+
+#[tokio::test]
+async fn stops_on_sigterm_in_bounded_time_when_its_broker_is_gone() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await;
+    let mut broker = test_support::PrivateBroker::start().await;
+    env.brokers = broker.brokers.clone();
+    let (mut child, _) = start(&env, Stdio::null(), Stdio::piped()).await?;
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = terminate(&mut child).await?;
+    assert!(status.code().is_some(), "exited by itself: {status}");
+    Ok(())
+}
