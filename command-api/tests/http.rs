@@ -334,12 +334,18 @@ async fn concurrent_requests_with_one_key_after_a_burst_all_get_the_first_answer
         );
     }
     // ...then 20 copies of one keyed change at once: one runs, the others get its answer.
+    let before = commands_answered(&app, "users").await?;
     let change = json!({"email": "keyed@example.com"});
     let answers = same_key_at_once(&[&app], &path, &change, "change-after-burst", 20).await?;
-    let (status, _, body) = one_answer(&answers);
+    let (status, _, _, body) = one_answer(&answers);
     assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
     // And a later retry too.
     let later = same_key_at_once(&[&app], &path, &change, "change-after-burst", 1).await?;
+    assert_eq!(
+        commands_answered(&app, "users").await? - before,
+        1,
+        "the request ran once: one ChangeUserEmail reached the users' writer"
+    );
     assert_eq!(
         &later[0], &answers[0],
         "a later retry gets the stored answer"
@@ -356,12 +362,55 @@ async fn concurrent_requests_with_one_key_after_a_burst_all_get_the_first_answer
     // Keyed registrations at once: one user, one 201 with its Location, for every copy.
     let body = user_body("Katherine Johnson", "katherine@example.com");
     let answers = same_key_at_once(&[&app], "/v1/users", &body, "register-katherine", 20).await?;
-    let (status, location, _) = one_answer(&answers);
+    let (status, location, _, _) = one_answer(&answers);
     assert_eq!(*status, 201);
     assert!(
         location
             .as_deref()
             .is_some_and(|l| l.starts_with("/v1/users/"))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_that_could_not_be_read_keeps_its_key_free_for_the_fixed_retry()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let app = App::start(&env, &[]).await?;
+    let body = serde_json::to_string(&user_body("Mary Jackson", "mary@example.com"))?;
+    let send = |content_type: &'static str| {
+        app.post("/v1/users")
+            .header("Idempotency-Key", "register-mary")
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send("text/plain").await?.status(), 415);
+    let fixed = send("application/json").await?;
+    assert_eq!(
+        fixed.status(),
+        201,
+        "the 415 was not kept as the key's answer"
+    );
+
+    // A different If-Match is a different request: the key refuses it.
+    let user = fixed.json::<Value>().await?["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let path = format!("/v1/users/{user}/deactivate");
+    let deactivate = |version: &'static str| {
+        app.post(&path)
+            .header("Idempotency-Key", "deactivate-mary")
+            .header("If-Match", version)
+            .json(&json!({}))
+            .send()
+    };
+    assert_eq!(deactivate("\"7\"").await?.status(), 409);
+    let (status, problem) = answer(deactivate("\"1\"").await?).await?;
+    assert_eq!(
+        (status.as_u16(), problem["type"].as_str()),
+        (422, Some("urn:shop:problem:idempotency-key-reused"))
     );
     Ok(())
 }

@@ -162,8 +162,8 @@ pub fn order_body(user: &str) -> Value {
     json!({"user_id": user, "currency": "EUR", "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]})
 }
 
-/// One answer as a client sees it: status, `Location`, body bytes.
-pub type Answer = (StatusCode, Option<String>, Vec<u8>);
+/// One answer as a client sees it: status, `Location`, `Content-Type`, body bytes.
+pub type Answer = (StatusCode, Option<String>, Option<String>, Vec<u8>);
 
 /// Sends the request `path` + `body` with one `Idempotency-Key` `copies` times at once,
 /// spread over `apps` in turn, and gathers every answer.
@@ -186,14 +186,20 @@ pub async fn same_key_at_once(
     let mut answers = Vec::new();
     for send in sends {
         let response = send.await??;
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let (location, content_type) = {
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (header("location"), header("content-type"))
+        };
         answers.push((
             response.status(),
             location,
+            content_type,
             response.bytes().await?.to_vec(),
         ));
     }
@@ -210,11 +216,29 @@ pub fn one_answer(answers: &[Answer]) -> &Answer {
             "answer {i} differs: {} {:?} {} / first {} {:?} {}",
             answer.0,
             answer.1,
-            String::from_utf8_lossy(&answer.2),
+            String::from_utf8_lossy(&answer.3),
             first.0,
             first.1,
-            String::from_utf8_lossy(&first.2)
+            String::from_utf8_lossy(&first.3)
         );
     }
     first
+}
+
+/// How many commands `service`'s writers on `app` have answered, by its `/metrics`: a
+/// request that runs again sends its commands again (same ids) and adds to this count.
+pub async fn commands_answered(app: &App, service: &str) -> anyhow::Result<u64> {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let service = format!("service=\"{service}\"");
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("shop_writer_commands_total{") && l.contains(&service))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }

@@ -3,16 +3,19 @@
 //! The first request with a key claims it (a row in `command_api.idempotency_keys` naming
 //! it as owner, with a lease) and runs. A duplicate, concurrent or later, on this instance
 //! or another, finds the row: a stored answer is replayed (status, the answer's own headers
-//! and body, byte for byte); a run in progress is waited for, polling the row, up to the
-//! lease; a lease that ran out (its instance died) is taken over and the request runs
-//! again. A run that ends in a 5xx or is cancelled lets go of the key at once, so the next
-//! duplicate runs it again instead of getting a stored "retry". Running again is safe:
-//! the commands keep ids derived from the key, so the writers answer what they decided.
+//! and body, byte for byte); a run in progress is waited for, polling the row. The running
+//! request renews its lease while it runs, so only a lease whose instance died runs out;
+//! then a duplicate takes the key over and runs the request again. A run that ends in a
+//! 5xx, or with an answer to a request that could not be read (400, 413, 415), or is
+//! cancelled lets go of the key at once, so the next duplicate runs it again instead of
+//! getting a stored "retry". Running again is safe: the commands keep ids derived from the
+//! key, so the writers answer what they decided.
 //!
 //! Each step is its own statement, so each sees what other requests committed before it
 //! (one statement that inserted and then read the row saw the snapshot taken before a
 //! concurrent insert committed, found nothing, and answered 503).
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -48,17 +51,20 @@ enum Claim {
     Replay(Response),
 }
 
-/// A stored answer: status, headers, body.
+/// A key's row: the request it was first used for, its answer (status, headers, body) once
+/// stored, and whether nobody holds it (let go, or its lease ran out).
 type Stored = (
     String,
     Option<i16>,
     Option<Json<Vec<(String, String)>>>,
     Option<Vec<u8>>,
+    Option<bool>,
 );
 
 impl KeyedRuns {
-    /// Runs hold their key for three command timeouts: a request runs a few commands in
-    /// turn, each bounded by the command timeout.
+    /// A lease lasts three command timeouts and is renewed every command timeout while its
+    /// request runs: a duplicate takes the key over only from an instance that stopped
+    /// renewing (it died, or lost Postgres for that long).
     pub fn new(pool: PgPool, command_timeout: Duration) -> Self {
         Self {
             pool,
@@ -77,13 +83,15 @@ impl KeyedRuns {
         let owner = Uuid::now_v7();
         let deadline = Instant::now() + self.lease + Duration::from_secs(1);
         let mut pause = Duration::from_millis(5);
+        let mut free = true;
         loop {
-            if self.take(principal, key, request_hash, owner).await? {
+            if free && self.take(principal, key, request_hash, owner).await? {
                 return Ok(Claim::Run(owner));
             }
             let stored: Option<Stored> = sqlx::query_as(
-                "SELECT request_hash, status, headers, body FROM command_api.idempotency_keys \
-                 WHERE principal = $1 AND key = $2",
+                "SELECT request_hash, status, headers, body, \
+                   owner IS NULL OR lease_until < now() \
+                 FROM command_api.idempotency_keys WHERE principal = $1 AND key = $2",
             )
             .bind(principal)
             .bind(key)
@@ -94,14 +102,18 @@ impl KeyedRuns {
                 Some((hash, ..)) if hash != request_hash => {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
-                Some((_, Some(status), headers, body)) => {
+                Some((_, Some(status), headers, body, _)) => {
                     return Ok(Claim::Replay(replay(status, headers, body)));
                 }
-                // Running elsewhere, or let go between the two statements: look again.
-                _ => {}
+                // Running elsewhere (wait), or let go or gone meanwhile (take it).
+                Some((.., held_by_nobody)) => free = held_by_nobody.unwrap_or(false),
+                None => free = true,
             }
             if Instant::now() >= deadline {
                 return Err(ApiError::IdempotencyKeyInProgress);
+            }
+            if free {
+                continue;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
@@ -138,11 +150,41 @@ impl KeyedRuns {
         Ok(taken.is_some())
     }
 
+    /// Runs `run` while renewing the key's lease every third of it.
+    async fn renewing(&self, held: &Held, run: impl Future<Output = Response>) -> Response {
+        tokio::pin!(run);
+        let every = self.lease / 3;
+        let mut renew = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                response = &mut run => return response,
+                _ = renew.tick() => self.renew(held).await,
+            }
+        }
+    }
+
+    async fn renew(&self, held: &Held) {
+        let renewed = sqlx::query(
+            "UPDATE command_api.idempotency_keys \
+             SET lease_until = now() + make_interval(secs => $4) \
+             WHERE principal = $1 AND key = $2 AND owner = $3",
+        )
+        .bind(&held.principal)
+        .bind(&held.key)
+        .bind(held.owner)
+        .bind(self.lease.as_secs_f64())
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(key = %held.key, error = %e, "idempotency key's lease not renewed");
+        }
+    }
+
     /// Stores `response` as the key's answer (a 5xx lets go of the key instead) and
     /// returns it. If storing fails, the answer still goes out and the key is let go, so
     /// that a duplicate runs the request again.
     async fn settle(&self, held: &mut Held, response: Response) -> Response {
-        if response.status().is_server_error() {
+        if !is_the_answer(response.status()) {
             held.let_go().await;
             return response;
         }
@@ -256,7 +298,11 @@ async fn keyed(runs: KeyedRuns, request: Request, next: Next) -> Result<Response
     let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &())
         .await
         .map_err(bytes_rejection)?;
-    let hash = request_hash(parts.method.as_str(), parts.uri.path(), &bytes);
+    let if_match = parts
+        .headers
+        .get(header::IF_MATCH)
+        .map_or(&[][..], HeaderValue::as_bytes);
+    let hash = request_hash(parts.method.as_str(), parts.uri.path(), if_match, &bytes);
     match runs.claim(&principal, &key, &hash).await? {
         Claim::Replay(answer) => Ok(answer),
         Claim::Run(owner) => {
@@ -267,18 +313,29 @@ async fn keyed(runs: KeyedRuns, request: Request, next: Next) -> Result<Response
                 owner,
                 settled: false,
             };
-            let response = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
+            let run = next.run(Request::from_parts(parts, Body::from(bytes)));
+            let response = runs.renewing(&held, run).await;
             Ok(runs.settle(&mut held, response).await)
         }
     }
 }
 
-/// What makes two requests the same request: method, path and body.
-fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
+/// Whether `status` is the key's answer for good: not a 5xx (retry), and not an answer to a
+/// request that could not be read (400, 413, 415: a client fixes those and retries).
+fn is_the_answer(status: StatusCode) -> bool {
+    !status.is_server_error()
+        && !matches!(
+            status,
+            StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        )
+}
+
+/// What makes two requests the same request: method, path, `If-Match` and body.
+fn request_hash(method: &str, path: &str, if_match: &[u8], body: &[u8]) -> String {
     let mut hash = Sha256::new();
-    for part in [method.as_bytes(), path.as_bytes(), body] {
+    for part in [method.as_bytes(), path.as_bytes(), if_match, body] {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part);
     }
@@ -315,16 +372,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_is_its_method_path_and_body() {
-        let first = request_hash("POST", "/v1/users", b"{}");
-        assert_eq!(first, request_hash("POST", "/v1/users", b"{}"));
-        assert_ne!(first, request_hash("POST", "/v1/users", b"{ }"));
-        assert_ne!(first, request_hash("POST", "/v1/orders", b"{}"));
+    fn a_request_is_its_method_path_if_match_and_body() {
+        let first = request_hash("POST", "/v1/users", b"", b"{}");
+        assert_eq!(first, request_hash("POST", "/v1/users", b"", b"{}"));
+        assert_ne!(first, request_hash("POST", "/v1/users", b"", b"{ }"));
+        assert_ne!(first, request_hash("POST", "/v1/orders", b"", b"{}"));
+        assert_ne!(first, request_hash("POST", "/v1/users", b"\"1\"", b"{}"));
         // Lengths are hashed too: the parts cannot slide into each other.
         assert_ne!(
-            request_hash("POST", "/v1/users", b"x"),
-            request_hash("POST", "/v1/usersx", b"")
+            request_hash("POST", "/v1/users", b"", b"x"),
+            request_hash("POST", "/v1/usersx", b"", b"")
         );
+    }
+
+    #[test]
+    fn only_answers_to_requests_that_were_read_and_decided_are_kept() {
+        for kept in [200, 201, 404, 409, 422] {
+            assert!(
+                is_the_answer(StatusCode::from_u16(kept).expect("a status")),
+                "{kept}"
+            );
+        }
+        for retried in [400, 413, 415, 500, 503] {
+            assert!(
+                !is_the_answer(StatusCode::from_u16(retried).expect("a status")),
+                "{retried}"
+            );
+        }
     }
 
     #[test]
