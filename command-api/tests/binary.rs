@@ -7,8 +7,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use event_store::partitioner::partition_for;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::emails::{ClaimEmail, EmailCommand};
+use schemas::users::{RegisterUser, UserCommand};
+use schemas::{CommandId, CommandMeta, MessageFamily, UserId};
 use test_support::TestEnv;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_command-api");
 
@@ -33,6 +40,16 @@ impl Drop for Service {
 
 /// Starts the binary on a fresh topic prefix and waits until `/ready` is green.
 async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(Service, u16)> {
+    start_with(env, &[], stdout, stderr).await
+}
+
+/// [`start`] with more settings.
+async fn start_with(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+    stdout: Stdio,
+    stderr: Stdio,
+) -> anyhow::Result<(Service, u16)> {
     TopicAdmin::new(&KafkaSettings::new(&env.brokers))?
         .create(&TopicNames::new(&env.topic_prefix).all(2), 1)
         .await?;
@@ -46,6 +63,7 @@ async fn start(env: &TestEnv, stdout: Stdio, stderr: Stdio) -> anyhow::Result<(S
             .env("EVENT_PARTITIONS", "2")
             .env("COMMAND_API_ADDR", format!("127.0.0.1:{port}"))
             .env("API_KEYS", "test-key")
+            .envs(extra.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()?,
@@ -167,5 +185,144 @@ async fn stops_on_sigterm_in_bounded_time_when_its_broker_is_gone() -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = terminate(&mut child).await?;
     assert!(status.code().is_some(), "exited by itself: {status}");
+    Ok(())
+}
+
+/// Appends `payload` to its service's command topic, as any issuer may, and answers its id.
+async fn send_command<C: MessageFamily>(env: &TestEnv, payload: C) -> anyhow::Result<CommandId> {
+    let producer: FutureProducer = KafkaSettings::new(&env.brokers).producer().create()?;
+    let command = schemas::Command {
+        meta: CommandMeta::new("/tests/command-api"),
+        payload,
+    };
+    let document = command.to_document();
+    let topic = TopicNames::new(&env.topic_prefix).commands(C::SERVICE);
+    let value = document.to_json();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .partition(partition_for(&document.subject, 2))
+                .key(&document.subject)
+                .payload(&value),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(command.meta.id)
+}
+
+/// Polls `read` until it answers `Some`, for up to 30 s.
+async fn eventually<T, F: Future<Output = anyhow::Result<Option<T>>>>(
+    what: &str,
+    mut read: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = read().await? {
+            return Ok(found);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no {what} within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_email_claim_stranded_by_a_killed_instance_is_taken_over_and_its_late_registration_refused()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let topics = TopicNames::new(&env.topic_prefix);
+    // A claim older than three command timeouts may be taken over.
+    let settings = [("COMMAND_TIMEOUT_MS", "1000")];
+    let (mut first, first_port) = start_with(&env, &settings, Stdio::null(), Stdio::null()).await?;
+    let client = reqwest::Client::new();
+    let register = |port: u16| {
+        client
+            .post(format!("http://127.0.0.1:{port}/v1/users"))
+            .bearer_auth("test-key")
+            .json(&serde_json::json!({"name": "Grace", "email": "stranded@example.com"}))
+            .send()
+    };
+
+    // What a registration that died between its two steps leaves: the address claimed
+    // for a user who was never registered. Then the instance dies too.
+    let email = "stranded@example.com";
+    let stranded = UserId::new();
+    let claimed_at = Instant::now();
+    send_command::<EmailCommand>(
+        &env,
+        ClaimEmail {
+            email: email.into(),
+            user_id: stranded,
+            at: Some(chrono::Utc::now()),
+        }
+        .into(),
+    )
+    .await?;
+    let claim = eventually("claim", || async {
+        let claims = common::events(&env.brokers, &topics.events("user-emails")).await?;
+        Ok(claims
+            .iter()
+            .find(|e| e.subject == email)
+            .map(|e| e.aggregateversion))
+    })
+    .await?;
+    let early = register(first_port).await?;
+    assert!(
+        claimed_at.elapsed() < Duration::from_secs(3),
+        "asked within the grace"
+    );
+    assert_eq!(early.status(), 422, "a young claim stands");
+    let body: serde_json::Value = early.json().await?;
+    assert_eq!(body["code"], "email-taken");
+    first.0.kill()?;
+    first.0.wait()?;
+
+    let (_second, port) = start_with(&env, &settings, Stdio::null(), Stdio::null()).await?;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(claimed_at.elapsed())).await;
+    let taken_over = register(port).await?;
+    assert_eq!(taken_over.status(), 201, "the stranded claim is taken over");
+    let body: serde_json::Value = taken_over.json().await?;
+    let winner = body["id"].as_str().expect("an id").to_owned();
+
+    // The dead request's registration lands late, relying on its claim: refused.
+    let late = send_command::<UserCommand>(
+        &env,
+        RegisterUser {
+            user_id: stranded,
+            name: "Late".into(),
+            email: email.into(),
+            claim: Some(claim),
+        }
+        .into(),
+    )
+    .await?;
+    let late = late.to_string();
+    let refusal = eventually("outcome of the late registration", || async {
+        let outcomes = common::values(&env.brokers, &topics.outcomes("users")).await?;
+        Ok(outcomes
+            .iter()
+            .map(|v| serde_json::from_slice::<serde_json::Value>(v).expect("an outcome"))
+            .find(|o| o["commandid"] == late.as_str()))
+    })
+    .await?;
+    assert_eq!(
+        refusal["data"]["reason"]["code"], "claim-lapsed",
+        "{refusal}"
+    );
+
+    // One user holds the address; the stranded one has only the lapse on record.
+    let users = common::events(&env.brokers, &topics.events("users")).await?;
+    let registered: Vec<&str> = users
+        .iter()
+        .filter(|e| e.event_type == "UserRegistered" && e.data["email"] == email)
+        .map(|e| e.subject.as_str())
+        .collect();
+    assert_eq!(registered, [winner.as_str()]);
+    let stranded_events: Vec<&str> = users
+        .iter()
+        .filter(|e| e.subject == stranded.to_string())
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(stranded_events, ["EmailClaimLapsed"]);
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! exactly one wins. Its topics are `<prefix>user-emails.*`, apart from the users' own,
 //! because a partition writer owns one aggregate type.
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,14 @@ pub struct ClaimEmail {
     /// The normalized address (the aggregate id).
     pub email: String,
     pub user_id: UserId,
+    /// When the request claiming it started: a claim whose user still does not hold the
+    /// address well after this may be lapsed by the next claimant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::option::of(crate::tests::any_time())")
+    )]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Give an email back (its user changed address or was deactivated).
@@ -30,6 +39,13 @@ pub struct ReleaseEmail {
 pub struct EmailClaimed {
     pub email: String,
     pub user_id: UserId,
+    /// The claim command's `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::option::of(crate::tests::any_time())")
+    )]
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -14,6 +14,10 @@ pub struct RegisterUser {
     pub name: String,
     /// Normalized email address (lower-case domain, trimmed).
     pub email: String,
+    /// The version of the email's claim (its `user-emails` aggregate) this registration
+    /// relies on; refused once that claim lapsed. Absent: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<u64>,
 }
 
 /// Change the email address of an active user.
@@ -22,6 +26,10 @@ pub struct RegisterUser {
 pub struct ChangeUserEmail {
     pub user_id: UserId,
     pub email: String,
+    /// The version of the new email's claim this change relies on; refused once that
+    /// claim lapsed. Absent: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<u64>,
 }
 
 /// Deactivate a user; a deactivated user accepts no further change and places no orders.
@@ -31,6 +39,19 @@ pub struct DeactivateUser {
     pub user_id: UserId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Declare that a claim on `email` for this user lapsed: its request never finished (the
+/// user does not hold the address). Refused while the user holds it. From then on no
+/// registration or change relying on that claim (or an older one) is accepted, so the
+/// address can be given back without a late command landing on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LapseEmailClaim {
+    pub user_id: UserId,
+    pub email: String,
+    /// The claim's version in its `user-emails` aggregate.
+    pub claim: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,16 +78,26 @@ pub struct UserDeactivated {
     pub reason: Option<String>,
 }
 
+/// A claim on `email` for this user lapsed (see [`LapseEmailClaim`]). It may come before
+/// the user is registered: the registration that claimed the address never landed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EmailClaimLapsed {
+    pub user_id: UserId,
+    pub email: String,
+    pub claim: u64,
+}
+
 crate::message_family!(
     /// Commands handled by the user aggregate.
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserCommand, Command, "user", "users", user_id,
-    [RegisterUser = 1, ChangeUserEmail = 1, DeactivateUser = 1]
+    [RegisterUser = 1, ChangeUserEmail = 1, DeactivateUser = 1, LapseEmailClaim = 1]
 );
 
 crate::message_family!(
     /// Events of the user aggregate.
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserEvent, Event, "user", "users", user_id,
-    [UserRegistered = 1, UserEmailChanged = 1, UserDeactivated = 1]
+    [UserRegistered = 1, UserEmailChanged = 1, UserDeactivated = 1, EmailClaimLapsed = 1]
 );

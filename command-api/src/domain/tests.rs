@@ -1,12 +1,13 @@
 //! Every rule of the write model, given / when / then, without I/O: given past events,
 //! when a command arrives, then these events (or this rejection).
 
+use chrono::Utc;
 use event_store::aggregate::Aggregate;
 use schemas::emails::{EmailClaimed, EmailEvent};
 use schemas::notifications::{DeliveryReport, NotificationKind, SendNotification};
 use schemas::orders::{CancelOrder, CancelledBy, ConfirmOrder, OrderLine, PlaceOrder, RejectOrder};
 use schemas::payments::{AuthorizePayment, ProviderVerdict, RefundPayment};
-use schemas::users::{ChangeUserEmail, DeactivateUser, RegisterUser};
+use schemas::users::{ChangeUserEmail, DeactivateUser, LapseEmailClaim, RegisterUser, UserEvent};
 use schemas::{Money, NotificationId, OrderId, PaymentId, UserId};
 
 use super::notifications::{Notification, NotificationRejection};
@@ -37,6 +38,7 @@ mod users {
             user_id: user,
             name: name.into(),
             email: email.into(),
+            claim: None,
         }
     }
 
@@ -82,6 +84,7 @@ mod users {
         let change = |email: &str| ChangeUserEmail {
             user_id: user,
             email: email.into(),
+            claim: None,
         };
         assert_eq!(
             when::<User>(&given, change("A@B.co")),
@@ -113,11 +116,99 @@ mod users {
         let change = ChangeUserEmail {
             user_id: user,
             email: "new@b.co".into(),
+            claim: None,
         };
         assert_eq!(
             when::<User>(&given, change),
             Err(UserRejection::UserDeactivated)
         );
+    }
+}
+
+mod lapsed_claims {
+    use super::*;
+
+    fn lapse(user: UserId, email: &str, claim: u64) -> LapseEmailClaim {
+        LapseEmailClaim {
+            user_id: user,
+            email: email.into(),
+            claim,
+        }
+    }
+
+    fn register(user: UserId, email: &str, claim: u64) -> RegisterUser {
+        RegisterUser {
+            user_id: user,
+            name: "Ada".into(),
+            email: email.into(),
+            claim: Some(claim),
+        }
+    }
+
+    #[test]
+    fn a_registration_whose_claim_lapsed_is_refused_even_when_it_lands_late() {
+        let user = UserId::new();
+        let lapsed = then::<User>(&[], lapse(user, "a@b.co", 3));
+        assert!(matches!(&lapsed[..], [UserEvent::EmailClaimLapsed(e)] if e.claim == 3));
+        assert_eq!(
+            when::<User>(&lapsed, register(user, "a@b.co", 3)),
+            Err(UserRejection::ClaimLapsed)
+        );
+        assert_eq!(
+            when::<User>(&lapsed, register(user, "a@b.co", 2)),
+            Err(UserRejection::ClaimLapsed),
+            "an older claim lapsed with it"
+        );
+        // A newer claim of the address (the user claimed it again) still registers.
+        assert_eq!(then::<User>(&lapsed, register(user, "a@b.co", 5)).len(), 1);
+        // Lapsing again changes nothing.
+        assert_eq!(then::<User>(&lapsed, lapse(user, "a@b.co", 3)), vec![]);
+    }
+
+    #[test]
+    fn a_claim_the_user_holds_does_not_lapse() {
+        let user = UserId::new();
+        let registered = then::<User>(&[], register(user, "a@b.co", 1));
+        assert_eq!(
+            when::<User>(&registered, lapse(user, "a@b.co", 1)),
+            Err(UserRejection::ClaimHeld)
+        );
+    }
+
+    #[test]
+    fn an_email_change_whose_claim_lapsed_is_refused() {
+        let user = UserId::new();
+        let mut given = then::<User>(&[], register(user, "a@b.co", 1));
+        given.extend(then::<User>(&given, lapse(user, "new@b.co", 4)));
+        let change = |claim| ChangeUserEmail {
+            user_id: user,
+            email: "new@b.co".into(),
+            claim: Some(claim),
+        };
+        assert_eq!(
+            when::<User>(&given, change(4)),
+            Err(UserRejection::ClaimLapsed)
+        );
+        assert_eq!(then::<User>(&given, change(6)).len(), 1);
+        // The address the user holds is not affected by another address's lapse.
+        assert_eq!(
+            when::<User>(&given, lapse(user, "a@b.co", 1)),
+            Err(UserRejection::ClaimHeld)
+        );
+    }
+
+    #[test]
+    fn a_deactivated_users_claim_lapses() {
+        let user = UserId::new();
+        let mut given = then::<User>(&[], register(user, "a@b.co", 1));
+        given.extend(then::<User>(
+            &given,
+            DeactivateUser {
+                user_id: user,
+                reason: None,
+            },
+        ));
+        assert_eq!(then::<User>(&given, lapse(user, "a@b.co", 1)).len(), 1);
     }
 }
 
@@ -131,13 +222,16 @@ mod emails {
     #[test]
     fn an_email_belongs_to_one_user_at_a_time() {
         let (first, second) = (UserId::new(), UserId::new());
-        let claimed = then::<EmailClaim>(&[], claim(&ada(), first));
+        let claimed = then::<EmailClaim>(&[], claim(&ada(), first, Utc::now()));
         assert_eq!(
-            when::<EmailClaim>(&claimed, claim(&ada(), second)),
+            when::<EmailClaim>(&claimed, claim(&ada(), second, Utc::now())),
             Err(EmailRejection::EmailTaken)
         );
         // Claiming again for the same user, or releasing for someone else, changes nothing.
-        assert_eq!(then::<EmailClaim>(&claimed, claim(&ada(), first)), vec![]);
+        assert_eq!(
+            then::<EmailClaim>(&claimed, claim(&ada(), first, Utc::now())),
+            vec![]
+        );
         assert_eq!(
             then::<EmailClaim>(&claimed, release(ada().as_str(), second)),
             vec![]
@@ -145,7 +239,7 @@ mod emails {
         let mut given = claimed;
         given.extend(then::<EmailClaim>(&given, release(ada().as_str(), first)));
         assert_eq!(
-            then::<EmailClaim>(&given, claim(&ada(), second)).len(),
+            then::<EmailClaim>(&given, claim(&ada(), second, Utc::now())).len(),
             1,
             "free again"
         );
@@ -156,6 +250,7 @@ mod emails {
         let command = schemas::emails::ClaimEmail {
             email: "Ada@Example.com".into(),
             user_id: UserId::new(),
+            at: None,
         };
         assert!(matches!(
             when::<EmailClaim>(&[], command),
@@ -165,6 +260,7 @@ mod emails {
             EmailClaimed {
                 email: "ada@example.com".into(),
                 user_id: UserId::new(),
+                at: None,
             }
             .into(),
         ];

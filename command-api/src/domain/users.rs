@@ -1,18 +1,33 @@
 //! The user aggregate, and the email claims that keep an address to one active user.
+//!
+//! A request claims the address first and changes the user second. When it dies in
+//! between, the claim is stranded: held for a user who does not have the address. The
+//! next request claiming that address, once the claim is older than a grace period, asks
+//! the user's writer to declare the claim lapsed (refused while the user holds the
+//! address), then releases it under the version it read. A registration or change carries
+//! the version of the claim it relies on and is refused once that claim lapsed, so a
+//! request that lands late can never give the address to a second user.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use event_store::aggregate::Aggregate;
 use schemas::UserId;
 use schemas::emails::{
     ClaimEmail, EmailClaimed, EmailCommand, EmailEvent, EmailReleased, ReleaseEmail,
 };
-use schemas::users::{UserCommand, UserDeactivated, UserEmailChanged, UserEvent, UserRegistered};
+use schemas::users::{
+    EmailClaimLapsed, LapseEmailClaim, UserCommand, UserDeactivated, UserEmailChanged, UserEvent,
+    UserRegistered,
+};
 use serde::{Deserialize, Serialize};
 
 use super::values::{EmailAddress, PersonName};
 
+/// What the user is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum UserState {
+pub enum UserStatus {
     #[default]
     Unregistered,
     Active {
@@ -25,6 +40,31 @@ pub enum UserState {
     },
 }
 
+/// A user as its writer decides on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserState {
+    #[serde(flatten)]
+    pub status: UserStatus,
+    /// Per address, the newest claim version declared lapsed for this user: no command
+    /// relying on that claim or an older one is accepted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lapsed_claims: BTreeMap<String, u64>,
+}
+
+impl UserState {
+    /// Whether the user is active with `email`.
+    pub fn holds(&self, email: &str) -> bool {
+        matches!(&self.status, UserStatus::Active { email: own, .. } if own == email)
+    }
+
+    fn lapsed(&self, email: &str, claim: Option<u64>) -> bool {
+        match (self.lapsed_claims.get(email), claim) {
+            (Some(lapsed), Some(claim)) => claim <= *lapsed,
+            _ => false,
+        }
+    }
+}
+
 /// Why a user command is refused; `code` is the machine-readable problem code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "kebab-case")]
@@ -32,9 +72,17 @@ pub enum UserRejection {
     AlreadyRegistered,
     UnknownUser,
     UserDeactivated,
-    InvalidName { reason: String },
-    InvalidEmail { reason: String },
+    InvalidName {
+        reason: String,
+    },
+    InvalidEmail {
+        reason: String,
+    },
     SameEmail,
+    /// The email claim this command relied on lapsed: another request may hold it now.
+    ClaimLapsed,
+    /// The user holds the address: its claim stands.
+    ClaimHeld,
 }
 
 #[derive(Debug)]
@@ -47,8 +95,15 @@ impl Aggregate for User {
     type Rejection = UserRejection;
 
     fn decide(state: &UserState, command: &UserCommand) -> Result<Vec<UserEvent>, UserRejection> {
-        match (state, command) {
-            (UserState::Unregistered, UserCommand::RegisterUser(c)) => {
+        match (&state.status, command) {
+            (_, UserCommand::LapseEmailClaim(c)) => lapse(state, c),
+            (_, UserCommand::RegisterUser(c)) if state.lapsed(&c.email, c.claim) => {
+                Err(UserRejection::ClaimLapsed)
+            }
+            (_, UserCommand::ChangeUserEmail(c)) if state.lapsed(&c.email, c.claim) => {
+                Err(UserRejection::ClaimLapsed)
+            }
+            (UserStatus::Unregistered, UserCommand::RegisterUser(c)) => {
                 let name = PersonName::parse(&c.name).map_err(|e| UserRejection::InvalidName {
                     reason: e.to_string(),
                 })?;
@@ -63,9 +118,9 @@ impl Aggregate for User {
                 ])
             }
             (_, UserCommand::RegisterUser(_)) => Err(UserRejection::AlreadyRegistered),
-            (UserState::Unregistered, _) => Err(UserRejection::UnknownUser),
-            (UserState::Deactivated { .. }, _) => Err(UserRejection::UserDeactivated),
-            (UserState::Active { email, .. }, UserCommand::ChangeUserEmail(c)) => {
+            (UserStatus::Unregistered, _) => Err(UserRejection::UnknownUser),
+            (UserStatus::Deactivated { .. }, _) => Err(UserRejection::UserDeactivated),
+            (UserStatus::Active { email, .. }, UserCommand::ChangeUserEmail(c)) => {
                 let new = parse_email(&c.email)?;
                 if new.as_str() == email {
                     return Err(UserRejection::SameEmail);
@@ -79,7 +134,7 @@ impl Aggregate for User {
                     .into(),
                 ])
             }
-            (UserState::Active { .. }, UserCommand::DeactivateUser(c)) => Ok(vec![
+            (UserStatus::Active { .. }, UserCommand::DeactivateUser(c)) => Ok(vec![
                 UserDeactivated {
                     user_id: c.user_id,
                     reason: c.reason.clone(),
@@ -90,21 +145,54 @@ impl Aggregate for User {
     }
 
     fn evolve(state: UserState, event: &UserEvent) -> UserState {
-        match (state, event) {
-            (_, UserEvent::UserRegistered(e)) => UserState::Active {
+        let UserState {
+            status,
+            mut lapsed_claims,
+        } = state;
+        let status = match (status, event) {
+            (_, UserEvent::UserRegistered(e)) => UserStatus::Active {
                 name: e.name.clone(),
                 email: e.email.clone(),
             },
-            (UserState::Active { name, .. }, UserEvent::UserEmailChanged(e)) => UserState::Active {
-                name,
-                email: e.email.clone(),
-            },
-            (UserState::Active { name, email }, UserEvent::UserDeactivated(_)) => {
-                UserState::Deactivated { name, email }
+            (UserStatus::Active { name, .. }, UserEvent::UserEmailChanged(e)) => {
+                UserStatus::Active {
+                    name,
+                    email: e.email.clone(),
+                }
             }
-            (state, _) => state,
+            (UserStatus::Active { name, email }, UserEvent::UserDeactivated(_)) => {
+                UserStatus::Deactivated { name, email }
+            }
+            (status, UserEvent::EmailClaimLapsed(e)) => {
+                let newest = lapsed_claims.entry(e.email.clone()).or_default();
+                *newest = (*newest).max(e.claim);
+                status
+            }
+            (status, _) => status,
+        };
+        UserState {
+            status,
+            lapsed_claims,
         }
     }
+}
+
+/// A claim lapses unless the user holds its address; lapsing it again changes nothing.
+fn lapse(state: &UserState, c: &LapseEmailClaim) -> Result<Vec<UserEvent>, UserRejection> {
+    if state.holds(&c.email) {
+        return Err(UserRejection::ClaimHeld);
+    }
+    if state.lapsed(&c.email, Some(c.claim)) {
+        return Ok(vec![]);
+    }
+    Ok(vec![
+        EmailClaimLapsed {
+            user_id: c.user_id,
+            email: c.email.clone(),
+            claim: c.claim,
+        }
+        .into(),
+    ])
 }
 
 fn parse_email(raw: &str) -> Result<EmailAddress, UserRejection> {
@@ -121,6 +209,9 @@ pub enum EmailState {
     Free,
     Claimed {
         user_id: UserId,
+        /// When the claiming request started (absent on claims older than this field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<DateTime<Utc>>,
     },
 }
 
@@ -160,10 +251,11 @@ impl Aggregate for EmailClaim {
                 EmailClaimed {
                     email: c.email.clone(),
                     user_id: c.user_id,
+                    at: c.at,
                 }
                 .into(),
             ]),
-            (EmailState::Claimed { user_id }, EmailCommand::ClaimEmail(c))
+            (EmailState::Claimed { user_id, .. }, EmailCommand::ClaimEmail(c))
                 if *user_id == c.user_id =>
             {
                 Ok(vec![])
@@ -171,7 +263,7 @@ impl Aggregate for EmailClaim {
             (EmailState::Claimed { .. }, EmailCommand::ClaimEmail(_)) => {
                 Err(EmailRejection::EmailTaken)
             }
-            (EmailState::Claimed { user_id }, EmailCommand::ReleaseEmail(c))
+            (EmailState::Claimed { user_id, .. }, EmailCommand::ReleaseEmail(c))
                 if *user_id == c.user_id =>
             {
                 Ok(vec![
@@ -188,17 +280,21 @@ impl Aggregate for EmailClaim {
 
     fn evolve(_: EmailState, event: &EmailEvent) -> EmailState {
         match event {
-            EmailEvent::EmailClaimed(e) => EmailState::Claimed { user_id: e.user_id },
+            EmailEvent::EmailClaimed(e) => EmailState::Claimed {
+                user_id: e.user_id,
+                since: e.at,
+            },
             EmailEvent::EmailReleased(_) => EmailState::Free,
         }
     }
 }
 
-/// A claim command for `email` on behalf of `user`.
-pub fn claim(email: &EmailAddress, user: UserId) -> EmailCommand {
+/// A claim command for `email` on behalf of `user`, by a request that started `at`.
+pub fn claim(email: &EmailAddress, user: UserId, at: DateTime<Utc>) -> EmailCommand {
     ClaimEmail {
         email: email.to_string(),
         user_id: user,
+        at: Some(at),
     }
     .into()
 }

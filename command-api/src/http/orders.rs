@@ -21,7 +21,7 @@ use super::fields::Fields;
 use super::idempotency::expected_version;
 use super::{AppState, accepted};
 use crate::domain::orders::{MAX_LINES, MAX_QUANTITY, MAX_TOTAL_CENTS, total_of};
-use crate::domain::users::{UserRejection, UserState};
+use crate::domain::users::{UserRejection, UserStatus};
 use service_runtime::api_keys::Principal;
 
 #[derive(Debug, ToSchema)]
@@ -133,10 +133,10 @@ pub async fn place(
 
     let models = &state.models;
     let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-    let refusal = match user {
-        UserState::Active { .. } => None,
-        UserState::Unregistered => Some(UserRejection::UnknownUser),
-        UserState::Deactivated { .. } => Some(UserRejection::UserDeactivated),
+    let refusal = match user.status {
+        UserStatus::Active { .. } => None,
+        UserStatus::Unregistered => Some(UserRejection::UnknownUser),
+        UserStatus::Deactivated { .. } => Some(UserRejection::UserDeactivated),
     };
     if let Some(refusal) = refusal {
         // A keyed retry of a request whose order was placed gets that first answer, whatever

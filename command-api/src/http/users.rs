@@ -3,14 +3,16 @@
 //! An email belongs to at most one active user. The rule lives in the log: each normalized
 //! address is an aggregate of its own (`user-emails`), so concurrent registrations with one
 //! address meet at its single writer and exactly one claims it. A handler claims first and
-//! changes the user second; when the second step is refused, it gives the claim back.
+//! changes the user second; when the second step is refused, it gives the claim back. A
+//! claim stranded by a request that died in between is taken over by the next claimant
+//! once it is older than three command timeouts (see [`crate::domain::users`]).
 
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use schemas::UserId;
-use schemas::users::{ChangeUserEmail, DeactivateUser, RegisterUser};
+use schemas::users::{ChangeUserEmail, DeactivateUser, LapseEmailClaim, RegisterUser};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -19,8 +21,8 @@ use super::context::RequestContext;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::idempotency::expected_version;
-use super::{AppState, accepted};
-use crate::domain::users::{UserRejection, UserState, claim, release};
+use super::{AppState, Issuer, accepted};
+use crate::domain::users::{EmailRejection, EmailState, UserRejection, UserStatus, claim, release};
 use crate::domain::values::{EmailAddress, PersonName};
 use event_store::outcome::Outcome;
 use service_runtime::api_keys::Principal;
@@ -107,19 +109,12 @@ pub async fn register(
         .unwrap_or_else(|| issuer.ids().new_user());
 
     let models = &state.models;
-    let claimed = issuer
-        .run(
-            &models.emails,
-            issuer.command("claim-email", claim(&email, user_id), None),
-        )
-        .await?;
-    if let Outcome::Rejected { reason, .. } = claimed {
-        return Err(ApiError::rejected(&reason));
-    }
+    let claim = claim_address(&state, &issuer, &email, user_id, "claim-email").await?;
     let register = RegisterUser {
         user_id,
         name: name.as_str().to_owned(),
         email: email.to_string(),
+        claim: Some(claim),
     };
     let outcome = issuer
         .run(
@@ -127,6 +122,7 @@ pub async fn register(
             issuer.command("register", register.into(), None),
         )
         .await?;
+    let outcome = lapsed_as_taken(outcome)?;
     if let Outcome::Rejected {
         reason: UserRejection::AlreadyRegistered,
         ..
@@ -134,7 +130,7 @@ pub async fn register(
     {
         // The id is taken: give the address back, unless it is that user's own.
         let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        if !matches!(&user, UserState::Active { email: own, .. } if own == email.as_str()) {
+        if !user.holds(email.as_str()) {
             issuer
                 .run(
                     &models.emails,
@@ -185,23 +181,16 @@ pub async fn change_email(
     // skipped because of what is read here.
     for attempt in 0..ATTEMPTS {
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        let previous = match user {
-            UserState::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
-            UserState::Active { email, .. } | UserState::Deactivated { email, .. } => email,
+        let previous = match user.status {
+            UserStatus::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
+            UserStatus::Active { email, .. } | UserStatus::Deactivated { email, .. } => email,
         };
         let step = format!("claim-{attempt}");
-        let claimed = issuer
-            .run(
-                &models.emails,
-                issuer.command(&step, claim(&email, user_id), None),
-            )
-            .await?;
-        if let Outcome::Rejected { reason, .. } = claimed {
-            return Err(ApiError::rejected(&reason));
-        }
+        let claim = claim_address(&state, &issuer, &email, user_id, &step).await?;
         let change = ChangeUserEmail {
             user_id,
             email: email.to_string(),
+            claim: Some(claim),
         };
         let expected = if_match.or(Some(version));
         let step = format!("change-{attempt}");
@@ -211,6 +200,7 @@ pub async fn change_email(
                 issuer.command(&step, change.into(), expected),
             )
             .await?;
+        let outcome = lapsed_as_taken(outcome)?;
         if outcome.is_accepted() {
             let step = format!("release-{attempt}");
             issuer
@@ -276,9 +266,9 @@ pub async fn deactivate(
     for attempt in 0..ATTEMPTS {
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
         // As in `change_email`: the aggregate decides, so a keyed retry answers the same.
-        let email = match user {
-            UserState::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
-            UserState::Active { email, .. } | UserState::Deactivated { email, .. } => email,
+        let email = match user.status {
+            UserStatus::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
+            UserStatus::Active { email, .. } | UserStatus::Deactivated { email, .. } => email,
         };
         let command = DeactivateUser {
             user_id,
@@ -308,4 +298,109 @@ pub async fn deactivate(
         }
     }
     Err(ApiError::Unavailable("the user kept changing".into()))
+}
+
+/// Claims `email` for `user` and answers the claim's version, which the user's change then
+/// carries. When another user's claim holds the address but is stranded, it is lapsed and
+/// released first (see [`release_stranded`]).
+async fn claim_address(
+    state: &AppState,
+    issuer: &Issuer,
+    email: &EmailAddress,
+    user: UserId,
+    step: &str,
+) -> Result<u64, ApiError> {
+    let emails = &state.models.emails;
+    let now = chrono::Utc::now();
+    let first = issuer
+        .run(emails, issuer.command(step, claim(email, user, now), None))
+        .await?;
+    let taken = matches!(
+        first,
+        Outcome::Rejected {
+            reason: EmailRejection::EmailTaken,
+            ..
+        }
+    );
+    if !taken || !release_stranded(state, issuer, email, step).await? {
+        return claim_version(first);
+    }
+    let again = format!("{step}-after-lapse");
+    let second = issuer
+        .run(
+            emails,
+            issuer.command(&again, claim(email, user, now), None),
+        )
+        .await?;
+    claim_version(second)
+}
+
+fn claim_version(outcome: Outcome<EmailRejection>) -> Result<u64, ApiError> {
+    match outcome {
+        Outcome::Accepted { version, .. } => Ok(version),
+        Outcome::Rejected { reason, .. } => Err(ApiError::rejected(&reason)),
+        Outcome::Conflict { .. } => Err(ApiError::Unavailable(
+            "the address's claim changed while it was taken; retry".into(),
+        )),
+    }
+}
+
+/// Whether the claim holding `email` was stranded and is now released: it is older than
+/// three command timeouts, its user does not hold the address, the user's writer declared
+/// it lapsed (which it refuses while the user holds the address, and which refuses every
+/// later command relying on it), and it was released under the version read here (so a
+/// newer claim is never touched).
+async fn release_stranded(
+    state: &AppState,
+    issuer: &Issuer,
+    email: &EmailAddress,
+    step: &str,
+) -> Result<bool, ApiError> {
+    let models = &state.models;
+    let (claim, held) = issuer.state_of(&models.emails, email.as_str()).await?;
+    let EmailState::Claimed { user_id, since } = held else {
+        return Ok(true);
+    };
+    let grace = chrono::Duration::from_std(state.command_timeout * 3).unwrap_or_default();
+    if since.is_some_and(|since| chrono::Utc::now() - since < grace) {
+        return Ok(false);
+    }
+    let (_, holder) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+    if holder.holds(email.as_str()) {
+        return Ok(false);
+    }
+    let lapse = LapseEmailClaim {
+        user_id,
+        email: email.to_string(),
+        claim,
+    };
+    let step = format!("{step}-lapse");
+    let lapsed = issuer
+        .run(&models.users, issuer.command(&step, lapse.into(), None))
+        .await?;
+    if !lapsed.is_accepted() {
+        return Ok(false);
+    }
+    let step = format!("{step}-release");
+    let released = issuer
+        .run(
+            &models.emails,
+            issuer.command(&step, release(email.as_str(), user_id), Some(claim)),
+        )
+        .await?;
+    if released.is_accepted() {
+        tracing::info!(%user_id, claim, "a stranded email claim lapsed and was released");
+    }
+    Ok(released.is_accepted())
+}
+
+/// A change refused because its claim lapsed lost the address to another request.
+fn lapsed_as_taken(outcome: Outcome<UserRejection>) -> Result<Outcome<UserRejection>, ApiError> {
+    match outcome {
+        Outcome::Rejected {
+            reason: UserRejection::ClaimLapsed,
+            ..
+        } => Err(ApiError::rejected(&EmailRejection::EmailTaken)),
+        other => Ok(other),
+    }
 }

@@ -89,20 +89,33 @@ impl App {
 
     /// Every event record of a service's log, in partition and offset order.
     pub async fn events(&self, service: &str) -> anyhow::Result<Vec<EventDocument>> {
-        let settings = KafkaSettings::new(&self.brokers);
-        let topic = self.topics.events(service);
-        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
-        let mut all = Vec::new();
-        for partition in 0..PARTITIONS {
-            let log = PartitionLog::reader(settings.clone(), partition)?;
-            let end = ends.get(&partition).copied().unwrap_or(0);
-            log.read_range(&topic, 0, end, |m| {
-                all.push(EventDocument::from_json(m.payload().expect("value")).expect("an event"));
-            })
-            .await?;
-        }
-        Ok(all)
+        events(&self.brokers, &self.topics.events(service)).await
     }
+}
+
+/// Every event of an event topic, in partition and offset order.
+pub async fn events(brokers: &str, topic: &str) -> anyhow::Result<Vec<EventDocument>> {
+    let values = values(brokers, topic).await?;
+    Ok(values
+        .iter()
+        .map(|v| EventDocument::from_json(v).expect("an event"))
+        .collect())
+}
+
+/// The value of every committed record of `topic`, in partition and offset order.
+pub async fn values(brokers: &str, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let settings = KafkaSettings::new(brokers);
+    let ends = event_store::scan::settled_ends(&settings, topic).await?;
+    let mut all = Vec::new();
+    for partition in 0..PARTITIONS {
+        let log = PartitionLog::reader(settings.clone(), partition)?;
+        let end = ends.get(&partition).copied().unwrap_or(0);
+        log.read_range(topic, 0, end, |m| {
+            all.push(m.payload().expect("value").to_vec());
+        })
+        .await?;
+    }
+    Ok(all)
 }
 
 impl App {

@@ -57,9 +57,12 @@ pub trait ReadModel: Send + Sync + 'static {
     }
 
     /// Folds one event (already admitted as the next version) onto the row: the same
-    /// function serves the projector and the time-travel queries. An error makes the
-    /// event poison: it is dead-lettered and its aggregate parked.
-    fn fold(row: Option<&Self::Row>, document: &EventDocument) -> Result<Self::Row, String>;
+    /// function serves the projector and the time-travel queries. `None`: the aggregate
+    /// has no row yet (an event that may come before its first row); its version counts
+    /// all the same. An error makes the event poison: it is dead-lettered and its
+    /// aggregate parked.
+    fn fold(row: Option<&Self::Row>, document: &EventDocument)
+    -> Result<Option<Self::Row>, String>;
 
     /// The stored rows of `keys` (absent keys have no row).
     fn load<'a>(

@@ -212,7 +212,7 @@ async fn resume<M: ReadModel>(
             }
             Admission::Next => match M::fold(row.as_ref(), &document) {
                 Ok(next) => {
-                    row = Some(next);
+                    row = next.or(row);
                     version = document.aggregateversion;
                     report.applied += 1;
                     documents.push((record, document));

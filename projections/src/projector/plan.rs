@@ -113,7 +113,7 @@ pub fn plan<R: Clone>(
     records: &[Record],
     loaded: Loaded<R>,
     key: impl Fn(&EventDocument) -> String,
-    fold: impl Fn(Option<&R>, &EventDocument) -> Result<R, String>,
+    fold: impl Fn(Option<&R>, &EventDocument) -> Result<Option<R>, String>,
 ) -> Plan<R> {
     let Loaded {
         versions: mut last,
@@ -191,7 +191,9 @@ pub fn plan<R: Clone>(
             }
             Admission::Next => match fold(state.get(&key), document) {
                 Ok(row) => {
-                    state.insert(key.clone(), row);
+                    if let Some(row) = row {
+                        state.insert(key.clone(), row);
+                    }
                     last.insert(key.clone(), document.aggregateversion);
                     plan.versions.insert(key.clone(), document.aggregateversion);
                     changed.insert(key);
@@ -221,11 +223,11 @@ mod tests {
     use super::*;
 
     /// A model whose row counts the events applied and refuses a reason "poison".
-    fn count(row: Option<&u64>, document: &EventDocument) -> Result<u64, String> {
+    fn count(row: Option<&u64>, document: &EventDocument) -> Result<Option<u64>, String> {
         if document.data["reason"] == "poison" {
             return Err("cannot apply poison".into());
         }
-        Ok(row.copied().unwrap_or(0) + 1)
+        Ok(Some(row.copied().unwrap_or(0) + 1))
     }
 
     fn event(order: OrderId, version: u64, reason: &str, offset: i64) -> Record {

@@ -49,8 +49,8 @@ impl ReadModel for EventIndex {
         format!("{}/{}", document.aggregatetype, document.subject)
     }
 
-    fn fold(_: Option<&()>, _: &EventDocument) -> Result<(), String> {
-        Ok(())
+    fn fold(_: Option<&()>, _: &EventDocument) -> Result<Option<()>, String> {
+        Ok(Some(()))
     }
 
     fn load<'a>(

@@ -44,44 +44,8 @@ impl ReadModel for Notifications {
     fn fold(
         row: Option<&NotificationRow>,
         document: &EventDocument,
-    ) -> Result<NotificationRow, String> {
-        let event = decode::<NotificationEvent>(document)?;
-        let (at, version) = (time_of(document), stored_version(event.meta.version));
-        let (id, order, user, kind, status, attempts, error) = match event.payload {
-            NotificationEvent::NotificationSent(e) => (
-                e.notification_id,
-                e.order_id,
-                e.user_id,
-                e.kind,
-                "sent",
-                e.attempts,
-                None,
-            ),
-            NotificationEvent::NotificationFailed(e) => (
-                e.notification_id,
-                e.order_id,
-                e.user_id,
-                e.kind,
-                "failed",
-                e.attempts,
-                Some(e.error),
-            ),
-        };
-        if row.is_some() {
-            return Err(out_of_order(document, "already delivered notification"));
-        }
-        Ok(NotificationRow {
-            notification_id: id.as_uuid(),
-            order_id: order.as_uuid(),
-            user_id: user.as_uuid(),
-            kind: kind.as_str().to_owned(),
-            status: status.to_owned(),
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            error,
-            created_at: at,
-            updated_at: at,
-            version,
-        })
+    ) -> Result<Option<NotificationRow>, String> {
+        fold_row(row, document).map(Some)
     }
 
     fn load<'a>(
@@ -146,6 +110,50 @@ impl ReadModel for Notifications {
             Ok(())
         })
     }
+}
+
+/// The row after one event (every event of this model leaves a row).
+fn fold_row(
+    row: Option<&NotificationRow>,
+    document: &EventDocument,
+) -> Result<NotificationRow, String> {
+    let event = decode::<NotificationEvent>(document)?;
+    let (at, version) = (time_of(document), stored_version(event.meta.version));
+    let (id, order, user, kind, status, attempts, error) = match event.payload {
+        NotificationEvent::NotificationSent(e) => (
+            e.notification_id,
+            e.order_id,
+            e.user_id,
+            e.kind,
+            "sent",
+            e.attempts,
+            None,
+        ),
+        NotificationEvent::NotificationFailed(e) => (
+            e.notification_id,
+            e.order_id,
+            e.user_id,
+            e.kind,
+            "failed",
+            e.attempts,
+            Some(e.error),
+        ),
+    };
+    if row.is_some() {
+        return Err(out_of_order(document, "already delivered notification"));
+    }
+    Ok(NotificationRow {
+        notification_id: id.as_uuid(),
+        order_id: order.as_uuid(),
+        user_id: user.as_uuid(),
+        kind: kind.as_str().to_owned(),
+        status: status.to_owned(),
+        attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        error,
+        created_at: at,
+        updated_at: at,
+        version,
+    })
 }
 
 #[derive(Default)]

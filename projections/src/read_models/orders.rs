@@ -80,51 +80,8 @@ impl ReadModel for Orders {
         sqlx::migrate!("./migrations/orders")
     }
 
-    fn fold(row: Option<&OrderRow>, document: &EventDocument) -> Result<OrderRow, String> {
-        let event = decode::<OrderEvent>(document)?;
-        match (row, event.payload) {
-            (None, OrderEvent::OrderPlaced(e)) => {
-                let version = stored_version(event.meta.version);
-                Ok(OrderRow {
-                    order_id: e.order_id.as_uuid(),
-                    user_id: e.user_id.as_uuid(),
-                    status: "pending".into(),
-                    currency: e.currency.code().to_owned(),
-                    lines: e.lines,
-                    total_cents: cents(e.total_cents),
-                    payment_id: None,
-                    reason: None,
-                    cancelled_by: None,
-                    placed_at: time_of(document),
-                    updated_at: time_of(document),
-                    version,
-                    timeline: vec![TimelineEntry {
-                        status: "pending".into(),
-                        event: document.event_type.clone(),
-                        version,
-                        at: time_of(document),
-                    }],
-                })
-            }
-            (Some(row), OrderEvent::OrderConfirmed(e)) => {
-                let mut next = row.moved("confirmed", document);
-                next.payment_id = Some(e.payment_id.as_uuid());
-                Ok(next)
-            }
-            (Some(row), OrderEvent::OrderRejected(e)) => {
-                let mut next = row.moved("rejected", document);
-                next.reason = Some(e.reason);
-                Ok(next)
-            }
-            (Some(row), OrderEvent::OrderCancelled(e)) => {
-                let mut next = row.moved("cancelled", document);
-                next.reason = Some(e.reason);
-                next.cancelled_by = Some(cancelled_by(e.cancelled_by).to_owned());
-                Ok(next)
-            }
-            (Some(_), OrderEvent::OrderPlaced(_)) => Err(out_of_order(document, "existing order")),
-            (None, _) => Err(out_of_order(document, "unknown order")),
-        }
+    fn fold(row: Option<&OrderRow>, document: &EventDocument) -> Result<Option<OrderRow>, String> {
+        fold_row(row, document).map(Some)
     }
 
     fn load<'a>(
@@ -197,6 +154,54 @@ impl ReadModel for Orders {
             .await?;
             Ok(())
         })
+    }
+}
+
+/// The row after one event (every event of this model leaves a row).
+fn fold_row(row: Option<&OrderRow>, document: &EventDocument) -> Result<OrderRow, String> {
+    let event = decode::<OrderEvent>(document)?;
+    match (row, event.payload) {
+        (None, OrderEvent::OrderPlaced(e)) => {
+            let version = stored_version(event.meta.version);
+            Ok(OrderRow {
+                order_id: e.order_id.as_uuid(),
+                user_id: e.user_id.as_uuid(),
+                status: "pending".into(),
+                currency: e.currency.code().to_owned(),
+                lines: e.lines,
+                total_cents: cents(e.total_cents),
+                payment_id: None,
+                reason: None,
+                cancelled_by: None,
+                placed_at: time_of(document),
+                updated_at: time_of(document),
+                version,
+                timeline: vec![TimelineEntry {
+                    status: "pending".into(),
+                    event: document.event_type.clone(),
+                    version,
+                    at: time_of(document),
+                }],
+            })
+        }
+        (Some(row), OrderEvent::OrderConfirmed(e)) => {
+            let mut next = row.moved("confirmed", document);
+            next.payment_id = Some(e.payment_id.as_uuid());
+            Ok(next)
+        }
+        (Some(row), OrderEvent::OrderRejected(e)) => {
+            let mut next = row.moved("rejected", document);
+            next.reason = Some(e.reason);
+            Ok(next)
+        }
+        (Some(row), OrderEvent::OrderCancelled(e)) => {
+            let mut next = row.moved("cancelled", document);
+            next.reason = Some(e.reason);
+            next.cancelled_by = Some(cancelled_by(e.cancelled_by).to_owned());
+            Ok(next)
+        }
+        (Some(_), OrderEvent::OrderPlaced(_)) => Err(out_of_order(document, "existing order")),
+        (None, _) => Err(out_of_order(document, "unknown order")),
     }
 }
 

@@ -43,54 +43,11 @@ impl ReadModel for Payments {
         sqlx::migrate!("./migrations/payments")
     }
 
-    fn fold(row: Option<&PaymentRow>, document: &EventDocument) -> Result<PaymentRow, String> {
-        let event = decode::<PaymentEvent>(document)?;
-        let (at, version) = (time_of(document), stored_version(event.meta.version));
-        let new =
-            |payment_id: Uuid, order_id: Uuid, amount: &schemas::Money, status: &str| PaymentRow {
-                payment_id,
-                order_id,
-                status: status.to_owned(),
-                amount_cents: cents(amount.amount_cents),
-                currency: amount.currency.code().to_owned(),
-                provider_reference: None,
-                decline_reason: None,
-                refund_reason: None,
-                refund_reference: None,
-                created_at: at,
-                updated_at: at,
-                version,
-            };
-        match (row, event.payload) {
-            (None, PaymentEvent::PaymentAuthorized(e)) => Ok(PaymentRow {
-                provider_reference: Some(e.provider_reference),
-                ..new(
-                    e.payment_id.as_uuid(),
-                    e.order_id.as_uuid(),
-                    &e.amount,
-                    "authorized",
-                )
-            }),
-            (None, PaymentEvent::PaymentDeclined(e)) => Ok(PaymentRow {
-                decline_reason: Some(e.reason),
-                ..new(
-                    e.payment_id.as_uuid(),
-                    e.order_id.as_uuid(),
-                    &e.amount,
-                    "declined",
-                )
-            }),
-            (Some(row), PaymentEvent::PaymentRefunded(e)) => Ok(PaymentRow {
-                status: "refunded".into(),
-                refund_reason: Some(e.reason),
-                refund_reference: Some(e.refund_reference),
-                updated_at: at,
-                version,
-                ..row.clone()
-            }),
-            (Some(_), _) => Err(out_of_order(document, "existing payment")),
-            (None, _) => Err(out_of_order(document, "unknown payment")),
-        }
+    fn fold(
+        row: Option<&PaymentRow>,
+        document: &EventDocument,
+    ) -> Result<Option<PaymentRow>, String> {
+        fold_row(row, document).map(Some)
     }
 
     fn load<'a>(
@@ -159,6 +116,57 @@ impl ReadModel for Payments {
             .await?;
             Ok(())
         })
+    }
+}
+
+/// The row after one event (every event of this model leaves a row).
+fn fold_row(row: Option<&PaymentRow>, document: &EventDocument) -> Result<PaymentRow, String> {
+    let event = decode::<PaymentEvent>(document)?;
+    let (at, version) = (time_of(document), stored_version(event.meta.version));
+    let new =
+        |payment_id: Uuid, order_id: Uuid, amount: &schemas::Money, status: &str| PaymentRow {
+            payment_id,
+            order_id,
+            status: status.to_owned(),
+            amount_cents: cents(amount.amount_cents),
+            currency: amount.currency.code().to_owned(),
+            provider_reference: None,
+            decline_reason: None,
+            refund_reason: None,
+            refund_reference: None,
+            created_at: at,
+            updated_at: at,
+            version,
+        };
+    match (row, event.payload) {
+        (None, PaymentEvent::PaymentAuthorized(e)) => Ok(PaymentRow {
+            provider_reference: Some(e.provider_reference),
+            ..new(
+                e.payment_id.as_uuid(),
+                e.order_id.as_uuid(),
+                &e.amount,
+                "authorized",
+            )
+        }),
+        (None, PaymentEvent::PaymentDeclined(e)) => Ok(PaymentRow {
+            decline_reason: Some(e.reason),
+            ..new(
+                e.payment_id.as_uuid(),
+                e.order_id.as_uuid(),
+                &e.amount,
+                "declined",
+            )
+        }),
+        (Some(row), PaymentEvent::PaymentRefunded(e)) => Ok(PaymentRow {
+            status: "refunded".into(),
+            refund_reason: Some(e.reason),
+            refund_reference: Some(e.refund_reference),
+            updated_at: at,
+            version,
+            ..row.clone()
+        }),
+        (Some(_), _) => Err(out_of_order(document, "existing payment")),
+        (None, _) => Err(out_of_order(document, "unknown payment")),
     }
 }
 

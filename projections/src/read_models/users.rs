@@ -39,11 +39,18 @@ impl ReadModel for Users {
         sqlx::migrate!("./migrations/users")
     }
 
-    fn fold(row: Option<&UserRow>, document: &EventDocument) -> Result<UserRow, String> {
+    fn fold(row: Option<&UserRow>, document: &EventDocument) -> Result<Option<UserRow>, String> {
         let event = decode::<UserEvent>(document)?;
         let (at, version) = (time_of(document), stored_version(event.meta.version));
-        match (row, event.payload) {
-            (None, UserEvent::UserRegistered(e)) => Ok(UserRow {
+        let row = match (row, event.payload) {
+            // A lapsed email claim changes nothing a reader sees; it may precede the
+            // registration (whose request never finished).
+            (None, UserEvent::EmailClaimLapsed(_)) => return Ok(None),
+            (Some(row), UserEvent::EmailClaimLapsed(_)) => UserRow {
+                version,
+                ..row.clone()
+            },
+            (None, UserEvent::UserRegistered(e)) => UserRow {
                 user_id: e.user_id.as_uuid(),
                 name: e.name,
                 email: e.email,
@@ -52,23 +59,24 @@ impl ReadModel for Users {
                 registered_at: at,
                 updated_at: at,
                 version,
-            }),
-            (Some(row), UserEvent::UserEmailChanged(e)) => Ok(UserRow {
+            },
+            (Some(row), UserEvent::UserEmailChanged(e)) => UserRow {
                 email: e.email,
                 updated_at: at,
                 version,
                 ..row.clone()
-            }),
-            (Some(row), UserEvent::UserDeactivated(e)) => Ok(UserRow {
+            },
+            (Some(row), UserEvent::UserDeactivated(e)) => UserRow {
                 status: "deactivated".into(),
                 deactivation_reason: e.reason,
                 updated_at: at,
                 version,
                 ..row.clone()
-            }),
-            (Some(_), _) => Err(out_of_order(document, "existing user")),
-            (None, _) => Err(out_of_order(document, "unknown user")),
-        }
+            },
+            (Some(_), _) => return Err(out_of_order(document, "existing user")),
+            (None, _) => return Err(out_of_order(document, "unknown user")),
+        };
+        Ok(Some(row))
     }
 
     fn load<'a>(
@@ -135,4 +143,51 @@ struct Columns {
     registered: Vec<DateTime<Utc>>,
     updated: Vec<DateTime<Utc>>,
     version: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::users::{EmailClaimLapsed, UserRegistered};
+    use schemas::{EventMeta, UserId};
+
+    use super::*;
+
+    fn document(version: u64, payload: impl Into<UserEvent>) -> EventDocument {
+        schemas::Event {
+            meta: EventMeta::new(version),
+            payload: payload.into(),
+        }
+        .to_document()
+    }
+
+    fn lapsed(user: UserId, version: u64) -> EventDocument {
+        let lapse = EmailClaimLapsed {
+            user_id: user,
+            email: "a@b.co".into(),
+            claim: 1,
+        };
+        document(version, lapse)
+    }
+
+    #[test]
+    fn a_lapsed_claim_before_registration_leaves_no_row_and_after_it_only_a_version() {
+        let user = UserId::new();
+        assert_eq!(Users::fold(None, &lapsed(user, 1)), Ok(None));
+        let registered = UserRegistered {
+            user_id: user,
+            name: "Ada".into(),
+            email: "ada@b.co".into(),
+        };
+        let row = Users::fold(None, &document(2, registered))
+            .expect("registers")
+            .expect("a row");
+        let after = Users::fold(Some(&row), &lapsed(user, 3))
+            .expect("applies")
+            .expect("a row");
+        assert_eq!(after.version, 3);
+        assert_eq!(
+            (after.email.as_str(), after.updated_at),
+            ("ada@b.co", row.updated_at)
+        );
+    }
 }

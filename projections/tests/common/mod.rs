@@ -167,7 +167,7 @@ pub fn fold_orders<'a>(
                 match Orders::fold(rows.get(&document.subject), document) {
                     Ok(row) => {
                         gate.admit(&document.subject, document.aggregateversion);
-                        rows.insert(document.subject.clone(), row);
+                        rows.extend(row.map(|row| (document.subject.clone(), row)));
                     }
                     Err(_) => {
                         parked.insert(document.subject.clone());

@@ -170,7 +170,7 @@ pub fn fold<M: ReadModel>(documents: &[EventDocument]) -> BTreeMap<String, M::Ro
         match M::fold(rows.get(&key), document) {
             Ok(row) => {
                 gate.admit(&key, document.aggregateversion);
-                rows.insert(key, row);
+                rows.extend(row.map(|row| (key, row)));
             }
             Err(_) => {
                 parked.insert(key);
