@@ -151,6 +151,55 @@ async fn concurrent_registrations_with_one_email_give_exactly_one_user() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_back_and_forth_never_free_the_address_the_user_holds()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    // A claim left behind lapses after three command timeouts.
+    let app = std::sync::Arc::new(App::start(&env, &[("COMMAND_TIMEOUT_MS", "1000")]).await?);
+    let (first, second) = ("back@example.com", "forth@example.com");
+    let user = register(&app, first).await?;
+    let changes: Vec<_> = (0..16)
+        .map(|i| {
+            let (app, user) = (std::sync::Arc::clone(&app), user.clone());
+            let email = if i % 2 == 0 { second } else { first };
+            tokio::spawn(async move {
+                app.send(&format!("/v1/users/{user}/email"), json!({"email": email}))
+                    .await
+            })
+        })
+        .collect();
+    for change in changes {
+        let (status, body) = change.await??;
+        assert!(
+            // 409: the user kept changing through every internal retry.
+            status == 200
+                || status == 409
+                || body["code"] == "same-email"
+                || body["code"] == "email-taken",
+            "{status} {body}"
+        );
+    }
+    let changed: Vec<String> = app
+        .events("users")
+        .await?
+        .iter()
+        .filter(|e| e.subject == user && e.event_type != "EmailClaimLapsed")
+        .map(|e| e.data["email"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let holds = changed.last().expect("registered").clone();
+    let other = if holds == first { second } else { first };
+    // The address the user holds stays theirs; the other one is free again, at the latest
+    // once a claim left behind has lapsed.
+    let (status, body) = app.send("/v1/users", user_body("B", &holds)).await?;
+    assert_eq!(body["code"], "email-taken", "{status} {body}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    register(&app, other).await?;
+    let (status, body) = app.send("/v1/users", user_body("C", &holds)).await?;
+    assert_eq!(body["code"], "email-taken", "{status} {body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_are_placed_and_cancelled_by_the_rules() -> anyhow::Result<()> {
     let env = TestEnv::new().await;
     let app = App::start(&env, &[]).await?;

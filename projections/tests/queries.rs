@@ -23,7 +23,9 @@ fn token(w: &common::Written) -> String {
 fn folded(documents: &[EventDocument]) -> Value {
     let mut row: Option<OrderRow> = None;
     for d in documents {
-        row = Orders::fold(row.as_ref(), d).expect("a valid history");
+        row = Orders::fold(row.as_ref(), d)
+            .expect("a valid history")
+            .or(row);
     }
     serde_json::to_value(row.expect("at least one event")).expect("json")
 }

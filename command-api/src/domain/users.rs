@@ -232,8 +232,8 @@ impl Aggregate for EmailClaim {
     type State = EmailState;
     type Rejection = EmailRejection;
 
-    /// Claiming an address one already holds, or releasing one not held, changes nothing:
-    /// both are safe to repeat, as compensations must be.
+    /// Releasing an address not held changes nothing (safe to repeat, as compensations
+    /// must be); claiming one already held renews the claim.
     fn decide(
         state: &EmailState,
         command: &EmailCommand,
@@ -255,10 +255,19 @@ impl Aggregate for EmailClaim {
                 }
                 .into(),
             ]),
+            // The holder claiming again moves the claim on (a new version, a new time), so
+            // a release under the old version by another of its requests changes nothing.
             (EmailState::Claimed { user_id, .. }, EmailCommand::ClaimEmail(c))
                 if *user_id == c.user_id =>
             {
-                Ok(vec![])
+                Ok(vec![
+                    EmailClaimed {
+                        email: c.email.clone(),
+                        user_id: c.user_id,
+                        at: c.at,
+                    }
+                    .into(),
+                ])
             }
             (EmailState::Claimed { .. }, EmailCommand::ClaimEmail(_)) => {
                 Err(EmailRejection::EmailTaken)

@@ -129,15 +129,7 @@ pub async fn register(
     } = &outcome
     {
         // The id is taken: give the address back, unless it is that user's own.
-        let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        if !user.holds(email.as_str()) {
-            issuer
-                .run(
-                    &models.emails,
-                    issuer.command("release-claim", release(email.as_str(), user_id), None),
-                )
-                .await?;
-        }
+        give_back(&state, &issuer, &email, user_id, claim, "release-claim").await?;
     }
     Ok(accepted(outcome, "user")?.created("/v1/users"))
 }
@@ -177,14 +169,20 @@ pub async fn change_email(
     let models = &state.models;
 
     // On a keyed retry every step below has the id it had the first time, so the writers
-    // answer with their first outcomes whatever the user looks like now: no step may be
-    // skipped because of what is read here.
+    // answer with their first outcomes whatever the user looks like now. Only the release
+    // of the previous address is skipped when the user already has the new one (it would
+    // free the address the user holds); a claim left behind that way lapses later.
     for attempt in 0..ATTEMPTS {
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
         let previous = match user.status {
             UserStatus::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
             UserStatus::Active { email, .. } | UserStatus::Deactivated { email, .. } => email,
         };
+        // Read before the change: a request of this user that claims the previous address
+        // again meanwhile moves its claim on, and this release then changes nothing.
+        let (previous_claim, held) = issuer.state_of(&models.emails, &previous).await?;
+        let release_previous = previous != email.as_str()
+            && matches!(held, EmailState::Claimed { user_id: holder, .. } if holder == user_id);
         let step = format!("claim-{attempt}");
         let claim = claim_address(&state, &issuer, &email, user_id, &step).await?;
         let change = ChangeUserEmail {
@@ -202,24 +200,22 @@ pub async fn change_email(
             .await?;
         let outcome = lapsed_as_taken(outcome)?;
         if outcome.is_accepted() {
-            let step = format!("release-{attempt}");
-            issuer
-                .run(
-                    &models.emails,
-                    issuer.command(&step, release(&previous, user_id), None),
-                )
-                .await?;
+            if release_previous {
+                let step = format!("release-{attempt}");
+                let release = release(&previous, user_id);
+                issuer
+                    .run(
+                        &models.emails,
+                        issuer.command(&step, release, Some(previous_claim)),
+                    )
+                    .await?;
+            }
             return Ok(accepted(outcome, "user")?.ok());
         }
         // Refused or stale: the new address goes back (not the one the user still has).
         if previous != email.as_str() {
             let step = format!("unclaim-{attempt}");
-            issuer
-                .run(
-                    &models.emails,
-                    issuer.command(&step, release(email.as_str(), user_id), None),
-                )
-                .await?;
+            give_back(&state, &issuer, &email, user_id, claim, &step).await?;
         }
         if if_match.is_some()
             || !matches!(outcome, Outcome::Conflict { .. })
@@ -301,8 +297,9 @@ pub async fn deactivate(
 }
 
 /// Claims `email` for `user` and answers the claim's version, which the user's change then
-/// carries. When another user's claim holds the address but is stranded, it is lapsed and
-/// released first (see [`release_stranded`]).
+/// carries. A claim the user already holds moves on to a new version. When another user's
+/// claim holds the address but is stranded, it is lapsed and released first (see
+/// [`release_stranded`]).
 async fn claim_address(
     state: &AppState,
     issuer: &Issuer,
@@ -311,10 +308,11 @@ async fn claim_address(
     step: &str,
 ) -> Result<u64, ApiError> {
     let emails = &state.models.emails;
-    let now = chrono::Utc::now();
-    let first = issuer
-        .run(emails, issuer.command(step, claim(email, user, now), None))
-        .await?;
+    let claim = |step: &str| {
+        let command = claim(email, user, chrono::Utc::now());
+        issuer.run(emails, issuer.command(step, command, None))
+    };
+    let first = claim(step).await?;
     let taken = matches!(
         first,
         Outcome::Rejected {
@@ -322,17 +320,30 @@ async fn claim_address(
             ..
         }
     );
-    if !taken || !release_stranded(state, issuer, email, step).await? {
+    if !taken {
         return claim_version(first);
     }
-    let again = format!("{step}-after-lapse");
-    let second = issuer
-        .run(
-            emails,
-            issuer.command(&again, claim(email, user, now), None),
-        )
-        .await?;
-    claim_version(second)
+    let (version, held) = issuer.state_of(emails, email.as_str()).await?;
+    let holder = match held {
+        // Taken by this user since (an earlier attempt of a keyed request): that claim.
+        EmailState::Claimed { user_id, .. } if user_id == user => return Ok(version),
+        EmailState::Claimed { user_id, since } => Some((user_id, since)),
+        EmailState::Free => None,
+    };
+    if let Some((holder, since)) = holder {
+        let stranded = Stranded {
+            holder,
+            since,
+            claim: version,
+        };
+        if !release_stranded(state, issuer, email, &stranded, step).await? {
+            return claim_version(first);
+        }
+    }
+    let holder = holder.map_or_else(|| "free".to_owned(), |(h, _)| h.to_string());
+    claim(&format!("{step}-after-{holder}"))
+        .await
+        .and_then(claim_version)
 }
 
 fn claim_version(outcome: Outcome<EmailRejection>) -> Result<u64, ApiError> {
@@ -345,38 +356,67 @@ fn claim_version(outcome: Outcome<EmailRejection>) -> Result<u64, ApiError> {
     }
 }
 
+/// Another user's claim on an address, as read.
+struct Stranded {
+    holder: UserId,
+    /// When it was claimed (absent on claims made before claims had a time: those never
+    /// lapse, since a registration of that time carries no claim version to refuse).
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    claim: u64,
+}
+
 /// Whether the claim holding `email` was stranded and is now released: it is older than
-/// three command timeouts, its user does not hold the address, the user's writer declared
-/// it lapsed (which it refuses while the user holds the address, and which refuses every
-/// later command relying on it), and it was released under the version read here (so a
-/// newer claim is never touched).
+/// three command timeouts and its holder does not hold the address, which the holder's
+/// writer confirms by declaring it lapsed (see [`give_back`]).
 async fn release_stranded(
     state: &AppState,
     issuer: &Issuer,
     email: &EmailAddress,
+    stranded: &Stranded,
+    step: &str,
+) -> Result<bool, ApiError> {
+    let grace = chrono::Duration::from_std(state.command_timeout * 3).unwrap_or_default();
+    let Some(since) = stranded.since else {
+        return Ok(false);
+    };
+    if chrono::Utc::now() - since < grace {
+        return Ok(false);
+    }
+    let holder = stranded.holder;
+    let (_, user) = issuer
+        .state_of(&state.models.users, &holder.to_string())
+        .await?;
+    if user.holds(email.as_str()) {
+        return Ok(false);
+    }
+    let step = format!("{step}-lapse-{holder}");
+    let released = give_back(state, issuer, email, holder, stranded.claim, &step).await?;
+    if released {
+        tracing::info!(user_id = %holder, claim = stranded.claim, "a stranded email claim lapsed and was released");
+    }
+    Ok(released)
+}
+
+/// Gives `user`'s claim on `email` (at version `claim`) back unless the user holds the
+/// address: the user's writer first declares the claim lapsed (refused while the user
+/// holds it; from then on no command relying on it is accepted), then the claim is
+/// released under that version (so a newer claim is never touched). Whether it was.
+async fn give_back(
+    state: &AppState,
+    issuer: &Issuer,
+    email: &EmailAddress,
+    user: UserId,
+    claim: u64,
     step: &str,
 ) -> Result<bool, ApiError> {
     let models = &state.models;
-    let (claim, held) = issuer.state_of(&models.emails, email.as_str()).await?;
-    let EmailState::Claimed { user_id, since } = held else {
-        return Ok(true);
-    };
-    let grace = chrono::Duration::from_std(state.command_timeout * 3).unwrap_or_default();
-    if since.is_some_and(|since| chrono::Utc::now() - since < grace) {
-        return Ok(false);
-    }
-    let (_, holder) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-    if holder.holds(email.as_str()) {
-        return Ok(false);
-    }
     let lapse = LapseEmailClaim {
-        user_id,
+        user_id: user,
         email: email.to_string(),
         claim,
     };
-    let step = format!("{step}-lapse");
     let lapsed = issuer
-        .run(&models.users, issuer.command(&step, lapse.into(), None))
+        .run(&models.users, issuer.command(step, lapse.into(), None))
         .await?;
     if !lapsed.is_accepted() {
         return Ok(false);
@@ -385,12 +425,9 @@ async fn release_stranded(
     let released = issuer
         .run(
             &models.emails,
-            issuer.command(&step, release(email.as_str(), user_id), Some(claim)),
+            issuer.command(&step, release(email.as_str(), user), Some(claim)),
         )
         .await?;
-    if released.is_accepted() {
-        tracing::info!(%user_id, claim, "a stranded email claim lapsed and was released");
-    }
     Ok(released.is_accepted())
 }
 

@@ -57,9 +57,9 @@ pub trait ReadModel: Send + Sync + 'static {
     }
 
     /// Folds one event (already admitted as the next version) onto the row: the same
-    /// function serves the projector and the time-travel queries. `None`: the aggregate
-    /// has no row yet (an event that may come before its first row); its version counts
-    /// all the same. An error makes the event poison: it is dead-lettered and its
+    /// function serves the projector and the time-travel queries. `None`: nothing to store
+    /// for this event (one that may come before the aggregate's first row); the row, if
+    /// any, stays as it was, and the event's version counts all the same. An error makes the event poison: it is dead-lettered and its
     /// aggregate parked.
     fn fold(row: Option<&Self::Row>, document: &EventDocument)
     -> Result<Option<Self::Row>, String>;

@@ -161,7 +161,9 @@ pub async fn order_as_of(state: &QueryState, id: Uuid, upto: Upto) -> Result<Ord
     let events = events_of(state, "order", &id.to_string(), upto).await?;
     let mut row: Option<OrderRow> = None;
     for (_, document) in &events {
-        row = Orders::fold(row.as_ref(), document).map_err(QueryError::Unavailable)?;
+        if let Some(next) = Orders::fold(row.as_ref(), document).map_err(QueryError::Unavailable)? {
+            row = Some(next);
+        }
     }
     let row = row.ok_or_else(|| match upto {
         Upto::Time(t) => {
