@@ -156,9 +156,50 @@ pub enum ParkedAction {
     Skip,
 }
 
+/// Who asks for an operator action, as every audit log line names them.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    /// `operator` for an operator key; shopctl acts as an operator too.
+    pub role: &'a str,
+    /// The key's fingerprint, or `shopctl`.
+    pub principal: &'a str,
+}
+
 /// Retries or skips the parked records of `aggregate` in read model `model`; a skip also
-/// returns the record it removed.
+/// returns the record it removed. Logs one audit line naming the caller.
 pub async fn act_on_parked(
+    pool: &PgPool,
+    model: &str,
+    aggregate: &str,
+    action: ParkedAction,
+    caller: Caller<'_>,
+) -> Result<
+    (
+        Option<projector::operator::ParkedRecord>,
+        projector::operator::RetryReport,
+    ),
+    ParkedError,
+> {
+    let done = on_model(pool, model, aggregate, action).await?;
+    let (skipped, report) = &done;
+    let skipped = skipped
+        .as_ref()
+        .map(|s| format!("{}/{}@{}", s.topic, s.partition, s.offset));
+    tracing::warn!(
+        role = caller.role,
+        principal = caller.principal,
+        read_model = model,
+        aggregate,
+        action = ?action,
+        skipped,
+        applied = report.applied,
+        still_parked = report.still_parked,
+        "parked records acted on by an operator"
+    );
+    Ok(done)
+}
+
+async fn on_model(
     pool: &PgPool,
     model: &str,
     aggregate: &str,

@@ -14,6 +14,7 @@ use projections::query::error::QueryError;
 use projections::query::params::{Cursor, Page, Params, path_id};
 use schemas::OrderId;
 use serde::Serialize;
+use service_runtime::api_keys::Operator;
 use service_runtime::openapi::BearerAuth;
 use service_runtime::problem::Problem;
 use sqlx::PgPool;
@@ -139,13 +140,14 @@ async fn one(
 /// `POST /v1/sagas/{order_id}/retry`
 #[utoipa::path(
     post, path = "/v1/sagas/{order_id}/retry", tag = "sagas",
-    description = "For operators: retries a failed saga once what made it fail is dealt with. A saga fails when a compensation is given up on for good (a refund the provider refused); the retry issues that compensation again under its old command id, and the rest of the plan follows. Answers the saga as stored after the retry (state `compensating`).",
+    description = "For operators (an operator key; a client key gets 403): retries a failed saga once what made it fail is dealt with. A saga fails when a compensation is given up on for good (a refund the provider refused); the retry issues that compensation again under its old command id, and the rest of the plan follows. Answers the saga as stored after the retry (state `compensating`).",
     params(("order_id" = Uuid, Path, description = "the order")),
     responses(
         (status = 200, description = "the saga compensates again", body = SagaView),
         (status = 404, description = "no saga for that order"),
         (status = 409, description = "the saga is not failed (problem+json with its `state`)"),
         (status = 401, description = "no valid API key"),
+        (status = 403, description = "a client key: this needs an operator key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),
         (status = 503, description = "Postgres unavailable; retry"),
@@ -154,6 +156,7 @@ async fn one(
 )]
 async fn retry(
     State(api): State<Api>,
+    Operator(caller): Operator,
     Path(id): Path<String>,
     Query(pairs): Pairs,
 ) -> Result<Json<SagaView>, Response> {
@@ -164,7 +167,7 @@ async fn retry(
         Ok(saga) => {
             api.metrics.observe_input("operator_retry", "applied");
             api.dispatch.notify_one();
-            tracing::info!(%order_id, "failed saga retried by an operator");
+            tracing::info!(%order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "failed saga retried by an operator");
             Ok(Json(SagaView::from(saga)))
         }
         Err(RetryError::NoSaga(_)) => {
@@ -172,6 +175,7 @@ async fn retry(
         }
         Err(refused @ RetryError::NotFailed { state, .. }) => {
             api.metrics.observe_input("operator_retry", "ignored");
+            tracing::info!(%order_id, role = caller.role.as_str(), principal = %caller.fingerprint, state = state.as_str(), "saga retry refused: not failed");
             Err(Problem::new(StatusCode::CONFLICT, refused.to_string())
                 .typed("urn:shop:problem:saga-not-failed", "Saga not failed")
                 .with("state", state.as_str())

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use projections::projector::Schema;
 use projections::projector::operator::{self, ParkedRecord, RetryReport};
-use projections::{ParkedAction, READ_MODELS};
+use projections::{Caller, ParkedAction, READ_MODELS};
 use serde_json::json;
 
 use crate::connect;
@@ -37,6 +37,12 @@ pub enum DeadLettersCommand {
         aggregate: String,
     },
 }
+
+/// shopctl reaches Postgres directly: whoever runs it is an operator.
+const SHOPCTL: Caller<'static> = Caller {
+    role: "operator",
+    principal: "shopctl",
+};
 
 /// One of the read models, checked when the command line is parsed.
 fn read_model() -> clap::builder::PossibleValuesParser {
@@ -75,18 +81,28 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
             read_model,
             aggregate,
         } => {
-            let (_, report) =
-                projections::act_on_parked(&pool, &read_model, &aggregate, ParkedAction::Retry)
-                    .await?;
+            let (_, report) = projections::act_on_parked(
+                &pool,
+                &read_model,
+                &aggregate,
+                ParkedAction::Retry,
+                SHOPCTL,
+            )
+            .await?;
             print_report(&read_model, &aggregate, None, &report, json);
         }
         DeadLettersCommand::Skip {
             read_model,
             aggregate,
         } => {
-            let (skipped, report) =
-                projections::act_on_parked(&pool, &read_model, &aggregate, ParkedAction::Skip)
-                    .await?;
+            let (skipped, report) = projections::act_on_parked(
+                &pool,
+                &read_model,
+                &aggregate,
+                ParkedAction::Skip,
+                SHOPCTL,
+            )
+            .await?;
             print_report(&read_model, &aggregate, skipped.as_ref(), &report, json);
         }
     }

@@ -11,9 +11,11 @@
 //! - [`explain`]: the causal tree of one correlation id;
 //! - [`lag`]: how far behind every reader is;
 //! - [`dead_letters`]: list, retry and skip parked records;
+//! - [`api_key`]: new API keys, and the digests to configure for them;
 //! - [`inspect`]: `tail` a topic, `read` one aggregate, for people at a console;
 //! - [`view`]: how records are shown; [`connect`]: reaching Postgres and the broker.
 
+pub mod api_key;
 pub mod connect;
 pub mod dead_letters;
 pub mod explain;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use shopctl::{dead_letters, explain, inspect, lag, rebuild, replay, topics};
+use shopctl::{api_key, dead_letters, explain, inspect, lag, rebuild, replay, topics};
 
 #[derive(Debug, Parser)]
 #[command(name = "shopctl", version, about = "Operate the event-sourced shop")]
@@ -38,6 +38,9 @@ enum Command {
     Tail(inspect::TailArgs),
     /// Print every event of one aggregate: keys, headers and pretty JSON.
     Read(inspect::ReadArgs),
+    /// New API keys, and the `sha256:` entries to configure for them.
+    #[command(subcommand)]
+    ApiKey(api_key::ApiKeyCommand),
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -66,6 +69,7 @@ async fn main() -> ExitCode {
         Command::DeadLetters(command) => dead_letters::run(command, json).await,
         Command::Tail(args) => inspect::tail(args, json).await,
         Command::Read(args) => inspect::read(args, json).await,
+        Command::ApiKey(command) => api_key::run(command, json),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -84,6 +84,8 @@ fn bad_arguments_of_every_subcommand_give_one_line_and_exit_2() {
             "--from-beginning",
         ),
         (&["read", "order"], "ID"),
+        (&["api-key"], "subcommand"),
+        (&["api-key", "rotate"], "rotate"),
     ];
     for (args, mentions) in cases {
         assert_one_line_failure(args, &[], 2, mentions);
@@ -109,6 +111,7 @@ fn arguments_only_a_run_can_judge_give_one_line_and_exit_1() {
         ),
         (&["replay", "--limit", "0"], "--limit"),
         (&["read", "basket", "b-1"], "basket"),
+        (&["api-key", "hash"], "stdin"),
     ];
     for (args, mentions) in cases {
         assert_one_line_failure(args, &vars, 1, mentions);

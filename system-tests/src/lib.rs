@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 
 /// Partitions per topic in these tests: small, so topic creation stays quick.
 pub const PARTITIONS: i32 = 2;
+/// The operator key every service started by [`service_env`] accepts (the client key is
+/// `test-key`).
+pub const OPERATOR_KEY: &str = "operator-key";
 
 /// The repository root (for templates and files the tests read).
 pub fn repo_root() -> PathBuf {
@@ -60,6 +63,7 @@ pub fn service_env_with(
         ("EVENT_PARTITIONS", partitions.as_str()),
         ("COMMAND_API_ADDR", "127.0.0.1:0"),
         ("API_KEYS", "test-key"),
+        ("OPERATOR_API_KEYS", OPERATOR_KEY),
         ("PROJECTIONS_ADDR", "127.0.0.1:0"),
         ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
     ];

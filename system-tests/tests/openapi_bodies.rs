@@ -1,16 +1,22 @@
 //! What the query and saga APIs answer is what their OpenAPI documents say: every
 //! operation's documented 200 body, fetched for real data (a user, and an order that went
 //! through its saga, was cancelled, and whose refund the payment simulator refuses, so the
-//! saga fails and an operator retry answers 200 too), is validated against the schema of
-//! the document the service serves.
+//! saga fails and an operator retry answers 200 too, and an unreadable record that the
+//! read models park, so the dead letters list it and an operator's retry and skip answer
+//! 200), is validated against the schema of the document the service serves. Every
+//! operation is called with an operator key, which may call them all.
 
 use std::time::Duration;
 
+use event_store::partitioner::partition_for;
+use event_store::{KafkaSettings, TopicNames};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
-use system_tests::{create_topics, service_env_with, start_services, wait_for_200};
+use system_tests::{
+    OPERATOR_KEY, PARTITIONS, create_topics, service_env_with, start_services, wait_for_200,
+};
 use test_support::TestEnv;
 
-const KEY: &str = "test-key";
 const REFUSED_CENTS: &str = "4242";
 
 /// The documented 200 body of `method path` as a standalone JSON Schema: its references
@@ -90,7 +96,7 @@ async fn every_documented_200_body_matches_what_the_service_sends() -> anyhow::R
         wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
     }
     let (commands, queries, sagas) = (&services[0], &services[1], &services[2]);
-    let client = test_support::client(KEY);
+    let client = test_support::client(OPERATOR_KEY);
 
     let user: Value = client
         .post(commands.url("/v1/users"))
@@ -135,6 +141,24 @@ async fn every_documented_200_body_matches_what_the_service_sends() -> anyhow::R
     )
     .await?;
 
+    // An unreadable record of an order of its own: parked by every model reading orders.
+    let unreadable = uuid::Uuid::new_v4().to_string();
+    let producer: FutureProducer = KafkaSettings::new(&env.brokers).producer().create()?;
+    producer
+        .send(
+            FutureRecord::to(&TopicNames::new(&env.topic_prefix).events("orders"))
+                .partition(partition_for(&unreadable, PARTITIONS))
+                .key(&unreadable)
+                .payload("{ not an event"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let dead_letters = queries.url(&format!(
+        "/v1/dead-letters?read_model=orders&aggregate={unreadable}"
+    ));
+    until(&client, &dead_letters, non_empty).await?;
+
     let mut checked = Vec::new();
     for service in [queries, sagas] {
         let document: Value = reqwest::get(service.url("/openapi.json"))
@@ -157,6 +181,8 @@ async fn every_documented_200_body_matches_what_the_service_sends() -> anyhow::R
                     })
                     .collect();
                 let mut concrete = path
+                    .replace("{read_model}", "orders")
+                    .replace("{aggregate}", &unreadable)
                     .replace("/v1/users/{id}", &format!("/v1/users/{user_id}"))
                     .replace("{id}", &order_id)
                     .replace("{order_id}", &order_id);
@@ -202,6 +228,7 @@ async fn every_documented_200_body_matches_what_the_service_sends() -> anyhow::R
     assert_eq!(
         checked,
         [
+            "get /v1/dead-letters",
             "get /v1/notifications",
             "get /v1/orders",
             "get /v1/orders/{id}",
@@ -211,6 +238,8 @@ async fn every_documented_200_body_matches_what_the_service_sends() -> anyhow::R
             "get /v1/sagas/{order_id}",
             "get /v1/users/{id}",
             "get /v1/users/{id}/orders",
+            "post /v1/dead-letters/{read_model}/{aggregate}/retry",
+            "post /v1/dead-letters/{read_model}/{aggregate}/skip",
             "post /v1/sagas/{order_id}/retry",
         ],
         "every operation of the two documents"

@@ -19,6 +19,7 @@ use system_tests::{
 use test_support::TestEnv;
 
 const KEY: &str = "test-key";
+const OPERATOR_KEY: &str = system_tests::OPERATOR_KEY;
 const SECRET: &str = "webhook-test-secret";
 
 /// One webhook request as received.
@@ -278,9 +279,15 @@ impl Shop {
 
     /// An operator's `POST /v1/sagas/{order}/retry`: status and body.
     async fn retry(&self, order: OrderId) -> anyhow::Result<(u16, Value)> {
+        self.retry_as(order, OPERATOR_KEY).await
+    }
+
+    /// `POST /v1/sagas/{order}/retry` with `key`: status and body.
+    async fn retry_as(&self, order: OrderId, key: &str) -> anyhow::Result<(u16, Value)> {
         let response = self
             .client
             .post(format!("{}/v1/sagas/{order}/retry", self.sagas))
+            .bearer_auth(key)
             .send()
             .await?;
         Ok((response.status().as_u16(), response.json().await?))
@@ -470,6 +477,11 @@ async fn a_refund_refused_for_good_fails_the_saga_until_an_operator_retries_it()
             .is_some_and(|all| all.iter().any(|s| s["order_id"] == order.to_string())),
         "{failed}"
     );
+
+    // A client key may read the saga but not retry it.
+    let (status, problem) = shop.retry_as(order, KEY).await?;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["type"], "urn:shop:problem:operator-key-required");
 
     // A retry while the provider still refuses: compensating, then failed again.
     let (status, retried) = shop.retry(order).await?;

@@ -25,7 +25,7 @@ use crate::write_models::WriteModels;
 
 /// The peer routes, behind a gate that knows only the peers' key.
 pub fn routes(peer_key: &str) -> Router<AppState> {
-    let gate = Gate::new(&[peer_key.to_owned()], u32::MAX, u32::MAX);
+    let gate = Gate::for_key(peer_key);
     gate.guard(
         Router::new()
             .route(PEER_COMMANDS_PATH, axum::routing::post(execute))

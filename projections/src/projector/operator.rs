@@ -14,7 +14,7 @@ use super::bookkeeping;
 use super::{Applied, ReadModel, Schema};
 
 /// One parked record as listed.
-#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ParkedRecord {
     pub aggregate_id: String,
     pub version: Option<i64>,
@@ -27,7 +27,7 @@ pub struct ParkedRecord {
 }
 
 /// What a retry did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RetryReport {
     pub applied: usize,
     /// Records that turned out to be duplicates (an earlier copy was applied).
@@ -118,7 +118,6 @@ pub async fn skip<M: ReadModel>(
         let versions = [(aggregate.to_owned(), current + 1)].into_iter().collect();
         bookkeeping::store_versions(&mut tx, schema, &versions).await?;
     }
-    tracing::warn!(schema = %schema, aggregate, topic = %head.topic, partition = head.partition, offset = head.offset, "parked record skipped by an operator");
     let report = if parked.is_empty() {
         RetryReport::default()
     } else {

@@ -4,8 +4,10 @@
 //! - [`params`]: parameters with every error collected, keyset cursors, pages;
 //! - [`reads`]: the handlers over the read models;
 //! - [`history`]: an aggregate's events read back from the log, and states folded from them;
+//! - [`dead_letters`]: the parked records, and the operators' retry and skip;
 //! - [`error`]: the problem+json mapping.
 
+pub mod dead_letters;
 pub mod error;
 pub mod history;
 pub mod params;
@@ -152,7 +154,7 @@ async fn any_of(notified: Vec<Notified<'_>>) {
 #[openapi(
     info(title = "shop query API", description = "Read models of the event-sourced shop. Every query takes `min_position` (read your writes). Errors are application/problem+json (RFC 9457)."),
     modifiers(&BearerAuth),
-    tags((name = "users"), (name = "orders"), (name = "payments"), (name = "notifications"))
+    tags((name = "users"), (name = "orders"), (name = "payments"), (name = "notifications"), (name = "dead letters"))
 )]
 struct ApiDoc;
 
@@ -166,6 +168,9 @@ pub fn router(state: QueryState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(history::order_history))
         .routes(routes!(reads::payments))
         .routes(routes!(reads::notifications))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::retry))
+        .routes(routes!(dead_letters::skip))
         .split_for_parts();
     (routes.with_state(state), document)
 }

@@ -73,6 +73,13 @@ impl Params {
         self.parsed(name, &what, |v| allowed.contains(&v).then(|| v.to_owned()))
     }
 
+    /// Text of 1 to 200 characters, none of them a control character.
+    pub fn text(&mut self, name: &str) -> Option<String> {
+        self.parsed(name, "1 to 200 characters, no control characters", |v| {
+            is_plain_text(v).then(|| v.to_owned())
+        })
+    }
+
     pub fn version(&mut self, name: &str) -> Option<u64> {
         self.parsed(name, "a version of 1 or more", |v| {
             v.parse::<u64>().ok().filter(|n| *n >= 1)
@@ -121,6 +128,11 @@ impl Params {
             Err(QueryError::Invalid(self.errors))
         }
     }
+}
+
+/// 1 to 200 characters, none of them a control character (Postgres refuses NUL).
+pub fn is_plain_text(value: &str) -> bool {
+    (1..=200).contains(&value.chars().count()) && !value.chars().any(char::is_control)
 }
 
 /// A path id, or a 422 naming it.

@@ -290,7 +290,10 @@ pub async fn run_once(State(runs): State<KeyedRuns>, request: Request, next: Nex
 
 async fn keyed(runs: KeyedRuns, request: Request, next: Next) -> Result<Response, ApiError> {
     let key = key_of(request.headers())?.map(str::to_owned);
-    let principal = request.extensions().get::<Principal>().map(|p| p.0.clone());
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.fingerprint.clone());
     let (Some(key), Some(principal)) = (key, principal) else {
         return Ok(next.run(request).await);
     };

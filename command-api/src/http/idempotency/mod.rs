@@ -53,7 +53,7 @@ impl CommandIds {
     pub fn of(principal: &Principal, headers: &HeaderMap) -> Result<Self, ApiError> {
         Ok(match key_of(headers)? {
             Some(key) => Self::Keyed {
-                principal: principal.0.clone(),
+                principal: principal.fingerprint.clone(),
                 key: key.to_owned(),
             },
             None => Self::Fresh,

@@ -1,0 +1,63 @@
+//! `shopctl api-key new | hash`: keys for `API_KEYS` and `OPERATOR_API_KEYS`. A service
+//! accepts a key configured as `sha256:<hex>` of it, so configuration (and whoever reads
+//! it) never holds the key; the caller keeps the key itself.
+
+use std::io::BufRead;
+
+use clap::Subcommand;
+use serde_json::json;
+use service_runtime::api_keys::hashed_entry;
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Print a new random key and the entry to configure for it.
+    New,
+    /// Read a key from stdin (first line) and print the entry to configure for it.
+    Hash,
+}
+
+pub fn run(command: ApiKeyCommand, json: bool) -> anyhow::Result<()> {
+    let key = match command {
+        ApiKeyCommand::New => new_key(),
+        ApiKeyCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let key = line.trim().to_owned();
+            anyhow::ensure!(!key.is_empty(), "no key on stdin");
+            key
+        }
+    };
+    let entry = hashed_entry(&key);
+    if json {
+        println!("{}", json!({ "key": key, "entry": entry }));
+    } else {
+        println!("key:   {key}\nentry: {entry}");
+    }
+    Ok(())
+}
+
+/// `shop_` and 64 hex digits from two random (v4) UUIDs: 244 random bits.
+fn new_key() -> String {
+    format!(
+        "shop_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_differ_and_hash_to_a_configurable_entry() {
+        let (a, b) = (new_key(), new_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 5 + 64);
+        let entry = hashed_entry(&a);
+        assert!(
+            entry.starts_with("sha256:") && entry.len() == 7 + 64,
+            "{entry}"
+        );
+    }
+}
