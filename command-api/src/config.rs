@@ -81,7 +81,8 @@ impl Config {
 
 /// The peers' key when `PEER_KEY` is not set: a digest of the whole `API_KEYS` list, the
 /// same on every instance that shares it, and not known to a client that holds one key of
-/// several. A client holding the only key could derive it: set `PEER_KEY` then.
+/// several. A client holding the only key could derive it: set `PEER_KEY` then. Required
+/// when the list holds digests (`sha256:`), which anyone reading the configuration knows.
 fn derived_peer_key(env: &Env) -> Result<String, SettingError> {
     use sha2::{Digest, Sha256};
     let keys = env.text(&api_keys::API_KEYS)?;
@@ -90,6 +91,13 @@ fn derived_peer_key(env: &Env) -> Result<String, SettingError> {
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .collect();
+    if keys.iter().any(|k| api_keys::is_digest_entry(k)) {
+        return Err(SettingError::Invalid {
+            name: PEER_KEY.name,
+            value: String::new(),
+            reason: "must be set when API_KEYS holds digests (sha256:...): a key derived from them would be known to whoever reads the configuration".into(),
+        });
+    }
     keys.sort_unstable();
     Ok(hex::encode(Sha256::digest(format!(
         "shop peers\n{}",
@@ -116,5 +124,29 @@ fn advertised_url(env: &Env) -> Result<Option<String>, SettingError> {
             value: url,
             reason: "expected http://host:port (no path)".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, SettingError> {
+        Config::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn the_peers_key_is_derived_from_keys_but_never_from_digests() {
+        let first = config(&[("API_KEYS", "a, b")]).expect("valid");
+        let same = config(&[("API_KEYS", "b,a")]).expect("valid");
+        assert_eq!(first.peer_key, same.peer_key, "order does not matter");
+        assert_ne!(first.peer_key, "a");
+        let digests = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let Err(refused) = config(&[("API_KEYS", digests)]) else {
+            panic!("accepted without PEER_KEY");
+        };
+        assert!(refused.to_string().contains("PEER_KEY"), "{refused}");
+        let given = config(&[("API_KEYS", digests), ("PEER_KEY", "p")]).expect("valid");
+        assert_eq!(given.peer_key, "p");
     }
 }

@@ -180,23 +180,37 @@ pub async fn act_on_parked(
     ),
     ParkedError,
 > {
-    let done = on_model(pool, model, aggregate, action).await?;
-    let (skipped, report) = &done;
-    let skipped = skipped
-        .as_ref()
-        .map(|s| format!("{}/{}@{}", s.topic, s.partition, s.offset));
-    tracing::warn!(
-        role = caller.role,
-        principal = caller.principal,
-        read_model = model,
-        aggregate,
-        action = ?action,
-        skipped,
-        applied = report.applied,
-        still_parked = report.still_parked,
-        "parked records acted on by an operator"
-    );
-    Ok(done)
+    let done = on_model(pool, model, aggregate, action).await;
+    match &done {
+        Ok((skipped, report)) => {
+            let skipped = skipped
+                .as_ref()
+                .map(|s| format!("{}/{}@{}", s.topic, s.partition, s.offset));
+            tracing::warn!(
+                target: "audit",
+                role = caller.role,
+                principal = caller.principal,
+                read_model = model,
+                aggregate,
+                action = ?action,
+                skipped,
+                applied = report.applied,
+                still_parked = report.still_parked,
+                "parked records acted on by an operator"
+            );
+        }
+        Err(e) => tracing::warn!(
+            target: "audit",
+            role = caller.role,
+            principal = caller.principal,
+            read_model = model,
+            aggregate,
+            action = ?action,
+            error = %e,
+            "operator action on parked records failed"
+        ),
+    }
+    done
 }
 
 async fn on_model(

@@ -167,21 +167,25 @@ async fn retry(
         Ok(saga) => {
             api.metrics.observe_input("operator_retry", "applied");
             api.dispatch.notify_one();
-            tracing::info!(%order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "failed saga retried by an operator");
+            tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "failed saga retried by an operator");
             Ok(Json(SagaView::from(saga)))
         }
         Err(RetryError::NoSaga(_)) => {
+            tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "saga retry refused: no saga");
             Err(QueryError::NotFound(format!("no saga for order {order_id}")).into_response())
         }
         Err(refused @ RetryError::NotFailed { state, .. }) => {
             api.metrics.observe_input("operator_retry", "ignored");
-            tracing::info!(%order_id, role = caller.role.as_str(), principal = %caller.fingerprint, state = state.as_str(), "saga retry refused: not failed");
+            tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, state = state.as_str(), "saga retry refused: not failed");
             Err(Problem::new(StatusCode::CONFLICT, refused.to_string())
                 .typed("urn:shop:problem:saga-not-failed", "Saga not failed")
                 .with("state", state.as_str())
                 .into_response())
         }
-        Err(RetryError::Postgres(e)) => Err(QueryError::from(e).into_response()),
+        Err(RetryError::Postgres(e)) => {
+            tracing::warn!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, error = %e, "saga retry failed");
+            Err(QueryError::from(e).into_response())
+        }
     }
 }
 

@@ -91,18 +91,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Operator {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
         match parts.extensions.get::<Principal>() {
             Some(p) if p.role == Role::Operator => Ok(Self(p.clone())),
-            Some(_) => Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "this action needs an operator key (OPERATOR_API_KEYS); this key is a client key",
-            )
-            .typed(
-                "urn:shop:problem:operator-key-required",
-                "Operator key required",
-            )
-            .into_response()),
+            Some(p) => Err(refused(p, parts)),
             None => Err(unauthorized()),
         }
     }
+}
+
+/// 403 for a client key on an operator action, with an audit line.
+fn refused(caller: &Principal, parts: &Parts) -> Response {
+    tracing::warn!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, method = %parts.method, path = %parts.uri.path(), "operator action refused: a client key");
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "this action needs an operator key (OPERATOR_API_KEYS); this key is a client key",
+    )
+    .typed(
+        "urn:shop:problem:operator-key-required",
+        "Operator key required",
+    )
+    .into_response()
 }
 
 /// Which keys are accepted, with which role, and how fast each may call.
@@ -117,15 +123,34 @@ fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// The digest a configured entry stands for: `sha256:<hex>` as given, a key hashed.
+fn is_hex_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a configured entry is a digest (`sha256:<hex>`, the prefix in any case).
+pub fn is_digest_entry(entry: &str) -> bool {
+    entry
+        .get(..7)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sha256:"))
+}
+
+/// The digest a configured entry stands for: `sha256:<hex>` as given, a key hashed. A bare
+/// digest (64 hex digits) is refused: it would silently become a key of its own.
 fn digest_of_entry(entry: &str) -> Result<String, String> {
-    match entry.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+    if is_digest_entry(entry) {
+        let hex = &entry[7..];
+        return if is_hex_digest(hex) {
             Ok(hex.to_ascii_lowercase())
-        }
-        Some(_) => Err("a `sha256:` entry needs 64 hex digits".into()),
-        None => Ok(digest(entry)),
+        } else {
+            Err("a `sha256:` entry needs 64 hex digits".into())
+        };
     }
+    if is_hex_digest(entry) {
+        return Err(
+            "an entry of 64 hex digits looks like a digest: write it as `sha256:<hex>`".into(),
+        );
+    }
+    Ok(digest(entry))
 }
 
 /// The entry to configure for `key` so that configuration does not hold the key itself.
@@ -163,7 +188,15 @@ impl Gate {
         let operators = digests(env, &OPERATOR_API_KEYS)?;
         let mut keys: HashMap<String, Role> =
             clients.into_iter().map(|d| (d, Role::Client)).collect();
-        keys.extend(operators.into_iter().map(|d| (d, Role::Operator)));
+        for digest in operators {
+            if keys.insert(digest, Role::Operator).is_some() {
+                return Err(SettingError::Invalid {
+                    name: OPERATOR_API_KEYS.name,
+                    value: "(not shown: it may hold keys)".into(),
+                    reason: "a key is in API_KEYS too: give each key one role".into(),
+                });
+            }
+        }
         let per_second = u32::try_from(env.positive(&RATE_LIMIT_PER_SECOND)?).unwrap_or(u32::MAX);
         let burst = u32::try_from(env.positive(&RATE_LIMIT_BURST)?).unwrap_or(u32::MAX);
         Ok(Self::with_keys(keys, per_second, burst))
@@ -274,6 +307,9 @@ mod tests {
         assert_eq!(role(&gate, "operator-one"), Some(Role::Operator));
         assert_eq!(role(&gate, "unknown"), None);
         assert_eq!(role(&gate, &hashed), None, "a digest is not a key");
+        let upper = hashed.replacen("sha256:", "SHA256:", 1);
+        let gate = Gate::from_env(&Env::from_pairs([("API_KEYS", upper.as_str())])).expect("valid");
+        assert_eq!(role(&gate, "client-two"), Some(Role::Client), "any case");
     }
 
     #[test]
@@ -288,6 +324,10 @@ mod tests {
         let error = gate("k", "sha256:zz").expect_err("malformed");
         assert!(error.to_string().contains("OPERATOR_API_KEYS"), "{error}");
         assert!(gate(" , ", "o").is_err(), "a client key is required");
+        let bare = "ab".repeat(32);
+        assert!(gate(&bare, "").is_err(), "a digest without its prefix");
+        let error = gate("both", "both").expect_err("one role per key");
+        assert!(error.to_string().contains("one role"), "{error}");
     }
 
     #[test]
@@ -300,8 +340,10 @@ mod tests {
                 .body(Body::empty())
                 .expect("a request")
         };
+        let principal = plain.principal(&request());
+        assert!(principal.is_some());
         assert_eq!(
-            plain.principal(&request()),
+            principal,
             hashed.principal(&request()),
             "idempotency keys stay scoped alike when a key's entry is hashed"
         );

@@ -38,11 +38,14 @@ pub enum DeadLettersCommand {
     },
 }
 
-/// shopctl reaches Postgres directly: whoever runs it is an operator.
-const SHOPCTL: Caller<'static> = Caller {
-    role: "operator",
-    principal: "shopctl",
-};
+/// shopctl reaches Postgres directly: whoever runs it is an operator, named in the audit
+/// line (on stderr) by the login.
+fn principal() -> String {
+    format!(
+        "shopctl:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
 
 /// One of the read models, checked when the command line is parsed.
 fn read_model() -> clap::builder::PossibleValuesParser {
@@ -52,6 +55,11 @@ fn read_model() -> clap::builder::PossibleValuesParser {
 pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> {
     let infra = connect::infrastructure()?;
     let pool = connect::postgres(&infra, 2).await?;
+    let principal = principal();
+    let caller = Caller {
+        role: "operator",
+        principal: &principal,
+    };
     match command {
         DeadLettersCommand::List {
             read_model,
@@ -86,7 +94,7 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
                 &read_model,
                 &aggregate,
                 ParkedAction::Retry,
-                SHOPCTL,
+                caller,
             )
             .await?;
             print_report(&read_model, &aggregate, None, &report, json);
@@ -100,7 +108,7 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
                 &read_model,
                 &aggregate,
                 ParkedAction::Skip,
-                SHOPCTL,
+                caller,
             )
             .await?;
             print_report(&read_model, &aggregate, skipped.as_ref(), &report, json);

@@ -45,6 +45,7 @@ enum Command {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
+    audit_lines_on_stderr();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -78,6 +79,17 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The audit lines of operator actions (dead-letter retries and skips), as JSON on stderr;
+/// nothing else is logged.
+fn audit_lines_on_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("off,audit=info"))
+        .try_init();
 }
 
 /// clap's message on one line: its first paragraph (which may name the missing

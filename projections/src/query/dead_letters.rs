@@ -1,6 +1,7 @@
-//! The records the read models parked, over HTTP: any key lists them; an operator key
-//! retries an aggregate's parked records or skips the one at their head (the same actions
-//! as `shopctl dead-letters`, each one transaction under the model's lock).
+//! The records the read models parked, over HTTP, for operators (an operator key; a client
+//! key gets 403): list them, retry an aggregate's parked records or skip the one at their
+//! head (the same actions as `shopctl dead-letters`, each one transaction under the
+//! model's lock).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -42,7 +43,7 @@ pub struct DeadLetterAction {
 /// `GET /v1/dead-letters?read_model=&aggregate=&limit=`
 #[utoipa::path(
     get, path = "/v1/dead-letters", tag = "dead letters",
-    description = "Records the read models parked (a poison event, an unreadable record, a version gap, and what waits behind it), oldest first per read model.",
+    description = "For operators (an operator key; a client key gets 403): records the read models parked (a poison event, an unreadable record, a version gap, and what waits behind it), oldest first per read model. No cursor: deal with the oldest, then list again.",
     params(
         ("read_model" = Option<String>, Query, description = "users, orders, payments, notifications or event_index"),
         ("aggregate" = Option<String>, Query, description = "only this aggregate"),
@@ -51,6 +52,7 @@ pub struct DeadLetterAction {
     responses(
         (status = 200, description = "the parked records", body = DeadLetters),
         (status = 401, description = "no valid API key"),
+        (status = 403, description = "a client key: this needs an operator key"),
         (status = 422, description = "invalid parameters (problem+json lists every one)"),
         (status = 429, description = "rate limited"),
         (status = 503, description = "Postgres unavailable; retry"),
@@ -59,6 +61,7 @@ pub struct DeadLetterAction {
 )]
 pub async fn list(
     State(state): State<QueryState>,
+    _: Operator,
     Query(pairs): Pairs,
 ) -> Result<Json<DeadLetters>, QueryError> {
     let mut params = Params::new(pairs, &["read_model", "aggregate", "limit"]);
@@ -87,7 +90,7 @@ pub async fn list(
     description = "For operators (an operator key; a client key gets 403): applies the aggregate's parked records in log order, as far as they now go (after a fix was deployed, or once a missing record arrived).",
     params(
         ("read_model" = String, Path, description = "users, orders, payments, notifications or event_index"),
-        ("aggregate" = String, Path, description = "the parked aggregate (event_index keys such as `order/<id>` with the `/` percent-encoded)"),
+        ("aggregate" = String, Path, description = "the parked aggregate, its `aggregate_id` as listed (percent-encode a `/`)"),
     ),
     responses(
         (status = 200, description = "what the retry did", body = DeadLetterAction),
@@ -114,7 +117,7 @@ pub async fn retry(
     description = "For operators (an operator key; a client key gets 403): removes the record at the head of the aggregate's parked records without applying it, then retries the rest. The read model knowingly misses that record.",
     params(
         ("read_model" = String, Path, description = "users, orders, payments, notifications or event_index"),
-        ("aggregate" = String, Path, description = "the parked aggregate (event_index keys such as `order/<id>` with the `/` percent-encoded)"),
+        ("aggregate" = String, Path, description = "the parked aggregate, its `aggregate_id` as listed (percent-encode a `/`)"),
     ),
     responses(
         (status = 200, description = "the skipped record and what the retry of the rest did", body = DeadLetterAction),
