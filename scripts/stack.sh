@@ -60,6 +60,16 @@ ensure_tools() {
   ensure_kafka
 }
 
+# cargo-fuzz (from crates.io), which drives libFuzzer; a C++ compiler builds libFuzzer.
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+  command -v g++ >/dev/null || apt_install g++
+  if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" -q
+  fi
+}
+
 # --- processes ------------------------------------------------------------------------
 
 # True when the pid in $1 is running and its command line contains $2.

@@ -19,7 +19,7 @@ use super::context::RequestContext;
 use super::error::ApiError;
 use super::fields::Fields;
 use super::idempotency::expected_version;
-use super::{AppState, accepted};
+use super::{AppState, Issuer, accepted};
 use crate::domain::orders::{MAX_LINES, MAX_QUANTITY, MAX_TOTAL_CENTS, total_of};
 use crate::domain::users::{UserRejection, UserStatus};
 use service_runtime::api_keys::Principal;
@@ -102,7 +102,20 @@ pub async fn place(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let mut fields = Fields::of(&body.value);
+    let (user_id, currency, lines, id) = read_place(&body.value)?;
+    let issuer = state.issuer(context, &principal, &headers)?;
+    let order_id = id
+        .map(OrderId::from)
+        .unwrap_or_else(|| issuer.ids().new_order());
+    place_for(&state, &issuer, order_id, user_id, currency, lines).await
+}
+
+/// What `POST /v1/orders` asks for: the user, the currency, the lines and maybe the id; or
+/// a 422 listing every invalid field.
+pub fn read_place(
+    value: &serde_json::Value,
+) -> Result<(UserId, Currency, Vec<OrderLine>, Option<Uuid>), ApiError> {
+    let mut fields = Fields::of(value);
     let user_id = fields.string("user_id");
     let user_id = user_id.and_then(|u| {
         u.parse::<UserId>()
@@ -126,11 +139,17 @@ pub async fn place(
         );
     }
     let ((user_id, currency), lines) = fields.finish(user_id.zip(currency).zip(lines))?;
-    let issuer = state.issuer(context, &principal, &headers)?;
-    let order_id = id
-        .map(OrderId::from)
-        .unwrap_or_else(|| issuer.ids().new_order());
+    Ok((user_id, currency, lines, id))
+}
 
+async fn place_for(
+    state: &AppState,
+    issuer: &Issuer,
+    order_id: OrderId,
+    user_id: UserId,
+    currency: Currency,
+    lines: Vec<OrderLine>,
+) -> Result<Response, ApiError> {
     let models = &state.models;
     let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
     let refusal = match user.status {
@@ -191,18 +210,7 @@ pub async fn cancel(
         id: id.clone(),
     })?;
     let expected = expected_version(&headers)?;
-    let mut fields = Fields::of(&body.value);
-    let reason = fields.string("reason");
-    let reason = reason.and_then(|r| {
-        let r = r.trim();
-        if (1..=500).contains(&r.chars().count()) {
-            Some(r.to_owned())
-        } else {
-            fields.fail("reason", "must be 1 to 500 characters");
-            None
-        }
-    });
-    let reason = fields.finish(reason)?;
+    let reason = read_cancel(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
     let cancel = CancelOrder {
         order_id,
@@ -216,4 +224,20 @@ pub async fn cancel(
         )
         .await?;
     Ok(accepted(outcome, "order")?.ok())
+}
+
+/// The reason `POST /v1/orders/{id}/cancel` gives, trimmed; or a 422.
+pub fn read_cancel(value: &serde_json::Value) -> Result<String, ApiError> {
+    let mut fields = Fields::of(value);
+    let reason = fields.string("reason");
+    let reason = reason.and_then(|r| {
+        let r = r.trim();
+        if (1..=500).contains(&r.chars().count()) {
+            Some(r.to_owned())
+        } else {
+            fields.fail("reason", "must be 1 to 500 characters");
+            None
+        }
+    });
+    fields.finish(reason)
 }

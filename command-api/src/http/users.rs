@@ -63,6 +63,40 @@ fn parse_email(fields: &mut Fields<'_>, raw: Option<&str>) -> Option<EmailAddres
     parsed.map_err(|e| fields.fail("email", e.to_string())).ok()
 }
 
+/// What `POST /v1/users` asks for: the name, the address and maybe the id; or a 422
+/// listing every invalid field.
+pub fn read_register(
+    value: &serde_json::Value,
+) -> Result<(PersonName, EmailAddress, Option<Uuid>), ApiError> {
+    let mut fields = Fields::of(value);
+    let name = fields.string("name");
+    let email = fields.string("email");
+    let id = fields.optional_uuid("id");
+    let name = name.and_then(|n| {
+        PersonName::parse(n)
+            .map_err(|e| fields.fail("name", e.to_string()))
+            .ok()
+    });
+    let email = parse_email(&mut fields, email);
+    let (name, email) = fields.finish(name.zip(email))?;
+    Ok((name, email, id))
+}
+
+/// The new address `POST /v1/users/{id}/email` asks for; or a 422.
+pub fn read_change_email(value: &serde_json::Value) -> Result<EmailAddress, ApiError> {
+    let mut fields = Fields::of(value);
+    let email = fields.string("email");
+    let email = parse_email(&mut fields, email);
+    fields.finish(email)
+}
+
+/// The reason `POST /v1/users/{id}/deactivate` may give; or a 422.
+pub fn read_deactivate(value: &serde_json::Value) -> Result<Option<String>, ApiError> {
+    let mut fields = Fields::of(value);
+    let reason = fields.optional_string("reason", 500).map(str::to_owned);
+    fields.finish(Some(reason))
+}
+
 fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound {
         what: "user",
@@ -92,17 +126,7 @@ pub async fn register(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let mut fields = Fields::of(&body.value);
-    let name = fields.string("name");
-    let email = fields.string("email");
-    let id = fields.optional_uuid("id");
-    let name = name.and_then(|n| {
-        PersonName::parse(n)
-            .map_err(|e| fields.fail("name", e.to_string()))
-            .ok()
-    });
-    let email = parse_email(&mut fields, email);
-    let (name, email) = fields.finish(name.zip(email))?;
+    let (name, email, id) = read_register(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
     let user_id = id
         .map(UserId::from)
@@ -161,10 +185,7 @@ pub async fn change_email(
 ) -> Result<Response, ApiError> {
     let user_id = parse_user_id(&id)?;
     let if_match = expected_version(&headers)?;
-    let mut fields = Fields::of(&body.value);
-    let email = fields.string("email");
-    let email = parse_email(&mut fields, email);
-    let email = fields.finish(email)?;
+    let email = read_change_email(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
     let models = &state.models;
 
@@ -253,9 +274,7 @@ pub async fn deactivate(
 ) -> Result<Response, ApiError> {
     let user_id = parse_user_id(&id)?;
     let if_match = expected_version(&headers)?;
-    let mut fields = Fields::of(&body.value);
-    let reason = fields.optional_string("reason", 500).map(str::to_owned);
-    let reason = fields.finish(Some(reason))?;
+    let reason = read_deactivate(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
     let models = &state.models;
 
