@@ -50,6 +50,9 @@ ensure_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v envsubst >/dev/null || missing+=(gettext-base)
   command -v kcat >/dev/null || missing+=(kcat)
+  # OpenSSL's headers: librdkafka, Postgres and webhook TLS are built against them.
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
   nginx_bin >/dev/null || die "nginx is not installed"

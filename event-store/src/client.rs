@@ -1,11 +1,14 @@
 //! librdkafka client configurations, in one place so that every producer is idempotent
 //! and every consumer stores offsets only when told.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::error::EventStoreError;
@@ -21,6 +24,84 @@ pub struct KafkaSettings {
     /// How long a consumer-group member may stay silent before the group moves its
     /// partitions: the failover time after a crash.
     pub session_timeout: Duration,
+    /// TLS and SASL towards the brokers (none by default).
+    pub security: KafkaSecurity,
+}
+
+/// `security.protocol`: whether the connection is encrypted (TLS) and whether the client
+/// logs in (SASL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+impl std::str::FromStr for SecurityProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "plaintext" => Ok(Self::Plaintext),
+            "ssl" => Ok(Self::Ssl),
+            "sasl_plaintext" => Ok(Self::SaslPlaintext),
+            "sasl_ssl" => Ok(Self::SaslSsl),
+            _ => Err("expected plaintext, ssl, sasl_plaintext or sasl_ssl".into()),
+        }
+    }
+}
+
+/// How the brokers are reached and who the client says it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaSecurity {
+    pub protocol: SecurityProtocol,
+    /// PEM file of the authorities that sign the brokers' certificates; without it, the
+    /// system's. The broker's name (or IP address) must be in its certificate.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM files), for brokers that ask for one.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// The SASL login, for the `sasl_*` protocols.
+    pub sasl: Option<SaslLogin>,
+}
+
+/// A SASL login (SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN). The password never shows in
+/// `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslLogin {
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslLogin")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -30,6 +111,7 @@ impl KafkaSettings {
             timeout: Duration::from_secs(5),
             // Apache Kafka's smallest allowed value by default (group.min.session.timeout.ms).
             session_timeout: Duration::from_secs(6),
+            security: KafkaSecurity::default(),
         }
     }
 
@@ -47,7 +129,60 @@ impl KafkaSettings {
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "2000")
             .set("log_level", "4");
+        let security = &self.security;
+        config.set("security.protocol", security.protocol.name());
+        if let Some(ca) = &security.ca_file {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some((certificate, key)) = &security.client_certificate {
+            config
+                .set(
+                    "ssl.certificate.location",
+                    certificate.display().to_string(),
+                )
+                .set("ssl.key.location", key.display().to_string());
+        }
+        if let Some(login) = &security.sasl {
+            config
+                .set("sasl.mechanism", &login.mechanism)
+                .set("sasl.username", &login.username)
+                .set("sasl.password", &login.password);
+        }
         config
+    }
+
+    /// Whether the brokers take this client's TLS handshake and SASL login: one connection
+    /// attempt of at most `within`. A plaintext connection without a login counts as
+    /// accepted without trying. Blocks its thread.
+    pub fn try_login(&self, within: Duration) -> Result<Login, EventStoreError> {
+        if self.security.protocol == SecurityProtocol::Plaintext {
+            return Ok(Login::Accepted);
+        }
+        let watch = LoginWatch::default();
+        let producer: BaseProducer<LoginWatch> = self
+            .base()
+            .create_with_context(watch.clone())
+            .map_err(|e| EventStoreError::from_kafka("connect", e))?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            // Serves the error callback, where librdkafka reports handshakes and logins.
+            producer.poll(Duration::from_millis(50));
+            if let Some(reason) = watch.seen().refused {
+                return Ok(Login::Refused(reason));
+            }
+            if producer
+                .client()
+                .fetch_metadata(None, Duration::from_millis(200))
+                .is_ok()
+            {
+                return Ok(Login::Accepted);
+            }
+        }
+        let seen = watch.seen();
+        Ok(match seen.refused {
+            Some(reason) => Login::Refused(reason),
+            None => Login::NoAnswer(seen.last_error),
+        })
     }
 
     /// An idempotent producer: acks from all in-sync replicas, retries that cannot
@@ -128,6 +263,64 @@ impl KafkaSettings {
     pub fn admin(&self) -> ClientConfig {
         self.base()
     }
+}
+
+/// What one connection attempt with the client's TLS and SASL settings found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Login {
+    Accepted,
+    /// The TLS handshake or the SASL login failed: librdkafka's reason. Waiting will not
+    /// fix it.
+    Refused(String),
+    /// No broker answered in time, with the last error librdkafka gave, if any (a TLS
+    /// client on a plaintext listener shows here, as a handshake cut short).
+    NoAnswer(Option<String>),
+}
+
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    refused: Option<String>,
+    last_error: Option<String>,
+}
+
+/// Keeps the first TLS or SASL failure librdkafka reports, and its last error.
+#[derive(Clone, Default)]
+struct LoginWatch {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl LoginWatch {
+    fn seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ClientContext for LoginWatch {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)
+        ) {
+            seen.refused.get_or_insert_with(|| reason.to_owned());
+        } else if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            seen.last_error = Some(reason.to_owned());
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for LoginWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
 /// A consumer that reads ranges outside any group, told about each partition's end.

@@ -34,6 +34,6 @@ pub mod topics;
 pub mod writer;
 
 pub use admin::TopicAdmin;
-pub use client::KafkaSettings;
+pub use client::{KafkaSecurity, KafkaSettings, Login, SaslLogin, SecurityProtocol};
 pub use error::EventStoreError;
 pub use topics::{TopicNames, TopicSpec};

@@ -63,6 +63,12 @@ pub const NOTIFICATION_WEBHOOK_SECRET: Setting = Setting {
     help: "HMAC-SHA256 key of the webhook signature; required with NOTIFICATION_WEBHOOK_URL",
 };
 
+pub const NOTIFICATION_WEBHOOK_CA_FILE: Setting = Setting {
+    name: "NOTIFICATION_WEBHOOK_CA_FILE",
+    default: Some(""),
+    help: "PEM file of authorities trusted for an https:// webhook, besides the system's; the receiver's certificate is tried at start",
+};
+
 pub const NOTIFICATION_ATTEMPTS: Setting = Setting {
     name: "NOTIFICATION_ATTEMPTS",
     default: Some("5"),
@@ -105,6 +111,7 @@ pub fn settings() -> Vec<Setting> {
         PAYMENT_FAILURE_RATE,
         NOTIFICATION_WEBHOOK_URL,
         NOTIFICATION_WEBHOOK_SECRET,
+        NOTIFICATION_WEBHOOK_CA_FILE,
         NOTIFICATION_ATTEMPTS,
         PROVIDER_TIMEOUT_MS,
         CIRCUIT_FAILURE_THRESHOLD,
@@ -120,6 +127,8 @@ pub fn settings() -> Vec<Setting> {
 pub struct WebhookConfig {
     pub url: String,
     pub secret: String,
+    /// Authorities trusted for an https URL besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +143,24 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub circuit_threshold: u32,
     pub circuit_open: Duration,
+}
+
+/// The webhook's extra authorities: checked now (readable, not expired), and only for an
+/// https URL.
+fn webhook_ca_file(env: &Env, url: &str) -> Result<Option<std::path::PathBuf>, SettingError> {
+    let path = env.text(&NOTIFICATION_WEBHOOK_CA_FILE)?;
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    if !url.starts_with("https://") {
+        return Err(invalid(
+            &NOTIFICATION_WEBHOOK_CA_FILE,
+            path.to_owned(),
+            "is set, but NOTIFICATION_WEBHOOK_URL is not an https:// URL",
+        ));
+    }
+    service_runtime::tls::certificate_file(&NOTIFICATION_WEBHOOK_CA_FILE, path).map(Some)
 }
 
 impl Config {
@@ -162,6 +189,7 @@ impl Config {
                 Some(WebhookConfig {
                     url: url.to_owned(),
                     secret: secret.to_owned(),
+                    ca_file: webhook_ca_file(env, url)?,
                 })
             }
             (url, _) => {

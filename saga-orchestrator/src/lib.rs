@@ -71,7 +71,9 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     let dispatcher = Arc::new(Dispatcher::new(
         pool.clone(),
         sender,
-        providers(&config, &metrics).map_err(ServiceError::Fatal)?,
+        providers(&config, &metrics)
+            .await
+            .map_err(ServiceError::Fatal)?,
         config.dispatch.clone(),
         policy,
         metrics.clone(),
@@ -117,13 +119,18 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
 }
 
 /// The payment simulator and the configured notification channel, each with a breaker.
-fn providers(config: &Config, metrics: &SagaMetrics) -> Result<Providers, String> {
+/// An https webhook's certificate is tried once here: an untrusted one stops the service.
+async fn providers(config: &Config, metrics: &SagaMetrics) -> Result<Providers, String> {
     let payments: Arc<dyn PaymentProvider> = Arc::new(Simulator::new(config.simulator.clone()));
     let channel: Arc<dyn NotificationChannel> = match &config.webhook {
-        Some(hook) => Arc::new(
-            Webhook::new(hook.url.clone(), &hook.secret, config.dispatch.call_timeout)
-                .map_err(|e| format!("webhook client: {e}"))?,
-        ),
+        Some(hook) => {
+            let ca_file = hook.ca_file.as_deref();
+            let timeout = config.dispatch.call_timeout;
+            let webhook = Webhook::new(hook.url.clone(), &hook.secret, timeout, ca_file)
+                .map_err(|e| format!("webhook client: {e}"))?;
+            webhook.check_certificate(ca_file, timeout).await?;
+            Arc::new(webhook)
+        }
         None => Arc::new(LogOnly),
     };
     let breaker = |name| {

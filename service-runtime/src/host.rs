@@ -96,7 +96,7 @@ impl Service {
             .depends_on(probes::kafka(
                 admin,
                 infra.topic_specs(),
-                infra.kafka.timeout,
+                infra.kafka.clone(),
             ))
             .depends_on(probes::postgres(pool.clone(), migrators));
         Ok((service, pool))

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use event_store::{KafkaSettings, TopicAdmin, TopicNames, TopicSpec};
+use event_store::{
+    KafkaSecurity, KafkaSettings, SaslLogin, SecurityProtocol, TopicAdmin, TopicNames, TopicSpec,
+};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::settings::{Env, SettingError, common};
+use crate::tls;
 
 #[derive(Clone, Debug)]
 pub struct Infrastructure {
@@ -36,6 +39,7 @@ impl Infrastructure {
             });
         }
         kafka.session_timeout = Duration::from_millis(session);
+        kafka.security = kafka_security(env)?;
         let partitions: i32 = env.parse(&common::EVENT_PARTITIONS)?;
         if partitions < 1 {
             return Err(SettingError::Invalid {
@@ -73,6 +77,87 @@ impl Infrastructure {
     }
 }
 
+/// TLS and SASL towards the brokers; the files named are checked now, so a missing or
+/// expired certificate stops the service at start.
+fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
+    let protocol: SecurityProtocol = env.parse(&common::KAFKA_SECURITY_PROTOCOL)?;
+    let file = |setting: &crate::Setting| -> Result<Option<String>, SettingError> {
+        let path = env.text(setting)?;
+        Ok((!path.trim().is_empty()).then(|| path.trim().to_owned()))
+    };
+    let ca_file = file(&common::KAFKA_SSL_CA_FILE)?
+        .map(|path| tls::certificate_file(&common::KAFKA_SSL_CA_FILE, &path))
+        .transpose()?;
+    let client_certificate = match (
+        file(&common::KAFKA_SSL_CERTIFICATE_FILE)?,
+        file(&common::KAFKA_SSL_KEY_FILE)?,
+    ) {
+        (None, None) => None,
+        (Some(certificate), Some(key)) => Some((
+            tls::certificate_file(&common::KAFKA_SSL_CERTIFICATE_FILE, &certificate)?,
+            tls::readable_file(&common::KAFKA_SSL_KEY_FILE, &key)?,
+        )),
+        (certificate, _) => {
+            let (missing, given) = if certificate.is_some() {
+                (
+                    &common::KAFKA_SSL_KEY_FILE,
+                    &common::KAFKA_SSL_CERTIFICATE_FILE,
+                )
+            } else {
+                (
+                    &common::KAFKA_SSL_CERTIFICATE_FILE,
+                    &common::KAFKA_SSL_KEY_FILE,
+                )
+            };
+            return Err(SettingError::Invalid {
+                name: missing.name,
+                value: String::new(),
+                reason: format!("must be set together with {}", given.name),
+            });
+        }
+    };
+    if !protocol.uses_tls() && (ca_file.is_some() || client_certificate.is_some()) {
+        return Err(SettingError::Invalid {
+            name: common::KAFKA_SECURITY_PROTOCOL.name,
+            value: env.text(&common::KAFKA_SECURITY_PROTOCOL)?,
+            reason: "KAFKA_SSL_* files are set, but the protocol uses no TLS (ssl or sasl_ssl)"
+                .into(),
+        });
+    }
+    let sasl = if protocol.uses_sasl() {
+        let mechanism = env
+            .text(&common::KAFKA_SASL_MECHANISM)?
+            .to_ascii_uppercase();
+        if !["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&mechanism.as_str()) {
+            return Err(SettingError::Invalid {
+                name: common::KAFKA_SASL_MECHANISM.name,
+                value: mechanism,
+                reason: "expected SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN".into(),
+            });
+        }
+        let required = |setting: &crate::Setting| match env.text(setting)? {
+            value if value.is_empty() => Err(SettingError::Missing {
+                name: setting.name,
+                help: setting.help,
+            }),
+            value => Ok(value),
+        };
+        Some(SaslLogin {
+            mechanism,
+            username: required(&common::KAFKA_SASL_USERNAME)?,
+            password: required(&common::KAFKA_SASL_PASSWORD)?,
+        })
+    } else {
+        None
+    };
+    Ok(KafkaSecurity {
+        protocol,
+        ca_file,
+        client_certificate,
+        sasl,
+    })
+}
+
 /// sqlx accepts any scheme here; anything but Postgres is a configuration error.
 fn database_options(env: &Env) -> Result<PgConnectOptions, SettingError> {
     let url = env.text(&common::DATABASE_URL)?;
@@ -83,7 +168,55 @@ fn database_options(env: &Env) -> Result<PgConnectOptions, SettingError> {
             reason: "expected a postgres:// URL".into(),
         });
     }
-    env.parse(&common::DATABASE_URL)
+    let options: PgConnectOptions = env.parse(&common::DATABASE_URL)?;
+    // The authority file is read on every connection; check it once now.
+    if let Some(ca) = url_parameter(&url, &["sslrootcert", "ssl-root-cert", "ssl-ca"]) {
+        tls::certificate_file(&common::DATABASE_URL, &ca).map_err(|e| match e {
+            SettingError::Invalid { name, reason, .. } => SettingError::Invalid {
+                name,
+                value: format!("...sslrootcert={ca}"),
+                reason,
+            },
+            other => other,
+        })?;
+    }
+    Ok(options)
+}
+
+/// The value of the first of `names` in the query of `url`, percent-decoded.
+fn url_parameter(url: &str, names: &[&str]) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        names.contains(&name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -116,6 +249,80 @@ mod tests {
         let env = Env::from_pairs([("DATABASE_URL", "mysql://nope")]);
         let err = Infrastructure::from_env(&env).unwrap_err();
         assert!(err.to_string().starts_with("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn kafka_security_is_plaintext_unless_asked_and_checked_when_asked() {
+        let infra = Infrastructure::from_env(&Env::default()).unwrap();
+        assert_eq!(infra.kafka.security, KafkaSecurity::default());
+        let refused = |pairs: &[(&str, &str)], starts: &str| {
+            let err = Infrastructure::from_env(&Env::from_pairs(pairs.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(starts), "{pairs:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        };
+        refused(
+            &[("KAFKA_SECURITY_PROTOCOL", "tls")],
+            "KAFKA_SECURITY_PROTOCOL",
+        );
+        refused(
+            &[("KAFKA_SECURITY_PROTOCOL", "sasl_ssl")],
+            "KAFKA_SASL_USERNAME is required",
+        );
+        refused(
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("KAFKA_SASL_USERNAME", "shop"),
+                ("KAFKA_SASL_PASSWORD", "secret"),
+                ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+            ],
+            "KAFKA_SASL_MECHANISM",
+        );
+        refused(
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+                ("KAFKA_SSL_CA_FILE", "/no/ca.pem"),
+            ],
+            "KAFKA_SSL_CA_FILE=\"/no/ca.pem\" is invalid: cannot read it",
+        );
+        refused(
+            &[
+                ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+                ("KAFKA_SSL_KEY_FILE", "/k.pem"),
+            ],
+            "KAFKA_SSL_CERTIFICATE_FILE",
+        );
+        refused(
+            &[(
+                "DATABASE_URL",
+                "postgres://h/db?sslmode=verify-full&sslrootcert=/no/ca.pem",
+            )],
+            "DATABASE_URL=\"...sslrootcert=/no/ca.pem\" is invalid: cannot read it",
+        );
+        let env = Env::from_pairs([
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_USERNAME", "shop"),
+            ("KAFKA_SASL_PASSWORD", "secret"),
+        ]);
+        let infra = Infrastructure::from_env(&env).unwrap();
+        let login = infra.kafka.security.sasl.clone().unwrap();
+        assert_eq!(login.mechanism, "SCRAM-SHA-256");
+        assert!(
+            !format!("{infra:?}").contains("secret"),
+            "the password shows in Debug"
+        );
+    }
+
+    #[test]
+    fn url_parameters_are_found_and_decoded() {
+        let url = "postgres://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem";
+        assert_eq!(
+            url_parameter(url, &["sslrootcert"]).as_deref(),
+            Some("/etc/ca x.pem")
+        );
+        assert_eq!(url_parameter(url, &["sslcert"]), None);
+        assert_eq!(url_parameter("postgres://h/db", &["sslmode"]), None);
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
 //! - [`openapi`]: the bearer scheme and `GET /openapi.json` of every service's document;
 //! - [`problem`]: RFC 9457 problem details, the shape of every error answer;
+//! - [`tls`]: certificate files and one handshake, checked at start;
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
 //! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
 
@@ -22,6 +23,7 @@ pub mod readiness;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use host::{BoundService, Service, ServiceError};
 pub use infrastructure::{Infrastructure, ServiceConfig};

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::{EventStoreError, TopicAdmin, TopicSpec};
+use event_store::{EventStoreError, KafkaSettings, Login, TopicAdmin, TopicSpec};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::OnceCell;
 
 use crate::readiness::{Dependency, Probe};
+use crate::tls;
 
 /// Postgres: reachable, and this service's migrations applied (run on the first
 /// successful probe, under sqlx's advisory lock, so concurrent instances are safe).
@@ -19,8 +20,14 @@ pub fn postgres(pool: PgPool, migrators: Vec<Arc<Migrator>>) -> Dependency {
         let (pool, migrators, migrated) =
             (pool.clone(), Arc::clone(&migrators), Arc::clone(&migrated));
         async move {
-            if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
-                return Probe::NotReady(format!("cannot reach Postgres: {e}"));
+            match sqlx::query("SELECT 1").execute(&pool).await {
+                Ok(_) => {}
+                // A certificate that is not trusted, or a server without TLS where TLS is
+                // required: waiting will not fix either.
+                Err(e @ sqlx::Error::Tls(_)) => {
+                    return Probe::Fatal(format!("Postgres refused TLS: {e}"));
+                }
+                Err(e) => return Probe::NotReady(format!("cannot reach Postgres: {e}")),
             }
             let applied = migrated
                 .get_or_try_init(|| async {
@@ -44,14 +51,21 @@ pub fn postgres(pool: PgPool, migrators: Vec<Arc<Migrator>>) -> Dependency {
 
 /// The broker: reachable, and every topic the service uses present and fit for use.
 /// A misconfigured topic is fatal; a missing one is waited for (`./dev up` or
-/// `shopctl topics create` may still be creating it).
-pub fn kafka(admin: TopicAdmin, topics: Vec<TopicSpec>, timeout: Duration) -> Dependency {
+/// `shopctl topics create` may still be creating it). So is a broker that refuses this
+/// client's TLS handshake or SASL login (see [`refusal`]).
+pub fn kafka(admin: TopicAdmin, topics: Vec<TopicSpec>, settings: KafkaSettings) -> Dependency {
     let topics = Arc::new(topics);
-    // Metadata and describe-configs each take up to `timeout`.
-    Dependency::new("kafka", timeout * 2 + Duration::from_secs(1), move || {
-        let (admin, topics) = (admin.clone(), Arc::clone(&topics));
+    let timeout = settings.timeout;
+    // Metadata and describe-configs each take up to `timeout`, and so does the login check.
+    Dependency::new("kafka", timeout * 3 + Duration::from_secs(1), move || {
+        let (admin, topics, settings) = (admin.clone(), Arc::clone(&topics), settings.clone());
         async move {
             match admin.preflight(&topics).await {
+                Err(e) if e.is_unavailable() => match login(settings).await {
+                    Login::Refused(reason) => Probe::Fatal(reason),
+                    Login::NoAnswer(Some(last)) => Probe::NotReady(format!("{e} (last: {last})")),
+                    Login::Accepted | Login::NoAnswer(None) => Probe::NotReady(e.to_string()),
+                },
                 Ok(()) => Probe::Ready,
                 Err(EventStoreError::Topic(problem)) if problem.is_fatal() => {
                     Probe::Fatal(problem.to_string())
@@ -63,6 +77,36 @@ pub fn kafka(admin: TopicAdmin, topics: Vec<TopicSpec>, timeout: Duration) -> De
             }
         }
     })
+}
+
+/// Whether the brokers take this client's TLS handshake and SASL login. A refusal says
+/// why: librdkafka's report, or, when the certificate was refused, OpenSSL's verdict on it
+/// (expired, unknown authority, another name), which librdkafka does not give.
+pub async fn login(settings: KafkaSettings) -> Login {
+    tokio::task::spawn_blocking(move || {
+        let refused = match settings.try_login(settings.timeout) {
+            Ok(Login::Refused(reason)) => reason,
+            Ok(other) => return other,
+            Err(e) => e.to_string(),
+        };
+        let first = settings.brokers.split(',').next().unwrap_or_default();
+        let verdict = match tls::host_and_port(first) {
+            Some((host, port)) if settings.security.protocol.uses_tls() => {
+                let ca = settings.security.ca_file.as_deref();
+                match tls::handshake(&host, port, ca, settings.timeout) {
+                    tls::Handshake::Refused(verdict) => Some(verdict),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Login::Refused(format!(
+            "Kafka refused the connection: {}",
+            verdict.unwrap_or(refused)
+        ))
+    })
+    .await
+    .unwrap_or(Login::NoAnswer(None))
 }
 
 /// Puts a service's migrations and their bookkeeping table into the service's own schema,

@@ -114,6 +114,41 @@ pub mod common {
         default: Some("6000"),
         help: "how long a consumer-group member may stay silent before its partitions move to the others (the takeover time after a crash)",
     };
+    pub const KAFKA_SECURITY_PROTOCOL: Setting = Setting {
+        name: "KAFKA_SECURITY_PROTOCOL",
+        default: Some("plaintext"),
+        help: "plaintext, ssl (TLS), sasl_ssl (TLS and a SASL login) or sasl_plaintext",
+    };
+    pub const KAFKA_SSL_CA_FILE: Setting = Setting {
+        name: "KAFKA_SSL_CA_FILE",
+        default: Some(""),
+        help: "PEM file of the authorities that sign the brokers' certificates (empty: the system's); checked at start",
+    };
+    pub const KAFKA_SSL_CERTIFICATE_FILE: Setting = Setting {
+        name: "KAFKA_SSL_CERTIFICATE_FILE",
+        default: Some(""),
+        help: "PEM client certificate, for brokers that require one (with KAFKA_SSL_KEY_FILE)",
+    };
+    pub const KAFKA_SSL_KEY_FILE: Setting = Setting {
+        name: "KAFKA_SSL_KEY_FILE",
+        default: Some(""),
+        help: "PEM private key of KAFKA_SSL_CERTIFICATE_FILE",
+    };
+    pub const KAFKA_SASL_MECHANISM: Setting = Setting {
+        name: "KAFKA_SASL_MECHANISM",
+        default: Some("SCRAM-SHA-256"),
+        help: "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN, for the sasl_* protocols",
+    };
+    pub const KAFKA_SASL_USERNAME: Setting = Setting {
+        name: "KAFKA_SASL_USERNAME",
+        default: Some(""),
+        help: "SASL user; required with the sasl_* protocols",
+    };
+    pub const KAFKA_SASL_PASSWORD: Setting = Setting {
+        name: "KAFKA_SASL_PASSWORD",
+        default: Some(""),
+        help: "SASL password; required with the sasl_* protocols",
+    };
     pub const TOPIC_PREFIX: Setting = Setting {
         name: "TOPIC_PREFIX",
         default: Some(""),
@@ -127,7 +162,7 @@ pub mod common {
     pub const DATABASE_URL: Setting = Setting {
         name: "DATABASE_URL",
         default: Some("postgres://shop:shop@127.0.0.1:55432/shop"),
-        help: "Postgres connection URL",
+        help: "Postgres connection URL; TLS with ?sslmode=verify-full&sslrootcert=/path/ca.pem (the file is checked at start)",
     };
     pub const DATABASE_MAX_CONNECTIONS: Setting = Setting {
         name: "DATABASE_MAX_CONNECTIONS",
@@ -146,10 +181,17 @@ pub mod common {
     }
 
     /// All of the above.
-    pub const ALL: [Setting; 8] = [
+    pub const ALL: [Setting; 15] = [
         KAFKA_BROKERS,
         KAFKA_TIMEOUT_MS,
         KAFKA_SESSION_TIMEOUT_MS,
+        KAFKA_SECURITY_PROTOCOL,
+        KAFKA_SSL_CA_FILE,
+        KAFKA_SSL_CERTIFICATE_FILE,
+        KAFKA_SSL_KEY_FILE,
+        KAFKA_SASL_MECHANISM,
+        KAFKA_SASL_USERNAME,
+        KAFKA_SASL_PASSWORD,
         TOPIC_PREFIX,
         EVENT_PARTITIONS,
         DATABASE_URL,

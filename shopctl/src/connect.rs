@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use event_store::Login;
 use service_runtime::Infrastructure;
 use service_runtime::settings::Env;
 use sqlx::PgPool;
@@ -28,13 +29,22 @@ pub async fn postgres(infra: &Infrastructure, connections: u32) -> anyhow::Resul
 }
 
 /// Topic name -> partitions, as the broker reports them: also the check that it answers.
+/// A broker that refuses the TLS handshake or the SASL login says so, rather than
+/// "cannot reach".
 pub async fn topic_partitions(infra: &Infrastructure) -> anyhow::Result<BTreeMap<String, i32>> {
-    infra.admin()?.partition_counts().await.with_context(|| {
-        format!(
-            "cannot reach the broker (KAFKA_BROKERS={})",
-            infra.kafka.brokers
-        )
-    })
+    let e = match infra.admin()?.partition_counts().await {
+        Ok(counts) => return Ok(counts),
+        Err(e) => e,
+    };
+    let reach = format!(
+        "cannot reach the broker (KAFKA_BROKERS={})",
+        infra.kafka.brokers
+    );
+    match service_runtime::probes::login(infra.kafka.clone()).await {
+        Login::Refused(reason) => Err(anyhow::anyhow!(reason)),
+        Login::NoAnswer(Some(last)) => Err(e).context(format!("{reach}, last: {last}")),
+        Login::Accepted | Login::NoAnswer(None) => Err(e).context(reach),
+    }
 }
 
 /// The partitions of `topic` (a full name), or an error naming it when it does not exist.

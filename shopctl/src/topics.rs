@@ -28,6 +28,8 @@ pub async fn run(command: TopicsCommand, json: bool) -> anyhow::Result<()> {
     let infra = Infrastructure::from_env(&env)?;
     let admin = infra.admin()?;
     let specs = infra.topic_specs();
+    // Reaching the broker first: a refused certificate or login is named as such.
+    crate::connect::topic_partitions(&infra).await?;
     match command {
         TopicsCommand::Create => {
             let replication: i32 = env.parse(&KAFKA_REPLICATION_FACTOR)?;

@@ -26,12 +26,35 @@ const LOG4J2: &str = include_str!("../../kafka/log4j2.properties");
 /// Longest a start may take before the harness gives up on the broker.
 const START_WITHIN: Duration = Duration::from_secs(90);
 
+/// What a private broker serves over TLS besides its plaintext listener.
+#[derive(Clone, Debug)]
+pub struct BrokerTls {
+    /// Key and certificate (one PEM file, key first) of a SASL_SSL listener that takes
+    /// SCRAM-SHA-256 logins.
+    pub sasl_ssl_keystore: PathBuf,
+    /// Key and certificate of a second listener, TLS without login (say an expired one).
+    pub ssl_keystore: PathBuf,
+    /// The one SCRAM-SHA-256 user, created when the storage is formatted.
+    pub user: String,
+    pub password: String,
+}
+
+/// Where a private broker's TLS listeners are (`host:port`).
+#[derive(Clone, Debug)]
+pub struct TlsListeners {
+    pub sasl_ssl: String,
+    pub ssl: String,
+}
+
 /// A private Kafka node on free ports with its data in a fresh folder; killed and removed
 /// when dropped.
 #[derive(Debug)]
 pub struct PrivateBroker {
     /// `host:port` of its client listener.
     pub brokers: String,
+    /// Its TLS listeners, when started with [`PrivateBroker::start_with_tls`].
+    pub tls: Option<TlsListeners>,
+    tls_config: Option<BrokerTls>,
     controller_port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -69,6 +92,16 @@ fn heap_options() -> Vec<String> {
 impl PrivateBroker {
     /// Formats a fresh node and starts it; returns once it answers a metadata request.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], with a SASL_SSL and an SSL listener next to the plaintext one
+    /// (which the harness keeps using for its own checks).
+    pub async fn start_with_tls(tls: BrokerTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls_config: Option<BrokerTls>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("shop-kafka-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a broker folder");
@@ -78,8 +111,14 @@ impl PrivateBroker {
             "pkill -KILL {running}; while pgrep {running} >/dev/null; do sleep 0.2; done; rm -rf {}",
             shell_quote(&dir.display().to_string())
         ));
+        let tls = tls_config.as_ref().map(|_| TlsListeners {
+            sasl_ssl: format!("127.0.0.1:{}", free_port()),
+            ssl: format!("127.0.0.1:{}", free_port()),
+        });
         let broker = Self {
             brokers: format!("127.0.0.1:{port}"),
+            tls,
+            tls_config,
             controller_port: free_port(),
             dir,
             child: None,
@@ -103,8 +142,34 @@ impl PrivateBroker {
                 "${KAFKA_DATA}",
                 &self.dir.join("data").display().to_string(),
             );
+        let properties = match (&self.tls, &self.tls_config) {
+            (Some(listeners), Some(tls)) => properties + &self.tls_properties(port, listeners, tls),
+            _ => properties,
+        };
         std::fs::write(self.dir.join("server.properties"), properties).expect("write the config");
         std::fs::write(self.dir.join("log4j2.properties"), LOG4J2).expect("write the log config");
+    }
+
+    /// Appended to the template: Java's properties take the last value of a key.
+    fn tls_properties(&self, port: u16, listeners: &TlsListeners, tls: &BrokerTls) -> String {
+        let controller = self.controller_port;
+        format!(
+            "
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},SASL_SSL://{sasl_ssl},SSL://{ssl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://{sasl_ssl},SSL://{ssl}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={sasl_ssl_keystore}
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location={ssl_keystore}
+",
+            sasl_ssl = listeners.sasl_ssl,
+            ssl = listeners.ssl,
+            sasl_ssl_keystore = tls.sasl_ssl_keystore.display(),
+            ssl_keystore = tls.ssl_keystore.display(),
+        )
     }
 
     fn java(&self) -> Command {
@@ -137,7 +202,17 @@ impl PrivateBroker {
         };
         let cluster_id = run(&["random-uuid"]);
         let config = self.dir.join("server.properties").display().to_string();
-        run(&["format", "--standalone", "-t", &cluster_id, "-c", &config]);
+        let mut format = vec!["format", "--standalone", "-t", &cluster_id, "-c", &config];
+        let scram = self.tls_config.as_ref().map(|tls| {
+            format!(
+                "SCRAM-SHA-256=[name={},password={}]",
+                tls.user, tls.password
+            )
+        });
+        if let Some(scram) = &scram {
+            format.extend(["--add-scram", scram]);
+        }
+        run(&format);
     }
 
     async fn spawn(&mut self) {

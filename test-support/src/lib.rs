@@ -10,10 +10,11 @@ mod broker;
 pub mod floor;
 pub mod hostile;
 pub mod load;
+pub mod pki;
 mod postgres;
 pub mod watchdog;
 
-pub use broker::{KAFKA_LIBS_ENV, PrivateBroker};
+pub use broker::{BrokerTls, KAFKA_LIBS_ENV, PrivateBroker, TlsListeners};
 pub use postgres::PrivatePostgres;
 
 use std::time::{Duration, Instant};

@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::pki::ServerFiles;
 use crate::watchdog::{Watchdog, shell_quote};
 
 /// A private cluster in a temporary folder on a free port, with a superuser `shop` (password
@@ -13,6 +14,8 @@ use crate::watchdog::{Watchdog, shell_quote};
 #[derive(Debug)]
 pub struct PrivatePostgres {
     pub port: u16,
+    /// Whether it takes TLS connections only (see [`PrivatePostgres::start_with_tls`]).
+    tls: bool,
     dir: PathBuf,
     bin: PathBuf,
     /// Stops the cluster and removes its folder should this process end without `Drop`.
@@ -47,6 +50,16 @@ fn server_bin() -> anyhow::Result<PathBuf> {
 impl PrivatePostgres {
     /// initdb into a fresh folder and start the server.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Self::start`], with TLS on the server certificate `server` and every TCP
+    /// connection required to use it (`hostssl` in pg_hba.conf).
+    pub fn start_with_tls(server: &ServerFiles) -> anyhow::Result<Self> {
+        Self::start_with(Some(server))
+    }
+
+    fn start_with(tls: Option<&ServerFiles>) -> anyhow::Result<Self> {
         let bin = server_bin()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -67,6 +80,7 @@ impl PrivatePostgres {
         });
         let cluster = Self {
             port,
+            tls: tls.is_some(),
             dir,
             bin,
             _watchdog: watchdog,
@@ -93,12 +107,51 @@ impl PrivatePostgres {
                 "--auth-host=scram-sha-256",
             ],
         )?;
+        if let Some(server) = tls {
+            cluster.install_certificate(server)?;
+            let hba = cluster.dir.join("data/pg_hba.conf");
+            let text = std::fs::read_to_string(&hba)?;
+            let only_tls: Vec<String> = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}"),
+                    None => l.to_owned(),
+                })
+                .collect();
+            std::fs::write(&hba, only_tls.join("\n") + "\n")?;
+        }
         cluster.start_server()?;
         run(Command::new(cluster.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "shop"])
             .args(["-d", "postgres", "-qc", "CREATE DATABASE shop"])
             .env("PGPASSWORD", "shop"))?;
         Ok(cluster)
+    }
+
+    /// Serves `server` (key and certificate) from now on: new connections see it.
+    pub fn replace_certificate(&self, server: &ServerFiles) -> anyhow::Result<()> {
+        anyhow::ensure!(self.tls, "this cluster was started without TLS");
+        self.install_certificate(server)?;
+        self.as_owner("pg_ctl", &["-D", &self.data(), "reload"])
+    }
+
+    /// Copies the files into the data folder, owned by the server's user, the key private
+    /// to it (Postgres refuses a key others can read).
+    fn install_certificate(&self, server: &ServerFiles) -> anyhow::Result<()> {
+        let data = self.dir.join("data");
+        std::fs::copy(&server.certificate, data.join("server.crt"))?;
+        std::fs::copy(&server.key, data.join("server.key"))?;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if is_root() {
+            run(Command::new("chown")
+                .args(["postgres:"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key")))?;
+        }
+        Ok(())
     }
 
     fn data(&self) -> String {
@@ -118,11 +171,14 @@ impl PrivatePostgres {
     }
 
     fn start_server(&self) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c max_connections=300",
             self.port,
             self.dir.display()
         );
+        if self.tls {
+            options.push_str(" -c ssl=on");
+        }
         let log = self.dir.join("postgres.log").display().to_string();
         self.as_owner(
             "pg_ctl",

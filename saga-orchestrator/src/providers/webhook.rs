@@ -5,12 +5,14 @@
 //! Headers: `webhook-id`, `webhook-timestamp` (Unix seconds), `webhook-signature`
 //! (`v1=<hex>`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use schemas::notifications::NotificationKind;
 use schemas::{NotificationId, OrderId, UserId};
 use serde::Serialize;
+use service_runtime::tls::Handshake;
 use sha2::Sha256;
 
 use super::{CallError, CallFuture};
@@ -39,13 +41,80 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn new(url: String, secret: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// A webhook on `url`; an https URL trusts the system's authorities and those in
+    /// `ca_file`.
+    pub fn new(
+        url: String,
+        secret: &str,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let authorities = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {}", ca.display(), causes(&e)))?;
+            builder = builder.tls_certs_merge(authorities);
+        }
         Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            client: builder.build().map_err(|e| causes(&e))?,
             url,
             secret: secret.as_bytes().to_vec(),
         })
     }
+
+    /// For an https URL, one TLS handshake with the receiver: an untrusted certificate
+    /// (unknown authority, expired, another name) is an error; a receiver that cannot be
+    /// reached is not (it may come up later, and deliveries are retried).
+    pub async fn check_certificate(
+        &self,
+        ca_file: Option<&Path>,
+        within: Duration,
+    ) -> Result<(), String> {
+        let Ok(url) = reqwest::Url::parse(&self.url) else {
+            return Ok(());
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Ok(());
+        };
+        if url.scheme() != "https" {
+            return Ok(());
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let ca_file = ca_file.map(Path::to_path_buf);
+        let verdict = tokio::task::spawn_blocking(move || {
+            service_runtime::tls::handshake(&host, port, ca_file.as_deref(), within)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match verdict {
+            Handshake::Trusted => Ok(()),
+            Handshake::Refused(reason) => Err(format!("webhook {}: {reason}", self.url)),
+            Handshake::Unreachable(reason) => {
+                tracing::warn!(url = %self.url, reason, "webhook receiver not reachable at start");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line (reqwest's own text leaves out why a connection
+/// failed, say an untrusted certificate).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
 }
 
 /// `v1=<hex of HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`.
@@ -82,7 +151,9 @@ impl NotificationChannel for Webhook {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| CallError::Transient(format!("webhook unreachable: {e}")))?;
+                .map_err(|e| {
+                    CallError::Transient(format!("webhook unreachable: {}", causes(&e)))
+                })?;
             let status = response.status();
             if status.is_success() {
                 Ok(())
