@@ -63,6 +63,20 @@ ensure_tools() {
   ensure_kafka
 }
 
+# The Python side of the tests, in its own virtual environment under .local/python: the
+# Standard Webhooks reference library (PyPI), which verifies our webhook signatures.
+STANDARDWEBHOOKS_PY_VERSION=1.3.0
+ensure_python_tools() {
+  local venv="$ROOT/.local/python"
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+    log "installing standardwebhooks $STANDARDWEBHOOKS_PY_VERSION from PyPI into $venv"
+    "$venv/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_PY_VERSION" ||
+      die "pip could not install standardwebhooks $STANDARDWEBHOOKS_PY_VERSION"
+  fi
+}
+
 # cargo-fuzz (from crates.io), which drives libFuzzer; a C++ compiler builds libFuzzer.
 CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {

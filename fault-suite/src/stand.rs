@@ -16,7 +16,7 @@ use crate::load;
 use crate::webhooks::{self, Deliveries};
 
 pub const API_KEY: &str = "fault-suite-key";
-pub const WEBHOOK_SECRET: &str = "fault-suite-secret";
+pub const WEBHOOK_SECRET: &str = "whsec_ZmF1bHQtc3VpdGUtd2ViaG9vay1zZWNyZXQ=";
 pub const TOPIC_PREFIX: &str = "faults.";
 /// A rate limit no run reaches.
 pub const RATE_UNLIMITED: u32 = 1_000_000;

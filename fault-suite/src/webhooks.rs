@@ -50,8 +50,12 @@ pub async fn receiver(secret: &'static str) -> anyhow::Result<(String, Deliverie
                 };
                 let id = header("webhook-id");
                 let timestamp: i64 = header("webhook-timestamp").parse().unwrap_or(0);
-                let signed = signature(secret.as_bytes(), &id, timestamp, &body)
-                    == header("webhook-signature");
+                let signed = signature(
+                    &[secret.parse().expect("a whsec_ secret")],
+                    &id,
+                    timestamp,
+                    &body,
+                ) == header("webhook-signature");
                 let body = serde_json::from_slice(&body).unwrap_or_default();
                 log.0
                     .lock()

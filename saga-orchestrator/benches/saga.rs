@@ -69,7 +69,10 @@ async fn start_services(
         ("RATE_LIMIT_BURST", "1000000"),
         ("PAYMENT_LATENCY_MS", "5"),
         ("NOTIFICATION_WEBHOOK_URL", webhook),
-        ("NOTIFICATION_WEBHOOK_SECRET", "bench-secret"),
+        (
+            "NOTIFICATION_WEBHOOK_SECRET",
+            "whsec_YmVuY2gtd2ViaG9vay1zaWduaW5nLXNlY3JldA==",
+        ),
     ]);
     let api = command_api::build(command_api::Config::from_env(&settings)?).await?;
     let saga = saga_orchestrator::build(saga_orchestrator::Config::from_env(&settings)?).await?;

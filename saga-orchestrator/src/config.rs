@@ -8,6 +8,7 @@ use service_runtime::settings::{Env, Setting, SettingError, common};
 
 use crate::dispatch::DispatchConfig;
 use crate::providers::payments::SimulatorRules;
+use crate::providers::webhook::WebhookSecret;
 
 pub const SAGA_ORCHESTRATOR_ADDR: Setting = Setting {
     name: "SAGA_ORCHESTRATOR_ADDR",
@@ -60,7 +61,7 @@ pub const NOTIFICATION_WEBHOOK_URL: Setting = Setting {
 pub const NOTIFICATION_WEBHOOK_SECRET: Setting = Setting {
     name: "NOTIFICATION_WEBHOOK_SECRET",
     default: Some(""),
-    help: "HMAC-SHA256 key of the webhook signature; required with NOTIFICATION_WEBHOOK_URL",
+    help: "Standard Webhooks signing secret (whsec_ and base64; `shopctl webhook-secret` makes one), or two separated by a space while rotating; required with NOTIFICATION_WEBHOOK_URL",
 };
 
 pub const NOTIFICATION_WEBHOOK_CA_FILE: Setting = Setting {
@@ -126,7 +127,8 @@ pub fn settings() -> Vec<Setting> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookConfig {
     pub url: String,
-    pub secret: String,
+    /// Every notice is signed with each (two while one replaces the other).
+    pub secrets: Vec<WebhookSecret>,
     /// Authorities trusted for an https URL besides the system's.
     pub ca_file: Option<std::path::PathBuf>,
 }
@@ -176,7 +178,7 @@ impl Config {
         }
         let url = env.text(&NOTIFICATION_WEBHOOK_URL)?;
         let secret = env.text(&NOTIFICATION_WEBHOOK_SECRET)?;
-        let webhook = match (url.trim(), secret.as_str()) {
+        let webhook = match (url.trim(), secret.trim()) {
             ("", _) => None,
             (url, "") => {
                 return Err(invalid(
@@ -186,9 +188,12 @@ impl Config {
                 ));
             }
             (url, secret) if url.starts_with("http://") || url.starts_with("https://") => {
+                let secrets = WebhookSecret::parse_list(secret).map_err(|reason| {
+                    invalid(&NOTIFICATION_WEBHOOK_SECRET, "<redacted>".into(), &reason)
+                })?;
                 Some(WebhookConfig {
                     url: url.to_owned(),
-                    secret: secret.to_owned(),
+                    secrets,
                     ca_file: webhook_ca_file(env, url)?,
                 })
             }
@@ -245,6 +250,8 @@ fn invalid(setting: &Setting, value: String, reason: &str) -> SettingError {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
     /// An environment with `pairs` and the one API key every service needs.
     fn keyed<const N: usize>(pairs: [(&'static str, &'static str); N]) -> Env {
         Env::from_pairs(pairs.into_iter().chain([("API_KEYS", "k")]))
@@ -257,14 +264,34 @@ mod tests {
         assert!(err.starts_with("NOTIFICATION_WEBHOOK_SECRET"), "{err}");
         let ftp = keyed([
             ("NOTIFICATION_WEBHOOK_URL", "ftp://x"),
-            ("NOTIFICATION_WEBHOOK_SECRET", "s"),
+            ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ]);
         assert!(Config::from_env(&ftp).is_err());
         let both = keyed([
             ("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
-            ("NOTIFICATION_WEBHOOK_SECRET", "s"),
+            ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ]);
         assert!(Config::from_env(&both).unwrap().webhook.is_some());
+        let plain = keyed([
+            ("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+            ("NOTIFICATION_WEBHOOK_SECRET", "plain-text-secret"),
+        ]);
+        let err = Config::from_env(&plain).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "NOTIFICATION_WEBHOOK_SECRET=\"<redacted>\" is invalid: a secret is whsec_"
+            ),
+            "{err}"
+        );
+        let rotating = keyed([
+            ("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+            (
+                "NOTIFICATION_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            ),
+        ]);
+        let webhook = Config::from_env(&rotating).unwrap().webhook.unwrap();
+        assert_eq!(webhook.secrets.len(), 2);
         assert!(Config::from_env(&keyed([])).unwrap().webhook.is_none());
     }
 

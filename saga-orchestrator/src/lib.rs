@@ -126,7 +126,7 @@ async fn providers(config: &Config, metrics: &SagaMetrics) -> Result<Providers, 
         Some(hook) => {
             let ca_file = hook.ca_file.as_deref();
             let timeout = config.dispatch.call_timeout;
-            let webhook = Webhook::new(hook.url.clone(), &hook.secret, timeout, ca_file)
+            let webhook = Webhook::new(hook.url.clone(), hook.secrets.clone(), timeout, ca_file)
                 .map_err(|e| format!("webhook client: {e}"))?;
             webhook.check_certificate(ca_file, timeout).await?;
             Arc::new(webhook)

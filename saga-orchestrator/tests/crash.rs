@@ -27,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_saga-orchestrator");
 const KILLS: usize = 20;
 const SAGAS: usize = 200;
 const PARTITIONS: i32 = 4;
-const SECRET: &str = "crash-test-secret";
+const SECRET: &str = "whsec_Y3Jhc2gtdGVzdC13ZWJob29rLXNlY3JldA==";
 const KEY: &str = "test-key";
 
 /// The orchestrator process, killed when the test lets go of it.
@@ -96,8 +96,9 @@ async fn webhook_receiver() -> anyhow::Result<(String, Deliveries)> {
                 };
                 let id = header("webhook-id");
                 let timestamp: i64 = header("webhook-timestamp").parse().unwrap_or(0);
-                let signed = signature(SECRET.as_bytes(), &id, timestamp, &body)
-                    == header("webhook-signature");
+                let secret = SECRET.parse().expect("a whsec_ secret");
+                let signed =
+                    signature(&[secret], &id, timestamp, &body) == header("webhook-signature");
                 let json = serde_json::from_slice(&body).unwrap_or_default();
                 log.lock().expect("receiver lock").push((id, json, signed));
                 "ok"

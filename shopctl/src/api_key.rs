@@ -1,4 +1,5 @@
-//! `shopctl api-key new | hash`: keys for `API_KEYS` and `OPERATOR_API_KEYS`. A service
+//! `shopctl api-key new | hash`: keys for `API_KEYS` and `OPERATOR_API_KEYS` (and
+//! `shopctl webhook-secret`, the webhooks' signing secrets). A service
 //! accepts a key configured as `sha256:<hex>` of it, so configuration (and whoever reads
 //! it) never holds the key; the caller keeps the key itself.
 
@@ -34,6 +35,16 @@ pub fn run(command: ApiKeyCommand, json: bool) -> anyhow::Result<()> {
         println!("key:   {key}\nentry: {entry}");
     }
     Ok(())
+}
+
+/// `shopctl webhook-secret`: a new secret to give the orchestrator and the receiver.
+pub fn print_webhook_secret(json: bool) {
+    let secret = saga_orchestrator::providers::webhook::WebhookSecret::generate();
+    if json {
+        println!("{}", json!({ "secret": secret.to_string() }));
+    } else {
+        println!("{secret}");
+    }
 }
 
 /// `shop_` and 64 hex digits from two random (v4) UUIDs: 244 random bits.

@@ -41,6 +41,8 @@ enum Command {
     /// New API keys, and the `sha256:` entries to configure for them.
     #[command(subcommand)]
     ApiKey(api_key::ApiKeyCommand),
+    /// A new Standard Webhooks signing secret (`whsec_...`) for NOTIFICATION_WEBHOOK_SECRET.
+    WebhookSecret,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -71,6 +73,10 @@ async fn main() -> ExitCode {
         Command::Tail(args) => inspect::tail(args, json).await,
         Command::Read(args) => inspect::read(args, json).await,
         Command::ApiKey(command) => api_key::run(command, json),
+        Command::WebhookSecret => {
+            api_key::print_webhook_secret(json);
+            Ok(())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

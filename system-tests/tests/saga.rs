@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use saga_orchestrator::providers::webhook::signature;
 use schemas::notifications::NotificationKind;
 use schemas::{NotificationId, OrderId};
 use serde_json::{Value, json};
@@ -20,7 +19,8 @@ use test_support::TestEnv;
 
 const KEY: &str = "test-key";
 const OPERATOR_KEY: &str = system_tests::OPERATOR_KEY;
-const SECRET: &str = "webhook-test-secret";
+/// The webhook signing secret (Standard Webhooks: `whsec_` and base64).
+const SECRET: &str = "whsec_d2ViaG9vay10ZXN0LXNpZ25pbmctc2VjcmV0";
 
 /// One webhook request as received.
 #[derive(Clone, Debug)]
@@ -32,8 +32,23 @@ struct Received {
 }
 
 impl Received {
+    /// Verified by the Standard Webhooks reference library, as a receiver would.
     fn signed_correctly(&self) -> bool {
-        signature(SECRET.as_bytes(), &self.id, self.timestamp, &self.body) == self.signature
+        self.verifies_with(SECRET)
+    }
+
+    fn verifies_with(&self, secret: &str) -> bool {
+        let mut headers = axum::http::HeaderMap::new();
+        for (name, value) in [
+            ("webhook-id", self.id.clone()),
+            ("webhook-timestamp", self.timestamp.to_string()),
+            ("webhook-signature", self.signature.clone()),
+        ] {
+            headers.insert(name, value.parse().expect("a header value"));
+        }
+        standardwebhooks::Webhook::new(secret)
+            .and_then(|hook| hook.verify(&self.body, &headers))
+            .is_ok()
     }
 
     fn json(&self) -> Value {
@@ -378,6 +393,76 @@ async fn an_order_is_paid_confirmed_and_the_customer_notified_with_a_signed_webh
         Some(2),
         "{problem}"
     );
+    shop.stop().await
+}
+
+/// What the Standard Webhooks package from PyPI (in `./dev test`'s virtual environment)
+/// says of `hook` under `secret`: `None` when it verifies, else its complaint.
+fn python_verdict(hook: &Received, secret: &str) -> anyhow::Result<Option<String>> {
+    let python = std::env::var("SHOP_TEST_PYTHON").map_err(|_| {
+        anyhow::anyhow!("SHOP_TEST_PYTHON is not set: run the tests through ./dev test")
+    })?;
+    let script = r#"
+import sys
+from standardwebhooks.webhooks import Webhook
+secret, wid, ts, sig = sys.argv[1:5]
+headers = {"webhook-id": wid, "webhook-timestamp": ts, "webhook-signature": sig}
+try:
+    Webhook(secret).verify(sys.stdin.buffer.read(), headers)
+except Exception as e:
+    print(type(e).__name__, e)
+    sys.exit(1)
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args([
+            "-c",
+            script,
+            secret,
+            &hook.id,
+            &hook.timestamp.to_string(),
+            &hook.signature,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &hook.body)?;
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success() || !output.stdout.is_empty(),
+        "{python}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((!output.status.success())
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned()))
+}
+
+#[tokio::test]
+async fn while_a_secret_is_rotated_each_notice_is_signed_with_both_as_the_standard_says()
+-> anyhow::Result<()> {
+    const NEXT: &str = "whsec_bmV4dC13ZWJob29rLXNpZ25pbmctc2VjcmV0LTI=";
+    const RETIRED: &str = "whsec_cmV0aXJlZC13ZWJob29rLXNpZ25pbmctc2VjcmV0";
+    let receiver = Receiver::start().await?;
+    let both = format!("{SECRET} {NEXT}");
+    let shop = Shop::start(&receiver, &[("NOTIFICATION_WEBHOOK_SECRET", both.as_str())]).await?;
+    let order = shop.order(900).await?;
+    shop.saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+    let hooks = receiver.of(order, NotificationKind::OrderConfirmed);
+    assert!(!hooks.is_empty(), "no webhook for {order}");
+    for hook in &hooks {
+        assert_eq!(hook.signature.split(' ').count(), 2, "{}", hook.signature);
+        assert!(hook.signature.split(' ').all(|s| s.starts_with("v1,")));
+        assert!(
+            hook.verifies_with(SECRET) && hook.verifies_with(NEXT),
+            "{hook:?}"
+        );
+        assert!(!hook.verifies_with(RETIRED), "{hook:?}");
+        assert_eq!(python_verdict(hook, SECRET)?, None);
+        assert_eq!(python_verdict(hook, NEXT)?, None);
+        let refused = python_verdict(hook, RETIRED)?.unwrap_or_default();
+        assert!(refused.starts_with("WebhookVerificationError"), "{refused}");
+    }
     shop.stop().await
 }
 

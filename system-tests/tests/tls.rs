@@ -22,6 +22,7 @@ use test_support::{BrokerTls, PrivateBroker, PrivatePostgres, TestEnv};
 
 const KEY: &str = "test-key";
 const KAFKA_USER: &str = "shop";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const KAFKA_PASSWORD: &str = "kafka-test-password";
 
 /// How long a misconfigured service may take to stop.
@@ -176,7 +177,7 @@ async fn an_order_runs_over_tls_to_kafka_postgres_and_the_webhook() -> anyhow::R
     let ca = stand.pki.ca.display().to_string();
     let settings = stand.settings(&[
         ("NOTIFICATION_WEBHOOK_URL", receiver.url.as_str()),
-        ("NOTIFICATION_WEBHOOK_SECRET", "webhook-secret"),
+        ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ("NOTIFICATION_WEBHOOK_CA_FILE", ca.as_str()),
     ]);
     let services = start_services(&settings).await?;
@@ -322,7 +323,7 @@ async fn a_wrong_authority_an_expired_certificate_or_a_wrong_password_stops_a_se
     let valid = HttpsReceiver::start(&stand.pki.server).await?;
     let reason = orchestrator_stops_with(&stand.settings(&[
         ("NOTIFICATION_WEBHOOK_URL", &valid.url),
-        ("NOTIFICATION_WEBHOOK_SECRET", "s"),
+        ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ("NOTIFICATION_WEBHOOK_CA_FILE", &stranger),
     ]))
     .await?;
@@ -334,7 +335,7 @@ async fn a_wrong_authority_an_expired_certificate_or_a_wrong_password_stops_a_se
     let ca = stand.pki.ca.display().to_string();
     let reason = orchestrator_stops_with(&stand.settings(&[
         ("NOTIFICATION_WEBHOOK_URL", &expired.url),
-        ("NOTIFICATION_WEBHOOK_SECRET", "s"),
+        ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ("NOTIFICATION_WEBHOOK_CA_FILE", &ca),
     ]))
     .await?;
@@ -365,7 +366,7 @@ fn an_expired_or_unreadable_authority_file_is_a_configuration_error() -> anyhow:
     assert!(err.starts_with("DATABASE_URL="), "{err}");
     let env = Env::from_pairs([
         ("NOTIFICATION_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
-        ("NOTIFICATION_WEBHOOK_SECRET", "s"),
+        ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
         ("NOTIFICATION_WEBHOOK_CA_FILE", expired.as_str()),
     ]);
     let err = saga_orchestrator::Config::from_env(&env)

@@ -1,9 +1,10 @@
-//! The notification channel: an HTTP webhook. The body is signed with HMAC-SHA256 over
-//! `<id>.<timestamp>.<body>`; the id is the notification's, the same on every retry, so
-//! the receiver can drop repeats.
+//! The notification channel: an HTTP webhook, signed as Standard Webhooks specifies
+//! (<https://www.standardwebhooks.com>), so that its verifier libraries accept it.
 //!
-//! Headers: `webhook-id`, `webhook-timestamp` (Unix seconds), `webhook-signature`
-//! (`v1=<hex>`).
+//! Headers: `webhook-id` (the notification's id, the same on every retry, so the receiver
+//! can drop repeats), `webhook-timestamp` (Unix seconds) and `webhook-signature`: for each
+//! configured secret, `v1,<base64 of HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`,
+//! separated by spaces. Two secrets are configured while one replaces the other.
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +38,7 @@ pub trait NotificationChannel: Send + Sync + std::fmt::Debug {
 pub struct Webhook {
     client: reqwest::Client,
     url: String,
-    secret: Vec<u8>,
+    secrets: Vec<WebhookSecret>,
 }
 
 impl Webhook {
@@ -45,7 +46,7 @@ impl Webhook {
     /// `ca_file`.
     pub fn new(
         url: String,
-        secret: &str,
+        secrets: Vec<WebhookSecret>,
         timeout: Duration,
         ca_file: Option<&Path>,
     ) -> Result<Self, String> {
@@ -59,7 +60,7 @@ impl Webhook {
         Ok(Self {
             client: builder.build().map_err(|e| causes(&e))?,
             url,
-            secret: secret.as_bytes().to_vec(),
+            secrets,
         })
     }
 
@@ -117,15 +118,87 @@ fn causes(error: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// `v1=<hex of HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`.
-pub fn signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+/// A Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 random bytes. Its
+/// bytes never show in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(Vec<u8>);
+
+impl WebhookSecret {
+    const PREFIX: &str = "whsec_";
+
+    /// A new secret of 32 random bytes (two random UUIDs: 244 random bits).
+    pub fn generate() -> Self {
+        let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Self(bytes)
+    }
+
+    /// Every secret in `text`, separated by spaces or commas.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        text.split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect()
+    }
+}
+
+impl std::str::FromStr for WebhookSecret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        use base64::Engine as _;
+        let encoded = text.strip_prefix(Self::PREFIX).ok_or_else(|| {
+            "a secret is whsec_ and base64 (`shopctl webhook-secret` makes one)".to_owned()
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
+        if !(24..=64).contains(&bytes.len()) {
+            return Err(format!(
+                "a secret holds 24 to 64 bytes, this one {}",
+                bytes.len()
+            ));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl std::fmt::Display for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&self.0);
+        write!(f, "{}{encoded}", Self::PREFIX)
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+/// The `webhook-signature` header: `v1,<base64 of HMAC-SHA256(secret,
+/// "<id>.<timestamp>.<body>")>` for each of `secrets`, separated by spaces.
+pub fn signature(secrets: &[WebhookSecret], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let signatures: Vec<String> = secrets
+        .iter()
+        .map(|secret| {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&secret.0).expect("HMAC takes keys of any length");
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let digest = mac.finalize().into_bytes();
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            )
+        })
+        .collect();
+    signatures.join(" ")
 }
 
 impl NotificationChannel for Webhook {
@@ -146,7 +219,7 @@ impl NotificationChannel for Webhook {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header(
                     "webhook-signature",
-                    signature(&self.secret, &id, timestamp, &body),
+                    signature(&self.secrets, &id, timestamp, &body),
                 )
                 .body(body)
                 .send()
@@ -194,27 +267,53 @@ impl NotificationChannel for LogOnly {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
     #[test]
-    fn the_signature_is_hmac_sha256_of_id_timestamp_and_body() {
-        // RFC 4231 test case 2 gives HMAC-SHA256("Jefe", "what do ya want for nothing?").
-        let message = b"what do ya want for nothing?";
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
-        mac.update(message);
+    fn the_signature_is_base64_hmac_sha256_of_id_timestamp_and_body() {
+        // The example of the Standard Webhooks specification: this secret, id, time and
+        // body give this signature.
+        let secret: WebhookSecret = SECRET.parse().unwrap();
+        let body = br#"{"test": 2432232314}"#;
         assert_eq!(
-            hex::encode(mac.finalize().into_bytes()),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signature(
+                std::slice::from_ref(&secret),
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                body
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        let a = signature(b"secret", "id-1", 1_700_000_000, b"{}");
-        assert!(a.starts_with("v1=") && a.len() == 3 + 64);
-        assert_ne!(
-            a,
-            signature(b"secret", "id-1", 1_700_000_001, b"{}"),
-            "the time is signed"
+        let other = WebhookSecret::generate();
+        let both = signature(
+            &[secret.clone(), other.clone()],
+            "id-1",
+            1_700_000_000,
+            b"{}",
         );
-        assert_ne!(
-            a,
-            signature(b"other", "id-1", 1_700_000_000, b"{}"),
-            "the key matters"
+        let parts: Vec<&str> = both.split(' ').collect();
+        assert_eq!(parts.len(), 2, "{both}");
+        assert_eq!(parts[0], signature(&[secret], "id-1", 1_700_000_000, b"{}"));
+        assert_eq!(parts[1], signature(&[other], "id-1", 1_700_000_000, b"{}"));
+    }
+
+    #[test]
+    fn secrets_are_whsec_base64_of_24_to_64_bytes() {
+        let generated = WebhookSecret::generate();
+        assert_eq!(
+            generated.to_string().parse::<WebhookSecret>(),
+            Ok(generated.clone())
         );
+        assert!(!format!("{generated:?}").contains(&generated.to_string()[6..]));
+        let list = WebhookSecret::parse_list(&format!("{SECRET} {generated}")).unwrap();
+        assert_eq!(list.len(), 2);
+        for (text, reason) in [
+            ("plain-secret", "whsec_ and base64"),
+            ("whsec_not*base64", "not base64"),
+            ("whsec_c2hvcnQ=", "24 to 64 bytes"),
+        ] {
+            let err = text.parse::<WebhookSecret>().unwrap_err();
+            assert!(err.contains(reason), "{text}: {err}");
+        }
     }
 }
