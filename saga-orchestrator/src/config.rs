@@ -162,7 +162,12 @@ fn webhook_ca_file(env: &Env, url: &str) -> Result<Option<std::path::PathBuf>, S
             "is set, but NOTIFICATION_WEBHOOK_URL is not an https:// URL",
         ));
     }
-    service_runtime::tls::certificate_file(&NOTIFICATION_WEBHOOK_CA_FILE, path).map(Some)
+    service_runtime::tls::certificate_file(
+        &NOTIFICATION_WEBHOOK_CA_FILE,
+        path,
+        service_runtime::tls::Holds::Authorities,
+    )
+    .map(Some)
 }
 
 impl Config {

@@ -8,12 +8,12 @@ use event_store::{
     KafkaSecurity, KafkaSettings, SaslLogin, SecurityProtocol, TopicAdmin, TopicNames, TopicSpec,
 };
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::settings::{Env, SettingError, common};
 use crate::tls;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Infrastructure {
     pub kafka: KafkaSettings,
     pub topics: TopicNames,
@@ -21,6 +21,23 @@ pub struct Infrastructure {
     pub database: PgConnectOptions,
     pub max_connections: u32,
     pub log_filter: String,
+}
+
+/// Without the database password (sqlx's own `Debug` shows it).
+impl std::fmt::Debug for Infrastructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Infrastructure")
+            .field("kafka", &self.kafka)
+            .field("topics", &self.topics)
+            .field("partitions", &self.partitions)
+            .field("database_host", &self.database.get_host())
+            .field("database_port", &self.database.get_port())
+            .field("database", &self.database.get_database())
+            .field("database_ssl_mode", &self.database.get_ssl_mode())
+            .field("max_connections", &self.max_connections)
+            .field("log_filter", &self.log_filter)
+            .finish()
+    }
 }
 
 impl Infrastructure {
@@ -86,7 +103,9 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
         Ok((!path.trim().is_empty()).then(|| path.trim().to_owned()))
     };
     let ca_file = file(&common::KAFKA_SSL_CA_FILE)?
-        .map(|path| tls::certificate_file(&common::KAFKA_SSL_CA_FILE, &path))
+        .map(|path| {
+            tls::certificate_file(&common::KAFKA_SSL_CA_FILE, &path, tls::Holds::Authorities)
+        })
         .transpose()?;
     let client_certificate = match (
         file(&common::KAFKA_SSL_CERTIFICATE_FILE)?,
@@ -94,7 +113,11 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
     ) {
         (None, None) => None,
         (Some(certificate), Some(key)) => Some((
-            tls::certificate_file(&common::KAFKA_SSL_CERTIFICATE_FILE, &certificate)?,
+            tls::certificate_file(
+                &common::KAFKA_SSL_CERTIFICATE_FILE,
+                &certificate,
+                tls::Holds::Certificate,
+            )?,
             tls::readable_file(&common::KAFKA_SSL_KEY_FILE, &key)?,
         )),
         (certificate, _) => {
@@ -123,6 +146,15 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
             reason: "KAFKA_SSL_* files are set, but the protocol uses no TLS (ssl or sasl_ssl)"
                 .into(),
         });
+    }
+    for setting in [&common::KAFKA_SASL_USERNAME, &common::KAFKA_SASL_PASSWORD] {
+        if !protocol.uses_sasl() && !env.text(setting)?.is_empty() {
+            return Err(SettingError::Invalid {
+                name: setting.name,
+                value: "<set>".into(),
+                reason: "is set, but KAFKA_SECURITY_PROTOCOL has no SASL login (sasl_ssl or sasl_plaintext)".into(),
+            });
+        }
     }
     let sasl = if protocol.uses_sasl() {
         let mechanism = env
@@ -158,65 +190,66 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
     })
 }
 
-/// sqlx accepts any scheme here; anything but Postgres is a configuration error.
+/// sqlx accepts any scheme here; anything but Postgres is a configuration error. Errors
+/// show the URL without its password.
 fn database_options(env: &Env) -> Result<PgConnectOptions, SettingError> {
     let url = env.text(&common::DATABASE_URL)?;
+    let invalid = |reason: String| SettingError::Invalid {
+        name: common::DATABASE_URL.name,
+        value: without_password(&url),
+        reason,
+    };
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(SettingError::Invalid {
-            name: common::DATABASE_URL.name,
-            value: url,
-            reason: "expected a postgres:// URL".into(),
-        });
+        return Err(invalid("expected a postgres:// URL".into()));
     }
-    let options: PgConnectOptions = env.parse(&common::DATABASE_URL)?;
-    // The authority file is read on every connection; check it once now.
-    if let Some(ca) = url_parameter(&url, &["sslrootcert", "ssl-root-cert", "ssl-ca"]) {
-        tls::certificate_file(&common::DATABASE_URL, &ca).map_err(|e| match e {
-            SettingError::Invalid { name, reason, .. } => SettingError::Invalid {
-                name,
-                value: format!("...sslrootcert={ca}"),
-                reason,
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| invalid(e.to_string()))?;
+    // The authority file is read on every connection; check it once now. sqlx takes the
+    // last of the parameter's spellings, and PGSSLROOTCERT when the URL has none.
+    let root = url::Url::parse(&url).ok().and_then(|parsed| {
+        parsed
+            .query_pairs()
+            .filter(|(name, _)| ["sslrootcert", "ssl-root-cert", "ssl-ca"].contains(&&**name))
+            .map(|(_, value)| value.into_owned())
+            .last()
+    });
+    let root = root.or_else(|| {
+        std::env::var("PGSSLROOTCERT")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    if let Some(ca) = root {
+        if !matches!(
+            options.get_ssl_mode(),
+            PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        ) {
+            return Err(invalid(format!(
+                "sslrootcert={ca} is only used with sslmode=verify-full (or verify-ca)"
+            )));
+        }
+        tls::certificate_file(&common::DATABASE_URL, &ca, tls::Holds::OneAuthority).map_err(
+            |e| match e {
+                SettingError::Invalid { reason, .. } => {
+                    invalid(format!("sslrootcert={ca}: {reason}"))
+                }
+                other => other,
             },
-            other => other,
-        })?;
+        )?;
     }
     Ok(options)
 }
 
-/// The value of the first of `names` in the query of `url`, percent-decoded.
-fn url_parameter(url: &str, names: &[&str]) -> Option<String> {
-    let (_, query) = url.split_once('?')?;
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        names.contains(&name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
+/// `url` with its password replaced by `***`, for messages.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
         }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<not a URL>".to_owned(),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -298,7 +331,7 @@ mod tests {
                 "DATABASE_URL",
                 "postgres://h/db?sslmode=verify-full&sslrootcert=/no/ca.pem",
             )],
-            "DATABASE_URL=\"...sslrootcert=/no/ca.pem\" is invalid: cannot read it",
+            "DATABASE_URL=\"postgres://h/db?sslmode=verify-full&sslrootcert=/no/ca.pem\" is invalid: sslrootcert=/no/ca.pem: cannot read it",
         );
         let env = Env::from_pairs([
             ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
@@ -315,14 +348,36 @@ mod tests {
     }
 
     #[test]
-    fn url_parameters_are_found_and_decoded() {
-        let url = "postgres://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem";
-        assert_eq!(
-            url_parameter(url, &["sslrootcert"]).as_deref(),
-            Some("/etc/ca x.pem")
+    fn the_database_password_shows_nowhere() {
+        let url = "postgres://shop:hunter2@db:5432/shop?sslmode=verify_full";
+        let err = Infrastructure::from_env(&Env::from_pairs([("DATABASE_URL", url)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("DATABASE_URL=\"postgres://shop:***@db:5432/shop"),
+            "{err}"
         );
-        assert_eq!(url_parameter(url, &["sslcert"]), None);
-        assert_eq!(url_parameter("postgres://h/db", &["sslmode"]), None);
+        let url = "postgres://shop:hunter2@db:5432/shop";
+        let infra = Infrastructure::from_env(&Env::from_pairs([("DATABASE_URL", url)])).unwrap();
+        assert!(!format!("{infra:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_authority_file_needs_a_verifying_mode_and_the_last_spelling_counts() {
+        let refused = |url: &str, part: &str| {
+            let err = Infrastructure::from_env(&Env::from_pairs([("DATABASE_URL", url)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(part), "{url}: {err}");
+        };
+        refused(
+            "postgres://h/db?sslmode=require&sslrootcert=/etc/hostname",
+            "only used with sslmode=verify-full",
+        );
+        refused(
+            "postgres://h/db?sslmode=verify-full&sslrootcert=/etc/hostname&ssl-ca=%2Fno%2Fca.pem",
+            "sslrootcert=/no/ca.pem: cannot read it",
+        );
     }
 }
 

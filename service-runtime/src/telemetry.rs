@@ -19,3 +19,21 @@ pub fn init_json_logs(filter: &str) {
         .log_internal_errors(false)
         .try_init();
 }
+
+/// An error and its causes on one line, each cause once (some errors repeat their
+/// source's text in their own, others, like reqwest's, leave out why they failed).
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let line = cause.to_string().replace('\n', " ");
+        if !text.contains(&line) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&line);
+        }
+        next = cause.source();
+    }
+    text
+}

@@ -1,10 +1,12 @@
 //! TLS towards the dependencies (Kafka, Postgres, webhook receivers), checked at start:
-//! the certificate files a setting names are read once (present, PEM, not expired), and a
-//! server's certificate is tried with one handshake, so that a wrong authority or an
+//! the certificate files a setting names are read once (present, PEM, in their validity),
+//! and a server's certificate is tried with one handshake, so that a wrong authority or an
 //! expired certificate stops a service with one line instead of failing every call later.
 //!
 //! Every TLS client of the shop is the system's OpenSSL (librdkafka, sqlx and reqwest all
-//! use it), so the system's authorities are trusted too and the wording of errors is one.
+//! use it), so the wording of errors is one. Which authorities each trusts differs, and
+//! [`Trust`] says it: Kafka and Postgres trust only the file given (the system's without
+//! one), webhooks the system's and the file's.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -12,13 +14,29 @@ use std::time::Duration;
 
 use openssl::asn1::Asn1Time;
 use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
+use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509, X509VerifyResult};
 
 use crate::settings::{Setting, SettingError};
 
-/// The PEM file `path` given in `setting`: readable, with at least one certificate, none
-/// of them expired or not yet valid.
-pub fn certificate_file(setting: &Setting, path: &str) -> Result<PathBuf, SettingError> {
+/// What a certificate file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// Authorities to trust: usable while one of them is in its validity (OpenSSL passes
+    /// over the others).
+    Authorities,
+    /// Postgres' `sslrootcert`: one authority (sqlx reads the first certificate only).
+    OneAuthority,
+    /// A certificate to present, first in the file, then its chain.
+    Certificate,
+}
+
+/// The PEM file `path` given in `setting`, readable, holding certificates usable now.
+pub fn certificate_file(
+    setting: &Setting,
+    path: &str,
+    holds: Holds,
+) -> Result<PathBuf, SettingError> {
     let invalid = |reason: String| SettingError::Invalid {
         name: setting.name,
         value: path.to_owned(),
@@ -30,22 +48,34 @@ pub fn certificate_file(setting: &Setting, path: &str) -> Result<PathBuf, Settin
         .filter(|c| !c.is_empty())
         .ok_or_else(|| invalid("holds no PEM certificate".into()))?;
     let now = Asn1Time::days_from_now(0).map_err(|e| invalid(e.to_string()))?;
-    for certificate in &certificates {
+    let out_of_date = |certificate: &X509| {
         let subject = subject_of(certificate);
         if certificate.not_after() < now {
-            return Err(invalid(format!(
+            Some(format!(
                 "the certificate {subject} expired on {}",
                 certificate.not_after()
-            )));
-        }
-        if certificate.not_before() > now {
-            return Err(invalid(format!(
+            ))
+        } else if certificate.not_before() > now {
+            Some(format!(
                 "the certificate {subject} is not valid before {}",
                 certificate.not_before()
-            )));
+            ))
+        } else {
+            None
         }
+    };
+    let problem = match holds {
+        Holds::OneAuthority if certificates.len() > 1 => Some(format!(
+            "holds {} certificates; Postgres' client reads only the first, so give one authority",
+            certificates.len()
+        )),
+        Holds::Authorities if certificates.iter().any(|c| out_of_date(c).is_none()) => None,
+        _ => out_of_date(&certificates[0]),
+    };
+    match problem {
+        Some(reason) => Err(invalid(reason)),
+        None => Ok(PathBuf::from(path)),
     }
-    Ok(PathBuf::from(path))
 }
 
 /// A file that must exist and be readable (a private key).
@@ -78,10 +108,19 @@ pub enum Handshake {
     Unreachable(String),
 }
 
-/// One handshake with `host:port`, trusting the system's authorities and those in
-/// `ca_file`, checking that the certificate names `host` (a DNS name or an IP address).
-/// Blocks its thread for at most about `within`.
-pub fn handshake(host: &str, port: u16, ca_file: Option<&Path>, within: Duration) -> Handshake {
+/// Which authorities a handshake trusts.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// Those of the file only (the system's when there is none), as librdkafka does.
+    Only(Option<&'a Path>),
+    /// The system's and those of the file, as reqwest does.
+    SystemAnd(Option<&'a Path>),
+}
+
+/// One handshake with `host:port`, trusting `trust`, checking that the certificate names
+/// `host` (a DNS name or an IP address). Blocks its thread: each of the name lookup, the
+/// connection and the handshake's reads may take up to `within`.
+pub fn handshake(host: &str, port: u16, trust: Trust<'_>, within: Duration) -> Handshake {
     let address = match (host, port).to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(address)) => address,
         Ok(None) => return Handshake::Unreachable(format!("{host} has no address")),
@@ -93,7 +132,7 @@ pub fn handshake(host: &str, port: u16, ca_file: Option<&Path>, within: Duration
     };
     let _ = stream.set_read_timeout(Some(within));
     let _ = stream.set_write_timeout(Some(within));
-    let connector = match connector(ca_file) {
+    let connector = match connector(trust) {
         Ok(connector) => connector,
         Err(reason) => return Handshake::Refused(reason),
     };
@@ -121,12 +160,31 @@ pub fn handshake(host: &str, port: u16, ca_file: Option<&Path>, within: Duration
     }
 }
 
-fn connector(ca_file: Option<&Path>) -> Result<SslConnector, String> {
+fn connector(trust: Trust<'_>) -> Result<SslConnector, String> {
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
-    if let Some(ca) = ca_file {
-        builder
-            .set_ca_file(ca)
-            .map_err(|e| format!("cannot load {}: {e}", ca.display()))?;
+    let load = |file: &Path| -> Result<Vec<X509>, String> {
+        std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| X509::stack_from_pem(&pem).map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot load {}: {e}", file.display()))
+    };
+    match trust {
+        Trust::SystemAnd(Some(file)) => {
+            for authority in load(file)? {
+                builder
+                    .cert_store_mut()
+                    .add_cert(authority)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Trust::Only(Some(file)) => {
+            let mut store = X509StoreBuilder::new().map_err(|e| e.to_string())?;
+            for authority in load(file)? {
+                store.add_cert(authority).map_err(|e| e.to_string())?;
+            }
+            builder.set_cert_store(store.build());
+        }
+        Trust::SystemAnd(None) | Trust::Only(None) => {}
     }
     Ok(builder.build())
 }
@@ -150,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_missing_or_empty_certificate_file_is_one_line_naming_the_setting() {
-        let err = certificate_file(&CA, "/no/such/ca.pem").unwrap_err();
+        let err = certificate_file(&CA, "/no/such/ca.pem", Holds::Authorities).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("SOME_CA_FILE=\"/no/such/ca.pem\" is invalid: cannot read it"),
@@ -159,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("ca.pem");
         std::fs::write(&empty, "not a certificate").unwrap();
-        let err = certificate_file(&CA, empty.to_str().unwrap()).unwrap_err();
+        let err = certificate_file(&CA, empty.to_str().unwrap(), Holds::Authorities).unwrap_err();
         assert!(
             err.to_string().ends_with("holds no PEM certificate"),
             "{err}"

@@ -81,26 +81,13 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shopctl: {}", one_line(&e));
+            eprintln!(
+                "shopctl: {}",
+                service_runtime::telemetry::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each cause once (some errors repeat their
-/// source's text in their own).
-fn one_line(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string().replace('\n', " ");
-        if !text.contains(&cause) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 /// The audit lines of operator actions (dead-letter retries and skips), as JSON on stderr;

@@ -26,7 +26,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const KAFKA_PASSWORD: &str = "kafka-test-password";
 
 /// How long a misconfigured service may take to stop.
-const STOPS_WITHIN: Duration = Duration::from_secs(30);
+const STOPS_WITHIN: Duration = Duration::from_secs(15);
 
 /// An https server that records the bodies POSTed to `/hook`.
 struct HttpsReceiver {
@@ -230,7 +230,7 @@ async fn an_order_runs_over_tls_to_kafka_postgres_and_the_webhook() -> anyhow::R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Every connection of the services to Postgres is TLS (the server takes no other).
+    // The services are connected to Postgres, over TLS (the server takes no other).
     let pool = sqlx::PgPool::connect(&stand.database_url(&stand.pki.ca)).await?;
     let (all_tls, connections): (Option<bool>, i64) = sqlx::query_as(
         "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
@@ -306,6 +306,8 @@ async fn a_wrong_authority_an_expired_certificate_or_a_wrong_password_stops_a_se
     let reason = command_api_stops_with(&stand.settings(&[
         ("KAFKA_BROKERS", &expired_listener),
         ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ("KAFKA_SASL_USERNAME", ""),
+        ("KAFKA_SASL_PASSWORD", ""),
     ]))
     .await?;
     assert!(reason.contains("certificate has expired"), "{reason}");
@@ -319,6 +321,10 @@ async fn a_wrong_authority_an_expired_certificate_or_a_wrong_password_stops_a_se
     let reason =
         command_api_stops_with(&stand.settings(&[("DATABASE_URL", &wrong_ca_url)])).await?;
     assert!(reason.starts_with("Postgres refused TLS"), "{reason}");
+    assert!(
+        reason.contains("(unable to get local issuer certificate)"),
+        "{reason}"
+    );
 
     let valid = HttpsReceiver::start(&stand.pki.server).await?;
     let reason = orchestrator_stops_with(&stand.settings(&[
@@ -341,10 +347,34 @@ async fn a_wrong_authority_an_expired_certificate_or_a_wrong_password_stops_a_se
     .await?;
     assert!(reason.contains("certificate has expired"), "{reason}");
 
-    // Last, as it changes the server: Postgres presenting an expired certificate.
+    let elsewhere = HttpsReceiver::start(&stand.pki.elsewhere).await?;
+    let reason = orchestrator_stops_with(&stand.settings(&[
+        ("NOTIFICATION_WEBHOOK_URL", &elsewhere.url),
+        ("NOTIFICATION_WEBHOOK_SECRET", SECRET),
+        ("NOTIFICATION_WEBHOOK_CA_FILE", &ca),
+    ]))
+    .await?;
+    assert!(
+        reason.contains("not trusted: IP address mismatch"),
+        "{reason}"
+    );
+
+    // Last, as it changes the server: Postgres presenting an expired certificate, once a
+    // new connection sees it (a reload is not instant).
     stand.postgres.replace_certificate(&stand.pki.expired)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sqlx::PgPool::connect(&stand.database_url(&stand.pki.ca)).await {
+            Err(e) if e.to_string().contains("certificate has expired") => break,
+            _ if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("Postgres still serves its valid certificate")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     let reason = command_api_stops_with(&stand.settings(&[])).await?;
     assert!(reason.starts_with("Postgres refused TLS"), "{reason}");
+    assert!(reason.contains("(certificate has expired)"), "{reason}");
     Ok(())
 }
 

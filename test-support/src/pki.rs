@@ -29,6 +29,8 @@ pub struct TestPki {
     pub server: ServerFiles,
     /// Valid only in January 2020, otherwise like [`Self::server`].
     pub expired: ServerFiles,
+    /// Valid now, signed by [`Self::ca`], for another host (`elsewhere.invalid`) only.
+    pub elsewhere: ServerFiles,
     dir: tempfile::TempDir,
 }
 
@@ -57,8 +59,12 @@ impl TestPki {
             Ok(path)
         };
         let server = |name: &str, expired: bool| -> anyhow::Result<ServerFiles> {
-            let mut params =
-                CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+            let names = if name == "elsewhere" {
+                vec!["elsewhere.invalid".to_owned()]
+            } else {
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+            };
+            let mut params = CertificateParams::new(names)?;
             params
                 .distinguished_name
                 .push(DnType::CommonName, format!("{name} 127.0.0.1"));
@@ -80,6 +86,7 @@ impl TestPki {
             stranger_ca: write("stranger-ca.crt", &stranger_pem)?,
             server: server("server", false)?,
             expired: server("expired", true)?,
+            elsewhere: server("elsewhere", false)?,
             dir,
         })
     }

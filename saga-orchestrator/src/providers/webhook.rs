@@ -13,7 +13,8 @@ use hmac::{Hmac, Mac};
 use schemas::notifications::NotificationKind;
 use schemas::{NotificationId, OrderId, UserId};
 use serde::Serialize;
-use service_runtime::tls::Handshake;
+use service_runtime::telemetry::one_line;
+use service_runtime::tls::{Handshake, Trust};
 use sha2::Sha256;
 
 use super::{CallError, CallFuture};
@@ -54,11 +55,11 @@ impl Webhook {
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
             let authorities = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: {}", ca.display(), causes(&e)))?;
+                .map_err(|e| format!("{}: {}", ca.display(), one_line(&e)))?;
             builder = builder.tls_certs_merge(authorities);
         }
         Ok(Self {
-            client: builder.build().map_err(|e| causes(&e))?,
+            client: builder.build().map_err(|e| one_line(&e))?,
             url,
             secrets,
         })
@@ -87,35 +88,26 @@ impl Webhook {
             .to_owned();
         let ca_file = ca_file.map(Path::to_path_buf);
         let verdict = tokio::task::spawn_blocking(move || {
-            service_runtime::tls::handshake(&host, port, ca_file.as_deref(), within)
+            service_runtime::tls::handshake(
+                &host,
+                port,
+                Trust::SystemAnd(ca_file.as_deref()),
+                within,
+            )
         })
         .await
         .map_err(|e| e.to_string())?;
         match verdict {
             Handshake::Trusted => Ok(()),
-            Handshake::Refused(reason) => Err(format!("webhook {}: {reason}", self.url)),
+            // The reason names the receiver's host and port, never the URL's path (which
+            // may carry a token).
+            Handshake::Refused(reason) => Err(format!("notification webhook: {reason}")),
             Handshake::Unreachable(reason) => {
-                tracing::warn!(url = %self.url, reason, "webhook receiver not reachable at start");
+                tracing::warn!(reason, "webhook receiver not reachable at start");
                 Ok(())
             }
         }
     }
-}
-
-/// An error and its sources on one line (reqwest's own text leaves out why a connection
-/// failed, say an untrusted certificate).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text.replace('\n', " ")
 }
 
 /// A Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 random bytes. Its
@@ -225,7 +217,7 @@ impl NotificationChannel for Webhook {
                 .send()
                 .await
                 .map_err(|e| {
-                    CallError::Transient(format!("webhook unreachable: {}", causes(&e)))
+                    CallError::Transient(format!("webhook unreachable: {}", one_line(&e)))
                 })?;
             let status = response.status();
             if status.is_success() {
