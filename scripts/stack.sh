@@ -53,6 +53,8 @@ ensure_packages() {
   # OpenSSL's headers: librdkafka, Postgres and webhook TLS are built against them.
   [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
+  # Prometheus and promtool, for the tests of the alerting rules in prometheus/.
+  command -v promtool >/dev/null || missing+=(prometheus)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
   nginx_bin >/dev/null || die "nginx is not installed"

@@ -81,6 +81,12 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     service = run(service, projector::<Payments>(setup));
     service = run(service, projector::<Notifications>(setup));
     service = run(service, projector::<EventIndex>(setup));
+    let census = DeadLetterCensus {
+        pool: pool.clone(),
+        models: views.iter().map(|v| (v.name, v.schema.clone())).collect(),
+        gauge: metrics.dead_letters.clone(),
+    };
+    service = service.worker(Box::new(move |stop| Box::pin(census.run(stop))));
     let state = QueryState {
         pool,
         kafka: infra.kafka.clone(),
@@ -256,5 +262,47 @@ async fn on_model(
         Notifications::NAME => act::<Notifications>(pool, aggregate, action).await,
         EventIndex::NAME => act::<EventIndex>(pool, aggregate, action).await,
         other => Err(ParkedError::UnknownModel(other.to_owned())),
+    }
+}
+
+/// Counts each read model's parked records every few seconds into
+/// `shop_projector_dead_letters`, so that an alert can say "a dead letter waits" and clear
+/// when an operator dealt with it.
+struct DeadLetterCensus {
+    pool: sqlx::PgPool,
+    models: Vec<(&'static str, projector::Schema)>,
+    gauge: prometheus_client::metrics::family::Family<
+        Vec<(&'static str, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl DeadLetterCensus {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    async fn run(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            for (model, schema) in &self.models {
+                let count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM {}",
+                    schema.table("parked")
+                )))
+                .fetch_one(&self.pool)
+                .await;
+                match count {
+                    Ok(count) => {
+                        self.gauge
+                            .get_or_create(&ProjectorMetrics::model(model))
+                            .set(count);
+                    }
+                    // Not migrated yet, or Postgres is down: /ready says which.
+                    Err(e) => tracing::debug!(model, error = %e, "cannot count dead letters"),
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Self::EVERY) => {}
+            }
+        }
     }
 }

@@ -5,8 +5,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
 use crate::providers::breaker::CircuitGauge;
 use crate::saga::Step;
+use crate::store;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -22,6 +25,11 @@ pub struct SagaMetrics {
     pub circuit: CircuitGauge,
     /// Records of the orchestrator's topics not taken in yet.
     pub lag_events: Gauge,
+    /// Sagas in each state that is not an end (running, compensating) or waits for an
+    /// operator (failed), counted every few seconds.
+    pub sagas: Family<Labels, Gauge>,
+    /// Per such state, how long its longest-waiting saga has not moved (seconds).
+    pub stuck_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 impl SagaMetrics {
@@ -52,7 +60,32 @@ impl SagaMetrics {
             "Records of the order, payment, notification and user topics not taken in yet",
             metrics.lag_events.clone(),
         );
+        registry.register(
+            "sagas",
+            "Sagas running, compensating, or failed (waiting for an operator's retry)",
+            metrics.sagas.clone(),
+        );
+        registry.register(
+            "saga_stuck_seconds",
+            "Per state, how long the saga that moved least recently has not moved",
+            metrics.stuck_seconds.clone(),
+        );
         metrics
+    }
+
+    /// What a census found: (state, sagas, seconds since the oldest moved). States not in
+    /// it have none.
+    pub fn observe_census(&self, census: &[(String, i64, f64)]) {
+        for state in store::CENSUS_STATES {
+            let found = census.iter().find(|(s, ..)| s == state);
+            let labels = vec![("state", (*state).to_owned())];
+            self.sagas
+                .get_or_create(&labels)
+                .set(found.map_or(0, |(_, n, _)| *n));
+            self.stuck_seconds
+                .get_or_create(&labels)
+                .set(found.map_or(0.0, |(.., s)| *s));
+        }
     }
 
     pub fn observe_step(&self, step: Step, outcome: &str) {

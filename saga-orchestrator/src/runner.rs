@@ -351,8 +351,19 @@ pub struct DeadlinePoller {
 }
 
 impl DeadlinePoller {
+    /// How often the sagas are counted by state for `/metrics`.
+    const CENSUS_EVERY: Duration = Duration::from_secs(5);
+
     pub async fn run(self, stop: CancellationToken) {
+        let mut census_due = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= census_due {
+                census_due = tokio::time::Instant::now() + Self::CENSUS_EVERY;
+                match store::census(&self.pool).await {
+                    Ok(census) => self.metrics.observe_census(&census),
+                    Err(e) => tracing::debug!(error = %e, "cannot count the sagas"),
+                }
+            }
             match self.fire().await {
                 Ok(0) => {}
                 Ok(fired) => {

@@ -345,3 +345,18 @@ pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
+
+/// The states a census counts: those that need someone to act when they last.
+pub const CENSUS_STATES: &[&str] = &["running", "compensating", "failed"];
+
+/// Per state of [`CENSUS_STATES`] with sagas: how many, and how long (seconds) the one
+/// that moved least recently has not moved.
+pub async fn census(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at))::float8, 0)
+         FROM saga.sagas WHERE state = ANY($1) GROUP BY state",
+    )
+    .bind(CENSUS_STATES)
+    .fetch_all(pool)
+    .await
+}

@@ -28,6 +28,8 @@ pub struct ProjectorMetrics {
     pub dropped: Family<Labels, Counter>,
     /// Records parked, by reason (poison, undecodable, gap, behind).
     pub parked: Family<Labels, Counter>,
+    /// Parked records waiting for an operator, per read model (counted every few seconds).
+    pub dead_letters: Family<Labels, Gauge>,
 }
 
 impl ProjectorMetrics {
@@ -44,6 +46,7 @@ impl ProjectorMetrics {
             applied: Family::default(),
             dropped: Family::default(),
             parked: Family::default(),
+            dead_letters: Family::default(),
         };
         registry.register(
             "projector_lag_events",
@@ -79,6 +82,11 @@ impl ProjectorMetrics {
             "projector_parked_records",
             "Records parked instead of applied, by reason",
             metrics.parked.clone(),
+        );
+        registry.register(
+            "projector_dead_letters",
+            "Parked records waiting for an operator's retry or skip",
+            metrics.dead_letters.clone(),
         );
         metrics
     }
