@@ -112,6 +112,34 @@ impl RunningService {
     }
 }
 
+/// A new user and an order of theirs, through the command API at `base` (a URL without
+/// path) with `client`'s key: the order's id.
+pub async fn place_order(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let post = |path: &str, body: serde_json::Value| {
+        let url = format!("{base}{path}");
+        async move {
+            let response = client.post(&url).json(&body).send().await?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await?;
+            anyhow::ensure!(status.is_success(), "POST {url}: {status} {body}");
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let n = uuid::Uuid::new_v4().simple().to_string();
+    let user = post(
+        "/v1/users",
+        serde_json::json!({"name": "Grace Hopper", "email": format!("grace-{n}@example.com")}),
+    )
+    .await?;
+    let order = post(
+        "/v1/orders",
+        serde_json::json!({"user_id": user["id"], "currency": "EUR",
+               "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 1200}]}),
+    )
+    .await?;
+    Ok(order["id"].as_str().unwrap_or_default().to_owned())
+}
+
 /// The three services, built from `env` and running.
 pub async fn start_services(env: &Env) -> anyhow::Result<Vec<RunningService>> {
     let command_api = command_api::build(command_api::Config::from_env(env)?).await?;

@@ -1,6 +1,7 @@
-//! The Prometheus rules in `prometheus/` hold up: promtool finds them valid and their unit
-//! tests pass, and a real Prometheus scraping the three running services loads them and
-//! finds every metric they use.
+//! The Prometheus rules and the Grafana dashboard in `prometheus/` hold up: promtool finds
+//! the rules valid and their unit tests pass, and a real Prometheus scraping the three
+//! running services loads them, finds every metric they and the dashboard's panels use, and
+//! evaluates every panel's query.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -31,11 +32,29 @@ fn the_rules_are_valid_and_their_unit_tests_pass() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every metric name (`up`, `shop_...`) an expression of the rules uses.
+/// The queries of the dashboard's panels.
+fn dashboard_queries() -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(repo_root().join("prometheus/grafana-dashboard.json"))?;
+    let dashboard: Value = serde_json::from_str(&text)?;
+    Ok(dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Every metric name (`up`, `shop_...`) an expression of the rules or the dashboard uses.
 fn metrics_the_rules_use() -> anyhow::Result<BTreeSet<String>> {
     let rules = std::fs::read_to_string(repo_root().join("prometheus/rules.yml"))?;
+    let queries = dashboard_queries()?.join("\n");
     let mut names = BTreeSet::new();
-    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+    for line in rules
+        .lines()
+        .chain(queries.lines())
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
         let mut rest = line;
         while let Some(at) = rest.find("shop_") {
             let name: String = rest[at..]
@@ -117,7 +136,7 @@ impl Drop for Prometheus {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_real_prometheus_scraping_the_services_finds_every_metric_the_rules_use()
+async fn a_real_prometheus_scraping_the_services_finds_every_metric_the_rules_and_dashboard_use()
 -> anyhow::Result<()> {
     let env = TestEnv::new().await;
     create_topics(&env).await?;
@@ -125,6 +144,8 @@ async fn a_real_prometheus_scraping_the_services_finds_every_metric_the_rules_us
     for service in &services {
         wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
     }
+    // An order, so that the writers and the saga have counted something.
+    system_tests::place_order(&test_support::client("test-key"), &services[0].url("")).await?;
     let targets: Vec<(&str, std::net::SocketAddr)> =
         services.iter().map(|s| (s.name, s.addr)).collect();
     let prometheus = Prometheus::start(&targets)?;
@@ -174,6 +195,16 @@ async fn a_real_prometheus_scraping_the_services_finds_every_metric_the_rules_us
         .collect();
     assert_eq!(rules.len(), 12, "{groups}");
     assert!(rules.iter().all(|r| r["health"] != "err"), "{groups}");
+    let queries = dashboard_queries()?;
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in queries {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", prometheus.url),
+            [("query", query.as_str())],
+        )?;
+        let answer: Value = client.get(url).send().await?.json().await?;
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+    }
     // Nothing is wrong with a fresh shop: no alert fires.
     let alerts = prometheus.get(&client, "/api/v1/alerts").await?;
     assert!(

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::routing::post;
 use axum_server::tls_openssl::OpenSSLConfig;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
-use serde_json::{Value, json};
+use serde_json::Value;
 use service_runtime::{BoundService, Env, ServiceError};
 use system_tests::{PARTITIONS, RunningService, service_env_with, start_services, wait_for_200};
 use test_support::pki::{ServerFiles, TestPki};
@@ -157,19 +157,6 @@ impl Stand {
     }
 }
 
-async fn post_json(client: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
-    let response = client
-        .post(&url)
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await?;
-    anyhow::ensure!(status.is_success(), "POST {url}: {status} {body}");
-    Ok(body)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_runs_over_tls_to_kafka_postgres_and_the_webhook() -> anyhow::Result<()> {
     let stand = Stand::start().await?;
@@ -185,21 +172,7 @@ async fn an_order_runs_over_tls_to_kafka_postgres_and_the_webhook() -> anyhow::R
         wait_for_200(&service.url("/ready"), Duration::from_secs(60)).await?;
     }
     let client = test_support::client(KEY);
-    let n = uuid::Uuid::new_v4().simple().to_string();
-    let user = post_json(
-        &client,
-        services[0].url("/v1/users"),
-        json!({"name": "Grace Hopper", "email": format!("grace-{n}@example.com")}),
-    )
-    .await?;
-    let order = post_json(
-        &client,
-        services[0].url("/v1/orders"),
-        json!({"user_id": user["id"], "currency": "EUR",
-               "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 1200}]}),
-    )
-    .await?;
-    let order = order["id"].as_str().unwrap_or_default().to_owned();
+    let order = system_tests::place_order(&client, &services[0].url("")).await?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !receiver
