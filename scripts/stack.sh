@@ -56,6 +56,11 @@ ensure_packages() {
   # Prometheus and promtool, for the tests of the alerting rules in prometheus/.
   command -v promtool >/dev/null || missing+=(prometheus)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  # Debian's prometheus package enables a system-wide server on :9090; we only want the
+  # binaries.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
   pg_bin >/dev/null || die "the postgresql package installed no initdb under /usr/lib/postgresql"
   nginx_bin >/dev/null || die "nginx is not installed"
 }
@@ -72,7 +77,7 @@ ensure_python_tools() {
   local venv="$ROOT/.local/python"
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
+  if [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('standardwebhooks'))" 2>/dev/null)" != "$STANDARDWEBHOOKS_PY_VERSION" ]; then
     log "installing standardwebhooks $STANDARDWEBHOOKS_PY_VERSION from PyPI into $venv"
     "$venv/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_PY_VERSION" ||
       die "pip could not install standardwebhooks $STANDARDWEBHOOKS_PY_VERSION"

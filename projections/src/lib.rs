@@ -68,6 +68,14 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         batch_max: config.batch_max,
     };
     let metrics = ProjectorMetrics::register(service.registry());
+    let objective =
+        prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    objective.set(config.lag_objective.as_secs_f64());
+    service.registry().register(
+        "projector_lag_objective_seconds",
+        "PROJECTION_LAG_OBJECTIVE_SECONDS: the lag past which /ready answers 503",
+        objective,
+    );
     let mut views = Vec::new();
     let mut run = |service: Service, view: (ModelView, service_runtime::host::Worker)| {
         let (view, worker) = view;

@@ -149,11 +149,12 @@ impl Service {
                     )
                 },
             )
-            .layer(axum::middleware::from_fn_with_state(metrics, track_http))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 REQUEST_TIMEOUT,
             ))
+            // Outside the timeout, so that a request that timed out counts as its 503.
+            .layer(axum::middleware::from_fn_with_state(metrics, track_http))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(TraceLayer::new_for_http())
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));

@@ -205,14 +205,25 @@ async fn a_real_prometheus_scraping_the_services_finds_every_metric_the_rules_an
         let answer: Value = client.get(url).send().await?.json().await?;
         assert_eq!(answer["status"], "success", "{query}: {answer}");
     }
-    // Nothing is wrong with a fresh shop: no alert fires.
-    let alerts = prometheus.get(&client, "/api/v1/alerts").await?;
-    assert!(
-        alerts["alerts"]
+    // Nothing is wrong with a fresh shop: every rule evaluated, no alert even pending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let groups = prometheus.get(&client, "/api/v1/rules").await?;
+        let healths: Vec<&Value> = groups["groups"]
             .as_array()
-            .is_none_or(|a| a.iter().all(|x| x["state"] != "firing")),
-        "{alerts}"
-    );
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .map(|r| &r["health"])
+            .collect();
+        if healths.iter().all(|h| *h == "ok") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{groups}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let alerts = prometheus.get(&client, "/api/v1/alerts").await?;
+    assert_eq!(alerts["alerts"], serde_json::json!([]), "{alerts}");
     for service in services {
         service.stop().await?;
     }

@@ -88,12 +88,21 @@ impl Receiver {
                             .unwrap_or_default()
                             .to_owned()
                     };
+                    // As a real receiver does: verified with the Standard Webhooks library
+                    // on arrival, refused when the signature does not hold. Every test that
+                    // sees a notice delivered has had it verified.
+                    let verified = standardwebhooks::Webhook::new(SECRET)
+                        .and_then(|hook| hook.verify(&body, &headers))
+                        .is_ok();
                     log.lock().expect("receiver lock").push(Received {
                         id: header("webhook-id"),
                         timestamp: header("webhook-timestamp").parse().unwrap_or(0),
                         signature: header("webhook-signature"),
                         body: body.to_vec(),
                     });
+                    if !verified {
+                        return StatusCode::UNAUTHORIZED;
+                    }
                     let notice: Value = serde_json::from_slice(&body).unwrap_or_default();
                     let order = notice["order_id"].as_str().unwrap_or_default().to_owned();
                     if fail.lock().expect("receiver lock").contains(&order) {

@@ -125,12 +125,17 @@ impl WebhookSecret {
         Self(bytes)
     }
 
-    /// Every secret in `text`, separated by spaces or commas.
+    /// Every secret in `text` (at least one), separated by white space or commas.
     pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
-        text.split([' ', ','])
+        let secrets = text
+            .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|s| !s.is_empty())
             .map(str::parse)
-            .collect()
+            .collect::<Result<Vec<Self>, String>>()?;
+        if secrets.is_empty() {
+            return Err("holds no secret".into());
+        }
+        Ok(secrets)
     }
 }
 
@@ -144,7 +149,8 @@ impl std::str::FromStr for WebhookSecret {
         })?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded)
-            .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
+            // The decoder's own message would quote a character of the secret.
+            .map_err(|_| "the part after whsec_ is not base64".to_owned())?;
         if !(24..=64).contains(&bytes.len()) {
             return Err(format!(
                 "a secret holds 24 to 64 bytes, this one {}",
@@ -299,6 +305,10 @@ mod tests {
         assert!(!format!("{generated:?}").contains(&generated.to_string()[6..]));
         let list = WebhookSecret::parse_list(&format!("{SECRET} {generated}")).unwrap();
         assert_eq!(list.len(), 2);
+        assert_eq!(
+            WebhookSecret::parse_list(" , "),
+            Err("holds no secret".into())
+        );
         for (text, reason) in [
             ("plain-secret", "whsec_ and base64"),
             ("whsec_not*base64", "not base64"),
