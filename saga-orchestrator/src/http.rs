@@ -100,12 +100,20 @@ struct ApiDoc;
 
 /// The saga routes (registered through their documentation) and the OpenAPI document.
 pub fn router(api: Api) -> (Router, utoipa::openapi::OpenApi) {
-    let (routes, document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+    let (routes, document) = documented().split_for_parts();
+    (routes.with_state(api), document)
+}
+
+/// The saga API's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+fn documented() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(list))
         .routes(routes!(one))
         .routes(routes!(retry))
-        .split_for_parts();
-    (routes.with_state(api), document)
 }
 
 /// `GET /v1/sagas/{order_id}`

@@ -12,6 +12,7 @@
 //! - [`lag`]: how far behind every reader is;
 //! - [`dead_letters`]: list, retry and skip parked records;
 //! - [`api_key`]: new API keys, and the digests to configure for them;
+//! - [`openapi`]: the merged OpenAPI document the gateway serves;
 //! - [`inspect`]: `tail` a topic, `read` one aggregate, for people at a console;
 //! - [`view`]: how records are shown; [`connect`]: reaching Postgres and the broker.
 
@@ -21,6 +22,7 @@ pub mod dead_letters;
 pub mod explain;
 pub mod inspect;
 pub mod lag;
+pub mod openapi;
 pub mod rebuild;
 pub mod replay;
 pub mod topics;

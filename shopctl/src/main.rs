@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
-use shopctl::{api_key, dead_letters, explain, inspect, lag, rebuild, replay, topics};
+use shopctl::{api_key, dead_letters, explain, inspect, lag, openapi, rebuild, replay, topics};
 
 #[derive(Debug, Parser)]
 #[command(name = "shopctl", version, about = "Operate the event-sourced shop")]
@@ -43,6 +43,8 @@ enum Command {
     ApiKey(api_key::ApiKeyCommand),
     /// A new Standard Webhooks signing secret (`whsec_...`) for NOTIFICATION_WEBHOOK_SECRET.
     WebhookSecret,
+    /// Print the OpenAPI document of every API behind the gateway (gateway/openapi.json).
+    Openapi,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -73,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => inspect::tail(args, json).await,
         Command::Read(args) => inspect::read(args, json).await,
         Command::ApiKey(command) => api_key::run(command, json),
+        Command::Openapi => openapi::run(),
         Command::WebhookSecret => {
             api_key::print_webhook_secret(json);
             Ok(())

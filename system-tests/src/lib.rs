@@ -185,6 +185,10 @@ impl Gateway {
             ("COMMAND_API_UPSTREAM", command_api.to_string()),
             ("PROJECTIONS_UPSTREAM", projections.to_string()),
             ("SAGA_ORCHESTRATOR_UPSTREAM", saga_orchestrator.to_string()),
+            (
+                "GATEWAY_DOCS",
+                repo_root().join("gateway").display().to_string(),
+            ),
         ];
         for (template, target) in [
             ("gateway/shop.conf.template", "shop.conf"),

@@ -242,7 +242,10 @@ fn the_gateway_template_is_fully_configured() -> anyhow::Result<()> {
     assert_eq!(placeholders, env);
     assert_eq!(
         compose.strings("gateway", "volumes"),
-        ["./gateway/shop.conf.template:/etc/nginx/templates/default.conf.template:ro"]
+        [
+            "./gateway/shop.conf.template:/etc/nginx/templates/default.conf.template:ro",
+            "./gateway/openapi.json:/etc/nginx/shop-docs/openapi.json:ro"
+        ]
     );
     Ok(())
 }

@@ -20,6 +20,35 @@ async fn get(
     Ok((status, content_type, body))
 }
 
+/// The gateway serves `gateway/openapi.json`: it must be what the services document now.
+#[test]
+fn the_gateway_document_is_the_services_documents_merged() -> anyhow::Result<()> {
+    let committed =
+        std::fs::read_to_string(system_tests::repo_root().join("gateway/openapi.json"))?;
+    assert!(
+        committed == shopctl::openapi::merged_text()?,
+        "gateway/openapi.json is out of date: run `cargo run -q -p shopctl -- openapi > gateway/openapi.json`"
+    );
+    let merged = serde_json::to_value(shopctl::openapi::merged()?)?;
+    for document in [
+        command_api::http::document(),
+        projections::query::document(),
+        saga_orchestrator::http::document(),
+    ] {
+        let document = serde_json::to_value(document)?;
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                assert!(
+                    merged["paths"][path][method].is_object(),
+                    "{method} {path} missing"
+                );
+            }
+        }
+    }
+    assert_eq!(merged["openapi"], "3.1.0");
+    Ok(())
+}
+
 #[tokio::test]
 async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyhow::Result<()> {
     let env = TestEnv::new().await;
@@ -79,6 +108,44 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
         (404, "application/problem+json")
     );
     assert_eq!(body["detail"], format!("no saga for order {order}"));
+
+    // One document of every API at /openapi.json, and each of its operations reaches a
+    // service that has it (a service's fallback answers "no route ..." otherwise).
+    let (status, content_type, served) = get(&anonymous, &gateway.url("/openapi.json")).await?;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    assert_eq!(served, serde_json::to_value(shopctl::openapi::merged()?)?);
+    let operator = test_support::client(system_tests::OPERATOR_KEY);
+    let mut operations = 0;
+    for (path, item) in served["paths"].as_object().into_iter().flatten() {
+        let concrete = path
+            .split('/')
+            .map(|part| {
+                if part.starts_with('{') {
+                    "00000000-0000-0000-0000-000000000000"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+            let method: reqwest::Method = method.to_uppercase().parse()?;
+            let response = operator
+                .request(method.clone(), gateway.url(&concrete))
+                .json(&serde_json::json!({}))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(
+                !detail.starts_with("no route"),
+                "{method} {path} reached the wrong service: {status} {body}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 18, "{operations} operations");
 
     // What the command API's instances ask of each other is not reachable from outside,
     // whatever the key.

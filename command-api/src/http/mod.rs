@@ -227,6 +227,11 @@ pub fn accepted<R: Serialize>(
     }
 }
 
+/// The command API's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    openapi::routes().into_openapi()
+}
+
 /// The command API's routes, behind the API-key gate, and the peers' routes, behind
 /// theirs; both with body and in-flight limits.
 pub fn router(state: AppState, config: &Config) -> Router {

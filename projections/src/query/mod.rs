@@ -160,7 +160,17 @@ struct ApiDoc;
 
 /// The query routes (registered through their documentation) and the OpenAPI document.
 pub fn router(state: QueryState) -> (Router, utoipa::openapi::OpenApi) {
-    let (routes, document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+    let (routes, document) = api().split_for_parts();
+    (routes.with_state(state), document)
+}
+
+/// The query API's OpenAPI document, as `GET /openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+fn api() -> OpenApiRouter<QueryState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(reads::user))
         .routes(routes!(reads::orders_of_user))
         .routes(routes!(reads::orders))
@@ -171,6 +181,4 @@ pub fn router(state: QueryState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::retry))
         .routes(routes!(dead_letters::skip))
-        .split_for_parts();
-    (routes.with_state(state), document)
 }

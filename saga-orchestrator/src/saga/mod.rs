@@ -283,8 +283,10 @@ pub struct Compensation {
     pub done_at: Option<DateTime<Utc>>,
 }
 
-/// One line of the saga's history: an input it saw or an action it issued.
+/// One line of the saga's history: an input it saw or an action it issued. Named
+/// `SagaStep` in the OpenAPI documents (the query API has a `HistoryEntry` of its own).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SagaStep)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     /// `event`, `command`, `deadline` or `operator`.
