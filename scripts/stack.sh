@@ -71,8 +71,10 @@ ensure_tools() {
 }
 
 # The Python side of the tests, in its own virtual environment under .local/python: the
-# Standard Webhooks reference library (PyPI), which verifies our webhook signatures.
+# Standard Webhooks reference library (PyPI), which verifies our webhook signatures, and
+# openapi-spec-validator, which validates the gateway's OpenAPI document.
 STANDARDWEBHOOKS_PY_VERSION=1.3.0
+OPENAPI_SPEC_VALIDATOR_VERSION=0.7.2
 ensure_python_tools() {
   local venv="$ROOT/.local/python"
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
@@ -81,6 +83,11 @@ ensure_python_tools() {
     log "installing standardwebhooks $STANDARDWEBHOOKS_PY_VERSION from PyPI into $venv"
     "$venv/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_PY_VERSION" ||
       die "pip could not install standardwebhooks $STANDARDWEBHOOKS_PY_VERSION"
+  fi
+  if [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('openapi-spec-validator'))" 2>/dev/null)" != "$OPENAPI_SPEC_VALIDATOR_VERSION" ]; then
+    log "installing openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION from PyPI into $venv"
+    "$venv/bin/pip" install -q "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" ||
+      die "pip could not install openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION"
   fi
 }
 

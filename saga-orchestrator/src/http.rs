@@ -147,7 +147,7 @@ async fn one(
 
 /// `POST /v1/sagas/{order_id}/retry`
 #[utoipa::path(
-    post, path = "/v1/sagas/{order_id}/retry", tag = "sagas",
+    post, path = "/v1/sagas/{order_id}/retry", tag = "sagas", operation_id = "retry_saga",
     description = "For operators (an operator key; a client key gets 403): retries a failed saga once what made it fail is dealt with. A saga fails when a compensation is given up on for good (a refund the provider refused); the retry issues that compensation again under its old command id, and the rest of the plan follows. Answers the saga as stored after the retry (state `compensating`).",
     params(("order_id" = Uuid, Path, description = "the order")),
     responses(
@@ -207,7 +207,7 @@ const STATES: [&str; 5] = [
 
 /// `GET /v1/sagas?state=&limit=&cursor=`: newest first.
 #[utoipa::path(
-    get, path = "/v1/sagas", tag = "sagas",
+    get, path = "/v1/sagas", tag = "sagas", operation_id = "list_sagas",
     description = "Sagas, newest first, filtered by state (keyset pagination).",
     params(
         ("state" = Option<String>, Query, description = "running, compensating, completed, compensated or failed"),

@@ -25,54 +25,68 @@ impl Modify for BearerAuth {
 }
 
 /// One document of the services' `documents` (the gateway's `/openapi.json`): their
-/// operations, schemas and tags together, titled `title`. An operation (a path and method)
-/// two of them define, or a schema two define differently, is an error: the gateway routes
-/// an operation to one service, and a schema means one thing.
-pub fn merge(title: &str, documents: Vec<OpenApi>) -> Result<OpenApi, String> {
-    const METHODS: [&str; 8] = [
-        "get", "put", "post", "delete", "options", "head", "patch", "trace",
-    ];
-    let as_json = |value: &dyn erased_json::Serialize| value.to_json();
+/// operations, schemas and tags together, under `info`. An operation (a path and method)
+/// or an operation id two of them define, or a schema or tag two define differently, is an
+/// error: the gateway routes an operation to one service, and a name means one thing.
+pub fn merge(info: utoipa::openapi::Info, documents: Vec<OpenApi>) -> Result<OpenApi, String> {
+    let json = |value: &dyn erased_serde::Serialize| value.to_json();
     let mut documents = documents.into_iter();
     let mut merged = documents.next().ok_or("no document to merge")?;
     for document in documents {
-        for (path, item) in &document.paths.paths {
-            let Some(known) = merged.paths.paths.get(path) else {
-                continue;
-            };
-            let (known, item) = (as_json(known), as_json(item));
-            if let Some(method) = METHODS
-                .iter()
-                .find(|m| known.get(**m).is_some() && item.get(**m).is_some())
-            {
-                return Err(format!(
-                    "{} {path} is in two documents",
-                    method.to_uppercase()
-                ));
+        let (known, theirs) = (json(&merged), json(&document));
+        for (path, item) in theirs["paths"].as_object().into_iter().flatten() {
+            for (method, _) in item.as_object().into_iter().flatten() {
+                if known["paths"][path][method].is_object() {
+                    return Err(format!(
+                        "{} {path} is in two documents",
+                        method.to_uppercase()
+                    ));
+                }
             }
         }
-        if let (Some(known), Some(theirs)) = (&merged.components, &document.components) {
-            for (name, schema) in &theirs.schemas {
-                if known
-                    .schemas
-                    .get(name)
-                    .is_some_and(|k| as_json(k) != as_json(schema))
-                {
-                    return Err(format!("schema {name} differs between two documents"));
+        let ids = |doc: &serde_json::Value| -> Vec<String> {
+            doc["paths"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .flat_map(|(_, item)| item.as_object().into_iter().flatten())
+                .filter_map(|(_, op)| op["operationId"].as_str().map(str::to_owned))
+                .collect()
+        };
+        let known_ids = ids(&known);
+        if let Some(id) = ids(&theirs).into_iter().find(|id| known_ids.contains(id)) {
+            return Err(format!("operation id {id} is in two documents"));
+        }
+        for (part, field) in [("schema", "schemas"), ("response", "responses")] {
+            for (name, value) in theirs["components"][field]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let other = &known["components"][field][name];
+                if !other.is_null() && other != value {
+                    return Err(format!("{part} {name} differs between two documents"));
                 }
+            }
+        }
+        for tag in theirs["tags"].as_array().into_iter().flatten() {
+            let same_name = known["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["name"] == tag["name"]);
+            if same_name.is_some_and(|t| t != tag) {
+                return Err(format!("tag {} differs between two documents", tag["name"]));
             }
         }
         merged.merge(document);
     }
-    merged.info.title = title.to_owned();
-    merged.info.description = Some(
-        "Every API of the shop behind its gateway: commands, queries (read models, dead letters) and sagas. Authorization: Bearer <API key>.".to_owned(),
-    );
+    merged.info = info;
     Ok(merged)
 }
 
 /// JSON of anything serializable, for comparing parts of documents.
-mod erased_json {
+mod erased_serde {
     pub trait Serialize {
         fn to_json(&self) -> serde_json::Value;
     }

@@ -44,7 +44,11 @@ enum Command {
     /// A new Standard Webhooks signing secret (`whsec_...`) for NOTIFICATION_WEBHOOK_SECRET.
     WebhookSecret,
     /// Print the OpenAPI document of every API behind the gateway (gateway/openapi.json).
-    Openapi,
+    Openapi {
+        /// Write it to this file instead (say gateway/openapi.json).
+        #[arg(long)]
+        write: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +79,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => inspect::tail(args, json).await,
         Command::Read(args) => inspect::read(args, json).await,
         Command::ApiKey(command) => api_key::run(command, json),
-        Command::Openapi => openapi::run(),
+        Command::Openapi { write } => openapi::run(write),
         Command::WebhookSecret => {
             api_key::print_webhook_secret(json);
             Ok(())

@@ -185,11 +185,13 @@ impl Gateway {
             ("COMMAND_API_UPSTREAM", command_api.to_string()),
             ("PROJECTIONS_UPSTREAM", projections.to_string()),
             ("SAGA_ORCHESTRATOR_UPSTREAM", saga_orchestrator.to_string()),
-            (
-                "GATEWAY_DOCS",
-                repo_root().join("gateway").display().to_string(),
-            ),
+            // A copy: nginx's workers may run as another user than the checkout's.
+            ("GATEWAY_DOCS", root.display().to_string()),
         ];
+        std::fs::copy(
+            repo_root().join("gateway/openapi.json"),
+            root.join("openapi.json"),
+        )?;
         for (template, target) in [
             ("gateway/shop.conf.template", "shop.conf"),
             ("gateway/nginx.local.conf.template", "nginx.conf"),
