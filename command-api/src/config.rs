@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use service_runtime::ServiceConfig;
 use service_runtime::api_keys::{self, Gate};
+use service_runtime::personal_data::EmailIndex;
+use service_runtime::personal_data::email_index::EMAIL_INDEX_KEY;
 use service_runtime::settings::{Env, Setting, SettingError, common};
 
 pub const COMMAND_API_ADDR: Setting = Setting {
@@ -43,6 +45,7 @@ pub fn settings() -> Vec<Setting> {
         ADVERTISED_URL,
     ];
     own.extend(api_keys::SETTINGS);
+    own.push(EMAIL_INDEX_KEY);
     common::with(&own)
 }
 
@@ -57,6 +60,8 @@ pub struct Config {
     pub peer_key: String,
     /// How peers reach this instance; `None`: from the bound address.
     pub advertised_url: Option<String>,
+    /// The blind index of email addresses (`EMAIL_INDEX_KEY`).
+    pub email_index: EmailIndex,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
                 key => key.to_owned(),
             },
             advertised_url: advertised_url(env)?,
+            email_index: EmailIndex::from_env(env)?,
         })
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::writer::snapshot::SnapshotStore;
+use service_runtime::personal_data::KeyStore;
 use service_runtime::readiness::{Dependency, Probe};
 use service_runtime::{BoundService, Service, ServiceError, probes};
 
@@ -33,7 +34,13 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     let migrators = vec![
         Arc::new(SnapshotStore::migrator()),
         probes::schema_migrator(sqlx::migrate!("./migrations"), SCHEMA),
+        KeyStore::migrator(),
     ];
+    if config.email_index.is_development() {
+        tracing::warn!(
+            "EMAIL_INDEX_KEY is not set: email claim ids use the public development key; set a secret of your own before the first registration"
+        );
+    }
     let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, migrators)?;
     let (models, workers) = WriteModels::new(&config, pool.clone(), service.registry());
     for worker in workers {
@@ -43,8 +50,13 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
     let peers = models.peers.clone();
     let state = http::AppState {
         models: Arc::new(models),
-        keyed_runs: http::idempotency::answers::KeyedRuns::new(pool, config.command_timeout),
+        keyed_runs: http::idempotency::answers::KeyedRuns::new(
+            pool.clone(),
+            config.command_timeout,
+        ),
         command_timeout: config.command_timeout,
+        keys: KeyStore::new(pool),
+        email_index: config.email_index.clone(),
     };
     let bound = service.routes(http::router(state, &config)).bind().await?;
     let me = config

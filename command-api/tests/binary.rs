@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::emails::{ClaimEmail, EmailCommand};
 use schemas::users::{RegisterUser, UserCommand};
 use schemas::{CommandId, CommandMeta, MessageFamily, UserId};
+use service_runtime::personal_data::{EmailIndex, SubjectKey};
 use test_support::TestEnv;
 
 mod common;
@@ -245,7 +246,10 @@ async fn an_email_claim_stranded_by_a_killed_instance_is_taken_over_and_its_late
 
     // What a registration that died between its two steps leaves: the address claimed
     // for a user who was never registered. Then the instance dies too.
-    let email = "stranded@example.com";
+    // Claims are keyed by the address's blind index (the development key: no
+    // EMAIL_INDEX_KEY is set here).
+    let email = EmailIndex::development().claim_id("stranded@example.com");
+    let email = email.as_str();
     let stranded = UserId::new();
     let claimed_at = Instant::now();
     send_command::<EmailCommand>(
@@ -285,12 +289,14 @@ async fn an_email_claim_stranded_by_a_killed_instance_is_taken_over_and_its_late
     let winner = body["id"].as_str().expect("an id").to_owned();
 
     // The dead request's registration lands late, relying on its claim: refused.
+    let key = SubjectKey::generate();
     let late = send_command::<UserCommand>(
         &env,
         RegisterUser {
             user_id: stranded,
-            name: "Late".into(),
-            email: email.into(),
+            name: key.seal(stranded.as_uuid(), "Late"),
+            email: key.seal(stranded.as_uuid(), "stranded@example.com"),
+            claim_id: Some(email.into()),
             claim: Some(claim),
         }
         .into(),
@@ -314,7 +320,7 @@ async fn an_email_claim_stranded_by_a_killed_instance_is_taken_over_and_its_late
     let users = common::events(&env.brokers, &topics.events("users")).await?;
     let registered: Vec<&str> = users
         .iter()
-        .filter(|e| e.event_type == "UserRegistered" && e.data["email"] == email)
+        .filter(|e| e.event_type == "UserRegistered" && e.data["claim_id"] == email)
         .map(|e| e.subject.as_str())
         .collect();
     assert_eq!(registered, [winner.as_str()]);

@@ -62,6 +62,7 @@ fn events_of(model: &str, count: usize) -> Vec<EventDocument> {
                 user_id: UserId::new(),
                 name: format!("User {i}"),
                 email: format!("user{i}@example.com"),
+                claim_id: None,
             }),
             "orders" => document::<schemas::orders::OrderEvent>(OrderPlaced {
                 order_id: OrderId::new(),

@@ -60,7 +60,8 @@ pub fn services_read_by(name: &str) -> Option<&'static [&'static str]> {
 /// Assembles the service: the projectors as workers, each with a readiness check on its
 /// lag, and the query routes.
 pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
-    let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, Vec::new())?;
+    let migrators = vec![service_runtime::personal_data::KeyStore::migrator()];
+    let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, migrators)?;
     let infra = &config.service.infrastructure;
     let projector_config = ProjectorConfig {
         kafka: infra.kafka.clone(),

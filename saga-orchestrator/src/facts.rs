@@ -40,6 +40,8 @@ pub fn fact_of(document: &EventDocument) -> Result<Fact, String> {
             .map(|e| of_notification(e.payload)),
         "user" => document.decode::<UserEvent>().map(|e| match e.payload {
             UserEvent::UserDeactivated(d) => Fact::UserDeactivated { user_id: d.user_id },
+            // Forgetting an active user deactivates them too.
+            UserEvent::UserForgotten(f) => Fact::UserDeactivated { user_id: f.user_id },
             _ => Fact::Irrelevant,
         }),
         _ => return Ok(Fact::Irrelevant),

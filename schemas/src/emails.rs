@@ -1,6 +1,8 @@
 //! Email claims, the users service's uniqueness log: one aggregate per normalized email
 //! address, so that concurrent registrations with one email meet at a single writer and
-//! exactly one wins. Its topics are `<prefix>user-emails.*`, apart from the users' own,
+//! exactly one wins. The aggregate id is the address's blind index (the hex HMAC-SHA256 of
+//! the normalized address under the deployment's `EMAIL_INDEX_KEY`), so that the log keeps
+//! no address; claims recorded before blind indexes are keyed by the address. Its topics are `<prefix>user-emails.*`, apart from the users' own,
 //! because a partition writer owns one aggregate type.
 
 use chrono::{DateTime, Utc};
@@ -13,7 +15,7 @@ use crate::ids::UserId;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ClaimEmail {
-    /// The normalized address (the aggregate id).
+    /// The claim id: the address's blind index (the aggregate id).
     pub email: String,
     pub user_id: UserId,
     /// When the request claiming it started: a claim whose user still does not hold the

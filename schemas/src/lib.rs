@@ -7,6 +7,7 @@
 //!   [`notifications`]: one module per service, each
 //!   declaring its command and event payloads and grouping them into families
 //!   ([`message::MessageFamily`]);
+//! - [`personal`]: how a field sealed for its user looks;
 //! - [`envelope`]: the JSON document written to Kafka and its typed form;
 //! - [`upcast`]: old versions to new, applied on read before decoding;
 //! - [`catalog`] and [`json_schema`]: the list of every type and version, and the JSON Schema
@@ -24,6 +25,7 @@ pub mod money;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod personal;
 pub mod trace;
 pub mod upcast;
 pub mod users;

@@ -1,4 +1,8 @@
-//! The users service: registration, email changes, deactivation.
+//! The users service: registration, email changes, deactivation, forgetting.
+//!
+//! Names and addresses are sealed for their user (see [`crate::personal`]): a field
+//! documented as sealed holds `pii1:<user id>:...`, never the clear text. Records written
+//! before sealing hold the clear text and cannot be forgotten.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -10,12 +14,15 @@ use crate::ids::UserId;
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct RegisterUser {
     pub user_id: UserId,
-    /// Display name, 1 to 100 characters after trimming.
+    /// Display name (1 to 100 characters after trimming), sealed.
     pub name: String,
-    /// Normalized email address (lower-case domain, trimmed).
+    /// Normalized email address (lower-case domain, trimmed), sealed.
     pub email: String,
-    /// The version of the email's claim (its `user-emails` aggregate) this registration
-    /// relies on; refused once that claim lapsed. Absent: not checked.
+    /// The id of the email's claim (its `user-emails` aggregate): the address's blind index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
+    /// The version of the email's claim this registration relies on; refused once that
+    /// claim lapsed. Absent: not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<u64>,
 }
@@ -25,7 +32,11 @@ pub struct RegisterUser {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ChangeUserEmail {
     pub user_id: UserId,
+    /// The new address, sealed.
     pub email: String,
+    /// The id of the new address's claim: its blind index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
     /// The version of the new email's claim this change relies on; refused once that
     /// claim lapsed. Absent: not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +60,8 @@ pub struct DeactivateUser {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct LapseEmailClaim {
     pub user_id: UserId,
+    /// The claim's id: the address's blind index (the address itself for claims recorded
+    /// before blind indexes).
     pub email: String,
     /// The claim's version in its `user-emails` aggregate.
     pub claim: u64,
@@ -58,16 +71,27 @@ pub struct LapseEmailClaim {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct UserRegistered {
     pub user_id: UserId,
+    /// Sealed.
     pub name: String,
+    /// Sealed.
     pub email: String,
+    /// The id of the address's claim (its blind index); absent on events written before
+    /// blind indexes, whose claim id is the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct UserEmailChanged {
     pub user_id: UserId,
+    /// Sealed.
     pub previous_email: String,
+    /// Sealed.
     pub email: String,
+    /// The id of the new address's claim, as in [`UserRegistered`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -84,20 +108,36 @@ pub struct UserDeactivated {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct EmailClaimLapsed {
     pub user_id: UserId,
+    /// The claim's id (see [`LapseEmailClaim`]).
     pub email: String,
     pub claim: u64,
+}
+
+/// Forget a user: their key is destroyed, and with it every sealed field of theirs, in the
+/// log and everywhere it was copied. Deactivates an active user and frees their address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ForgetUser {
+    pub user_id: UserId,
+}
+
+/// The user was forgotten: from here on their sealed fields read as `[forgotten]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct UserForgotten {
+    pub user_id: UserId,
 }
 
 crate::message_family!(
     /// Commands handled by the user aggregate.
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserCommand, Command, "user", "users", user_id,
-    [RegisterUser = 1, ChangeUserEmail = 1, DeactivateUser = 1, LapseEmailClaim = 1]
+    [RegisterUser = 1, ChangeUserEmail = 1, DeactivateUser = 1, LapseEmailClaim = 1, ForgetUser = 1]
 );
 
 crate::message_family!(
     /// Events of the user aggregate.
     #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
     UserEvent, Event, "user", "users", user_id,
-    [UserRegistered = 1, UserEmailChanged = 1, UserDeactivated = 1, EmailClaimLapsed = 1]
+    [UserRegistered = 1, UserEmailChanged = 1, UserDeactivated = 1, EmailClaimLapsed = 1, UserForgotten = 1]
 );

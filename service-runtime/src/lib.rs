@@ -7,6 +7,7 @@
 //! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
 //! - [`openapi`]: the bearer scheme and `GET /openapi.json` of every service's document;
 //! - [`problem`]: RFC 9457 problem details, the shape of every error answer;
+//! - [`personal_data`]: sealing personal fields with per-user keys, and forgetting them;
 //! - [`tls`]: certificate files and one handshake, checked at start;
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
 //! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
@@ -17,6 +18,7 @@ pub mod infrastructure;
 pub mod metrics;
 pub mod openapi;
 mod ops;
+pub mod personal_data;
 pub mod probes;
 pub mod problem;
 pub mod readiness;

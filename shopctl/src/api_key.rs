@@ -47,6 +47,16 @@ pub fn print_webhook_secret(json: bool) {
     }
 }
 
+/// A new secret for EMAIL_INDEX_KEY: 32 random bytes in base64.
+pub fn print_email_index_key(json: bool) {
+    let key = service_runtime::personal_data::EmailIndex::new_key();
+    if json {
+        println!("{}", json!({ "key": key }));
+    } else {
+        println!("{key}");
+    }
+}
+
 /// `shop_` and 64 hex digits from two random (v4) UUIDs: 244 random bits.
 fn new_key() -> String {
     format!(

@@ -43,6 +43,8 @@ enum Command {
     ApiKey(api_key::ApiKeyCommand),
     /// A new Standard Webhooks signing secret (`whsec_...`) for NOTIFICATION_WEBHOOK_SECRET.
     WebhookSecret,
+    /// A new secret for EMAIL_INDEX_KEY (set it once, before the first registration).
+    EmailIndexKey,
     /// Print the OpenAPI document of every API behind the gateway (gateway/openapi.json).
     Openapi {
         /// Write it to this file instead (say gateway/openapi.json).
@@ -82,6 +84,10 @@ async fn main() -> ExitCode {
         Command::Openapi { write } => openapi::run(write),
         Command::WebhookSecret => {
             api_key::print_webhook_secret(json);
+            Ok(())
+        }
+        Command::EmailIndexKey => {
+            api_key::print_email_index_key(json);
             Ok(())
         }
     };

@@ -162,6 +162,7 @@ async fn write_history(env: &TestEnv) -> anyhow::Result<Vec<Written>> {
                 user_id: id,
                 name: format!("User {i}"),
                 email: format!("user{i}@example.com"),
+                claim_id: None,
             }),
         );
         record(

@@ -45,7 +45,7 @@ impl Compose {
             .map(|(k, v)| {
                 let key = k.as_str().context("string keys")?.to_owned();
                 let value = match v {
-                    Value::String(s) => s.clone(),
+                    Value::String(s) => unset_defaults(s),
                     Value::Number(n) => n.to_string(),
                     Value::Bool(b) => b.to_string(),
                     other => bail!("{name}.{key} has a non-scalar value {other:?}"),
@@ -65,6 +65,24 @@ impl Compose {
             })
             .unwrap_or_default()
     }
+}
+
+/// `text` as compose gives it when no variable is set: each `${NAME:-default}` is its
+/// default.
+fn unset_defaults(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            break;
+        };
+        let inner = &rest[start + 2..start + end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, default)| default));
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn as_env(vars: &BTreeMap<String, String>) -> Env {

@@ -7,6 +7,10 @@
 //! address), then releases it under the version it read. A registration or change carries
 //! the version of the claim it relies on and is refused once that claim lapsed, so a
 //! request that lands late can never give the address to a second user.
+//!
+//! Personal fields reach the user's writer sealed (see [`schemas::personal`]) and it keeps
+//! them so; it refuses one in the clear. Addresses are compared by their claim id, the
+//! blind index the claims are keyed by. A forgotten user stays forgotten.
 
 use std::collections::BTreeMap;
 
@@ -16,15 +20,15 @@ use schemas::UserId;
 use schemas::emails::{
     ClaimEmail, EmailClaimed, EmailCommand, EmailEvent, EmailReleased, ReleaseEmail,
 };
+use schemas::personal::{SealedText, is_claim_id};
 use schemas::users::{
     EmailClaimLapsed, LapseEmailClaim, UserCommand, UserDeactivated, UserEmailChanged, UserEvent,
-    UserRegistered,
+    UserForgotten, UserRegistered,
 };
 use serde::{Deserialize, Serialize};
 
-use super::values::{EmailAddress, PersonName};
-
-/// What the user is.
+/// What the user is. Name and email are sealed (see [`schemas::personal`]); the writer
+/// never sees them in the clear and compares addresses by their claim id.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum UserStatus {
@@ -33,11 +37,34 @@ pub enum UserStatus {
     Active {
         name: String,
         email: String,
+        /// The id of the address's claim; absent on users from before blind indexes,
+        /// whose claim id is the address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim_id: Option<String>,
     },
     Deactivated {
         name: String,
         email: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim_id: Option<String>,
     },
+    /// Forgotten: the key of the user's sealed fields is destroyed; nothing else happens.
+    Forgotten,
+}
+
+impl UserStatus {
+    /// The id of the claim on the user's address, while the user has one.
+    pub fn claim_id(&self) -> Option<&str> {
+        match self {
+            Self::Active {
+                email, claim_id, ..
+            }
+            | Self::Deactivated {
+                email, claim_id, ..
+            } => Some(claim_id.as_deref().unwrap_or(email)),
+            Self::Unregistered | Self::Forgotten => None,
+        }
+    }
 }
 
 /// A user as its writer decides on it.
@@ -45,20 +72,21 @@ pub enum UserStatus {
 pub struct UserState {
     #[serde(flatten)]
     pub status: UserStatus,
-    /// Per address, the newest claim version declared lapsed for this user: no command
+    /// Per claim id, the newest claim version declared lapsed for this user: no command
     /// relying on that claim or an older one is accepted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lapsed_claims: BTreeMap<String, u64>,
 }
 
 impl UserState {
-    /// Whether the user is active with `email`.
-    pub fn holds(&self, email: &str) -> bool {
-        matches!(&self.status, UserStatus::Active { email: own, .. } if own == email)
+    /// Whether the user is active with the address whose claim id is `claim_id`.
+    pub fn holds(&self, claim_id: &str) -> bool {
+        matches!(self.status, UserStatus::Active { .. }) && self.status.claim_id() == Some(claim_id)
     }
 
-    fn lapsed(&self, email: &str, claim: Option<u64>) -> bool {
-        match (self.lapsed_claims.get(email), claim) {
+    fn lapsed(&self, claim_id: Option<&str>, claim: Option<u64>) -> bool {
+        let newest = claim_id.and_then(|id| self.lapsed_claims.get(id));
+        match (newest, claim) {
             (Some(lapsed), Some(claim)) => claim <= *lapsed,
             _ => false,
         }
@@ -79,6 +107,12 @@ pub enum UserRejection {
         reason: String,
     },
     SameEmail,
+    /// The user was forgotten: nothing about them changes any more.
+    UserForgotten,
+    /// A name or address that is not sealed for this user, or no claim id with it.
+    NotSealed {
+        field: String,
+    },
     /// The email claim this command relied on lapsed: another request may hold it now.
     ClaimLapsed,
     /// The user holds the address: its claim stands.
@@ -97,50 +131,64 @@ impl Aggregate for User {
     fn decide(state: &UserState, command: &UserCommand) -> Result<Vec<UserEvent>, UserRejection> {
         match (&state.status, command) {
             (_, UserCommand::LapseEmailClaim(c)) => lapse(state, c),
-            (_, UserCommand::RegisterUser(c)) if state.lapsed(&c.email, c.claim) => {
+            (_, UserCommand::RegisterUser(c)) if state.lapsed(c.claim_id.as_deref(), c.claim) => {
                 Err(UserRejection::ClaimLapsed)
             }
-            (_, UserCommand::ChangeUserEmail(c)) if state.lapsed(&c.email, c.claim) => {
+            (_, UserCommand::ChangeUserEmail(c))
+                if state.lapsed(c.claim_id.as_deref(), c.claim) =>
+            {
                 Err(UserRejection::ClaimLapsed)
             }
             (UserStatus::Unregistered, UserCommand::RegisterUser(c)) => {
-                let name = PersonName::parse(&c.name).map_err(|e| UserRejection::InvalidName {
-                    reason: e.to_string(),
-                })?;
-                let email = parse_email(&c.email)?;
+                sealed_for(c.user_id, "name", &c.name)?;
+                sealed_for(c.user_id, "email", &c.email)?;
+                let claim_id = claim_id_of(c.claim_id.as_deref())?;
                 Ok(vec![
                     UserRegistered {
                         user_id: c.user_id,
-                        name: name.as_str().to_owned(),
-                        email: email.as_str().to_owned(),
+                        name: c.name.clone(),
+                        email: c.email.clone(),
+                        claim_id: Some(claim_id.to_owned()),
                     }
                     .into(),
                 ])
             }
             (_, UserCommand::RegisterUser(_)) => Err(UserRejection::AlreadyRegistered),
             (UserStatus::Unregistered, _) => Err(UserRejection::UnknownUser),
+            (UserStatus::Forgotten, UserCommand::ForgetUser(_)) => Ok(vec![]),
+            (_, UserCommand::ForgetUser(c)) => {
+                Ok(vec![UserForgotten { user_id: c.user_id }.into()])
+            }
+            (UserStatus::Forgotten, _) => Err(UserRejection::UserForgotten),
             (UserStatus::Deactivated { .. }, _) => Err(UserRejection::UserDeactivated),
             (UserStatus::Active { email, .. }, UserCommand::ChangeUserEmail(c)) => {
-                let new = parse_email(&c.email)?;
-                if new.as_str() == email {
+                sealed_for(c.user_id, "email", &c.email)?;
+                let claim_id = claim_id_of(c.claim_id.as_deref())?;
+                if state.status.claim_id() == Some(claim_id) {
                     return Err(UserRejection::SameEmail);
                 }
                 Ok(vec![
                     UserEmailChanged {
                         user_id: c.user_id,
                         previous_email: email.clone(),
-                        email: new.as_str().to_owned(),
+                        email: c.email.clone(),
+                        claim_id: Some(claim_id.to_owned()),
                     }
                     .into(),
                 ])
             }
-            (UserStatus::Active { .. }, UserCommand::DeactivateUser(c)) => Ok(vec![
-                UserDeactivated {
-                    user_id: c.user_id,
-                    reason: c.reason.clone(),
+            (UserStatus::Active { .. }, UserCommand::DeactivateUser(c)) => {
+                if let Some(reason) = &c.reason {
+                    sealed_for(c.user_id, "reason", reason)?;
                 }
-                .into(),
-            ]),
+                Ok(vec![
+                    UserDeactivated {
+                        user_id: c.user_id,
+                        reason: c.reason.clone(),
+                    }
+                    .into(),
+                ])
+            }
         }
     }
 
@@ -150,19 +198,32 @@ impl Aggregate for User {
             mut lapsed_claims,
         } = state;
         let status = match (status, event) {
+            (_, UserEvent::UserForgotten(_)) => UserStatus::Forgotten,
+            (UserStatus::Forgotten, _) => UserStatus::Forgotten,
             (_, UserEvent::UserRegistered(e)) => UserStatus::Active {
                 name: e.name.clone(),
                 email: e.email.clone(),
+                claim_id: e.claim_id.clone(),
             },
             (UserStatus::Active { name, .. }, UserEvent::UserEmailChanged(e)) => {
                 UserStatus::Active {
                     name,
                     email: e.email.clone(),
+                    claim_id: e.claim_id.clone(),
                 }
             }
-            (UserStatus::Active { name, email }, UserEvent::UserDeactivated(_)) => {
-                UserStatus::Deactivated { name, email }
-            }
+            (
+                UserStatus::Active {
+                    name,
+                    email,
+                    claim_id,
+                },
+                UserEvent::UserDeactivated(_),
+            ) => UserStatus::Deactivated {
+                name,
+                email,
+                claim_id,
+            },
             (status, UserEvent::EmailClaimLapsed(e)) => {
                 let newest = lapsed_claims.entry(e.email.clone()).or_default();
                 *newest = (*newest).max(e.claim);
@@ -177,12 +238,32 @@ impl Aggregate for User {
     }
 }
 
+/// Refuses a personal field that is not sealed for `user`: the log must not hold it in
+/// the clear, or forgetting the user could not erase it.
+fn sealed_for(user: UserId, field: &str, text: &str) -> Result<(), UserRejection> {
+    if SealedText::is_sealed_for(text, user.as_uuid()) {
+        Ok(())
+    } else {
+        Err(UserRejection::NotSealed {
+            field: field.to_owned(),
+        })
+    }
+}
+
+fn claim_id_of(claim_id: Option<&str>) -> Result<&str, UserRejection> {
+    claim_id
+        .filter(|id| is_claim_id(id))
+        .ok_or_else(|| UserRejection::NotSealed {
+            field: "claim_id".to_owned(),
+        })
+}
+
 /// A claim lapses unless the user holds its address; lapsing it again changes nothing.
 fn lapse(state: &UserState, c: &LapseEmailClaim) -> Result<Vec<UserEvent>, UserRejection> {
     if state.holds(&c.email) {
         return Err(UserRejection::ClaimHeld);
     }
-    if state.lapsed(&c.email, Some(c.claim)) {
+    if state.lapsed(Some(&c.email), Some(c.claim)) {
         return Ok(vec![]);
     }
     Ok(vec![
@@ -193,12 +274,6 @@ fn lapse(state: &UserState, c: &LapseEmailClaim) -> Result<Vec<UserEvent>, UserR
         }
         .into(),
     ])
-}
-
-fn parse_email(raw: &str) -> Result<EmailAddress, UserRejection> {
-    EmailAddress::parse(raw).map_err(|e| UserRejection::InvalidEmail {
-        reason: e.to_string(),
-    })
 }
 
 /// Who holds an email address.
@@ -222,7 +297,7 @@ pub enum EmailRejection {
     InvalidEmail { reason: String },
 }
 
-/// One aggregate per normalized address: concurrent claims meet at its single writer.
+/// One aggregate per address (its claim id): concurrent claims meet at its single writer.
 #[derive(Debug)]
 pub struct EmailClaim;
 
@@ -238,13 +313,12 @@ impl Aggregate for EmailClaim {
         state: &EmailState,
         command: &EmailCommand,
     ) -> Result<Vec<EmailEvent>, EmailRejection> {
-        if let EmailCommand::ClaimEmail(c) = command {
-            let normalized = EmailAddress::parse(&c.email).map(|e| e.to_string());
-            if normalized.as_deref() != Ok(c.email.as_str()) {
-                return Err(EmailRejection::InvalidEmail {
-                    reason: "not a normalized email address".into(),
-                });
-            }
+        if let EmailCommand::ClaimEmail(c) = command
+            && !is_claim_id(&c.email)
+        {
+            return Err(EmailRejection::InvalidEmail {
+                reason: "not a claim id (the address's blind index)".into(),
+            });
         }
         match (state, command) {
             (EmailState::Free, EmailCommand::ClaimEmail(c)) => Ok(vec![
@@ -298,20 +372,21 @@ impl Aggregate for EmailClaim {
     }
 }
 
-/// A claim command for `email` on behalf of `user`, by a request that started `at`.
-pub fn claim(email: &EmailAddress, user: UserId, at: DateTime<Utc>) -> EmailCommand {
+/// A claim command for the address of `claim_id` on behalf of `user`, by a request that
+/// started `at`.
+pub fn claim(claim_id: &str, user: UserId, at: DateTime<Utc>) -> EmailCommand {
     ClaimEmail {
-        email: email.to_string(),
+        email: claim_id.to_owned(),
         user_id: user,
         at: Some(at),
     }
     .into()
 }
 
-/// A release command for `email` held by `user`.
-pub fn release(email: &str, user: UserId) -> EmailCommand {
+/// A release command for the address of `claim_id` held by `user`.
+pub fn release(claim_id: &str, user: UserId) -> EmailCommand {
     ReleaseEmail {
-        email: email.to_owned(),
+        email: claim_id.to_owned(),
         user_id: user,
     }
     .into()

@@ -33,6 +33,7 @@ use event_store::writer::host::WriteModel;
 use schemas::{Command, CommandMeta, MessageFamily};
 use serde::Serialize;
 use service_runtime::api_keys::Principal;
+use service_runtime::personal_data::{EmailIndex, KeyStore};
 use tower::ServiceBuilder;
 use utoipa::ToSchema;
 
@@ -51,6 +52,10 @@ pub struct AppState {
     pub keyed_runs: KeyedRuns,
     /// The longest a command may take; past it, 503.
     pub command_timeout: Duration,
+    /// The users' keys, which seal their personal fields.
+    pub keys: KeyStore,
+    /// The blind index giving each email address its claim id.
+    pub email_index: EmailIndex,
 }
 
 impl AppState {

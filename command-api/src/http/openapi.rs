@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::register))
         .routes(routes!(users::change_email))
         .routes(routes!(users::deactivate))
+        .routes(routes!(users::forget))
         .routes(routes!(orders::place))
         .routes(routes!(orders::cancel))
 }

@@ -1,4 +1,10 @@
-//! `POST /v1/users`, `POST /v1/users/{id}/email`, `POST /v1/users/{id}/deactivate`.
+//! `POST /v1/users`, `POST /v1/users/{id}/email`, `POST /v1/users/{id}/deactivate`,
+//! `POST /v1/users/{id}/forget`.
+//!
+//! Names, addresses and deactivation reasons are sealed with the user's key here, before
+//! any command carries them (see `service_runtime::personal_data`); the writers decide on
+//! sealed fields and compare addresses by their claim id, the address's blind index.
+//! Forgetting a user destroys the key.
 //!
 //! An email belongs to at most one active user. The rule lives in the log: each normalized
 //! address is an aggregate of its own (`user-emails`), so concurrent registrations with one
@@ -12,7 +18,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use schemas::UserId;
-use schemas::users::{ChangeUserEmail, DeactivateUser, LapseEmailClaim, RegisterUser};
+use schemas::users::{ChangeUserEmail, DeactivateUser, ForgetUser, LapseEmailClaim, RegisterUser};
+use service_runtime::api_keys::Operator;
+use service_runtime::personal_data::SubjectKey;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -133,11 +141,18 @@ pub async fn register(
         .unwrap_or_else(|| issuer.ids().new_user());
 
     let models = &state.models;
-    let claim = claim_address(&state, &issuer, &email, user_id, "claim-email").await?;
+    // A forgotten user's id stays taken: no key is made for it again.
+    let Some(key) = sealing_key(&state, user_id).await? else {
+        return Err(ApiError::rejected(&UserRejection::AlreadyRegistered));
+    };
+    let claim_id = state.email_index.claim_id(email.as_str());
+    let claim = claim_address(&state, &issuer, &claim_id, user_id, "claim-email").await?;
+    let subject = user_id.as_uuid();
     let register = RegisterUser {
         user_id,
-        name: name.as_str().to_owned(),
-        email: email.to_string(),
+        name: key.seal(subject, name.as_str()),
+        email: key.seal(subject, email.as_str()),
+        claim_id: Some(claim_id.clone()),
         claim: Some(claim),
     };
     let outcome = issuer
@@ -153,7 +168,7 @@ pub async fn register(
     } = &outcome
     {
         // The id is taken: give the address back, unless it is that user's own.
-        give_back(&state, &issuer, &email, user_id, claim, "release-claim").await?;
+        give_back(&state, &issuer, &claim_id, user_id, claim, "release-claim").await?;
     }
     Ok(accepted(outcome, "user")?.created("/v1/users"))
 }
@@ -188,6 +203,8 @@ pub async fn change_email(
     let email = read_change_email(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
     let models = &state.models;
+    let claim_id = state.email_index.claim_id(email.as_str());
+    let mut key = None;
 
     // On a keyed retry every step below has the id it had the first time, so the writers
     // answer with their first outcomes whatever the user looks like now. Only the release
@@ -195,20 +212,29 @@ pub async fn change_email(
     // free the address the user holds); a claim left behind that way lapses later.
     for attempt in 0..ATTEMPTS {
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        let previous = match user.status {
-            UserStatus::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
-            UserStatus::Active { email, .. } | UserStatus::Deactivated { email, .. } => email,
+        let previous = match (&user.status, user.status.claim_id()) {
+            (UserStatus::Unregistered, _) => return Err(ApiError::NotFound { what: "user", id }),
+            (_, None) => return Err(ApiError::rejected(&UserRejection::UserForgotten)),
+            (_, Some(previous)) => previous.to_owned(),
+        };
+        let key: &SubjectKey = match &mut key {
+            Some(key) => key,
+            None => match sealing_key(&state, user_id).await? {
+                Some(found) => key.insert(found),
+                None => return Err(ApiError::rejected(&UserRejection::UserForgotten)),
+            },
         };
         // Read before the change: a request of this user that claims the previous address
         // again meanwhile moves its claim on, and this release then changes nothing.
         let (previous_claim, held) = issuer.state_of(&models.emails, &previous).await?;
-        let release_previous = previous != email.as_str()
+        let release_previous = previous != claim_id
             && matches!(held, EmailState::Claimed { user_id: holder, .. } if holder == user_id);
         let step = format!("claim-{attempt}");
-        let claim = claim_address(&state, &issuer, &email, user_id, &step).await?;
+        let claim = claim_address(&state, &issuer, &claim_id, user_id, &step).await?;
         let change = ChangeUserEmail {
             user_id,
-            email: email.to_string(),
+            email: key.seal(user_id.as_uuid(), email.as_str()),
+            claim_id: Some(claim_id.clone()),
             claim: Some(claim),
         };
         let expected = if_match.or(Some(version));
@@ -234,9 +260,9 @@ pub async fn change_email(
             return Ok(accepted(outcome, "user")?.ok());
         }
         // Refused or stale: the new address goes back (not the one the user still has).
-        if previous != email.as_str() {
+        if previous != claim_id {
             let step = format!("unclaim-{attempt}");
-            give_back(&state, &issuer, &email, user_id, claim, &step).await?;
+            give_back(&state, &issuer, &claim_id, user_id, claim, &step).await?;
         }
         if if_match.is_some()
             || !matches!(outcome, Outcome::Conflict { .. })
@@ -281,14 +307,17 @@ pub async fn deactivate(
     for attempt in 0..ATTEMPTS {
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
         // As in `change_email`: the aggregate decides, so a keyed retry answers the same.
-        let email = match user.status {
-            UserStatus::Unregistered => return Err(ApiError::NotFound { what: "user", id }),
-            UserStatus::Active { email, .. } | UserStatus::Deactivated { email, .. } => email,
+        if user.status == UserStatus::Unregistered {
+            return Err(ApiError::NotFound { what: "user", id });
+        }
+        let claim_id = user.status.claim_id().map(str::to_owned);
+        // The reason is free text, which may well name the person: sealed too.
+        let reason = match (&reason, sealing_key(&state, user_id).await?) {
+            (Some(reason), Some(key)) => Some(key.seal(user_id.as_uuid(), reason)),
+            (Some(_), None) => return Err(ApiError::rejected(&UserRejection::UserForgotten)),
+            (None, _) => None,
         };
-        let command = DeactivateUser {
-            user_id,
-            reason: reason.clone(),
-        };
+        let command = DeactivateUser { user_id, reason };
         let step = format!("deactivate-{attempt}");
         let outcome = issuer
             .run(
@@ -296,12 +325,12 @@ pub async fn deactivate(
                 issuer.command(&step, command.into(), if_match.or(Some(version))),
             )
             .await?;
-        if outcome.is_accepted() {
+        if let (true, Some(claim_id)) = (outcome.is_accepted(), claim_id) {
             let step = format!("release-{attempt}");
             issuer
                 .run(
                     &models.emails,
-                    issuer.command(&step, release(&email, user_id), None),
+                    issuer.command(&step, release(&claim_id, user_id), None),
                 )
                 .await?;
         }
@@ -315,20 +344,108 @@ pub async fn deactivate(
     Err(ApiError::Unavailable("the user kept changing".into()))
 }
 
-/// Claims `email` for `user` and answers the claim's version, which the user's change then
+/// Forget a user (crypto-shredding): their key is destroyed, so that their name, address
+/// and deactivation reason no longer open anywhere (the log, read models, backups of
+/// them); the log itself is not rewritten. An active user is deactivated and their address
+/// freed. Repeating it changes nothing.
+#[utoipa::path(
+    post, path = "/v1/users/{id}/forget", tag = "users",
+    description = "For operators (an operator key; a client key gets 403). Destroys the user's key: their name, email and deactivation reason read as `[forgotten]` everywhere from then on, and a `UserForgotten` event records it. Repeating it answers the same.",
+    params(
+        ("id" = Uuid, Path, description = "the user"),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the same answer"),
+    ),
+    responses(
+        (status = 200, description = "forgotten", body = super::Accepted),
+        (status = 401, description = "no valid API key"),
+        (status = 403, description = "a client key: this needs an operator key"),
+        (status = 404, description = "no such user"),
+        (status = 409, description = "a request with this Idempotency-Key is still running; retry"),
+        (status = 429, description = "rate limited"),
+        (status = 503, description = "unavailable; retry"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn forget(
+    State(state): State<AppState>,
+    Extension(context): Extension<RequestContext>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user_id = parse_user_id(&id)?;
+    let issuer = state.issuer(context, &caller, &headers)?;
+    let models = &state.models;
+
+    for attempt in 0..ATTEMPTS {
+        let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+        if user.status == UserStatus::Unregistered {
+            return Err(ApiError::NotFound { what: "user", id });
+        }
+        let held = matches!(user.status, UserStatus::Active { .. })
+            .then(|| user.status.claim_id().map(str::to_owned))
+            .flatten();
+        // The key goes first: once the operator asked, no crash leaves the data readable.
+        // A crash before the event is mended by a retry (the key stays gone, the event is
+        // appended); one before the release leaves a claim the next claimant lapses.
+        state
+            .keys
+            .forget(user_id.as_uuid())
+            .await
+            .map_err(key_store_down)?;
+        let step = format!("forget-{attempt}");
+        let outcome = issuer
+            .run(
+                &models.users,
+                issuer.command(&step, ForgetUser { user_id }.into(), Some(version)),
+            )
+            .await?;
+        if let (true, Some(claim_id)) = (outcome.is_accepted(), held) {
+            let step = format!("release-{attempt}");
+            issuer
+                .run(
+                    &models.emails,
+                    issuer.command(&step, release(&claim_id, user_id), None),
+                )
+                .await?;
+        }
+        if outcome.is_accepted() {
+            tracing::info!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, %user_id, "user forgotten: their key is destroyed");
+        }
+        if !matches!(outcome, Outcome::Conflict { .. }) || attempt + 1 == ATTEMPTS {
+            return accepted(outcome, "user").map(super::Accepted::ok);
+        }
+    }
+    Err(ApiError::Unavailable("the user kept changing".into()))
+}
+
+/// The key to seal `user`'s fields with (made on first use); `None` once forgotten.
+async fn sealing_key(state: &AppState, user: UserId) -> Result<Option<SubjectKey>, ApiError> {
+    state
+        .keys
+        .for_writing(user.as_uuid())
+        .await
+        .map_err(key_store_down)
+}
+
+fn key_store_down(e: sqlx::Error) -> ApiError {
+    ApiError::Unavailable(format!("the users' keys cannot be read: {e}"))
+}
+
+/// Claims the address of `claim_id` for `user` and answers the claim's version, which the user's change then
 /// carries. A claim the user already holds moves on to a new version. When another user's
 /// claim holds the address but is stranded, it is lapsed and released first (see
 /// [`release_stranded`]).
 async fn claim_address(
     state: &AppState,
     issuer: &Issuer,
-    email: &EmailAddress,
+    claim_id: &str,
     user: UserId,
     step: &str,
 ) -> Result<u64, ApiError> {
     let emails = &state.models.emails;
     let claim = |step: &str| {
-        let command = claim(email, user, chrono::Utc::now());
+        let command = claim(claim_id, user, chrono::Utc::now());
         issuer.run(emails, issuer.command(step, command, None))
     };
     let first = claim(step).await?;
@@ -342,7 +459,7 @@ async fn claim_address(
     if !taken {
         return claim_version(first);
     }
-    let (version, held) = issuer.state_of(emails, email.as_str()).await?;
+    let (version, held) = issuer.state_of(emails, claim_id).await?;
     let holder = match held {
         // Taken by this user since (an earlier attempt of a keyed request): that claim.
         EmailState::Claimed { user_id, .. } if user_id == user => return Ok(version),
@@ -355,7 +472,7 @@ async fn claim_address(
             since,
             claim: version,
         };
-        if !release_stranded(state, issuer, email, &stranded, step).await? {
+        if !release_stranded(state, issuer, claim_id, &stranded, step).await? {
             return claim_version(first);
         }
     }
@@ -384,13 +501,13 @@ struct Stranded {
     claim: u64,
 }
 
-/// Whether the claim holding `email` was stranded and is now released: it is older than
+/// Whether the claim `claim_id` was stranded and is now released: it is older than
 /// three command timeouts and its holder does not hold the address, which the holder's
 /// writer confirms by declaring it lapsed (see [`give_back`]).
 async fn release_stranded(
     state: &AppState,
     issuer: &Issuer,
-    email: &EmailAddress,
+    claim_id: &str,
     stranded: &Stranded,
     step: &str,
 ) -> Result<bool, ApiError> {
@@ -405,25 +522,25 @@ async fn release_stranded(
     let (_, user) = issuer
         .state_of(&state.models.users, &holder.to_string())
         .await?;
-    if user.holds(email.as_str()) {
+    if user.holds(claim_id) {
         return Ok(false);
     }
     let step = format!("{step}-lapse-{holder}");
-    let released = give_back(state, issuer, email, holder, stranded.claim, &step).await?;
+    let released = give_back(state, issuer, claim_id, holder, stranded.claim, &step).await?;
     if released {
         tracing::info!(user_id = %holder, claim = stranded.claim, "a stranded email claim lapsed and was released");
     }
     Ok(released)
 }
 
-/// Gives `user`'s claim on `email` (at version `claim`) back unless the user holds the
+/// Gives `user`'s claim `claim_id` (at version `claim`) back unless the user holds the
 /// address: the user's writer first declares the claim lapsed (refused while the user
 /// holds it; from then on no command relying on it is accepted), then the claim is
 /// released under that version (so a newer claim is never touched). Whether it was.
 async fn give_back(
     state: &AppState,
     issuer: &Issuer,
-    email: &EmailAddress,
+    claim_id: &str,
     user: UserId,
     claim: u64,
     step: &str,
@@ -431,7 +548,7 @@ async fn give_back(
     let models = &state.models;
     let lapse = LapseEmailClaim {
         user_id: user,
-        email: email.to_string(),
+        email: claim_id.to_owned(),
         claim,
     };
     let lapsed = issuer
@@ -444,7 +561,7 @@ async fn give_back(
     let released = issuer
         .run(
             &models.emails,
-            issuer.command(&step, release(email.as_str(), user), Some(claim)),
+            issuer.command(&step, release(claim_id, user), Some(claim)),
         )
         .await?;
     Ok(released.is_accepted())

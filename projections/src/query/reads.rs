@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use service_runtime::personal_data::KeyStore;
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
@@ -46,10 +47,23 @@ pub async fn user(
     params.finish()?;
     let id = path_id(&id)?;
     state.wait_for(position.as_ref(), &["users"]).await?;
-    find_user(&state.pool, state.schema("users"), id)
+    let user = find_user(&state.pool, state.schema("users"), id)
         .await?
-        .map(Json)
-        .ok_or_else(|| QueryError::NotFound(format!("no user {id}")))
+        .ok_or_else(|| QueryError::NotFound(format!("no user {id}")))?;
+    Ok(Json(opened(&state.pool, user).await?))
+}
+
+/// `user` with its sealed fields opened by the user's key (`[forgotten]` once it is gone).
+async fn opened(pool: &PgPool, mut user: UserRow) -> Result<UserRow, sqlx::Error> {
+    let keys = KeyStore::new(pool.clone())
+        .for_reading([user.user_id])
+        .await?;
+    user.name = keys.open(&user.name).into_owned();
+    user.email = keys.open(&user.email).into_owned();
+    user.deactivation_reason = user
+        .deactivation_reason
+        .map(|reason| keys.open(&reason).into_owned());
+    Ok(user)
 }
 
 async fn find_user(

@@ -1,9 +1,12 @@
-//! Users as the query API shows them.
+//! Users as the query API shows them. Name, email and deactivation reason are stored as
+//! the log has them, sealed for their user; the query API opens them with the user's key
+//! (see `service_runtime::personal_data`). A forgotten user's row keeps no sealed field.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use schemas::EventDocument;
+use schemas::personal::FORGOTTEN;
 use schemas::users::UserEvent;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection};
@@ -17,9 +20,11 @@ use crate::projector::{Applied, DbFuture, ReadModel, Schema};
 pub struct UserRow {
     #[serde(rename = "id")]
     pub user_id: Uuid,
+    /// `[forgotten]` once the user was forgotten.
     pub name: String,
+    /// `[forgotten]` once the user was forgotten.
     pub email: String,
-    /// `active` or `deactivated`.
+    /// `active`, `deactivated` or `forgotten`.
     pub status: String,
     pub deactivation_reason: Option<String>,
     pub registered_at: DateTime<Utc>,
@@ -69,6 +74,15 @@ impl ReadModel for Users {
             (Some(row), UserEvent::UserDeactivated(e)) => UserRow {
                 status: "deactivated".into(),
                 deactivation_reason: e.reason,
+                updated_at: at,
+                version,
+                ..row.clone()
+            },
+            (Some(row), UserEvent::UserForgotten(_)) => UserRow {
+                name: FORGOTTEN.into(),
+                email: FORGOTTEN.into(),
+                status: "forgotten".into(),
+                deactivation_reason: None,
                 updated_at: at,
                 version,
                 ..row.clone()
@@ -147,7 +161,7 @@ struct Columns {
 
 #[cfg(test)]
 mod tests {
-    use schemas::users::{EmailClaimLapsed, UserRegistered};
+    use schemas::users::{EmailClaimLapsed, UserDeactivated, UserForgotten, UserRegistered};
     use schemas::{EventMeta, UserId};
 
     use super::*;
@@ -177,6 +191,7 @@ mod tests {
             user_id: user,
             name: "Ada".into(),
             email: "ada@b.co".into(),
+            claim_id: None,
         };
         let row = Users::fold(None, &document(2, registered))
             .expect("registers")
@@ -189,5 +204,34 @@ mod tests {
             (after.email.as_str(), after.updated_at),
             ("ada@b.co", row.updated_at)
         );
+    }
+
+    #[test]
+    fn a_forgotten_user_keeps_a_row_without_personal_fields() {
+        let user = UserId::new();
+        let registered = UserRegistered {
+            user_id: user,
+            name: format!("pii1:{user}:c2VhbGVk"),
+            email: format!("pii1:{user}:c2VhbGVk"),
+            claim_id: Some("ab".repeat(32)),
+        };
+        let deactivated = UserDeactivated {
+            user_id: user,
+            reason: Some(format!("pii1:{user}:c2VhbGVk")),
+        };
+        let mut row = None;
+        for (version, event) in [
+            (1, UserEvent::from(registered)),
+            (2, deactivated.into()),
+            (3, UserForgotten { user_id: user }.into()),
+        ] {
+            row = Users::fold(row.as_ref(), &document(version, event)).expect("applies");
+        }
+        let row = row.expect("a row");
+        assert_eq!(
+            (row.name.as_str(), row.email.as_str(), row.status.as_str()),
+            (FORGOTTEN, FORGOTTEN, "forgotten")
+        );
+        assert_eq!((row.deactivation_reason, row.version), (None, 3));
     }
 }
