@@ -1,5 +1,7 @@
 //! HTTP commands per second and latency, against raw rdkafka idempotent produce of the same
-//! event records to the same broker, at the same concurrency, in one run.
+//! event records to the same broker, at the same concurrency, in one run. Then the same for
+//! registrations, with what sealing a user's personal data costs on their path (a key made
+//! in Postgres, two fields sealed, the address hashed) measured alone.
 //!
 //!     ./dev bench            (or, with SHOP_TEST_DATABASE_URL set: cargo bench -p command-api)
 //!
@@ -13,15 +15,18 @@ use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::orders::{OrderEvent, OrderLine, OrderPlaced};
+use schemas::users::{UserEvent, UserRegistered};
 use schemas::{Event, EventMeta, OrderId, UserId};
 use serde_json::json;
 use service_runtime::Env;
+use service_runtime::personal_data::{EmailIndex, KeyStore, SubjectKey};
 use test_support::load::drive;
 
 const PARTITIONS: i32 = 8;
 const USERS: usize = 200;
 const ORDERS: usize = 5_000;
 const CONCURRENCY: usize = 32;
+const REGISTRATIONS: usize = 2_000;
 
 fn order_placed(user: UserId) -> Event<OrderEvent> {
     Event {
@@ -52,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     TopicAdmin::new(&settings)?
         .create(
-            &TopicNames::new("raw.").for_services(&["orders"], PARTITIONS),
+            &TopicNames::new("raw.").for_services(&["orders", "users"], PARTITIONS),
             1,
         )
         .await?;
@@ -175,7 +180,131 @@ async fn main() -> anyhow::Result<()> {
         http_rate / raw_rate,
         http_p99 - raw_p99
     );
+    println!();
+    registrations(&base, &client, &producer, &env.database_url).await?;
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), server).await???;
+    Ok(())
+}
+
+/// Registrations over HTTP against raw produce of as many `UserRegistered` records, and the
+/// sealing they include, alone: what forgetting costs on the command path.
+async fn registrations(
+    base: &str,
+    client: &reqwest::Client,
+    producer: &FutureProducer,
+    database_url: &str,
+) -> anyhow::Result<()> {
+    let key = SubjectKey::generate();
+    let records: Arc<Vec<_>> = Arc::new(
+        (0..REGISTRATIONS)
+            .map(|i| {
+                let user = UserId::new();
+                let document = Event::<UserEvent> {
+                    meta: EventMeta::new(1),
+                    payload: UserRegistered {
+                        user_id: user,
+                        name: key.seal(user.as_uuid(), &format!("Bench User {i}")),
+                        email: key.seal(user.as_uuid(), &format!("bench{i}@example.com")),
+                        claim_id: Some(EmailIndex::development().claim_id("bench@example.com")),
+                    }
+                    .into(),
+                }
+                .to_document();
+                (
+                    document.subject.clone(),
+                    document.to_json(),
+                    document.headers(),
+                )
+            })
+            .collect(),
+    );
+    let raw = {
+        let (producer, records) = (producer.clone(), Arc::clone(&records));
+        drive(REGISTRATIONS, CONCURRENCY, move |i| {
+            let (producer, records) = (producer.clone(), Arc::clone(&records));
+            async move {
+                let (key, value, headers) = &records[i];
+                let record = FutureRecord::to("raw.users.events")
+                    .key(key)
+                    .payload(value)
+                    .headers(to_kafka_headers(headers));
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .expect("raw produce");
+            }
+        })
+        .await
+    };
+    let http = {
+        let (client, base) = (client.clone(), base.to_owned());
+        drive(REGISTRATIONS, CONCURRENCY, move |i| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let body = json!({"name": format!("Bench User {i}"), "email": format!("bench{i}@example.com")});
+                let response = client
+                    .post(format!("{base}/v1/users"))
+                    .bearer_auth("bench")
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("an answer");
+                assert_eq!(response.status(), 201);
+            }
+        })
+        .await
+    };
+    let keys = KeyStore::new(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(database_url)
+            .await?,
+    );
+    let index = EmailIndex::development();
+    let sealing = {
+        let (keys, index) = (keys.clone(), index.clone());
+        drive(REGISTRATIONS, CONCURRENCY, move |i| {
+            let (keys, index) = (keys.clone(), index.clone());
+            async move {
+                let user = uuid::Uuid::now_v7();
+                let key = keys
+                    .for_writing(user)
+                    .await
+                    .expect("the key store")
+                    .expect("a key");
+                let email = format!("sealed{i}@example.com");
+                std::hint::black_box((
+                    key.seal(user, &format!("Bench User {i}")),
+                    key.seal(user, &email),
+                    index.claim_id(&email),
+                ));
+            }
+        })
+        .await
+    };
+    let (raw_p, http_p, sealing_p) = (raw.percentiles(), http.percentiles(), sealing.percentiles());
+    println!(
+        "Registrations: {REGISTRATIONS} POST /v1/users, {CONCURRENCY} concurrent (each claims the address, then registers: two writes)"
+    );
+    println!("| path | per second | p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw rdkafka idempotent produce of the UserRegistered records | {:.0} | {:.2} | {:.2} |",
+        raw.per_second, raw_p.0, raw_p.1
+    );
+    println!(
+        "| HTTP registration (claim, seal, register) | {:.0} | {:.2} | {:.2} |",
+        http.per_second, http_p.0, http_p.1
+    );
+    println!(
+        "| sealing alone (key made in Postgres, name and email sealed, address hashed) | {:.0} | {:.2} | {:.2} |",
+        sealing.per_second, sealing_p.0, sealing_p.1
+    );
+    println!(
+        "ratio: registration throughput {:.2} of raw; sealing is {:.0}% of a registration's p50",
+        http.per_second / raw.per_second,
+        100.0 * sealing_p.0 / http_p.0
+    );
     Ok(())
 }

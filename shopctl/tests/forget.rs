@@ -131,6 +131,16 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
         shows_none(&format!("the {service} log"), &log, &clear)?;
     }
 
+    // Ada's key as a backup of Postgres taken now would hold it.
+    let pool = env.pool().await;
+    let ada_uuid: uuid::Uuid = ada_id.parse()?;
+    let key_query = "SELECT key FROM personal_data.subject_keys WHERE subject = $1";
+    let backed_up: Option<Vec<u8>> = sqlx::query_scalar(key_query)
+        .bind(ada_uuid)
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(backed_up.is_some(), "Ada has a key");
+
     // Only an operator forgets; forgetting again answers the same; nobody is 404.
     let forget = |id: &str| commands.url(&format!("/v1/users/{id}/forget"));
     let (status, body) = post(&client, forget(&ada_id), Value::Null).await?;
@@ -159,6 +169,16 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
         "{status} {body}"
     );
 
+    // The backup restored: the key is back, until the users' projector reads Ada's
+    // `UserForgotten` again (here: in the rebuild below).
+    sqlx::query(
+        "UPDATE personal_data.subject_keys SET key = $2, forgotten_at = NULL WHERE subject = $1",
+    )
+    .bind(ada_uuid)
+    .bind(&backed_up)
+    .execute(&pool)
+    .await?;
+
     // Every read model from offset zero, then what a reader gets.
     for model in projections::READ_MODELS {
         let env = env.clone();
@@ -167,6 +187,14 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
                 .await?;
         succeeded(&output);
     }
+    let key: Option<Vec<u8>> = sqlx::query_scalar(key_query)
+        .bind(ada_uuid)
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(
+        key.is_none(),
+        "the rebuild destroyed the restored key again"
+    );
     let user = |id: &str| queries.url(&format!("/v1/users/{id}"));
     for (id, position) in [(&ada_id, &positions[0]), (&carol_id, &positions[1])] {
         let answer = get(&client, user(id), position).await?;

@@ -49,7 +49,12 @@ pub enum UserStatus {
         claim_id: Option<String>,
     },
     /// Forgotten: the key of the user's sealed fields is destroyed; nothing else happens.
-    Forgotten,
+    /// The claim id stays, so that a forget interrupted before the address was released
+    /// can release it when repeated.
+    Forgotten {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim_id: Option<String>,
+    },
 }
 
 impl UserStatus {
@@ -62,7 +67,8 @@ impl UserStatus {
             | Self::Deactivated {
                 email, claim_id, ..
             } => Some(claim_id.as_deref().unwrap_or(email)),
-            Self::Unregistered | Self::Forgotten => None,
+            Self::Forgotten { claim_id } => claim_id.as_deref(),
+            Self::Unregistered => None,
         }
     }
 }
@@ -155,11 +161,11 @@ impl Aggregate for User {
             }
             (_, UserCommand::RegisterUser(_)) => Err(UserRejection::AlreadyRegistered),
             (UserStatus::Unregistered, _) => Err(UserRejection::UnknownUser),
-            (UserStatus::Forgotten, UserCommand::ForgetUser(_)) => Ok(vec![]),
+            (UserStatus::Forgotten { .. }, UserCommand::ForgetUser(_)) => Ok(vec![]),
             (_, UserCommand::ForgetUser(c)) => {
                 Ok(vec![UserForgotten { user_id: c.user_id }.into()])
             }
-            (UserStatus::Forgotten, _) => Err(UserRejection::UserForgotten),
+            (UserStatus::Forgotten { .. }, _) => Err(UserRejection::UserForgotten),
             (UserStatus::Deactivated { .. }, _) => Err(UserRejection::UserDeactivated),
             (UserStatus::Active { email, .. }, UserCommand::ChangeUserEmail(c)) => {
                 sealed_for(c.user_id, "email", &c.email)?;
@@ -198,8 +204,15 @@ impl Aggregate for User {
             mut lapsed_claims,
         } = state;
         let status = match (status, event) {
-            (_, UserEvent::UserForgotten(_)) => UserStatus::Forgotten,
-            (UserStatus::Forgotten, _) => UserStatus::Forgotten,
+            (status, UserEvent::EmailClaimLapsed(e)) => {
+                let newest = lapsed_claims.entry(e.email.clone()).or_default();
+                *newest = (*newest).max(e.claim);
+                status
+            }
+            (status, UserEvent::UserForgotten(_)) => UserStatus::Forgotten {
+                claim_id: status.claim_id().map(str::to_owned),
+            },
+            (status @ UserStatus::Forgotten { .. }, _) => status,
             (_, UserEvent::UserRegistered(e)) => UserStatus::Active {
                 name: e.name.clone(),
                 email: e.email.clone(),
@@ -224,11 +237,6 @@ impl Aggregate for User {
                 email,
                 claim_id,
             },
-            (status, UserEvent::EmailClaimLapsed(e)) => {
-                let newest = lapsed_claims.entry(e.email.clone()).or_default();
-                *newest = (*newest).max(e.claim);
-                status
-            }
             (status, _) => status,
         };
         UserState {

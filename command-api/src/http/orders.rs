@@ -156,7 +156,7 @@ async fn place_for(
         UserStatus::Active { .. } => None,
         UserStatus::Unregistered => Some(UserRejection::UnknownUser),
         UserStatus::Deactivated { .. } => Some(UserRejection::UserDeactivated),
-        UserStatus::Forgotten => Some(UserRejection::UserForgotten),
+        UserStatus::Forgotten { .. } => Some(UserRejection::UserForgotten),
     };
     if let Some(refusal) = refusal {
         // A keyed retry of a request whose order was placed gets that first answer, whatever

@@ -214,7 +214,9 @@ pub async fn change_email(
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
         let previous = match (&user.status, user.status.claim_id()) {
             (UserStatus::Unregistered, _) => return Err(ApiError::NotFound { what: "user", id }),
-            (_, None) => return Err(ApiError::rejected(&UserRejection::UserForgotten)),
+            (UserStatus::Forgotten { .. }, _) | (_, None) => {
+                return Err(ApiError::rejected(&UserRejection::UserForgotten));
+            }
             (_, Some(previous)) => previous.to_owned(),
         };
         let key: &SubjectKey = match &mut key {
@@ -350,7 +352,7 @@ pub async fn deactivate(
 /// freed. Repeating it changes nothing.
 #[utoipa::path(
     post, path = "/v1/users/{id}/forget", tag = "users",
-    description = "For operators (an operator key; a client key gets 403). Destroys the user's key: their name, email and deactivation reason read as `[forgotten]` everywhere from then on, and a `UserForgotten` event records it. Repeating it answers the same.",
+    description = "For operators (an operator key; a client key gets 403). Destroys the user's key: their name, email and deactivation reason read as `[forgotten]` everywhere from then on, a `UserForgotten` event records it, and the address is free again. No body. Repeating it answers the same; after a 503 the key is already gone: repeat it to finish the rest.",
     params(
         ("id" = Uuid, Path, description = "the user"),
         ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the same answer"),
@@ -361,6 +363,8 @@ pub async fn deactivate(
         (status = 403, description = "a client key: this needs an operator key"),
         (status = 404, description = "no such user"),
         (status = 409, description = "a request with this Idempotency-Key is still running; retry"),
+        (status = 413, description = "a body over 64 KiB"),
+        (status = 422, description = "the Idempotency-Key is invalid or was used for another request"),
         (status = 429, description = "rate limited"),
         (status = 503, description = "unavailable; retry"),
     ),
@@ -376,47 +380,31 @@ pub async fn forget(
     let user_id = parse_user_id(&id)?;
     let issuer = state.issuer(context, &caller, &headers)?;
     let models = &state.models;
-
-    for attempt in 0..ATTEMPTS {
-        let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        if user.status == UserStatus::Unregistered {
-            return Err(ApiError::NotFound { what: "user", id });
-        }
-        let held = matches!(user.status, UserStatus::Active { .. })
-            .then(|| user.status.claim_id().map(str::to_owned))
-            .flatten();
-        // The key goes first: once the operator asked, no crash leaves the data readable.
-        // A crash before the event is mended by a retry (the key stays gone, the event is
-        // appended); one before the release leaves a claim the next claimant lapses.
-        state
-            .keys
-            .forget(user_id.as_uuid())
-            .await
-            .map_err(key_store_down)?;
-        let step = format!("forget-{attempt}");
-        let outcome = issuer
-            .run(
-                &models.users,
-                issuer.command(&step, ForgetUser { user_id }.into(), Some(version)),
-            )
-            .await?;
-        if let (true, Some(claim_id)) = (outcome.is_accepted(), held) {
-            let step = format!("release-{attempt}");
-            issuer
-                .run(
-                    &models.emails,
-                    issuer.command(&step, release(&claim_id, user_id), None),
-                )
-                .await?;
-        }
-        if outcome.is_accepted() {
-            tracing::info!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, %user_id, "user forgotten: their key is destroyed");
-        }
-        if !matches!(outcome, Outcome::Conflict { .. }) || attempt + 1 == ATTEMPTS {
-            return accepted(outcome, "user").map(super::Accepted::ok);
-        }
+    let (_, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+    if user.status == UserStatus::Unregistered {
+        return Err(ApiError::NotFound { what: "user", id });
     }
-    Err(ApiError::Unavailable("the user kept changing".into()))
+    // The key goes first: once an operator asked, no failure leaves the data readable. The
+    // steps after it are safe to repeat (a repeat of this request finishes what a crash
+    // or a 503 left undone), and the users' projector destroys the key again whenever it
+    // reads `UserForgotten`, so a restored backup does not bring it back for long.
+    tracing::info!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, %user_id, "forgetting a user: their key is destroyed");
+    state
+        .keys
+        .forget(user_id.as_uuid())
+        .await
+        .map_err(key_store_down)?;
+    let forget = issuer.command("forget", ForgetUser { user_id }.into(), None);
+    let outcome = issuer.run(&models.users, forget).await?;
+    // The address goes back if this user still holds it (a release by anyone else, or of
+    // an address claimed since by another user, changes nothing).
+    if let (true, Some(claim_id)) = (outcome.is_accepted(), user.status.claim_id()) {
+        let release = release(claim_id, user_id);
+        issuer
+            .run(&models.emails, issuer.command("release", release, None))
+            .await?;
+    }
+    accepted(outcome, "user").map(super::Accepted::ok)
 }
 
 /// The key to seal `user`'s fields with (made on first use); `None` once forgotten.

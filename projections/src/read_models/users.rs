@@ -1,6 +1,10 @@
 //! Users as the query API shows them. Name, email and deactivation reason are stored as
 //! the log has them, sealed for their user; the query API opens them with the user's key
-//! (see `service_runtime::personal_data`). A forgotten user's row keeps no sealed field.
+//! (see `service_runtime::personal_data`). A forgotten user's row keeps no sealed field,
+//! and applying `UserForgotten` also destroys the user's key (again) in the same
+//! transaction: the log decides who is forgotten, so a key brought back by restoring an
+//! older backup of Postgres is destroyed once the projector reads the event, and a rebuild
+//! from offset zero destroys it as well.
 
 use std::collections::HashMap;
 
@@ -9,6 +13,7 @@ use schemas::EventDocument;
 use schemas::personal::FORGOTTEN;
 use schemas::users::UserEvent;
 use serde::Serialize;
+use service_runtime::personal_data::keys;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
@@ -107,9 +112,15 @@ impl ReadModel for Users {
         conn: &'a mut PgConnection,
         schema: &'a Schema,
         rows: Vec<(String, UserRow)>,
-        _applied: &'a [Applied<'a>],
+        applied: &'a [Applied<'a>],
     ) -> DbFuture<'a, ()> {
         Box::pin(async move {
+            let forgotten: Vec<Uuid> = applied
+                .iter()
+                .filter(|a| a.document.event_type == "UserForgotten")
+                .filter_map(|a| a.document.subject.parse().ok())
+                .collect();
+            keys::destroy(&mut *conn, &forgotten).await?;
             if rows.is_empty() {
                 return Ok(());
             }

@@ -96,27 +96,39 @@ impl KeyStore {
         self.for_reading(subjects).await
     }
 
-    /// Destroys `subject`'s key (and makes sure none is made later). Whether a key existed.
-    /// The old row version is vacuumed away at once, so that the key does not linger in
-    /// the table's pages; copies in backups and the write-ahead log last as long as those.
-    pub async fn forget(&self, subject: Uuid) -> Result<bool, sqlx::Error> {
-        let had_key: Option<bool> = sqlx::query_scalar(
-            "WITH before AS (SELECT key IS NOT NULL AS had FROM personal_data.subject_keys WHERE subject = $1)
-             INSERT INTO personal_data.subject_keys AS k (subject, key, forgotten_at) VALUES ($1, NULL, now())
-             ON CONFLICT (subject) DO UPDATE SET key = NULL, forgotten_at = COALESCE(k.forgotten_at, now())
-             RETURNING (SELECT had FROM before)",
-        )
-        .bind(subject)
-        .fetch_one(&self.pool)
-        .await?;
+    /// Destroys `subject`'s key (and makes sure none is made later), then vacuums the
+    /// table so that the old row version is reclaimed as soon as no open transaction still
+    /// sees it. Copies in backups and write-ahead log archives last as long as those.
+    pub async fn forget(&self, subject: Uuid) -> Result<(), sqlx::Error> {
+        destroy(&self.pool, &[subject]).await?;
         if let Err(e) = sqlx::query("VACUUM personal_data.subject_keys")
             .execute(&self.pool)
             .await
         {
             tracing::warn!(error = %e, "the keys' table was not vacuumed after forgetting a user; autovacuum will");
         }
-        Ok(had_key.unwrap_or(false))
+        Ok(())
     }
+}
+
+/// Destroys the keys of `subjects` on `executor` (in its transaction, if it is one): each
+/// row is kept with no key, so that none is made again.
+pub async fn destroy(
+    executor: impl sqlx::PgExecutor<'_>,
+    subjects: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if subjects.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO personal_data.subject_keys AS k (subject, key, forgotten_at)
+         SELECT subject, NULL, now() FROM UNNEST($1::uuid[]) AS s(subject)
+         ON CONFLICT (subject) DO UPDATE SET key = NULL, forgotten_at = COALESCE(k.forgotten_at, now())",
+    )
+    .bind(subjects)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Adds the subject of every sealed text in `value` (at any depth) to `into`.
