@@ -64,11 +64,14 @@ pub async fn tail(args: TailArgs, json: bool) -> anyhow::Result<()> {
         let to = args.no_follow.then_some(high);
         ranges.insert(partition, Range { from, to });
     }
+    let opener = view::Opener::connect(&infra).await;
     let mut log = LogScan::open(&infra.kafka, &topic, &ranges)?;
-    let mut out = std::io::stdout().lock();
     while !log.is_done() {
-        for record in log.next_batch(500, Duration::from_millis(500)).await? {
-            if write!(out, "{}", line(&view::render(&record, json)))
+        let records = log.next_batch(500, Duration::from_millis(500)).await?;
+        let values = opener.values(&records).await?;
+        let mut out = std::io::stdout().lock();
+        for (record, value) in records.iter().zip(values) {
+            if write!(out, "{}", line(&view::render(record, value, json)))
                 .and_then(|()| out.flush())
                 .is_err()
             {
@@ -93,16 +96,17 @@ pub async fn read(args: ReadArgs, json: bool) -> anyhow::Result<()> {
             to: Some(end),
         },
     )]);
+    let opener = view::Opener::connect(&infra).await;
     let mut log = LogScan::open(&infra.kafka, &topic, &ranges)?;
     let mut found = 0usize;
-    let mut out = std::io::stdout().lock();
     while !log.is_done() {
-        for record in log.next_batch(1000, Duration::from_millis(500)).await? {
-            if record.key_text().as_deref() != Some(args.id.as_str()) {
-                continue;
-            }
-            found += 1;
-            if write!(out, "{}", line(&view::render(&record, json))).is_err() {
+        let mut records = log.next_batch(1000, Duration::from_millis(500)).await?;
+        records.retain(|r| r.key_text().as_deref() == Some(args.id.as_str()));
+        found += records.len();
+        let values = opener.values(&records).await?;
+        let mut out = std::io::stdout().lock();
+        for (record, value) in records.iter().zip(values) {
+            if write!(out, "{}", line(&view::render(record, value, json))).is_err() {
                 return Ok(());
             }
         }

@@ -1,15 +1,58 @@
 //! How records are shown: one JSON object per record for scripts (`replay`, `--json`),
 //! or a block with the key, the headers and the value pretty-printed for people
-//! (`tail`, `read`).
+//! (`tail`, `read`). Sealed personal fields are shown opened with their users' keys, and as
+//! `[forgotten]` once a user was forgotten ([`Opener`]).
 
 use std::fmt::Write;
 
+use anyhow::Context;
 use event_store::scan::ScannedRecord;
 use serde_json::{Map, Value, json};
+use service_runtime::Infrastructure;
+use service_runtime::personal_data::KeyStore;
 
-/// The record as one JSON object: where it is, its key and headers, and its value (parsed
-/// when it is JSON, as text otherwise).
-pub fn as_json(record: &ScannedRecord) -> Value {
+use crate::connect;
+
+/// Opens the sealed personal fields of the records shown, with the users' keys in
+/// Postgres. Without Postgres they stay sealed (a note on stderr says so): reading the log
+/// needs only the broker.
+#[derive(Clone, Debug)]
+pub struct Opener {
+    keys: Option<KeyStore>,
+}
+
+impl Opener {
+    pub async fn connect(infra: &Infrastructure) -> Self {
+        match connect::postgres(infra, 2).await {
+            Ok(pool) => Self {
+                keys: Some(KeyStore::new(pool)),
+            },
+            Err(e) => {
+                let reason = service_runtime::telemetry::one_line(e.as_ref());
+                eprintln!("shopctl: personal fields are shown sealed: {reason}");
+                Self { keys: None }
+            }
+        }
+    }
+
+    /// The values of `records` (see [`value_of`]), their sealed fields opened: one round
+    /// trip for the keys of the whole batch.
+    pub async fn values(&self, records: &[ScannedRecord]) -> anyhow::Result<Vec<Value>> {
+        let mut values: Vec<Value> = records.iter().map(value_of).collect();
+        if let Some(keys) = &self.keys {
+            let keyring = keys
+                .for_values(values.iter())
+                .await
+                .context("cannot read the users' keys (personal_data.subject_keys)")?;
+            values.iter_mut().for_each(|v| keyring.open_json(v));
+        }
+        Ok(values)
+    }
+}
+
+/// The record as one JSON object: where it is, its key and headers, and `value` (its
+/// value as [`value_of`] gives it, maybe opened).
+pub fn as_json(record: &ScannedRecord, value: Value) -> Value {
     let headers: Map<String, Value> = record
         .headers
         .iter()
@@ -22,7 +65,7 @@ pub fn as_json(record: &ScannedRecord) -> Value {
         "timestamp": record.timestamp.map(|t| t.to_rfc3339()),
         "key": record.key_text(),
         "headers": headers,
-        "value": value_of(record),
+        "value": value,
     })
 }
 
@@ -35,8 +78,8 @@ pub fn value_of(record: &ScannedRecord) -> Value {
     }
 }
 
-/// The record for a person: a heading line, the key, every header, the value indented.
-pub fn pretty(record: &ScannedRecord) -> String {
+/// The record for a person: a heading line, the key, every header, `value` indented.
+pub fn pretty(record: &ScannedRecord, value: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -56,8 +99,7 @@ pub fn pretty(record: &ScannedRecord) -> String {
     for (name, value) in &record.headers {
         let _ = writeln!(out, "  {name}: {value}");
     }
-    let value = value_of(record);
-    let text = match &value {
+    let text = match value {
         Value::String(s) => s.clone(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     };
@@ -66,12 +108,12 @@ pub fn pretty(record: &ScannedRecord) -> String {
     out
 }
 
-/// `record` in the chosen form, ready to print.
-pub fn render(record: &ScannedRecord, json: bool) -> String {
+/// `record` with `value` in the chosen form, ready to print.
+pub fn render(record: &ScannedRecord, value: Value, json: bool) -> String {
     if json {
-        as_json(record).to_string()
+        as_json(record, value).to_string()
     } else {
-        pretty(record)
+        pretty(record, &value)
     }
 }
 
@@ -93,16 +135,18 @@ mod tests {
 
     #[test]
     fn json_values_are_nested_and_other_bytes_are_text() {
-        let shown = as_json(&record(br#"{"type":"OrderPlaced"}"#));
+        let order = record(br#"{"type":"OrderPlaced"}"#);
+        let shown = as_json(&order, value_of(&order));
         assert_eq!(shown["value"]["type"], "OrderPlaced");
         assert_eq!(shown["headers"]["ce_type"], "OrderPlaced");
         assert_eq!(shown["key"], "o-1");
-        assert_eq!(as_json(&record(b"not json"))["value"], "not json");
+        assert_eq!(value_of(&record(b"not json")), "not json");
     }
 
     #[test]
     fn the_pretty_form_shows_key_headers_and_indented_json() {
-        let text = pretty(&record(br#"{"type":"OrderPlaced"}"#));
+        let order = record(br#"{"type":"OrderPlaced"}"#);
+        let text = pretty(&order, &value_of(&order));
         assert!(
             text.contains("orders.events partition 1 offset 42"),
             "{text}"

@@ -3,7 +3,8 @@
 //! from offset zero, the user's name, addresses and deactivation reason are nowhere to be
 //! read (a dump of the whole database, every API answer about them, the log itself,
 //! shopctl's read, tail, replay and explain), while the log still replays and other users
-//! read as before. A forgotten active user's address is free again.
+//! read as before (the query API and shopctl open their sealed fields). A forgotten active
+//! user's address is free again, and a key restored from a backup is destroyed again.
 
 mod common;
 
@@ -155,20 +156,6 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
     let (status, body) = post(&operator, unknown, Value::Null).await?;
     anyhow::ensure!(status == 404, "{status} {body}");
 
-    // Carol's address is free again; a forgotten user changes no more.
-    let body = json!({"name": "Someone Else", "email": carol_email});
-    let (status, body) = post(&client, commands.url("/v1/users"), body).await?;
-    anyhow::ensure!(
-        status == 201,
-        "the forgotten user's address: {status} {body}"
-    );
-    let url = commands.url(&format!("/v1/users/{carol_id}/email"));
-    let (status, body) = post(&client, url, json!({"email": format!("c-{n}@example.com")})).await?;
-    anyhow::ensure!(
-        status == 422 && body["code"] == "user-forgotten",
-        "{status} {body}"
-    );
-
     // The backup restored: the key is back, until the users' projector reads Ada's
     // `UserForgotten` again (here: in the rebuild below).
     sqlx::query(
@@ -236,24 +223,45 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
         .map(|e| e.correlationid.to_string())
         .expect("Ada's events are in the log");
     let users_topic = "users.events";
+    let run = |args: Vec<&str>| {
+        let env = env.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            succeeded(&shopctl(&env, &args))
+        })
+    };
     for args in [
         vec!["read", "user", ada_id.as_str()],
         vec!["tail", users_topic, "--from-beginning", "--no-follow"],
         vec!["replay", "--topic", users_topic],
         vec!["explain", correlation.as_str()],
     ] {
-        let env = env.clone();
         let shown = args.join(" ");
-        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        let output = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            shopctl(&env, &args)
-        })
-        .await?;
-        let out = succeeded(&output);
+        let out = run(args).await?;
         anyhow::ensure!(out.contains("UserRegistered"), "shopctl {shown}: {out}");
         shows_none(&format!("shopctl {shown}"), &out, &secrets)?;
     }
+    // shopctl opens what it holds keys for: Ada's fields read as forgotten, Bob's as given.
+    let ada = run(vec!["read", "user", ada_id.as_str()]).await?;
+    anyhow::ensure!(ada.contains("\"name\": \"[forgotten]\""), "{ada}");
+    let bob = run(vec!["read", "user", bob_id.as_str()]).await?;
+    anyhow::ensure!(bob.contains(&bob_name) && bob.contains(&bob_email), "{bob}");
+
+    // Last (it puts the address back in the log, for someone else): Carol's address is
+    // free again; a forgotten user changes no more.
+    let body = json!({"name": "Someone Else", "email": carol_email});
+    let (status, body) = post(&client, commands.url("/v1/users"), body).await?;
+    anyhow::ensure!(
+        status == 201,
+        "the forgotten user's address: {status} {body}"
+    );
+    let url = commands.url(&format!("/v1/users/{carol_id}/email"));
+    let (status, body) = post(&client, url, json!({"email": format!("c-{n}@example.com")})).await?;
+    anyhow::ensure!(
+        status == 422 && body["code"] == "user-forgotten",
+        "{status} {body}"
+    );
 
     for service in services {
         service.stop().await?;

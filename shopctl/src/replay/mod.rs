@@ -110,20 +110,35 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         });
     }
     drop(sender);
-    let mut out = std::io::stdout().lock();
+    let opener = view::Opener::connect(&infra).await;
     let mut printed = 0u64;
-    while let Some(record) = matches.recv().await {
-        let line = view::as_json(&record?).to_string();
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-            return Ok(()); // The reader went away (`| head`): nothing more to say.
+    while let Some(first) = matches.recv().await {
+        // What has arrived, opened with one look-up of keys.
+        let mut batch = vec![first?];
+        while batch.len() < BATCH {
+            match matches.try_recv() {
+                Ok(record) => batch.push(record?),
+                Err(_) => break,
+            }
         }
-        printed += 1;
-        if args.limit.is_some_and(|limit| printed >= limit) {
-            break;
+        let values = opener.values(&batch).await?;
+        let mut out = std::io::stdout().lock();
+        for (record, value) in batch.iter().zip(values) {
+            let line = view::as_json(record, value).to_string();
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(()); // The reader went away (`| head`): nothing more to say.
+            }
+            printed += 1;
+            if args.limit.is_some_and(|limit| printed >= limit) {
+                return Ok(());
+            }
         }
     }
     Ok(())
 }
+
+/// The most records printed per look-up of keys.
+const BATCH: usize = 500;
 
 /// A topic named by the operator: `<prefix><name>`, or the events topic of service `name`.
 pub fn resolve_topic(
