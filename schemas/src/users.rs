@@ -114,7 +114,7 @@ pub struct EmailClaimLapsed {
 }
 
 /// Forget a user: their key is destroyed, and with it every sealed field of theirs, in the
-/// log and everywhere it was copied. Deactivates an active user and frees their address.
+/// log and everywhere it was copied. The user accepts nothing more; their address is freed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct ForgetUser {

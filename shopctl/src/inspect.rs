@@ -1,6 +1,7 @@
-//! Console inspection against any Kafka-compatible broker, needing neither Postgres nor
-//! kcat: `tail` follows a topic, `read` prints one aggregate's events. Both show each
-//! record's place, key, headers and pretty-printed value (`--json`: one JSON line each).
+//! Console inspection against any Kafka-compatible broker, without kcat: `tail` follows a
+//! topic, `read` prints one aggregate's events. Both show each record's place, key, headers
+//! and pretty-printed value (`--json`: one JSON line each), with sealed personal fields
+//! opened when Postgres holds their keys (see [`view::Opener`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,11 +65,11 @@ pub async fn tail(args: TailArgs, json: bool) -> anyhow::Result<()> {
         let to = args.no_follow.then_some(high);
         ranges.insert(partition, Range { from, to });
     }
-    let opener = view::Opener::connect(&infra).await;
+    let mut opener = view::Opener::connect(&infra).await;
     let mut log = LogScan::open(&infra.kafka, &topic, &ranges)?;
     while !log.is_done() {
         let records = log.next_batch(500, Duration::from_millis(500)).await?;
-        let values = opener.values(&records).await?;
+        let values = opener.values(&records).await;
         let mut out = std::io::stdout().lock();
         for (record, value) in records.iter().zip(values) {
             if write!(out, "{}", line(&view::render(record, value, json)))
@@ -96,14 +97,14 @@ pub async fn read(args: ReadArgs, json: bool) -> anyhow::Result<()> {
             to: Some(end),
         },
     )]);
-    let opener = view::Opener::connect(&infra).await;
+    let mut opener = view::Opener::connect(&infra).await;
     let mut log = LogScan::open(&infra.kafka, &topic, &ranges)?;
     let mut found = 0usize;
     while !log.is_done() {
         let mut records = log.next_batch(1000, Duration::from_millis(500)).await?;
         records.retain(|r| r.key_text().as_deref() == Some(args.id.as_str()));
         found += records.len();
-        let values = opener.values(&records).await?;
+        let values = opener.values(&records).await;
         let mut out = std::io::stdout().lock();
         for (record, value) in records.iter().zip(values) {
             if write!(out, "{}", line(&view::render(record, value, json))).is_err() {

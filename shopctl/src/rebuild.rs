@@ -3,7 +3,7 @@
 //! `--in-place` (one transaction, the live projector held). A progress bar on stderr
 //! shows records and records/s; the report goes to stdout (`--json`: one JSON object).
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use projections::READ_MODELS;
@@ -35,8 +35,15 @@ pub struct RebuildArgs {
 pub async fn run(args: RebuildArgs, json: bool) -> anyhow::Result<()> {
     let infra = connect::infrastructure()?;
     connect::topic_partitions(&infra).await?;
+    let pool = connect::postgres(&infra, 4).await?;
+    // The users' model destroys forgotten users' keys as it meets `UserForgotten`: their
+    // table exists before it does (a Postgres restored from nothing but the log).
+    service_runtime::personal_data::KeyStore::migrator()
+        .run(&pool)
+        .await
+        .context("cannot create the users' keys table (personal_data)")?;
     let rebuild = Rebuild {
-        pool: connect::postgres(&infra, 4).await?,
+        pool,
         kafka: infra.kafka.clone(),
         topics: infra.topics.clone(),
         partitions: infra.partitions,

@@ -5,7 +5,6 @@
 
 use std::fmt::Write;
 
-use anyhow::Context;
 use event_store::scan::ScannedRecord;
 use serde_json::{Map, Value, json};
 use service_runtime::Infrastructure;
@@ -14,8 +13,9 @@ use service_runtime::personal_data::KeyStore;
 use crate::connect;
 
 /// Opens the sealed personal fields of the records shown, with the users' keys in
-/// Postgres. Without Postgres they stay sealed (a note on stderr says so): reading the log
-/// needs only the broker.
+/// Postgres. Without them (Postgres unreachable, the keys' table missing or not readable)
+/// the fields stay sealed and a note on stderr says why, once: reading the log needs only
+/// the broker.
 #[derive(Clone, Debug)]
 pub struct Opener {
     keys: Option<KeyStore>,
@@ -28,26 +28,42 @@ impl Opener {
                 keys: Some(KeyStore::new(pool)),
             },
             Err(e) => {
-                let reason = service_runtime::telemetry::one_line(e.as_ref());
-                eprintln!("shopctl: personal fields are shown sealed: {reason}");
+                sealed_because(e.as_ref());
                 Self { keys: None }
             }
         }
     }
 
     /// The values of `records` (see [`value_of`]), their sealed fields opened: one round
-    /// trip for the keys of the whole batch.
-    pub async fn values(&self, records: &[ScannedRecord]) -> anyhow::Result<Vec<Value>> {
+    /// trip for the keys of the whole batch, bounded by [`KEYS_WITHIN`].
+    pub async fn values(&mut self, records: &[ScannedRecord]) -> Vec<Value> {
         let mut values: Vec<Value> = records.iter().map(value_of).collect();
-        if let Some(keys) = &self.keys {
-            let keyring = keys
-                .for_values(values.iter())
-                .await
-                .context("cannot read the users' keys (personal_data.subject_keys)")?;
-            values.iter_mut().for_each(|v| keyring.open_json(v));
+        let Some(keys) = &self.keys else {
+            return values;
+        };
+        let found = tokio::time::timeout(KEYS_WITHIN, keys.for_values(values.iter())).await;
+        match found {
+            Ok(Ok(keyring)) => values.iter_mut().for_each(|v| keyring.open_json(v)),
+            Ok(Err(e)) => {
+                sealed_because(&e);
+                self.keys = None;
+            }
+            Err(_) => {
+                let late = format!("the users' keys were not read within {KEYS_WITHIN:?}");
+                sealed_because(&*anyhow::anyhow!(late));
+                self.keys = None;
+            }
         }
-        Ok(values)
+        values
     }
+}
+
+/// How long one look-up of keys may take before shopctl goes on with the fields sealed.
+const KEYS_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn sealed_because(reason: &(dyn std::error::Error + 'static)) {
+    let reason = service_runtime::telemetry::one_line(reason);
+    eprintln!("shopctl: personal fields are shown sealed from here on: {reason}");
 }
 
 /// The record as one JSON object: where it is, its key and headers, and `value` (its

@@ -348,8 +348,8 @@ pub async fn deactivate(
 
 /// Forget a user (crypto-shredding): their key is destroyed, so that their name, address
 /// and deactivation reason no longer open anywhere (the log, read models, backups of
-/// them); the log itself is not rewritten. An active user is deactivated and their address
-/// freed. Repeating it changes nothing.
+/// them); the log itself is not rewritten. The user accepts no change or order any more,
+/// and their address is free. Repeating it changes nothing.
 #[utoipa::path(
     post, path = "/v1/users/{id}/forget", tag = "users",
     description = "For operators (an operator key; a client key gets 403). Destroys the user's key: their name, email and deactivation reason read as `[forgotten]` everywhere from then on, a `UserForgotten` event records it, and the address is free again. No body. Repeating it answers the same; after a 503 the key is already gone: repeat it to finish the rest.",
@@ -388,17 +388,22 @@ pub async fn forget(
     // steps after it are safe to repeat (a repeat of this request finishes what a crash
     // or a 503 left undone), and the users' projector destroys the key again whenever it
     // reads `UserForgotten`, so a restored backup does not bring it back for long.
-    tracing::info!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, %user_id, "forgetting a user: their key is destroyed");
     state
         .keys
         .forget(user_id.as_uuid())
         .await
         .map_err(key_store_down)?;
+    tracing::info!(target: "audit", role = caller.role.as_str(), principal = %caller.fingerprint, %user_id, "user forgotten: their key is destroyed");
     let forget = issuer.command("forget", ForgetUser { user_id }.into(), None);
     let outcome = issuer.run(&models.users, forget).await?;
-    // The address goes back if this user still holds it (a release by anyone else, or of
-    // an address claimed since by another user, changes nothing).
-    if let (true, Some(claim_id)) = (outcome.is_accepted(), user.status.claim_id()) {
+    if !outcome.is_accepted() {
+        return accepted(outcome, "user").map(super::Accepted::ok);
+    }
+    // The address the user had when forgotten (an email change may have landed since the
+    // read above) goes back if this user still holds it: a release for anyone but its
+    // holder changes nothing.
+    let (_, forgotten) = issuer.state_of(&models.users, &user_id.to_string()).await?;
+    if let Some(claim_id) = forgotten.status.claim_id() {
         let release = release(claim_id, user_id);
         issuer
             .run(&models.emails, issuer.command("release", release, None))

@@ -115,10 +115,13 @@ impl ReadModel for Users {
         applied: &'a [Applied<'a>],
     ) -> DbFuture<'a, ()> {
         Box::pin(async move {
+            // Sorted and without repeats: one statement may touch a row once.
             let forgotten: Vec<Uuid> = applied
                 .iter()
                 .filter(|a| a.document.event_type == "UserForgotten")
                 .filter_map(|a| a.document.subject.parse().ok())
+                .collect::<std::collections::BTreeSet<Uuid>>()
+                .into_iter()
                 .collect();
             keys::destroy(&mut *conn, &forgotten).await?;
             if rows.is_empty() {

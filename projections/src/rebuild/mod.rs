@@ -15,7 +15,9 @@
 //!   keep reading the old rows until the commit; a crash rolls everything back.
 //!
 //! Rebuilds send nothing anywhere: no dead letters (the live model sent them when it met
-//! the records; the rebuilt model parks them again), no commands, no webhooks.
+//! the records; the rebuilt model parks them again), no commands, no webhooks. One write
+//! outside the model stays, also after `--compare-only`: the users' model destroys the key
+//! of every user the log says was forgotten (again: the command API destroyed it first).
 //!
 //! - [`checksum`]: the ordered row checksum both modes report.
 

@@ -110,18 +110,28 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         });
     }
     drop(sender);
-    let opener = view::Opener::connect(&infra).await;
+    let mut opener = view::Opener::connect(&infra).await;
     let mut printed = 0u64;
-    while let Some(first) = matches.recv().await {
-        // What has arrived, opened with one look-up of keys.
-        let mut batch = vec![first?];
-        while batch.len() < BATCH {
-            match matches.try_recv() {
-                Ok(record) => batch.push(record?),
-                Err(_) => break,
+    let mut failed = None;
+    while failed.is_none()
+        && let Some(first) = matches.recv().await
+    {
+        // What has arrived (up to a failed scan, printed first), opened with one look-up.
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(record) = next.take() {
+            match record {
+                Ok(record) => batch.push(record),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                next = matches.try_recv().ok();
             }
         }
-        let values = opener.values(&batch).await?;
+        let values = opener.values(&batch).await;
         let mut out = std::io::stdout().lock();
         for (record, value) in batch.iter().zip(values) {
             let line = view::as_json(record, value).to_string();
@@ -134,7 +144,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// The most records printed per look-up of keys.
