@@ -425,10 +425,10 @@ fn key_store_down(e: sqlx::Error) -> ApiError {
     ApiError::Unavailable(format!("the users' keys cannot be read: {e}"))
 }
 
-/// Claims the address of `claim_id` for `user` and answers the claim's version, which the user's change then
-/// carries. A claim the user already holds moves on to a new version. When another user's
-/// claim holds the address but is stranded, it is lapsed and released first (see
-/// [`release_stranded`]).
+/// Claims the address of `claim_id` for `user` and answers the claim's version, which the
+/// user's change then carries. A claim the user already holds moves on to a new version.
+/// When another user's claim holds the address but is stranded, it is lapsed and released
+/// first (see [`release_stranded`]).
 async fn claim_address(
     state: &AppState,
     issuer: &Issuer,
