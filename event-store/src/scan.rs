@@ -132,7 +132,8 @@ impl LogScan {
 
     /// Up to `max` records in offset order per partition: waits up to `wait` for the
     /// first, then takes what follows within a millisecond. Records at or past a
-    /// partition's end are left out. A bounded scan that has seen neither a record nor a
+    /// partition's end are left out. A connection the client lost and is restoring ends a
+    /// batch early, not the scan; a bounded scan that has seen neither a record nor a
     /// partition's end for four broker timeouts fails as unavailable, never hangs.
     pub async fn next_batch(
         &mut self,
@@ -151,7 +152,16 @@ impl LogScan {
                     }
                     continue;
                 }
-                Ok(Err(e)) => return Err(EventStoreError::from_kafka("scan", e)),
+                Ok(Err(e)) => {
+                    let error = EventStoreError::from_kafka("scan", e);
+                    if !error.is_unavailable() {
+                        return Err(error);
+                    }
+                    // librdkafka reports a lost connection (all brokers down, a transport
+                    // failure) and reconnects by itself: the batch ends here, and a bounded
+                    // scan that makes no progress for its stall time fails below.
+                    break;
+                }
                 Ok(Ok(message)) => message,
             };
             self.progressed = Instant::now();
