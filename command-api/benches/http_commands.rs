@@ -46,6 +46,42 @@ fn order_placed(user: UserId) -> Event<OrderEvent> {
     }
 }
 
+/// A record as the raw baseline sends it: key, value, headers.
+type RawRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
+
+fn record_of(document: &schemas::EventDocument) -> RawRecord {
+    (
+        document.subject.clone(),
+        document.to_json(),
+        document.headers(),
+    )
+}
+
+/// The raw baseline: rdkafka idempotent produce of `records` to `topic`, `CONCURRENCY`
+/// senders each waiting for its acknowledgement.
+async fn raw_produce(
+    producer: &FutureProducer,
+    topic: &'static str,
+    records: Vec<RawRecord>,
+) -> test_support::load::Run {
+    let (producer, records) = (producer.clone(), Arc::new(records));
+    drive(records.len(), CONCURRENCY, move |i| {
+        let (producer, records) = (producer.clone(), Arc::clone(&records));
+        async move {
+            let (key, value, headers) = &records[i];
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .headers(to_kafka_headers(headers));
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .expect("raw produce");
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = test_support::TestEnv::new().await;
@@ -113,36 +149,10 @@ async fn main() -> anyhow::Result<()> {
     let users = Arc::new(users);
 
     let producer: FutureProducer = settings.producer().create()?;
-    let records: Arc<Vec<_>> = Arc::new(
-        (0..ORDERS)
-            .map(|i| {
-                let document = order_placed(users[i % USERS]).to_document();
-                (
-                    document.subject.clone(),
-                    document.to_json(),
-                    document.headers(),
-                )
-            })
-            .collect(),
-    );
-    let raw = {
-        let (producer, records) = (producer.clone(), Arc::clone(&records));
-        drive(ORDERS, CONCURRENCY, move |i| {
-            let (producer, records) = (producer.clone(), Arc::clone(&records));
-            async move {
-                let (key, value, headers) = &records[i];
-                let record = FutureRecord::to("raw.orders.events")
-                    .key(key)
-                    .payload(value)
-                    .headers(to_kafka_headers(headers));
-                producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .expect("raw produce");
-            }
-        })
-        .await
-    };
+    let records = (0..ORDERS)
+        .map(|i| record_of(&order_placed(users[i % USERS]).to_document()))
+        .collect();
+    let raw = raw_produce(&producer, "raw.orders.events", records).await;
     let http = {
         let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
         drive(ORDERS, CONCURRENCY, move |i| {
@@ -196,47 +206,25 @@ async fn registrations(
     database_url: &str,
 ) -> anyhow::Result<()> {
     let key = SubjectKey::generate();
-    let records: Arc<Vec<_>> = Arc::new(
-        (0..REGISTRATIONS)
-            .map(|i| {
-                let user = UserId::new();
-                let document = Event::<UserEvent> {
+    let records = (0..REGISTRATIONS)
+        .map(|i| {
+            let user = UserId::new();
+            let registered = UserRegistered {
+                user_id: user,
+                name: key.seal(user.as_uuid(), &format!("Bench User {i}")),
+                email: key.seal(user.as_uuid(), &format!("bench{i}@example.com")),
+                claim_id: Some(EmailIndex::development().claim_id("bench@example.com")),
+            };
+            record_of(
+                &Event::<UserEvent> {
                     meta: EventMeta::new(1),
-                    payload: UserRegistered {
-                        user_id: user,
-                        name: key.seal(user.as_uuid(), &format!("Bench User {i}")),
-                        email: key.seal(user.as_uuid(), &format!("bench{i}@example.com")),
-                        claim_id: Some(EmailIndex::development().claim_id("bench@example.com")),
-                    }
-                    .into(),
+                    payload: registered.into(),
                 }
-                .to_document();
-                (
-                    document.subject.clone(),
-                    document.to_json(),
-                    document.headers(),
-                )
-            })
-            .collect(),
-    );
-    let raw = {
-        let (producer, records) = (producer.clone(), Arc::clone(&records));
-        drive(REGISTRATIONS, CONCURRENCY, move |i| {
-            let (producer, records) = (producer.clone(), Arc::clone(&records));
-            async move {
-                let (key, value, headers) = &records[i];
-                let record = FutureRecord::to("raw.users.events")
-                    .key(key)
-                    .payload(value)
-                    .headers(to_kafka_headers(headers));
-                producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .expect("raw produce");
-            }
+                .to_document(),
+            )
         })
-        .await
-    };
+        .collect();
+    let raw = raw_produce(producer, "raw.users.events", records).await;
     let http = {
         let (client, base) = (client.clone(), base.to_owned());
         drive(REGISTRATIONS, CONCURRENCY, move |i| {
