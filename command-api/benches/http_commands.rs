@@ -82,6 +82,30 @@ async fn raw_produce(
     .await
 }
 
+/// `count` POSTs of `body(i)` to `url`, `CONCURRENCY` callers each waiting for its 201.
+async fn http_posts(
+    client: &reqwest::Client,
+    url: String,
+    count: usize,
+    body: impl Fn(usize) -> serde_json::Value + Send + Sync + 'static,
+) -> test_support::load::Run {
+    let (client, url, body) = (client.clone(), Arc::new(url), Arc::new(body));
+    drive(count, CONCURRENCY, move |i| {
+        let (client, url, body) = (client.clone(), Arc::clone(&url), Arc::clone(&body));
+        async move {
+            let response = client
+                .post(url.as_str())
+                .bearer_auth("bench")
+                .json(&body(i))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(response.status(), 201);
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = test_support::TestEnv::new().await;
@@ -154,21 +178,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let raw = raw_produce(&producer, "raw.orders.events", records).await;
     let http = {
-        let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
-        drive(ORDERS, CONCURRENCY, move |i| {
-            let (client, users, base) = (client.clone(), Arc::clone(&users), base.clone());
-            async move {
-                let body = json!({"user_id": users[i % USERS], "currency": "EUR",
-                                  "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]});
-                let response = client
-                    .post(format!("{base}/v1/orders"))
-                    .bearer_auth("bench")
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("an answer");
-                assert_eq!(response.status(), 201);
-            }
+        let users = Arc::clone(&users);
+        http_posts(&client, format!("{base}/v1/orders"), ORDERS, move |i| {
+            json!({"user_id": users[i % USERS], "currency": "EUR",
+                   "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}]})
         })
         .await
     };
@@ -225,24 +238,13 @@ async fn registrations(
         })
         .collect();
     let raw = raw_produce(producer, "raw.users.events", records).await;
-    let http = {
-        let (client, base) = (client.clone(), base.to_owned());
-        drive(REGISTRATIONS, CONCURRENCY, move |i| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let body = json!({"name": format!("Bench User {i}"), "email": format!("bench{i}@example.com")});
-                let response = client
-                    .post(format!("{base}/v1/users"))
-                    .bearer_auth("bench")
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("an answer");
-                assert_eq!(response.status(), 201);
-            }
-        })
-        .await
-    };
+    let http = http_posts(
+        client,
+        format!("{base}/v1/users"),
+        REGISTRATIONS,
+        |i| json!({"name": format!("Bench User {i}"), "email": format!("bench{i}@example.com")}),
+    )
+    .await;
     let keys = KeyStore::new(
         sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
