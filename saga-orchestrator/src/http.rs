@@ -99,17 +99,17 @@ impl From<Saga> for SagaView {
 struct ApiDoc;
 
 /// The saga routes (registered through their documentation) and the OpenAPI document.
-pub fn router(api: Api) -> (Router, utoipa::openapi::OpenApi) {
-    let (routes, document) = documented().split_for_parts();
-    (routes.with_state(api), document)
+pub fn router(state: Api) -> (Router, utoipa::openapi::OpenApi) {
+    let (routes, document) = service_runtime::openapi::documented(api());
+    (routes.with_state(state), document)
 }
 
 /// The saga API's OpenAPI document, as `GET /openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+    service_runtime::openapi::documented(api()).1
 }
 
-fn documented() -> OpenApiRouter<Api> {
+fn api() -> OpenApiRouter<Api> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(list))
         .routes(routes!(one))
@@ -211,7 +211,7 @@ const STATES: [&str; 5] = [
     description = "Sagas, newest first, filtered by state (keyset pagination).",
     params(
         ("state" = Option<String>, Query, description = "running, compensating, completed, compensated or failed"),
-        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)", minimum = 1, maximum = 100),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(

@@ -98,6 +98,80 @@ mod erased_serde {
     }
 }
 
+/// A service's routes and the document of what they answer: the handlers' own documented
+/// answers, and those every route can give whatever its handler (see [`shared_answers`]).
+pub fn documented<S: Clone + Send + Sync + 'static>(
+    routes: utoipa_axum::router::OpenApiRouter<S>,
+) -> (Router<S>, OpenApi) {
+    let (router, document) = routes.split_for_parts();
+    (router, shared_answers(document))
+}
+
+/// The answers a route gives before or around its handler, added to each operation that
+/// does not document them already, and the problem+json body of every error answer:
+/// - 401 and 429 (the API-key gate) on an operation that asks for a key;
+/// - 400, 413 and 415 (reading the body) on an operation that takes one;
+/// - 503 on every operation: a service that is down, overloaded or cut from its broker or
+///   database, as the service or the gateway in front of it says;
+/// - every 4xx and 5xx answer is `application/problem+json` ([`crate::problem::Problem`]).
+pub fn shared_answers(document: OpenApi) -> OpenApi {
+    let mut value = serde_json::to_value(&document).unwrap_or_default();
+    for (_, item) in value["paths"].as_object_mut().into_iter().flatten() {
+        for (_, operation) in item.as_object_mut().into_iter().flatten() {
+            let keyed = operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty());
+            let with_body = operation["requestBody"].is_object();
+            let mut shared = vec![("503", "unavailable; retry (Retry-After)")];
+            if keyed {
+                shared.push(("401", "no valid API key"));
+                shared.push(("429", "this API key is over its rate limit (Retry-After)"));
+            }
+            if with_body {
+                shared.push(("400", "the body is not valid JSON"));
+                shared.push(("413", "the body is over the size limit"));
+                shared.push(("415", "the body is not application/json"));
+            }
+            let Some(responses) = operation["responses"].as_object_mut() else {
+                continue;
+            };
+            for (status, description) in shared {
+                responses
+                    .entry(status)
+                    .or_insert_with(|| serde_json::json!({ "description": description }));
+            }
+            for (status, response) in responses.iter_mut() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    response["content"] = serde_json::json!({
+                        crate::problem::PROBLEM_JSON: {
+                            "schema": { "$ref": "#/components/schemas/Problem" }
+                        }
+                    });
+                }
+            }
+        }
+    }
+    value["components"]["schemas"]["Problem"] = problem_schema();
+    serde_json::from_value(value).unwrap_or(document)
+}
+
+/// RFC 9457 problem details, with the extension members the services add.
+fn problem_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "description": "RFC 9457 problem details. Extension members (`errors`, `request_id`, `current_version`, ...) sit beside the standard ones.",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": { "type": "string", "description": "`about:blank` or a `urn:shop:problem:...` type" },
+            "title": { "type": "string" },
+            "status": { "type": "integer" },
+            "detail": { "type": "string" },
+            "request_id": { "type": "string" }
+        },
+        "additionalProperties": true
+    })
+}
+
 /// `GET /openapi.json`, open without an API key.
 pub fn document_route<S: Clone + Send + Sync + 'static>(document: OpenApi) -> Router<S> {
     let document = Arc::new(document);

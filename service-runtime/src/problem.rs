@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The members RFC 9457 defines; an extension member never takes one of these names.
+pub const STANDARD_MEMBERS: [&str; 5] = ["type", "title", "status", "detail", "instance"];
+
 /// A problem document. Extension members (`errors`, `current_version`, `lag`, ...) are
 /// flattened next to the standard ones.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -45,7 +48,13 @@ impl Problem {
         self
     }
 
+    /// Adds the extension member `key`, which must not be a standard member's name (it would
+    /// appear twice in the JSON).
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        debug_assert!(
+            !STANDARD_MEMBERS.contains(&key),
+            "{key} is a standard problem member"
+        );
         self.extensions.insert(key.to_owned(), value.into());
         self
     }

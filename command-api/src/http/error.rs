@@ -118,8 +118,16 @@ impl IntoResponse for ApiError {
                     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {code}"))
                         .typed(problem_type(&code), "Command refused")
                         .with("code", code.as_str());
+                // A detail named like a standard member (an order's `status`) is the
+                // aggregate's current one: `current_status`, beside the problem's own.
                 if let Value::Object(details) = rejection {
                     for (key, value) in details.into_iter().filter(|(k, _)| k != "code") {
+                        let key =
+                            if service_runtime::problem::STANDARD_MEMBERS.contains(&key.as_str()) {
+                                format!("current_{key}")
+                            } else {
+                                key
+                            };
                         problem = problem.with(&key, value);
                     }
                 }

@@ -234,13 +234,13 @@ pub fn accepted<R: Serialize>(
 
 /// The command API's OpenAPI document, as `GET /openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    openapi::routes().into_openapi()
+    service_runtime::openapi::documented(openapi::routes()).1
 }
 
 /// The command API's routes, behind the API-key gate, and the peers' routes, behind
 /// theirs; both with body and in-flight limits.
 pub fn router(state: AppState, config: &Config) -> Router {
-    let (api, document) = openapi::routes().split_for_parts();
+    let (api, document) = service_runtime::openapi::documented(openapi::routes());
     let api = api.layer(axum::middleware::from_fn_with_state(
         state.keyed_runs.clone(),
         idempotency::answers::run_once,

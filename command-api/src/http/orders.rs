@@ -44,6 +44,7 @@ pub struct OrderLineBody {
     #[schema(example = "SKU-1")]
     sku: String,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     quantity: u32,
     /// Minor units of the order's currency, 0 or more.
     unit_price_cents: u64,
@@ -84,7 +85,7 @@ fn parse_line(line: &mut Fields<'_>) -> Option<OrderLine> {
 #[utoipa::path(
     post, path = "/v1/orders", tag = "orders",
     request_body = PlaceOrderBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 201, description = "placed (pending)", body = super::Accepted, headers(("Location" = String))),
         (status = 400, description = "malformed JSON"), (status = 401, description = "no valid API key"),
@@ -187,8 +188,8 @@ async fn place_for(
     request_body = CancelOrderBody,
     params(
         ("id" = Uuid, Path, description = "the order"),
-        ("If-Match" = Option<String>, Header, description = "the version to expect"),
-        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer"),
+        ("If-Match" = Option<String>, Header, description = "the version to expect", pattern = r#"^(W/)?"?[0-9]{1,19}"?$"#),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer", pattern = "^[!-~]{1,255}$"),
     ),
     responses(
         (status = 200, description = "cancelled", body = super::Accepted),

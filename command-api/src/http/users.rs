@@ -116,7 +116,7 @@ fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
 #[utoipa::path(
     post, path = "/v1/users", tag = "users",
     request_body = RegisterUserBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 201, description = "registered", body = super::Accepted, headers(("Location" = String))),
         (status = 400, description = "malformed JSON"), (status = 401, description = "no valid API key"),
@@ -179,8 +179,8 @@ pub async fn register(
     request_body = ChangeEmailBody,
     params(
         ("id" = Uuid, Path, description = "the user"),
-        ("If-Match" = Option<String>, Header, description = "the version to expect, such as \"1\""),
-        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer"),
+        ("If-Match" = Option<String>, Header, description = "the version to expect, such as \"1\"", pattern = r#"^(W/)?"?[0-9]{1,19}"?$"#),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer", pattern = "^[!-~]{1,255}$"),
     ),
     responses(
         (status = 200, description = "changed", body = super::Accepted),
@@ -282,8 +282,8 @@ pub async fn change_email(
     request_body = DeactivateBody,
     params(
         ("id" = Uuid, Path, description = "the user"),
-        ("If-Match" = Option<String>, Header, description = "the version to expect"),
-        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer"),
+        ("If-Match" = Option<String>, Header, description = "the version to expect", pattern = r#"^(W/)?"?[0-9]{1,19}"?$"#),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the same answer", pattern = "^[!-~]{1,255}$"),
     ),
     responses(
         (status = 200, description = "deactivated", body = super::Accepted),
@@ -355,7 +355,7 @@ pub async fn deactivate(
     description = "For operators (an operator key; a client key gets 403). Destroys the user's key: their name, email and deactivation reason read as `[forgotten]` everywhere from then on, a `UserForgotten` event records it, and the address is free again. No body. Repeating it answers the same; after a 503 the key is already gone: repeat it to finish the rest.",
     params(
         ("id" = Uuid, Path, description = "the user"),
-        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the same answer"),
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the same answer", pattern = "^[!-~]{1,255}$"),
     ),
     responses(
         (status = 200, description = "forgotten", body = super::Accepted),

@@ -47,7 +47,7 @@ pub struct DeadLetterAction {
     params(
         ("read_model" = Option<String>, Query, description = "users, orders, payments, notifications or event_index"),
         ("aggregate" = Option<String>, Query, description = "only this aggregate"),
-        ("limit" = Option<u32>, Query, description = "1 to 100 per read model (default 20)"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 per read model (default 20)", minimum = 1, maximum = 100),
     ),
     responses(
         (status = 200, description = "the parked records", body = DeadLetters),

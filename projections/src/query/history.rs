@@ -104,7 +104,7 @@ pub struct History {
 #[utoipa::path(
     get, path = "/v1/orders/{id}/history", tag = "orders",
     description = "The events of one order, in order.",
-    params(("id" = Uuid, Path, description = "the order"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("id" = Uuid, Path, description = "the order"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = History),
         (status = 404, description = "unknown id"),

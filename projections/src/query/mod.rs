@@ -73,7 +73,8 @@ impl QueryState {
     /// Waits until the read models a query `reads` have applied everything up to
     /// `position`. A position on a topic none of them reads is waited for by the models
     /// that do read it (the owning service's model), so that what the caller wrote is
-    /// visible wherever it shows. On timeout: 504 with each model's lag.
+    /// visible wherever it shows. On timeout: 422 when the position is past the end of the
+    /// log (no command returned it), else 504 with each model's lag.
     pub async fn wait_for(
         &self,
         position: Option<&Position>,
@@ -112,6 +113,7 @@ impl QueryState {
             }
             let now = Instant::now();
             if now >= deadline {
+                self.refuse_past_the_end(position, &topic).await?;
                 let lag: Vec<_> = behind
                     .iter()
                     .map(|(model, next)| {
@@ -133,6 +135,39 @@ impl QueryState {
                 () = any_of(notified) => {}
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+}
+
+impl QueryState {
+    /// 422 when `position` is at or past the end of its partition, or names a partition
+    /// the topic does not have: no command returned it, so waiting longer would not help.
+    /// A log that cannot be asked leaves the decision to the caller (the 504).
+    async fn refuse_past_the_end(
+        &self,
+        position: &Position,
+        topic: &str,
+    ) -> Result<(), QueryError> {
+        let Ok(ends) = event_store::scan::topic_ends(&self.kafka, topic).await else {
+            return Ok(());
+        };
+        match ends.get(&position.partition) {
+            Some(end) if position.offset < *end => Ok(()),
+            Some(end) => Err(QueryError::invalid(
+                "min_position",
+                format!(
+                    "is past the end of {topic} partition {} (next offset {end}): no command returned it",
+                    position.partition
+                ),
+            )),
+            None => Err(QueryError::invalid(
+                "min_position",
+                format!(
+                    "names partition {} of {topic}, which has {}",
+                    position.partition,
+                    ends.len()
+                ),
+            )),
         }
     }
 }
@@ -160,13 +195,13 @@ struct ApiDoc;
 
 /// The query routes (registered through their documentation) and the OpenAPI document.
 pub fn router(state: QueryState) -> (Router, utoipa::openapi::OpenApi) {
-    let (routes, document) = api().split_for_parts();
+    let (routes, document) = service_runtime::openapi::documented(api());
     (routes.with_state(state), document)
 }
 
 /// The query API's OpenAPI document, as `GET /openapi.json` serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    service_runtime::openapi::documented(api()).1
 }
 
 fn api() -> OpenApiRouter<QueryState> {

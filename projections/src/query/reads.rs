@@ -25,7 +25,7 @@ pub const ORDER_STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "canc
 #[utoipa::path(
     get, path = "/v1/users/{id}", tag = "users",
     description = "One user.",
-    params(("id" = Uuid, Path, description = "the user"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("id" = Uuid, Path, description = "the user"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = UserRow),
         (status = 404, description = "unknown id"),
@@ -141,7 +141,7 @@ async fn list_orders(
 #[utoipa::path(
     get, path = "/v1/orders", tag = "orders",
     description = "Orders, newest first, filtered by user and status (keyset pagination).",
-    params(("user_id" = Option<Uuid>, Query, description = "only this user's orders"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("user_id" = Option<Uuid>, Query, description = "only this user's orders"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled", pattern = "^(pending|confirmed|rejected|cancelled)$"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = Page<OrderRow>),
         (status = 401, description = "no valid API key"),
@@ -170,7 +170,7 @@ pub async fn orders(
 #[utoipa::path(
     get, path = "/v1/users/{id}/orders", tag = "orders",
     description = "A user's orders, newest first.",
-    params(("id" = Uuid, Path, description = "the user"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("id" = Uuid, Path, description = "the user"), ("status" = Option<String>, Query, description = "pending, confirmed, rejected or cancelled", pattern = "^(pending|confirmed|rejected|cancelled)$"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = Page<OrderRow>),
         (status = 404, description = "unknown id"),
@@ -212,7 +212,7 @@ pub async fn orders_of_user(
 #[utoipa::path(
     get, path = "/v1/orders/{id}", tag = "orders",
     description = "One order with its status timeline; or its state at a version or a time, folded from the log.",
-    params(("id" = Uuid, Path, description = "the order"), ("as_of_version" = Option<u64>, Query, description = "the state after this many events"), ("as_of" = Option<String>, Query, description = "the state at this RFC 3339 time"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("id" = Uuid, Path, description = "the order"), ("as_of_version" = Option<u64>, Query, description = "the state after this many events", minimum = 1), ("as_of" = Option<String>, Query, description = "the state at this RFC 3339 time"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = OrderRow),
         (status = 404, description = "unknown id"),
@@ -263,7 +263,7 @@ pub async fn order(
 #[utoipa::path(
     get, path = "/v1/payments", tag = "payments",
     description = "The payments of one order, newest first (keyset pagination).",
-    params(("order_id" = Uuid, Query, description = "the order whose payments to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("order_id" = Uuid, Query, description = "the order whose payments to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = Page<PaymentRow>),
         (status = 401, description = "no valid API key"),
@@ -306,7 +306,7 @@ pub async fn payments(
 #[utoipa::path(
     get, path = "/v1/notifications", tag = "notifications",
     description = "The notifications of one user, newest first (keyset pagination).",
-    params(("user_id" = Uuid, Query, description = "the user whose notifications to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it")),
+    params(("user_id" = Uuid, Query, description = "the user whose notifications to list"), ("limit" = Option<u32>, Query, description = "1 to 100 (default 20)", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = Page<NotificationRow>),
         (status = 401, description = "no valid API key"),
