@@ -68,26 +68,60 @@ ensure_packages() {
 ensure_tools() {
   ensure_packages
   ensure_kafka
+  ensure_node_tools
+}
+
+chromium_bin() {
+  command -v chromium 2>/dev/null
+}
+
+# The browser the browser tests drive through playwright-core: Debian's chromium.
+ensure_chromium() {
+  chromium_bin >/dev/null || apt_install chromium
+}
+
+# From npm, pinned by package-lock.json into node_modules/: swagger-ui-dist, which the
+# gateway serves at /docs, and playwright-core, which drives chromium in the browser tests.
+# Install scripts are not run (none is needed; swagger-ui-dist's would send analytics).
+ensure_node_tools() {
+  command -v npm >/dev/null || die "npm is not installed: Node.js 20 or newer with npm is needed"
+  local stamp="$ROOT/node_modules/.installed-lock" want
+  want=$(sha256sum <"$ROOT/package-lock.json")
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing the npm packages of package-lock.json into node_modules/"
+    (cd "$ROOT" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null) ||
+      die "npm ci failed"
+    printf '%s' "$want" >"$stamp"
+  fi
+}
+
+# The folder of swagger-ui-dist's files that the gateway serves under /docs/swagger-ui/.
+swagger_ui_dir() {
+  printf '%s' "$ROOT/node_modules/swagger-ui-dist"
 }
 
 # The Python side of the tests, in its own virtual environment under .local/python: the
 # Standard Webhooks reference library (PyPI), which verifies our webhook signatures, and
-# openapi-spec-validator, which validates the gateway's OpenAPI document.
+# openapi-spec-validator, which validates the gateway's OpenAPI document, and schemathesis,
+# which sends generated requests through the gateway and checks the answers against it.
 STANDARDWEBHOOKS_PY_VERSION=1.3.0
 OPENAPI_SPEC_VALIDATOR_VERSION=0.7.2
+SCHEMATHESIS_VERSION=4.32.5
 ensure_python_tools() {
   local venv="$ROOT/.local/python"
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  if [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('standardwebhooks'))" 2>/dev/null)" != "$STANDARDWEBHOOKS_PY_VERSION" ]; then
-    log "installing standardwebhooks $STANDARDWEBHOOKS_PY_VERSION from PyPI into $venv"
-    "$venv/bin/pip" install -q "standardwebhooks==$STANDARDWEBHOOKS_PY_VERSION" ||
-      die "pip could not install standardwebhooks $STANDARDWEBHOOKS_PY_VERSION"
-  fi
-  if [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('openapi-spec-validator'))" 2>/dev/null)" != "$OPENAPI_SPEC_VALIDATOR_VERSION" ]; then
-    log "installing openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION from PyPI into $venv"
-    "$venv/bin/pip" install -q "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" ||
-      die "pip could not install openapi-spec-validator $OPENAPI_SPEC_VALIDATOR_VERSION"
+  pip_pinned "$venv" standardwebhooks "$STANDARDWEBHOOKS_PY_VERSION"
+  pip_pinned "$venv" openapi-spec-validator "$OPENAPI_SPEC_VALIDATOR_VERSION"
+  pip_pinned "$venv" schemathesis "$SCHEMATHESIS_VERSION"
+}
+
+# Installs PyPI package $2 at version $3 into the virtual environment $1 unless it is there.
+pip_pinned() {
+  local venv=$1 package=$2 version=$3
+  if [ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('$package'))" 2>/dev/null)" != "$version" ]; then
+    log "installing $package $version from PyPI into $venv"
+    "$venv/bin/pip" install -q "$package==$version" || die "pip could not install $package $version"
   fi
 }
 

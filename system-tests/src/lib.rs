@@ -185,13 +185,46 @@ impl Gateway {
             ("COMMAND_API_UPSTREAM", command_api.to_string()),
             ("PROJECTIONS_UPSTREAM", projections.to_string()),
             ("SAGA_ORCHESTRATOR_UPSTREAM", saga_orchestrator.to_string()),
-            // A copy: nginx's workers may run as another user than the checkout's.
+            // Copies: nginx's workers may run as another user than the checkout's.
             ("GATEWAY_DOCS", root.display().to_string()),
+            (
+                "GATEWAY_SWAGGER_UI",
+                root.join("swagger-ui").display().to_string(),
+            ),
         ];
-        std::fs::copy(
-            repo_root().join("gateway/openapi.json"),
-            root.join("openapi.json"),
-        )?;
+        let swagger_ui = repo_root().join("node_modules/swagger-ui-dist");
+        let mut copies = vec![
+            (
+                repo_root().join("gateway/openapi.json"),
+                "openapi.json".to_owned(),
+            ),
+            (
+                swagger_ui.join("swagger-ui-bundle.js"),
+                "swagger-ui/swagger-ui-bundle.js".to_owned(),
+            ),
+            (
+                swagger_ui.join("swagger-ui.css"),
+                "swagger-ui/swagger-ui.css".to_owned(),
+            ),
+        ];
+        for page in std::fs::read_dir(repo_root().join("gateway/docs"))? {
+            let page = page?;
+            let name = format!("docs/{}", page.file_name().to_string_lossy());
+            copies.push((page.path(), name));
+        }
+        for (from, to) in copies {
+            let to = root.join(to);
+            if let Some(folder) = to.parent() {
+                std::fs::create_dir_all(folder)?;
+                set_mode(folder, 0o755)?;
+            }
+            std::fs::copy(&from, &to).with_context(|| {
+                format!(
+                    "copying {} (npm's files come from `./dev test`, which runs `npm ci`)",
+                    from.display()
+                )
+            })?;
+        }
         for (template, target) in [
             ("gateway/shop.conf.template", "shop.conf"),
             ("gateway/nginx.local.conf.template", "nginx.conf"),

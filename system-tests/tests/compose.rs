@@ -104,6 +104,7 @@ fn every_part_of_the_system_is_there() -> anyhow::Result<()> {
         "command-api",
         "projections",
         "saga-orchestrator",
+        "docs-assets",
         "gateway",
         "kafka-ui",
     ] {
@@ -262,8 +263,25 @@ fn the_gateway_template_is_fully_configured() -> anyhow::Result<()> {
         compose.strings("gateway", "volumes"),
         [
             "./gateway/shop.conf.template:/etc/nginx/templates/default.conf.template:ro",
-            "./gateway/openapi.json:/etc/nginx/shop-docs/openapi.json:ro"
+            "./gateway/openapi.json:/etc/nginx/shop-docs/openapi.json:ro",
+            "./gateway/docs:/etc/nginx/shop-docs/docs:ro",
+            "swagger-ui:/etc/nginx/swagger-ui:ro"
         ]
+    );
+    // The folders the placeholders name are the ones mounted: the documents and the page,
+    // and the Swagger UI files the docs-assets service copies from npm's package.
+    assert_eq!(
+        compose.environment("gateway")?["GATEWAY_DOCS"],
+        "/etc/nginx/shop-docs"
+    );
+    assert_eq!(
+        compose.environment("gateway")?["GATEWAY_SWAGGER_UI"],
+        "/etc/nginx/swagger-ui"
+    );
+    assert!(
+        compose
+            .strings("docs-assets", "volumes")
+            .contains(&"swagger-ui:/swagger-ui".to_owned())
     );
     Ok(())
 }
