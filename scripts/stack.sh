@@ -84,7 +84,11 @@ ensure_chromium() {
 # gateway serves at /docs, and playwright-core, which drives chromium in the browser tests.
 # Install scripts are not run (none is needed; swagger-ui-dist's would send analytics).
 ensure_node_tools() {
-  command -v npm >/dev/null || die "npm is not installed: Node.js 20 or newer with npm is needed"
+  command -v npm >/dev/null || apt_install nodejs npm
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  [ "$major" -ge 20 ] ||
+    die "Node.js $(node --version 2>/dev/null || echo '(none)') is too old: 20 or newer is needed (playwright-core)"
   local stamp="$ROOT/node_modules/.installed-lock" want
   want=$(sha256sum <"$ROOT/package-lock.json")
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use utoipa::Modify;
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response};
 
 /// Declares the `bearer` security scheme the operations refer to.
 #[derive(Debug)]
@@ -81,6 +82,11 @@ pub fn merge(info: utoipa::openapi::Info, documents: Vec<OpenApi>) -> Result<Ope
         }
         merged.merge(document);
     }
+    // A tag two documents share (checked equal above) is listed once.
+    if let Some(tags) = merged.tags.as_mut() {
+        let mut seen = std::collections::HashSet::new();
+        tags.retain(|tag| seen.insert(tag.name.clone()));
+    }
     merged.info = info;
     Ok(merged)
 }
@@ -114,62 +120,80 @@ pub fn documented<S: Clone + Send + Sync + 'static>(
 /// - 503 on every operation: a service that is down, overloaded or cut from its broker or
 ///   database, as the service or the gateway in front of it says;
 /// - every 4xx and 5xx answer is `application/problem+json` ([`crate::problem::Problem`]).
-pub fn shared_answers(document: OpenApi) -> OpenApi {
-    let mut value = serde_json::to_value(&document).unwrap_or_default();
-    for (_, item) in value["paths"].as_object_mut().into_iter().flatten() {
-        for (_, operation) in item.as_object_mut().into_iter().flatten() {
-            let keyed = operation["security"]
-                .as_array()
-                .is_some_and(|s| !s.is_empty());
-            let with_body = operation["requestBody"].is_object();
+pub fn shared_answers(mut document: OpenApi) -> OpenApi {
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let keyed = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let mut shared = vec![("503", "unavailable; retry (Retry-After)")];
             if keyed {
                 shared.push(("401", "no valid API key"));
                 shared.push(("429", "this API key is over its rate limit (Retry-After)"));
             }
-            if with_body {
+            if operation.request_body.is_some() {
                 shared.push(("400", "the body is not valid JSON"));
                 shared.push(("413", "the body is over the size limit"));
                 shared.push(("415", "the body is not application/json"));
             }
-            let Some(responses) = operation["responses"].as_object_mut() else {
-                continue;
-            };
+            let responses = &mut operation.responses.responses;
             for (status, description) in shared {
                 responses
-                    .entry(status)
-                    .or_insert_with(|| serde_json::json!({ "description": description }));
+                    .entry(status.to_owned())
+                    .or_insert_with(|| RefOr::T(Response::new(description)));
             }
             for (status, response) in responses.iter_mut() {
-                if status.starts_with('4') || status.starts_with('5') {
-                    response["content"] = serde_json::json!({
-                        crate::problem::PROBLEM_JSON: {
-                            "schema": { "$ref": "#/components/schemas/Problem" }
-                        }
-                    });
+                if let (true, RefOr::T(response)) = (is_error(status), response) {
+                    response.content.clear();
+                    response.content.insert(
+                        crate::problem::PROBLEM_JSON.to_owned(),
+                        Content::new(Some(Ref::from_schema_name("Problem"))),
+                    );
                 }
             }
         }
     }
-    value["components"]["schemas"]["Problem"] = problem_schema();
-    serde_json::from_value(value).unwrap_or(document)
+    document
+        .components
+        .get_or_insert_with(Default::default)
+        .schemas
+        .insert("Problem".to_owned(), RefOr::T(problem_schema()));
+    document
+}
+
+fn is_error(status: &str) -> bool {
+    status.starts_with('4') || status.starts_with('5')
 }
 
 /// RFC 9457 problem details, with the extension members the services add.
-fn problem_schema() -> serde_json::Value {
-    serde_json::json!({
-        "type": "object",
-        "description": "RFC 9457 problem details. Extension members (`errors`, `request_id`, `current_version`, ...) sit beside the standard ones.",
-        "required": ["type", "title", "status"],
-        "properties": {
-            "type": { "type": "string", "description": "`about:blank` or a `urn:shop:problem:...` type" },
-            "title": { "type": "string" },
-            "status": { "type": "integer" },
-            "detail": { "type": "string" },
-            "request_id": { "type": "string" }
-        },
-        "additionalProperties": true
-    })
+fn problem_schema() -> Schema {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "RFC 9457 problem details. Extension members (`errors`, `request_id`, `current_version`, ...) sit beside the standard ones.",
+        ))
+        .property(
+            "type",
+            text().description(Some("`about:blank` or a `urn:shop:problem:...` type")),
+        )
+        .property("title", text())
+        .property("status", ObjectBuilder::new().schema_type(Type::Integer))
+        .property("detail", text())
+        .property("request_id", text())
+        .required("type")
+        .required("title")
+        .required("status")
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .into()
 }
 
 /// `GET /openapi.json`, open without an API key.

@@ -1,5 +1,5 @@
 // Drives Debian's chromium (through playwright-core) over the gateway's /docs page and
-// prints what it saw as one JSON object; system-tests/tests/api_docs.rs judges it.
+// prints what it saw as one JSON object; system-tests/tests/api_docs_page.rs judges it.
 //
 //   node docs.mjs GATEWAY_URL API_KEY ORDER_ID
 //

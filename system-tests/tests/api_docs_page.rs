@@ -17,13 +17,16 @@ async fn browse(gateway: &Gateway, key: &str, order: &str) -> anyhow::Result<Val
     let chromium = std::env::var("SHOP_TEST_CHROMIUM").map_err(|_| {
         anyhow::anyhow!("SHOP_TEST_CHROMIUM is not set: run the tests through ./dev test")
     })?;
-    let output = tokio::process::Command::new("node")
+    // docs.mjs bounds each of its steps (20 s); this bounds the whole run.
+    let run = tokio::process::Command::new("node")
         .arg(repo_root().join("system-tests/browser/docs.mjs"))
         .args([&gateway.url(""), key, order])
         .env("SHOP_TEST_CHROMIUM", chromium)
         .kill_on_drop(true)
-        .output()
-        .await?;
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("the browser did not finish within 120 s"))??;
     let stdout = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(
         output.status.success(),

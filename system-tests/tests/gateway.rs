@@ -46,6 +46,28 @@ fn the_gateway_document_is_the_services_documents_merged() -> anyhow::Result<()>
         }
     }
     assert_eq!(merged["openapi"], "3.1.0");
+    // Every error answer is documented as the problem+json it is, and a tag is listed once.
+    for (path, item) in merged["paths"].as_object().into_iter().flatten() {
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"],
+                        serde_json::json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    let tags: Vec<&str> = merged["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
+    assert_eq!(tags.len(), unique.len(), "{tags:?}");
     // Valid OpenAPI 3.1, as openapi-spec-validator (PyPI, in ./dev test's environment)
     // checks it: the meta-schema, references, unique operation ids, path parameters.
     let python = std::env::var("SHOP_TEST_PYTHON").map_err(|_| {
@@ -175,6 +197,23 @@ async fn routes_operations_queries_commands_and_sagas_to_their_service() -> anyh
         }
     }
     assert!(operations >= 18, "{operations} operations");
+
+    // A body past the gateway's own limit: nginx answers, in problem+json like the services.
+    let response = keyed
+        .post(gateway.url("/v1/orders"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await?;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            response.headers()["content-type"].to_str()?
+        ),
+        (413, "application/problem+json")
+    );
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["status"], 413);
 
     // What the command API's instances ask of each other is not reachable from outside,
     // whatever the key.

@@ -56,6 +56,9 @@ pub struct QueryState {
     pub models: Arc<Vec<ModelView>>,
 }
 
+/// The longest a timed-out query spends asking the log where it ends.
+const END_CHECK: Duration = Duration::from_millis(1000);
+
 /// How often a waiting query looks at the checkpoints when no local batch wakes it (the
 /// partition may be projected by another instance).
 const POLL: Duration = Duration::from_millis(20);
@@ -142,13 +145,16 @@ impl QueryState {
 impl QueryState {
     /// 422 when `position` is at or past the end of its partition, or names a partition
     /// the topic does not have: no command returned it, so waiting longer would not help.
-    /// A log that cannot be asked leaves the decision to the caller (the 504).
+    /// Asked only once a wait timed out, within [`END_CHECK`]; a log that cannot be asked in
+    /// time leaves the answer to the caller (the 504). The end is the committed one: a
+    /// position a command returned is below it once the wait is over.
     async fn refuse_past_the_end(
         &self,
         position: &Position,
         topic: &str,
     ) -> Result<(), QueryError> {
-        let Ok(ends) = event_store::scan::topic_ends(&self.kafka, topic).await else {
+        let ends = event_store::scan::topic_ends(&self.kafka, topic);
+        let Ok(Ok(ends)) = tokio::time::timeout(END_CHECK, ends).await else {
             return Ok(());
         };
         match ends.get(&position.partition) {
