@@ -343,7 +343,10 @@ impl Dispatcher {
                 let channel = &self.providers.channel;
                 let attempts = u32::try_from(step.attempts).unwrap_or(1);
                 let report = match self
-                    .call(&self.providers.channel_breaker, channel.deliver(&notice))
+                    .call(
+                        &self.providers.channel_breaker,
+                        channel.deliver(&notice, step.traceparent.map(|t| t.child())),
+                    )
                     .await
                 {
                     Ok(()) => DeliveryReport::Delivered { attempts },
@@ -453,6 +456,9 @@ impl Dispatcher {
         meta.id = CommandId::from(step.command_id);
         meta.causation_id = step.causation_id.unwrap_or(step.command_id);
         meta.correlation_id = step.correlation_id;
+        if let Some(trace) = step.traceparent {
+            meta.traceparent = trace.child();
+        }
         meta
     }
 
@@ -488,7 +494,11 @@ impl Dispatcher {
             && let Ok(reaction) =
                 crate::saga::react(Some(&saga), &input, store::now(), &self.policy)
         {
-            let issued = store::Issued::all(reaction.instructions, Some(step.command_id));
+            let issued = store::Issued::all(
+                reaction.instructions,
+                Some(step.command_id),
+                step.traceparent,
+            );
             store::store(&mut tx, &[&reaction.saga], &issued).await?;
         }
         store::done(&mut tx, step.command_id).await?;

@@ -34,7 +34,7 @@ pub async fn retry(pool: &PgPool, order_id: OrderId, policy: &Policy) -> Result<
                 state: saga.state,
             }
         })?;
-    let issued = Issued::all(reaction.instructions, None);
+    let issued = Issued::all(reaction.instructions, None, None);
     store::store(&mut tx, &[&reaction.saga], &issued).await?;
     store::rearm(&mut tx, &issued).await?;
     tx.commit().await?;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use event_store::subscription::{Subscription, TopicPartition};
 use event_store::{KafkaSettings, TopicNames};
 use projections::projector::{Schema, bookkeeping};
-use schemas::{EventDocument, OrderId, UserId};
+use schemas::{EventDocument, OrderId, TraceParent, UserId};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -208,7 +208,7 @@ impl Runner {
             }
             match fact_of(&t.document) {
                 Ok(Fact::Irrelevant) => {}
-                Ok(fact) => facts.push((fact, t.document.id.as_uuid())),
+                Ok(fact) => facts.push((fact, t.document.id.as_uuid(), t.document.traceparent)),
                 Err(error) => {
                     subscription
                         .dead_letters()
@@ -223,7 +223,7 @@ impl Runner {
         }
         let orders: Vec<OrderId> = facts
             .iter()
-            .filter_map(|(f, _)| match f {
+            .filter_map(|(f, _, _)| match f {
                 Fact::Saga { order_id, .. } => Some(*order_id),
                 _ => None,
             })
@@ -232,7 +232,7 @@ impl Runner {
         let users: Vec<UserId> = sagas
             .values()
             .map(|s| s.user_id)
-            .chain(facts.iter().filter_map(|(f, _)| match f {
+            .chain(facts.iter().filter_map(|(f, _, _)| match f {
                 Fact::Saga {
                     input: Input::OrderPlaced { user_id, .. },
                     ..
@@ -278,11 +278,11 @@ impl Runner {
         &self,
         sagas: &mut HashMap<OrderId, Saga>,
         deactivated: &mut HashSet<UserId>,
-        facts: Vec<(Fact, Uuid)>,
+        facts: Vec<(Fact, Uuid, TraceParent)>,
     ) -> Decided {
         let now = store::now();
         let mut decided = Decided::default();
-        for (fact, event_id) in facts {
+        for (fact, event_id, traceparent) in facts {
             let (order_id, mut input) = match fact {
                 Fact::UserDeactivated { user_id } => {
                     if deactivated.insert(user_id) {
@@ -301,9 +301,11 @@ impl Runner {
                 Ok(reaction) => {
                     self.metrics.observe_input(input.name(), "applied");
                     decided.changed.insert(order_id);
-                    decided
-                        .instructions
-                        .extend(Issued::all(reaction.instructions, Some(event_id)));
+                    decided.instructions.extend(Issued::all(
+                        reaction.instructions,
+                        Some(event_id),
+                        Some(traceparent),
+                    ));
                     sagas.insert(order_id, reaction.saga);
                 }
                 Err(ignored) => {
@@ -395,7 +397,7 @@ impl DeadlinePoller {
             ) {
                 Ok(reaction) => {
                     self.metrics.deadlines_fired.inc();
-                    instructions.extend(Issued::all(reaction.instructions, None));
+                    instructions.extend(Issued::all(reaction.instructions, None, None));
                     changed.push(reaction.saga);
                 }
                 Err(_) => {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use schemas::{CommandId, CorrelationId, OrderId, UserId};
+use schemas::{CommandId, CorrelationId, OrderId, TraceParent, UserId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -129,16 +129,24 @@ async fn store_deadlines(conn: &mut PgConnection, sagas: &[&Saga]) -> Result<(),
 pub struct Issued {
     pub instruction: Instruction,
     pub caused_by: Option<Uuid>,
+    /// The trace the step continues: its cause's. `None` (a fired deadline, an operator's
+    /// retry) continues the trace of the order's earlier steps.
+    pub traceparent: Option<TraceParent>,
 }
 
 impl Issued {
-    /// Every instruction of `instructions`, caused by `caused_by`.
-    pub fn all(instructions: Vec<Instruction>, caused_by: Option<Uuid>) -> Vec<Self> {
+    /// Every instruction of `instructions`, caused by `caused_by` in trace `traceparent`.
+    pub fn all(
+        instructions: Vec<Instruction>,
+        caused_by: Option<Uuid>,
+        traceparent: Option<TraceParent>,
+    ) -> Vec<Self> {
         instructions
             .into_iter()
             .map(|instruction| Self {
                 instruction,
                 caused_by,
+                traceparent,
             })
             .collect()
     }
@@ -155,23 +163,32 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(),
     let mut steps = Vec::with_capacity(instructions.len());
     let mut actions = Vec::with_capacity(instructions.len());
     let mut causes = Vec::with_capacity(instructions.len());
+    let mut traces = Vec::with_capacity(instructions.len());
     for Issued {
         instruction: i,
         caused_by,
+        traceparent,
     } in instructions
     {
         causes.push(*caused_by);
+        traces.push(traceparent.map(|t| t.to_string()));
         ids.push(command_id(i.order_id, i.step).as_uuid());
         orders.push(i.order_id.as_uuid());
         correlations.push(i.correlation_id.as_uuid());
         steps.push(i.step.as_str());
         actions.push(serde_json::to_string(&i.action).map_err(undecodable)?);
     }
+    // A step without a trace of its own continues the order's: that of its earliest step.
     sqlx::query(
-        "INSERT INTO saga.outbox (command_id, order_id, correlation_id, step, action, causation_id)
-         SELECT i, o, c, s, a::jsonb, k
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::uuid[])
-           AS x(i, o, c, s, a, k)
+        "INSERT INTO saga.outbox (command_id, order_id, correlation_id, step, action, causation_id,
+                                  traceparent)
+         SELECT i, o, c, s, a::jsonb, k,
+                COALESCE(t, (SELECT e.traceparent FROM saga.outbox e
+                             WHERE e.order_id = o AND e.traceparent IS NOT NULL
+                             ORDER BY e.created_at LIMIT 1))
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::uuid[],
+                     $7::text[])
+           AS x(i, o, c, s, a, k, t)
          ON CONFLICT (command_id) DO NOTHING",
     )
     .bind(&ids)
@@ -180,6 +197,7 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(),
     .bind(&steps)
     .bind(&actions)
     .bind(&causes)
+    .bind(&traces)
     .execute(conn)
     .await?;
     Ok(())
@@ -242,6 +260,8 @@ pub struct Claimed {
     pub correlation_id: CorrelationId,
     /// What made the saga issue the step ([`Issued::caused_by`]).
     pub causation_id: Option<Uuid>,
+    /// The trace the step continues ([`Issued::traceparent`]).
+    pub traceparent: Option<TraceParent>,
     pub step: Step,
     pub action: Action,
     /// Including this one.
@@ -260,6 +280,7 @@ pub async fn claim_due(
         Uuid,
         Uuid,
         Option<Uuid>,
+        Option<String>,
         String,
         serde_json::Value,
         i32,
@@ -270,8 +291,8 @@ pub async fn claim_due(
            SELECT command_id FROM saga.outbox
            WHERE done_at IS NULL AND due_at <= now()
            ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING o.command_id, o.order_id, o.correlation_id, o.causation_id, o.step, o.action,
-                   o.attempts",
+         RETURNING o.command_id, o.order_id, o.correlation_id, o.causation_id, o.traceparent,
+                   o.step, o.action, o.attempts",
     )
     .bind(limit)
     .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
@@ -279,12 +300,15 @@ pub async fn claim_due(
     .await?;
     rows.into_iter()
         .map(
-            |(command_id, order, correlation, causation_id, step, action, attempts)| {
+            |(command_id, order, correlation, causation_id, trace, step, action, attempts)| {
                 Ok(Claimed {
                     command_id,
                     order_id: OrderId::from(order),
                     correlation_id: CorrelationId::from(correlation),
                     causation_id,
+                    // Stored by this service from a parsed value; one that does not parse
+                    // (edited by hand) starts a new trace rather than failing the step.
+                    traceparent: trace.and_then(|t| t.parse().ok()),
                     step: Step::parse(&step).ok_or_else(|| {
                         sqlx::Error::Decode(format!("unknown step {step}").into())
                     })?,

@@ -28,6 +28,8 @@ struct Received {
     id: String,
     timestamp: i64,
     signature: String,
+    /// The W3C `traceparent` the notice came with ("" without one).
+    traceparent: String,
     body: Vec<u8>,
 }
 
@@ -98,6 +100,7 @@ impl Receiver {
                         id: header("webhook-id"),
                         timestamp: header("webhook-timestamp").parse().unwrap_or(0),
                         signature: header("webhook-signature"),
+                        traceparent: header("traceparent"),
                         body: body.to_vec(),
                     });
                     if !verified {
@@ -401,6 +404,128 @@ async fn an_order_is_paid_confirmed_and_the_customer_notified_with_a_signed_webh
         problem["errors"].as_array().map(Vec::len),
         Some(2),
         "{problem}"
+    );
+    shop.stop().await
+}
+
+/// The type and `traceparent` (from the record's header, and from the document) of every
+/// event in the log that belongs to `correlation`.
+async fn traced_events(
+    env: &TestEnv,
+    correlation: &str,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let settings = event_store::KafkaSettings::new(&env.brokers);
+    let topics = event_store::TopicNames::new(&env.topic_prefix);
+    let mut events = Vec::new();
+    for service in schemas::catalog::SERVICES {
+        let topic = topics.events(service);
+        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
+        let ranges = ends
+            .into_iter()
+            .map(|(p, end)| {
+                (
+                    p,
+                    event_store::scan::Range {
+                        from: 0,
+                        to: Some(end),
+                    },
+                )
+            })
+            .collect();
+        let mut scan = event_store::scan::LogScan::open(&settings, &topic, &ranges)?;
+        while !scan.is_done() {
+            for record in scan.next_batch(1_000, Duration::from_secs(1)).await? {
+                let document = schemas::EventDocument::from_json(
+                    record.payload.as_deref().unwrap_or_default(),
+                )?;
+                if document.correlationid.to_string() == correlation {
+                    events.push((
+                        document.event_type.clone(),
+                        record.header("traceparent").unwrap_or_default().to_owned(),
+                        document.traceparent.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// The W3C trace id of a `traceparent` (its second field).
+fn trace_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_trace_of_the_request_that_placed_an_order_runs_through_its_saga_to_the_webhook()
+-> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let mut shop = Shop::start(&receiver, &[]).await?;
+    let user = shop
+        .post(
+            "/v1/users",
+            json!({"name": "Ada Lovelace", "email": "ada-traced@example.com"}),
+        )
+        .await?;
+    // The order is placed while the orchestrator is down: the saga starts after a restart,
+    // from what the log and its outbox kept.
+    shop.stop_orchestrator().await?;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = shop
+        .client
+        .post(shop.gateway.url("/v1/orders"))
+        .bearer_auth(KEY)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"user_id": user["id"], "currency": "EUR",
+                      "lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 900}]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    let order: OrderId = response.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    shop.start_orchestrator().await?;
+    let saga = shop
+        .saga_in(order, "completed", Duration::from_secs(60))
+        .await?;
+    let correlation = saga["correlation_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let events = traced_events(&shop.env, &correlation).await?;
+    let types: std::collections::BTreeSet<&str> =
+        events.iter().map(|(t, _, _)| t.as_str()).collect();
+    for expected in [
+        "OrderPlaced",
+        "PaymentAuthorized",
+        "OrderConfirmed",
+        "NotificationSent",
+    ] {
+        assert!(
+            types.contains(expected),
+            "{expected} missing from {events:?}"
+        );
+    }
+    for (event_type, header, field) in &events {
+        assert_eq!(
+            trace_id(header),
+            trace,
+            "{event_type}'s traceparent header: {header}"
+        );
+        assert_eq!(header, field, "{event_type}: header and document disagree");
+    }
+    // Each hop is a span of its own: the events do not all name one parent.
+    let parents: std::collections::BTreeSet<&str> =
+        events.iter().map(|(_, h, _)| h.as_str()).collect();
+    assert!(parents.len() > 1, "{events:?}");
+
+    let hooks = receiver.of(order, NotificationKind::OrderConfirmed);
+    assert!(!hooks.is_empty(), "no webhook for {order}");
+    assert!(
+        hooks.iter().all(|h| trace_id(&h.traceparent) == trace),
+        "{hooks:?}"
     );
     shop.stop().await
 }

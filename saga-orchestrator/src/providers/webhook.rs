@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use schemas::notifications::NotificationKind;
-use schemas::{NotificationId, OrderId, UserId};
+use schemas::{NotificationId, OrderId, TraceParent, UserId};
 use serde::Serialize;
 use service_runtime::telemetry::one_line;
 use service_runtime::tls::{Handshake, Trust};
@@ -31,7 +31,13 @@ pub struct Notice {
 /// A way to reach the customer.
 pub trait NotificationChannel: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
-    fn deliver<'a>(&'a self, notice: &'a Notice) -> CallFuture<'a, ()>;
+    /// Delivers `notice`; `traceparent` is the trace it continues (sent as W3C
+    /// `traceparent` where the channel carries headers).
+    fn deliver<'a>(
+        &'a self,
+        notice: &'a Notice,
+        traceparent: Option<TraceParent>,
+    ) -> CallFuture<'a, ()>;
 }
 
 /// Posts each notice to one URL.
@@ -204,14 +210,20 @@ impl NotificationChannel for Webhook {
         "notification-webhook"
     }
 
-    fn deliver<'a>(&'a self, notice: &'a Notice) -> CallFuture<'a, ()> {
+    fn deliver<'a>(
+        &'a self,
+        notice: &'a Notice,
+        traceparent: Option<TraceParent>,
+    ) -> CallFuture<'a, ()> {
         Box::pin(async move {
             let body = serde_json::to_vec(notice).expect("a notice serializes");
             let id = notice.notification_id.to_string();
             let timestamp = chrono::Utc::now().timestamp();
-            let response = self
-                .client
-                .post(&self.url)
+            let mut request = self.client.post(&self.url);
+            if let Some(trace) = traceparent {
+                request = request.header("traceparent", trace.to_string());
+            }
+            let response = request
                 .header("content-type", "application/json")
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", timestamp.to_string())
@@ -248,12 +260,17 @@ impl NotificationChannel for LogOnly {
         "notification-log"
     }
 
-    fn deliver<'a>(&'a self, notice: &'a Notice) -> CallFuture<'a, ()> {
+    fn deliver<'a>(
+        &'a self,
+        notice: &'a Notice,
+        traceparent: Option<TraceParent>,
+    ) -> CallFuture<'a, ()> {
         Box::pin(async move {
             tracing::info!(
                 notification_id = %notice.notification_id,
                 order_id = %notice.order_id,
                 kind = notice.kind.as_str(),
+                trace_id = traceparent.map(|t| t.trace_id()).unwrap_or_default(),
                 "notification (no webhook configured)"
             );
             Ok(())
