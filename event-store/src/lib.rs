@@ -31,6 +31,7 @@ pub mod sample;
 pub mod scan;
 pub mod subscription;
 pub mod topics;
+pub mod trace;
 pub mod writer;
 
 pub use admin::TopicAdmin;

@@ -233,7 +233,7 @@ async fn serve(service: ServiceName) -> ExitCode {
             run_binary(
                 command_api::NAME,
                 command_api::Config::from_env,
-                command_api::Config::log_filter,
+                command_api::Config::infrastructure,
                 command_api::build,
             )
             .await
@@ -242,7 +242,7 @@ async fn serve(service: ServiceName) -> ExitCode {
             run_binary(
                 projections::NAME,
                 projections::Config::from_env,
-                projections::Config::log_filter,
+                projections::Config::infrastructure,
                 projections::build,
             )
             .await
@@ -251,7 +251,7 @@ async fn serve(service: ServiceName) -> ExitCode {
             run_binary(
                 saga_orchestrator::NAME,
                 saga_orchestrator::Config::from_env,
-                saga_orchestrator::Config::log_filter,
+                saga_orchestrator::Config::infrastructure,
                 saga_orchestrator::build,
             )
             .await

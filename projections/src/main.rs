@@ -5,7 +5,7 @@ async fn main() -> ExitCode {
     service_runtime::run_binary(
         projections::NAME,
         projections::Config::from_env,
-        projections::Config::log_filter,
+        projections::Config::infrastructure,
         projections::build,
     )
     .await

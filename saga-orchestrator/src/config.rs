@@ -238,8 +238,9 @@ impl Config {
         })
     }
 
-    pub fn log_filter(&self) -> &str {
-        &self.service.infrastructure.log_filter
+    /// Broker, database, logs and traces (for `run_binary`).
+    pub fn infrastructure(&self) -> &service_runtime::Infrastructure {
+        &self.service.infrastructure
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use event_store::partitioner::partition_for;
 use event_store::record::to_kafka_headers;
+use event_store::trace;
 use event_store::{EventStoreError, KafkaSettings, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::notifications::{DeliveryReport, NotificationCommand, SendNotification};
@@ -21,6 +22,7 @@ use schemas::{Command, CommandId, CommandMeta, MessageFamily, NotificationId};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::metrics::SagaMetrics;
 use crate::providers::breaker::CircuitBreaker;
@@ -240,7 +242,16 @@ impl Dispatcher {
     }
 
     async fn carry_out(&self, step: Claimed) {
-        let outcome = self.outcome_of(&step).await;
+        let span = tracing::trace_span!(
+            target: trace::TARGET,
+            "carry out",
+            step = step.step.as_str(),
+            order_id = %step.order_id,
+        );
+        if let Some(parent) = &step.traceparent {
+            trace::set_parent(&span, parent);
+        }
+        let outcome = self.outcome_of(&step).instrument(span).await;
         self.metrics
             .observe_step(step.step, outcome_label(&outcome));
         let recorded = match &outcome {
@@ -286,6 +297,7 @@ impl Dispatcher {
                 let verdict = match self
                     .call(
                         &self.providers.payments_breaker,
+                        provider_call("authorize"),
                         provider.authorize(&request),
                     )
                     .await
@@ -315,6 +327,7 @@ impl Dispatcher {
                 let reference = match self
                     .call(
                         &self.providers.payments_breaker,
+                        provider_call("refund"),
                         provider.refund(*payment_id, amount),
                     )
                     .await
@@ -341,11 +354,15 @@ impl Dispatcher {
                     kind: *kind,
                 };
                 let channel = &self.providers.channel;
+                // The receiver's span, if it keeps one, is a child of this call's.
+                let span = provider_call(channel.name());
+                let traceparent = step.traceparent.map(|t| trace::traceparent_of(&span, &t));
                 let attempts = u32::try_from(step.attempts).unwrap_or(1);
                 let report = match self
                     .call(
                         &self.providers.channel_breaker,
-                        channel.deliver(&notice, step.traceparent.map(|t| t.child())),
+                        span,
+                        channel.deliver(&notice, traceparent),
                     )
                     .await
                 {
@@ -420,6 +437,7 @@ impl Dispatcher {
     async fn call<T>(
         &self,
         breaker: &CircuitBreaker,
+        span: tracing::Span,
         call: CallFuture<'_, T>,
     ) -> Result<T, CallError> {
         if let Err(open) = breaker.admit() {
@@ -428,13 +446,14 @@ impl Dispatcher {
                 open.retry_in.as_millis()
             )));
         }
-        let result = match tokio::time::timeout(self.config.call_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Transient(format!(
-                "no answer within {} ms",
-                self.config.call_timeout.as_millis()
-            ))),
-        };
+        let result =
+            match tokio::time::timeout(self.config.call_timeout, call.instrument(span)).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Transient(format!(
+                    "no answer within {} ms",
+                    self.config.call_timeout.as_millis()
+                ))),
+            };
         // A refusal is an answer: the provider is up.
         breaker.record(!matches!(result, Err(CallError::Transient(_))));
         result
@@ -456,9 +475,9 @@ impl Dispatcher {
         meta.id = CommandId::from(step.command_id);
         meta.causation_id = step.causation_id.unwrap_or(step.command_id);
         meta.correlation_id = step.correlation_id;
-        if let Some(trace) = step.traceparent {
-            meta.traceparent = trace.child();
-        }
+        // The command is the child of the step's span (`carry out`, current here).
+        let trace = step.traceparent.unwrap_or(meta.traceparent);
+        meta.traceparent = trace::traceparent_of(&tracing::Span::current(), &trace);
         meta
     }
 
@@ -515,4 +534,9 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::RetryIn(..) => "retry",
         Outcome::GiveUp(_) => "given_up",
     }
+}
+
+/// The span of one call to a provider (a child of the step's).
+fn provider_call(provider: &'static str) -> tracing::Span {
+    tracing::trace_span!(target: trace::TARGET, "provider call", provider, otel.kind = "client")
 }

@@ -293,6 +293,15 @@ impl Runner {
                 Fact::Irrelevant => continue,
                 Fact::Saga { order_id, input } => (order_id, input),
             };
+            let span = tracing::trace_span!(
+                target: event_store::trace::TARGET,
+                "saga step",
+                input = input.name(),
+                %order_id,
+            );
+            event_store::trace::set_parent(&span, &traceparent);
+            // The steps it issues continue from this span.
+            let traceparent = event_store::trace::traceparent_of(&span, &traceparent);
             let saga = sagas.get(&order_id);
             if let (Input::PaymentAuthorized { user_active }, Some(saga)) = (&mut input, saga) {
                 *user_active = !deactivated.contains(&saga.user_id);

@@ -43,6 +43,24 @@ impl TraceParent {
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// Trace id, parent (span) id and flags, as numbers.
+    pub fn parts(&self) -> (u128, u64, u8) {
+        (self.trace_id, self.parent_id, self.flags)
+    }
+
+    /// From [`Self::parts`]; an all-zero id (invalid in W3C Trace Context) starts a new
+    /// trace instead.
+    pub fn from_parts(trace_id: u128, parent_id: u64, flags: u8) -> Self {
+        if trace_id == 0 || parent_id == 0 {
+            return Self::new_root();
+        }
+        Self {
+            trace_id,
+            parent_id,
+            flags,
+        }
+    }
 }
 
 fn random_span_id() -> u64 {

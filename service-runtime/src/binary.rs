@@ -5,15 +5,18 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use crate::host::{BoundService, ServiceError};
+use crate::infrastructure::Infrastructure;
 use crate::settings::{Env, SettingError};
 use crate::shutdown::terminate_signal;
-use crate::telemetry::init_json_logs;
+use crate::telemetry;
+use crate::traces::Export;
 
-/// Runs the service `name`. `log_filter` picks the `RUST_LOG` value out of its config.
+/// Runs the service `name`. `infrastructure` picks the log filter and the span exporter's
+/// endpoint out of its config.
 pub async fn run_binary<C, B, F>(
     name: &str,
     from_env: fn(&Env) -> Result<C, SettingError>,
-    log_filter: fn(&C) -> &str,
+    infrastructure: fn(&C) -> &Infrastructure,
     build: B,
 ) -> ExitCode
 where
@@ -27,11 +30,18 @@ where
             return ExitCode::from(2);
         }
     };
-    init_json_logs(log_filter(&config));
+    let settings = infrastructure(&config);
+    let export = settings
+        .traces
+        .as_deref()
+        .map(|endpoint| Export::start(name, endpoint));
+    telemetry::init(&settings.log_filter, export.as_ref());
     let outcome = match build(config).await {
         Ok(service) => service.run_until(terminate_signal()).await,
         Err(e) => Err(e),
     };
+    // What the last requests traced goes out before the process ends.
+    drop(export);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

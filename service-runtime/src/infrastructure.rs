@@ -21,6 +21,8 @@ pub struct Infrastructure {
     pub database: PgConnectOptions,
     pub max_connections: u32,
     pub log_filter: String,
+    /// The OTLP/HTTP collector spans go to, when there is one.
+    pub traces: Option<String>,
 }
 
 /// Without the database password (sqlx's own `Debug` shows it).
@@ -36,6 +38,7 @@ impl std::fmt::Debug for Infrastructure {
             .field("database_ssl_mode", &self.database.get_ssl_mode())
             .field("max_connections", &self.max_connections)
             .field("log_filter", &self.log_filter)
+            .field("traces", &self.traces)
             .finish()
     }
 }
@@ -72,6 +75,7 @@ impl Infrastructure {
             database: database_options(env)?,
             max_connections: env.parse(&common::DATABASE_MAX_CONNECTIONS)?,
             log_filter: env.text(&common::RUST_LOG)?,
+            traces: otlp_endpoint(env)?,
         })
     }
 
@@ -267,6 +271,38 @@ mod tests {
     }
 
     #[test]
+    fn an_otlp_endpoint_is_an_http_url_or_nothing() {
+        for (value, expected) in [
+            ("", None),
+            ("  ", None),
+            ("http://127.0.0.1:4318", Some("http://127.0.0.1:4318")),
+            (
+                "https://collector.example:4318/",
+                Some("https://collector.example:4318/"),
+            ),
+        ] {
+            let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", value)]);
+            let infra = Infrastructure::from_env(&env).unwrap();
+            assert_eq!(infra.traces.as_deref(), expected, "{value:?}");
+        }
+        for value in [
+            "127.0.0.1:4318",
+            "grpc://collector:4317",
+            "http://",
+            "http://c:4318/?x=1",
+            "not a url",
+        ] {
+            let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", value)]);
+            let err = Infrastructure::from_env(&env).unwrap_err().to_string();
+            assert!(
+                err.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT="),
+                "{value}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_variable_named() {
         let env = Env::from_pairs([("EVENT_PARTITIONS", "0")]);
         let err = Infrastructure::from_env(&env).unwrap_err();
@@ -396,4 +432,26 @@ impl ServiceConfig {
             infrastructure: Infrastructure::from_env(env)?,
         })
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: empty, or an http(s) URL with a host (no query).
+fn otlp_endpoint(env: &Env) -> Result<Option<String>, SettingError> {
+    let value = env.text(&common::OTEL_EXPORTER_OTLP_ENDPOINT)?;
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason: &str| SettingError::Invalid {
+        name: common::OTEL_EXPORTER_OTLP_ENDPOINT.name,
+        value: value.to_owned(),
+        reason: reason.into(),
+    };
+    let url = url::Url::parse(value).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid("must be an http:// or https:// URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("must have no query or fragment"));
+    }
+    Ok(Some(value.to_owned()))
 }

@@ -10,7 +10,7 @@
 //! - [`personal_data`]: sealing personal fields with per-user keys, and forgetting them;
 //! - [`tls`]: certificate files and one handshake, checked at start;
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
-//! - [`telemetry`] and [`shutdown`]: JSON logs, SIGTERM.
+//! - [`telemetry`], [`traces`] and [`shutdown`]: JSON logs, spans over OTLP, SIGTERM.
 
 pub mod api_keys;
 pub mod host;
@@ -26,6 +26,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 pub use host::{BoundService, Service, ServiceError};
 pub use infrastructure::{Infrastructure, ServiceConfig};

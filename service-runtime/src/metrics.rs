@@ -56,6 +56,11 @@ impl ServiceMetrics {
             metrics.http_requests.clone(),
         );
         registry.register(
+            "trace_spans_dropped",
+            "Spans not exported: the export queue was full or the collector refused them",
+            crate::traces::SPANS_DROPPED.clone(),
+        );
+        registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route and method",
             metrics.http_latency.clone(),

@@ -175,13 +175,19 @@ pub mod common {
         help: "log filter (tracing EnvFilter syntax); logs are JSON lines on stdout",
     };
 
+    pub const OTEL_EXPORTER_OTLP_ENDPOINT: Setting = Setting {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        default: Some(""),
+        help: "OTLP/HTTP collector, such as http://127.0.0.1:4318: spans go to <URL>/v1/traces (protobuf); empty: no spans exported",
+    };
+
     /// `own` followed by all of the common settings: the full list a service reads.
     pub fn with(own: &[Setting]) -> Vec<Setting> {
         own.iter().copied().chain(ALL).collect()
     }
 
     /// All of the above.
-    pub const ALL: [Setting; 15] = [
+    pub const ALL: [Setting; 16] = [
         KAFKA_BROKERS,
         KAFKA_TIMEOUT_MS,
         KAFKA_SESSION_TIMEOUT_MS,
@@ -197,6 +203,7 @@ pub mod common {
         DATABASE_URL,
         DATABASE_MAX_CONNECTIONS,
         RUST_LOG,
+        OTEL_EXPORTER_OTLP_ENDPOINT,
     ];
 }
 

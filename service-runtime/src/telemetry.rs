@@ -1,22 +1,36 @@
-//! Logs: JSON lines on stdout, one object per event, filtered by `RUST_LOG`.
+//! Logs: JSON lines on stdout, one object per event, filtered by `RUST_LOG`; and, when
+//! an exporter is given, the spans of [`crate::traces`].
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the JSON log subscriber. A second call (tests starting several services in one
-/// process) keeps the first subscriber.
+use crate::traces::{Export, TARGET};
+
+/// Installs the JSON log subscriber, and the span exporter `export` when there is one. A
+/// second call (tests starting several services in one process) keeps the first.
 ///
 /// A log line that cannot be written (a full disk under a redirected stdout) is dropped: by
 /// default the subscriber reports its write errors with `eprintln!`, which panics when stderr
 /// fails too, and the unwinding logs again from a destructor and aborts the whole service.
-pub fn init_json_logs(filter: &str) {
+pub fn init(filter: &str, export: Option<&Export>) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
-        .with_env_filter(filter)
         .log_internal_errors(false)
+        .with_filter(filter);
+    let spans = export.map(|export| {
+        export
+            .layer()
+            .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
 }
 

@@ -29,6 +29,7 @@ use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
+use crate::trace;
 use crate::writer::core::{IdempotencyWindow, PartitionCore, Plan};
 use crate::writer::log::{OutgoingRecord, PartitionLog, TransactionError};
 use crate::writer::metrics::WriterMetrics;
@@ -442,16 +443,33 @@ impl<A: Aggregate> PartitionWriter<A> {
         &mut self,
         commands: &[Command<A::Command>],
     ) -> Vec<Option<Reply<A>>> {
-        let plans = self.core.plan(commands, Utc::now());
+        // Each command's hop: `decide` continues the command's trace, `append` (until the
+        // transaction is over) is the parent its events name.
+        let decides: Vec<tracing::Span> = commands
+            .iter()
+            .map(|command| {
+                let span = tracing::trace_span!(target: trace::TARGET, "decide", aggregate = %command.payload.aggregate_id());
+                trace::set_parent(&span, &command.meta.traceparent);
+                span
+            })
+            .collect();
+        let mut plans = self.core.plan(commands, Utc::now());
+        let appends: Vec<tracing::Span> = decides
+            .iter()
+            .map(|decide| tracing::trace_span!(target: trace::TARGET, parent: decide, "append", partition = self.core.partition))
+            .collect();
+        drop(decides);
         let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
         let mut records: Vec<(usize, bool, OutgoingRecord)> = Vec::new();
-        for (i, plan) in plans.iter().enumerate() {
+        for (i, plan) in plans.iter_mut().enumerate() {
             match plan {
                 Plan::Append(events) if events.is_empty() => {
                     results[i] = Some(Ok(self.core.unchanged(&commands[i].payload.aggregate_id())));
                 }
                 Plan::Append(events) => {
-                    for event in events {
+                    for event in events.iter_mut() {
+                        event.meta.traceparent =
+                            trace::traceparent_of(&appends[i], &commands[i].meta.traceparent);
                         let document = event.to_document();
                         records.push((
                             i,

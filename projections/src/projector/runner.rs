@@ -272,6 +272,24 @@ impl<M: ReadModel> Projector<M> {
                 .get(&(topic.to_owned(), partition))
                 .is_none_or(|next| offset >= *next)
         });
+        // Each event's hop into this read model, while the batch is written.
+        let _projects: Vec<tracing::Span> = records
+            .iter()
+            .filter_map(|record| match record {
+                Record::Decoded { document, .. } => {
+                    let span = tracing::trace_span!(
+                        target: event_store::trace::TARGET,
+                        "project",
+                        read_model = M::NAME,
+                        event = %document.event_type,
+                        aggregate = %document.subject,
+                    );
+                    event_store::trace::set_parent(&span, &document.traceparent);
+                    Some(span)
+                }
+                _ => None,
+            })
+            .collect();
         let keys: Vec<String> = records
             .iter()
             .filter_map(key_of::<M>)
