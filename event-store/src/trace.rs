@@ -27,19 +27,37 @@ pub fn set_parent(span: &tracing::Span, parent: &TraceParent) {
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(context));
 }
 
+/// Makes `parent` (a span of another hop, still open or not) the parent of `span`.
+pub fn set_parent_span(span: &tracing::Span, parent: &tracing::Span) {
+    if span.is_disabled() || parent.is_disabled() {
+        return;
+    }
+    let _ = span.set_parent(parent.context());
+}
+
 /// The `traceparent` naming `span` as parent, for what it sends on; when spans are not
 /// exported, a new span id in `fallback`'s trace.
 pub fn traceparent_of(span: &tracing::Span, fallback: &TraceParent) -> TraceParent {
-    if !span.is_disabled() {
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if span_context.is_valid() {
-            return TraceParent::from_parts(
-                u128::from_be_bytes(span_context.trace_id().to_bytes()),
-                u64::from_be_bytes(span_context.span_id().to_bytes()),
-                span_context.trace_flags().to_u8(),
-            );
-        }
+    exported(span).unwrap_or_else(|| fallback.child())
+}
+
+/// The `traceparent` naming `span`, when it is exported.
+pub fn exported(span: &tracing::Span) -> Option<TraceParent> {
+    if span.is_disabled() {
+        return None;
     }
-    fallback.child()
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        TraceParent::from_parts(
+            u128::from_be_bytes(span_context.trace_id().to_bytes()),
+            u64::from_be_bytes(span_context.span_id().to_bytes()),
+            span_context.trace_flags().to_u8(),
+        )
+    })
+}
+
+/// Whether spans of [`TARGET`] are made at all (an exporter is installed).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::TRACE)
 }

@@ -251,6 +251,14 @@ impl Dispatcher {
         if let Some(parent) = &step.traceparent {
             trace::set_parent(&span, parent);
         }
+        // What the step causes (its command, its provider call, the steps the saga takes
+        // on its outcome) continues from this span.
+        let step = Claimed {
+            traceparent: step
+                .traceparent
+                .map(|t| trace::exported(&span).unwrap_or(t)),
+            ..step
+        };
         let outcome = self.outcome_of(&step).instrument(span).await;
         self.metrics
             .observe_step(step.step, outcome_label(&outcome));

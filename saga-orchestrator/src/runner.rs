@@ -301,7 +301,7 @@ impl Runner {
             );
             event_store::trace::set_parent(&span, &traceparent);
             // The steps it issues continue from this span.
-            let traceparent = event_store::trace::traceparent_of(&span, &traceparent);
+            let traceparent = event_store::trace::exported(&span).unwrap_or(traceparent);
             let saga = sagas.get(&order_id);
             if let (Input::PaymentAuthorized { user_active }, Some(saga)) = (&mut input, saga) {
                 *user_active = !deactivated.contains(&saga.user_id);

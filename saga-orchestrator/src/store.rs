@@ -185,7 +185,7 @@ async fn enqueue(conn: &mut PgConnection, instructions: &[Issued]) -> Result<(),
          SELECT i, o, c, s, a::jsonb, k,
                 COALESCE(t, (SELECT e.traceparent FROM saga.outbox e
                              WHERE e.order_id = o AND e.traceparent IS NOT NULL
-                             ORDER BY e.created_at LIMIT 1))
+                             ORDER BY e.created_at, e.command_id LIMIT 1))
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::uuid[],
                      $7::text[])
            AS x(i, o, c, s, a, k, t)

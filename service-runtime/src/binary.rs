@@ -31,10 +31,18 @@ where
         }
     };
     let settings = infrastructure(&config);
-    let export = settings
+    let export = match settings
         .traces
         .as_deref()
-        .map(|endpoint| Export::start(name, endpoint));
+        .map(|endpoint| Export::start(name, endpoint))
+        .transpose()
+    {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("{name}: configuration error: OTEL_EXPORTER_OTLP_ENDPOINT: {e}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init(&settings.log_filter, export.as_ref());
     let outcome = match build(config).await {
         Ok(service) => service.run_until(terminate_signal()).await,

@@ -275,7 +275,7 @@ mod tests {
         for (value, expected) in [
             ("", None),
             ("  ", None),
-            ("http://127.0.0.1:4318", Some("http://127.0.0.1:4318")),
+            ("http://127.0.0.1:4318", Some("http://127.0.0.1:4318/")),
             (
                 "https://collector.example:4318/",
                 Some("https://collector.example:4318/"),
@@ -453,5 +453,5 @@ fn otlp_endpoint(env: &Env) -> Result<Option<String>, SettingError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("must have no query or fragment"));
     }
-    Ok(Some(value.to_owned()))
+    Ok(Some(url.to_string()))
 }

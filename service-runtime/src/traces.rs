@@ -40,23 +40,46 @@ pub struct Export {
 }
 
 impl Export {
-    /// Starts exporting as `service` to `endpoint` (a validated http(s) URL).
-    pub fn start(service: &str, endpoint: &str) -> Self {
+    /// Starts exporting as `service` to `endpoint` (a validated http(s) URL); an exporter
+    /// that cannot be made for it is an error.
+    pub fn start(service: &str, endpoint: &str) -> Result<Self, String> {
         let (queue, spans) = mpsc::sync_channel(QUEUE);
+        let (built, ready) = mpsc::sync_channel(1);
         let resource = Resource::builder()
             .with_service_name(service.to_owned())
             .build();
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let exporter_resource = resource.clone();
+        // The exporter's blocking HTTP client is made, used and dropped on this thread,
+        // never on an async runtime's.
         std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || export_loop(&url, &exporter_resource, &spans))
-            .expect("a thread for the span export");
+            .spawn(move || {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(&url)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .build();
+                match exporter {
+                    Ok(mut exporter) => {
+                        let _ = built.send(Ok(()));
+                        exporter.set_resource(&exporter_resource);
+                        export_loop(&exporter, &spans);
+                    }
+                    Err(e) => {
+                        let _ = built.send(Err(format!("cannot export spans to {url}: {e}")));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the span export: {e}"))?;
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "the span exporter did not start within 10 s".to_owned())??;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BoundedExport { queue })
             .with_resource(resource)
             .build();
-        Self { provider }
+        Ok(Self { provider })
     }
 
     /// The `tracing` layer that turns spans into exported ones.
@@ -117,22 +140,7 @@ impl SpanProcessor for BoundedExport {
 }
 
 /// The export thread: batches of up to [`BATCH`] spans, at least every [`EVERY`].
-fn export_loop(url: &str, resource: &Resource, spans: &Receiver<Message>) {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_endpoint(url)
-        .with_timeout(EXPORT_TIMEOUT)
-        .build();
-    let mut exporter = match exporter {
-        Ok(exporter) => Some(exporter),
-        Err(e) => {
-            tracing::warn!(error = %e, url, "cannot export spans; they are dropped");
-            None
-        }
-    };
-    if let Some(exporter) = exporter.as_mut() {
-        exporter.set_resource(resource);
-    }
+fn export_loop(exporter: &opentelemetry_otlp::SpanExporter, spans: &Receiver<Message>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut due = Instant::now() + EVERY;
     loop {
@@ -145,32 +153,29 @@ fn export_loop(url: &str, resource: &Resource, spans: &Receiver<Message>) {
                 }
             }
             Ok(Message::Flush(done)) => {
-                export(exporter.as_ref(), &mut batch);
+                export(exporter, &mut batch);
                 let _ = done.send(());
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                export(exporter.as_ref(), &mut batch);
+                export(exporter, &mut batch);
                 return;
             }
         }
-        export(exporter.as_ref(), &mut batch);
+        export(exporter, &mut batch);
         due = Instant::now() + EVERY;
     }
 }
 
-fn export(exporter: Option<&opentelemetry_otlp::SpanExporter>, batch: &mut Vec<SpanData>) {
+fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
     if batch.is_empty() {
         return;
     }
     let spans = std::mem::take(batch);
     let count = spans.len() as u64;
-    let Some(exporter) = exporter else {
-        SPANS_DROPPED.inc_by(count);
-        return;
-    };
-    // One retry: a collector may close an idle connection just as it is reused.
+    // One retry: a collector may close an idle connection just as it is reused. A batch
+    // whose first answer was lost may so arrive twice (spans keep their ids).
     if block_on(exporter.export(spans.clone())).is_err()
         && let Err(e) = block_on(exporter.export(spans))
     {
@@ -211,7 +216,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let export = Export::start("test", &format!("http://127.0.0.1:{port}"));
+        let export = Export::start("test", &format!("http://127.0.0.1:{port}")).expect("started");
         let tracer = export.provider.tracer("test");
         let before = SPANS_DROPPED.get();
         let started = Instant::now();

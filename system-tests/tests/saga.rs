@@ -527,6 +527,19 @@ async fn the_trace_of_the_request_that_placed_an_order_runs_through_its_saga_to_
         hooks.iter().all(|h| trace_id(&h.traceparent) == trace),
         "{hooks:?}"
     );
+    // The outbox keeps each step's trace, for a step carried out after a restart.
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT traceparent FROM saga.outbox WHERE order_id = $1")
+            .bind(order.as_uuid())
+            .fetch_all(&shop.env.pool().await)
+            .await?;
+    assert!(stored.len() >= 3, "{stored:?}");
+    assert!(
+        stored
+            .iter()
+            .all(|t| t.as_deref().map(trace_id) == Some(trace)),
+        "{stored:?}"
+    );
     shop.stop().await
 }
 

@@ -456,7 +456,12 @@ impl<A: Aggregate> PartitionWriter<A> {
         let mut plans = self.core.plan(commands, Utc::now());
         let appends: Vec<tracing::Span> = decides
             .iter()
-            .map(|decide| tracing::trace_span!(target: trace::TARGET, parent: decide, "append", partition = self.core.partition))
+            .map(|decide| {
+                // A child by context only: `decide` ends here, `append` with the transaction.
+                let span = tracing::trace_span!(target: trace::TARGET, parent: None, "append", partition = self.core.partition);
+                trace::set_parent_span(&span, decide);
+                span
+            })
             .collect();
         drop(decides);
         let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
@@ -467,9 +472,11 @@ impl<A: Aggregate> PartitionWriter<A> {
                     results[i] = Some(Ok(self.core.unchanged(&commands[i].payload.aggregate_id())));
                 }
                 Plan::Append(events) => {
+                    let append = trace::exported(&appends[i]);
                     for event in events.iter_mut() {
-                        event.meta.traceparent =
-                            trace::traceparent_of(&appends[i], &commands[i].meta.traceparent);
+                        if let Some(append) = append {
+                            event.meta.traceparent = append;
+                        }
                         let document = event.to_document();
                         records.push((
                             i,

@@ -275,6 +275,7 @@ impl<M: ReadModel> Projector<M> {
         // Each event's hop into this read model, while the batch is written.
         let _projects: Vec<tracing::Span> = records
             .iter()
+            .filter(|_| event_store::trace::enabled())
             .filter_map(|record| match record {
                 Record::Decoded { document, .. } => {
                     let span = tracing::trace_span!(
