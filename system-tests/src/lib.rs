@@ -340,3 +340,37 @@ pub fn postgres_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let host_port = authority.rsplit('@').next().context("a host")?;
     Ok(host_port.parse()?)
 }
+
+/// Every event committed to the event topics of `env` when called, with the record that
+/// carried it (headers, position).
+pub async fn events_in_log(
+    env: &TestEnv,
+) -> anyhow::Result<Vec<(event_store::scan::ScannedRecord, schemas::EventDocument)>> {
+    let settings = KafkaSettings::new(&env.brokers);
+    let topics = TopicNames::new(&env.topic_prefix);
+    let mut events = Vec::new();
+    for service in schemas::catalog::SERVICES {
+        let topic = topics.events(service);
+        let ranges = event_store::scan::settled_ends(&settings, &topic)
+            .await?
+            .into_iter()
+            .map(|(p, end)| {
+                let range = event_store::scan::Range {
+                    from: 0,
+                    to: Some(end),
+                };
+                (p, range)
+            })
+            .collect();
+        let mut scan = event_store::scan::LogScan::open(&settings, &topic, &ranges)?;
+        while !scan.is_done() {
+            for record in scan.next_batch(1_000, Duration::from_secs(1)).await? {
+                let document = schemas::EventDocument::from_json(
+                    record.payload.as_deref().unwrap_or_default(),
+                )?;
+                events.push((record, document));
+            }
+        }
+    }
+    Ok(events)
+}

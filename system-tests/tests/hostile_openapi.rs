@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use event_store::{KafkaSettings, TopicNames};
 use serde_json::{Value, json};
 use system_tests::{create_topics, service_env, start_services};
 use test_support::TestEnv;
@@ -227,38 +226,11 @@ fn cases(document: &Value, path: &str, method: &str, operation: &Value) -> Vec<C
 
 /// Every correlation id in the event topics.
 async fn correlations_in_log(env: &TestEnv) -> anyhow::Result<HashSet<String>> {
-    let settings = KafkaSettings::new(&env.brokers);
-    let topics = TopicNames::new(&env.topic_prefix);
-    let mut seen = HashSet::new();
-    for service in schemas::catalog::SERVICES {
-        let topic = topics.events(service);
-        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
-        let ranges = ends
-            .into_iter()
-            .map(|(p, end)| {
-                (
-                    p,
-                    event_store::scan::Range {
-                        from: 0,
-                        to: Some(end),
-                    },
-                )
-            })
-            .collect();
-        let mut scan = event_store::scan::LogScan::open(&settings, &topic, &ranges)?;
-        while !scan.is_done() {
-            for record in scan
-                .next_batch(1_000, std::time::Duration::from_secs(1))
-                .await?
-            {
-                let document = schemas::EventDocument::from_json(
-                    record.payload.as_deref().unwrap_or_default(),
-                )?;
-                seen.insert(document.correlationid.to_string());
-            }
-        }
-    }
-    Ok(seen)
+    Ok(system_tests::events_in_log(env)
+        .await?
+        .into_iter()
+        .map(|(_, document)| document.correlationid.to_string())
+        .collect())
 }
 
 #[tokio::test]

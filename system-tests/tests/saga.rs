@@ -414,41 +414,19 @@ async fn traced_events(
     env: &TestEnv,
     correlation: &str,
 ) -> anyhow::Result<Vec<(String, String, String)>> {
-    let settings = event_store::KafkaSettings::new(&env.brokers);
-    let topics = event_store::TopicNames::new(&env.topic_prefix);
-    let mut events = Vec::new();
-    for service in schemas::catalog::SERVICES {
-        let topic = topics.events(service);
-        let ends = event_store::scan::settled_ends(&settings, &topic).await?;
-        let ranges = ends
-            .into_iter()
-            .map(|(p, end)| {
-                (
-                    p,
-                    event_store::scan::Range {
-                        from: 0,
-                        to: Some(end),
-                    },
-                )
-            })
-            .collect();
-        let mut scan = event_store::scan::LogScan::open(&settings, &topic, &ranges)?;
-        while !scan.is_done() {
-            for record in scan.next_batch(1_000, Duration::from_secs(1)).await? {
-                let document = schemas::EventDocument::from_json(
-                    record.payload.as_deref().unwrap_or_default(),
-                )?;
-                if document.correlationid.to_string() == correlation {
-                    events.push((
-                        document.event_type.clone(),
-                        record.header("traceparent").unwrap_or_default().to_owned(),
-                        document.traceparent.to_string(),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(events)
+    Ok(system_tests::events_in_log(env)
+        .await?
+        .into_iter()
+        .filter(|(_, document)| document.correlationid.to_string() == correlation)
+        .map(|(record, document)| {
+            let header = record.header("traceparent").unwrap_or_default().to_owned();
+            (
+                document.event_type,
+                header,
+                document.traceparent.to_string(),
+            )
+        })
+        .collect())
 }
 
 /// The W3C trace id of a `traceparent` (its second field).
