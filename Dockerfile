@@ -9,10 +9,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked \
-      -p command-api -p projections -p saga-orchestrator -p shopctl \
+      -p command-api -p projections -p saga-orchestrator -p web-console -p shopctl \
  && mkdir /out \
  && cp target/release/command-api target/release/projections \
-       target/release/saga-orchestrator target/release/shopctl /out/
+       target/release/saga-orchestrator target/release/web-console target/release/shopctl /out/
 
 # Stage 2: a slim runtime with curl for health checks, running as an unprivileged user.
 FROM debian:bookworm-slim AS runtime

@@ -97,6 +97,29 @@ ensure_node_tools() {
       die "npm ci failed"
     printf '%s' "$want" >"$stamp"
   fi
+  build_console_page
+}
+
+# The console's page (web-console/web, TypeScript): type-checked by tsc and bundled by
+# Vite into its dist/, which the gateway serves at /console/. Built again when a source
+# file changed (a hash of them is kept beside the output).
+build_console_page() {
+  local web="$ROOT/web-console/web" want
+  want=$(cd "$web" && find index.html vite.config.ts tsconfig.json src -type f -print0 | sort -z |
+    xargs -0 sha256sum | sha256sum)
+  [ "$(cat "$web/dist/.sources" 2>/dev/null)" = "$want" ] && return 0
+  log "building the console's page (tsc, vite)"
+  mkdir -p "$ROOT/.local"
+  (cd "$ROOT" && npm run --silent console:build >"$ROOT/.local/console-build.log" 2>&1) || {
+    tail -20 "$ROOT/.local/console-build.log" >&2
+    die "the console's page did not build"
+  }
+  printf '%s' "$want" >"$web/dist/.sources"
+}
+
+# The folder of the built console page.
+console_page_dir() {
+  printf '%s' "$ROOT/web-console/web/dist"
 }
 
 # The folder of swagger-ui-dist's files that the gateway serves under /docs/swagger-ui/.

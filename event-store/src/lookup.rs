@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 
 use crate::client::{KafkaSettings, seek_to};
 use crate::error::EventStoreError;
+use crate::scan::ScannedRecord;
 
 /// Past how many unwanted records the reader jumps instead of reading through them.
 const SKIP_AHEAD: i64 = 256;
@@ -17,12 +18,28 @@ const SKIP_AHEAD: i64 = 256;
 /// A record's value, by its place in the log.
 pub type Found = BTreeMap<(String, i32, i64), Vec<u8>>;
 
-/// Reads the records at `positions` (topic, partition, offset). Every position must exist:
-/// a missing record (deleted by retention, or a wrong index) is an error, not a gap.
+/// Records by their place in the log.
+pub type FoundRecords = BTreeMap<(String, i32, i64), ScannedRecord>;
+
+/// Reads the values of the records at `positions` (topic, partition, offset). Every
+/// position must exist: a missing record (deleted by retention, or a wrong index) is an
+/// error, not a gap.
 pub async fn read_at(
     settings: &KafkaSettings,
     positions: &[(String, i32, i64)],
 ) -> Result<Found, EventStoreError> {
+    Ok(records_at(settings, positions)
+        .await?
+        .into_iter()
+        .map(|(place, record)| (place, record.payload.unwrap_or_default()))
+        .collect())
+}
+
+/// [`read_at`], with each record's key, headers and timestamp.
+pub async fn records_at(
+    settings: &KafkaSettings,
+    positions: &[(String, i32, i64)],
+) -> Result<FoundRecords, EventStoreError> {
     let mut by_partition: BTreeMap<(&str, i32), Vec<i64>> = BTreeMap::new();
     for (topic, partition, offset) in positions {
         by_partition
@@ -30,7 +47,7 @@ pub async fn read_at(
             .or_default()
             .push(*offset);
     }
-    let mut found = Found::new();
+    let mut found = FoundRecords::new();
     for ((topic, partition), mut offsets) in by_partition {
         offsets.sort_unstable();
         offsets.dedup();
@@ -44,7 +61,7 @@ async fn read_partition(
     topic: &str,
     partition: i32,
     offsets: &[i64],
-    found: &mut Found,
+    found: &mut FoundRecords,
 ) -> Result<(), EventStoreError> {
     let Some(&first) = offsets.first() else {
         return Ok(());
@@ -73,7 +90,7 @@ async fn read_partition(
         }
         found.insert(
             (topic.to_owned(), partition, offset),
-            message.payload().unwrap_or_default().to_vec(),
+            ScannedRecord::of(&message),
         );
         wanted.next();
         if let Some(&after) = wanted.peek()

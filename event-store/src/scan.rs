@@ -35,6 +35,22 @@ pub struct ScannedRecord {
 }
 
 impl ScannedRecord {
+    /// An owned copy of a record the broker handed out.
+    pub fn of(message: &impl Message) -> Self {
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: header_pairs(message),
+        }
+    }
+
     /// The key as text (ours are aggregate ids).
     pub fn key_text(&self) -> Option<String> {
         self.key
@@ -174,18 +190,7 @@ impl LogScan {
                 self.open.remove(&partition);
                 continue;
             }
-            batch.push(ScannedRecord {
-                topic: self.topic.clone(),
-                partition,
-                offset,
-                timestamp: message
-                    .timestamp()
-                    .to_millis()
-                    .and_then(DateTime::from_timestamp_millis),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers: header_pairs(&message),
-            });
+            batch.push(ScannedRecord::of(&message));
             if end.is_some_and(|end| offset + 1 >= end) {
                 self.open.remove(&partition);
             }

@@ -21,6 +21,7 @@ use saga_orchestrator::runner::Runner;
 use schemas::catalog::SERVICES;
 use serde::Serialize;
 use serde_json::json;
+use service_runtime::Infrastructure;
 use sqlx::PgPool;
 
 use crate::connect;
@@ -51,14 +52,31 @@ pub struct PartitionLag {
 
 pub async fn run(json: bool) -> anyhow::Result<()> {
     let infra = connect::infrastructure()?;
+    // The broker first: when both are down, it is the one named.
     let known = connect::topic_partitions(&infra).await?;
     let pool = connect::postgres(&infra, 2).await?;
-    let mut ends = Ends::new(&infra.kafka, &known);
+    print(&readers_of(&infra, &pool, &known).await?, json);
+    Ok(())
+}
+
+/// The lag of every reader: each read model, the saga orchestrator, each service's writers.
+pub async fn readers(infra: &Infrastructure, pool: &PgPool) -> anyhow::Result<Vec<ReaderLag>> {
+    let known = connect::topic_partitions(infra).await?;
+    readers_of(infra, pool, &known).await
+}
+
+/// [`readers`] over the topics `known` to the broker (name -> partitions).
+async fn readers_of(
+    infra: &Infrastructure,
+    pool: &PgPool,
+    known: &BTreeMap<String, i32>,
+) -> anyhow::Result<Vec<ReaderLag>> {
+    let mut ends = Ends::new(&infra.kafka, known);
     let mut lags = Vec::new();
     for model in READ_MODELS {
         let services = services_read_by(model).unwrap_or_default();
         let schema = Schema::live(model);
-        let positions = stored_positions(&pool, &schema).await?;
+        let positions = stored_positions(pool, &schema).await?;
         let topics: Vec<String> = services.iter().map(|s| infra.topics.events(s)).collect();
         lags.push(
             lag_of(
@@ -76,7 +94,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|s| infra.topics.events(s))
         .collect();
-    let positions = stored_positions(&pool, &saga_schema).await?;
+    let positions = stored_positions(pool, &saga_schema).await?;
     lags.push(
         lag_of(
             "saga orchestrator".into(),
@@ -90,8 +108,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
     for service in SERVICES {
         lags.push(writers_lag(&infra.kafka, &infra.topics, service, &mut ends).await?);
     }
-    print(&lags, json);
-    Ok(())
+    Ok(lags)
 }
 
 fn print(lags: &[ReaderLag], json: bool) {

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 use event_store::admin::Created;
+use serde::Serialize;
 use serde_json::json;
 use service_runtime::Infrastructure;
 use service_runtime::settings::{Env, Setting};
@@ -67,15 +68,47 @@ fn print_created(created: &[Created], json: bool) {
     }
 }
 
+/// A topic of the shop as the broker describes it; `None`s when it does not exist.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopicView {
+    pub topic: String,
+    pub exists: bool,
+    pub partitions: Option<i32>,
+    pub cleanup_policy: Option<String>,
+    pub retention_ms: Option<String>,
+}
+
+/// Every topic the services use, as the broker describes it.
+pub async fn describe(
+    admin: &event_store::TopicAdmin,
+    specs: &[event_store::TopicSpec],
+) -> anyhow::Result<Vec<TopicView>> {
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let observed = admin.describe(&names).await?;
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let found = observed.get(&name);
+            let config = |key: &str| found.and_then(|t| t.configs.get(key).cloned());
+            TopicView {
+                exists: found.is_some(),
+                partitions: found.map(|t| t.partitions),
+                cleanup_policy: config("cleanup.policy"),
+                retention_ms: config("retention.ms"),
+                topic: name,
+            }
+        })
+        .collect())
+}
+
 async fn list(
     admin: &event_store::TopicAdmin,
     specs: &[event_store::TopicSpec],
     json: bool,
 ) -> anyhow::Result<()> {
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let observed = admin.describe(&names).await?;
-    for name in &names {
-        let Some(topic) = observed.get(name) else {
+    for topic in describe(admin, specs).await? {
+        let name = &topic.topic;
+        let Some(partitions) = topic.partitions else {
             if json {
                 println!("{}", json!({ "topic": name, "exists": false }));
             } else {
@@ -83,24 +116,22 @@ async fn list(
             }
             continue;
         };
-        let config = |key: &str| topic.configs.get(key).map_or("?", String::as_str);
+        let cleanup = topic.cleanup_policy.as_deref().unwrap_or("?");
+        let retention = topic.retention_ms.as_deref().unwrap_or("?");
         if json {
             println!(
                 "{}",
                 json!({
                     "topic": name,
                     "exists": true,
-                    "partitions": topic.partitions,
-                    "cleanup.policy": config("cleanup.policy"),
-                    "retention.ms": config("retention.ms"),
+                    "partitions": partitions,
+                    "cleanup.policy": cleanup,
+                    "retention.ms": retention,
                 })
             );
         } else {
             println!(
-                "{name:<32} partitions={:<3} cleanup.policy={:<7} retention.ms={}",
-                topic.partitions,
-                config("cleanup.policy"),
-                config("retention.ms")
+                "{name:<32} partitions={partitions:<3} cleanup.policy={cleanup:<7} retention.ms={retention}"
             );
         }
     }

@@ -66,6 +66,7 @@ pub fn service_env_with(
         ("OPERATOR_API_KEYS", OPERATOR_KEY),
         ("PROJECTIONS_ADDR", "127.0.0.1:0"),
         ("SAGA_ORCHESTRATOR_ADDR", "127.0.0.1:0"),
+        ("CONSOLE_ADDR", "127.0.0.1:0"),
     ];
     Env::from_pairs(base.into_iter().chain(extra.iter().copied()))
 }
@@ -152,6 +153,12 @@ pub async fn start_services(env: &Env) -> anyhow::Result<Vec<RunningService>> {
     ])
 }
 
+/// The console's API, built from `env` and running.
+pub async fn start_console(env: &Env) -> anyhow::Result<RunningService> {
+    let console = web_console::build(web_console::Config::from_env(env)?).await?;
+    Ok(RunningService::start(web_console::NAME, console))
+}
+
 /// The real nginx gateway, configured from the repository's templates, in front of the
 /// given upstream addresses. Stopped when dropped.
 #[derive(Debug)]
@@ -162,10 +169,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The gateway in front of the three APIs; its console's API is not there (503).
     pub async fn start(
         command_api: SocketAddr,
         projections: SocketAddr,
         saga_orchestrator: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 1));
+        Self::start_with_console(command_api, projections, saga_orchestrator, nowhere).await
+    }
+
+    /// The gateway in front of the three APIs and the console's, serving the console's
+    /// page as `./dev` built it (web-console/web/dist).
+    pub async fn start_with_console(
+        command_api: SocketAddr,
+        projections: SocketAddr,
+        saga_orchestrator: SocketAddr,
+        console: SocketAddr,
     ) -> anyhow::Result<Self> {
         let nginx = std::env::var("SHOP_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
         let dir = tempfile::tempdir()?;
@@ -185,11 +205,16 @@ impl Gateway {
             ("COMMAND_API_UPSTREAM", command_api.to_string()),
             ("PROJECTIONS_UPSTREAM", projections.to_string()),
             ("SAGA_ORCHESTRATOR_UPSTREAM", saga_orchestrator.to_string()),
+            ("WEB_CONSOLE_UPSTREAM", console.to_string()),
             // Copies: nginx's workers may run as another user than the checkout's.
             ("GATEWAY_DOCS", root.display().to_string()),
             (
                 "GATEWAY_SWAGGER_UI",
                 root.join("swagger-ui").display().to_string(),
+            ),
+            (
+                "GATEWAY_CONSOLE",
+                root.join("console").display().to_string(),
             ),
         ];
         let swagger_ui = repo_root().join("node_modules/swagger-ui-dist");
@@ -212,6 +237,7 @@ impl Gateway {
             let name = format!("docs/{}", page.file_name().to_string_lossy());
             copies.push((page.path(), name));
         }
+        copies.extend(console_page()?);
         for (from, to) in copies {
             let to = root.join(to);
             if let Some(folder) = to.parent() {
@@ -256,6 +282,29 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// The files of the console's page as `./dev` builds it, each with its place under
+/// `console/`; none when it was not built (the page then answers 404).
+fn console_page() -> anyhow::Result<Vec<(std::path::PathBuf, String)>> {
+    let dist = repo_root().join("web-console/web/dist");
+    let mut files = Vec::new();
+    let mut folders = vec![(dist.clone(), "console".to_owned())];
+    while let Some((folder, name)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let named = format!("{name}/{}", entry.file_name().to_string_lossy());
+            if entry.file_type()?.is_dir() {
+                folders.push((entry.path(), named));
+            } else {
+                files.push((entry.path(), named));
+            }
+        }
+    }
+    Ok(files)
 }
 
 impl Drop for Gateway {

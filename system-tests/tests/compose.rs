@@ -104,7 +104,8 @@ fn every_part_of_the_system_is_there() -> anyhow::Result<()> {
         "command-api",
         "projections",
         "saga-orchestrator",
-        "docs-assets",
+        "web-console",
+        "web-assets",
         "gateway",
         "kafka-ui",
     ] {
@@ -140,10 +141,11 @@ fn every_part_of_the_system_is_there() -> anyhow::Result<()> {
 #[test]
 fn each_service_gets_exactly_the_variables_it_reads() -> anyhow::Result<()> {
     let compose = Compose::load()?;
-    let services: [(&str, Vec<Setting>); 3] = [
+    let services: [(&str, Vec<Setting>); 4] = [
         ("command-api", command_api::config::settings()),
         ("projections", projections::config::settings()),
         ("saga-orchestrator", saga_orchestrator::config::settings()),
+        ("web-console", web_console::config::settings()),
     ];
     for (name, settings) in services {
         let env = compose.environment(name)?;
@@ -162,6 +164,7 @@ fn each_service_gets_exactly_the_variables_it_reads() -> anyhow::Result<()> {
     command_api::Config::from_env(&as_env(&compose.environment("command-api")?))?;
     projections::Config::from_env(&as_env(&compose.environment("projections")?))?;
     saga_orchestrator::Config::from_env(&as_env(&compose.environment("saga-orchestrator")?))?;
+    web_console::Config::from_env(&as_env(&compose.environment("web-console")?))?;
 
     // shopctl creates the topics the services will check: same broker, prefix, partitions.
     let topics = compose.environment("topics")?;
@@ -188,6 +191,7 @@ fn ports_and_addresses_agree() -> anyhow::Result<()> {
             "SAGA_ORCHESTRATOR_ADDR",
             "SAGA_ORCHESTRATOR_UPSTREAM",
         ),
+        ("web-console", "CONSOLE_ADDR", "WEB_CONSOLE_UPSTREAM"),
     ] {
         let env = compose.environment(name)?;
         let addr: std::net::SocketAddr = env[addr_var].parse()?;
@@ -265,11 +269,12 @@ fn the_gateway_template_is_fully_configured() -> anyhow::Result<()> {
             "./gateway/shop.conf.template:/etc/nginx/templates/default.conf.template:ro",
             "./gateway/openapi.json:/etc/nginx/shop-docs/openapi.json:ro",
             "./gateway/docs:/etc/nginx/shop-docs/docs:ro",
-            "swagger-ui:/etc/nginx/swagger-ui:ro"
+            "swagger-ui:/etc/nginx/swagger-ui:ro",
+            "console-page:/etc/nginx/console:ro"
         ]
     );
     // The folders the placeholders name are the ones mounted: the documents and the page,
-    // and the Swagger UI files the docs-assets service copies from npm's package.
+    // the Swagger UI files and the console's page that the web-assets service copies.
     assert_eq!(
         compose.environment("gateway")?["GATEWAY_DOCS"],
         "/etc/nginx/shop-docs"
@@ -278,11 +283,13 @@ fn the_gateway_template_is_fully_configured() -> anyhow::Result<()> {
         compose.environment("gateway")?["GATEWAY_SWAGGER_UI"],
         "/etc/nginx/swagger-ui"
     );
-    assert!(
-        compose
-            .strings("docs-assets", "volumes")
-            .contains(&"swagger-ui:/swagger-ui".to_owned())
+    assert_eq!(
+        compose.environment("gateway")?["GATEWAY_CONSOLE"],
+        "/etc/nginx/console"
     );
+    let assets = compose.strings("web-assets", "volumes");
+    assert!(assets.contains(&"swagger-ui:/swagger-ui".to_owned()));
+    assert!(assets.contains(&"console-page:/console".to_owned()));
     Ok(())
 }
 
@@ -292,7 +299,13 @@ fn the_dockerfile_builds_every_binary_compose_runs() -> anyhow::Result<()> {
     let compose = Compose::load()?;
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile"))?;
     assert!(dockerfile.contains(" AS build") && dockerfile.contains(" AS runtime"));
-    for name in ["topics", "command-api", "projections", "saga-orchestrator"] {
+    for name in [
+        "topics",
+        "command-api",
+        "projections",
+        "saga-orchestrator",
+        "web-console",
+    ] {
         assert_eq!(
             compose.service(name)?["build"]["target"].as_str(),
             Some("runtime")

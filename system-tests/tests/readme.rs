@@ -14,6 +14,7 @@ fn the_configuration_table_lists_every_variable_with_its_default() {
         command_api::config::settings(),
         projections::config::settings(),
         saga_orchestrator::config::settings(),
+        web_console::config::settings(),
     ]
     .concat();
     for setting in settings {

@@ -12,6 +12,7 @@ use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
 use projections::projector::Schema;
+use serde::Serialize;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, PgPool};
 use tree::{Elsewhere, EventFact, Node, SagaStep};
@@ -28,32 +29,47 @@ pub struct ExplainArgs {
 pub async fn run(args: ExplainArgs, json: bool) -> anyhow::Result<()> {
     let infra = connect::infrastructure()?;
     let pool = connect::postgres(&infra, 2).await?;
-    let events = events_of(&pool, args.correlation_id).await?;
-    let steps = steps_of(&pool, args.correlation_id).await?;
-    if events.is_empty() && steps.is_empty() {
+    let Some(explained) = explain(&pool, args.correlation_id).await? else {
         bail!(
             "nothing is indexed under correlation id {} (is the projections service running?)",
             args.correlation_id
         );
-    }
-    let elsewhere = causes_elsewhere(&pool, &events, &steps).await?;
-    let roots = tree::build(&events, &steps, &elsewhere);
+    };
     if json {
-        println!(
-            "{}",
-            json!({ "correlation_id": args.correlation_id, "events": events.len(),
-                    "saga_steps": steps.len(), "tree": roots })
-        );
+        println!("{}", json!(explained));
     } else {
         println!(
             "correlation {}: {} events, {} saga steps",
-            args.correlation_id,
-            events.len(),
-            steps.len()
+            explained.correlation_id, explained.events, explained.saga_steps
         );
-        print!("{}", render(&roots));
+        print!("{}", render(&explained.tree));
     }
     Ok(())
+}
+
+/// What one correlation id caused: how many events and saga steps, and their tree.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explained {
+    pub correlation_id: Uuid,
+    pub events: usize,
+    pub saga_steps: usize,
+    pub tree: Vec<Node>,
+}
+
+/// The tree of `correlation`, or `None` when nothing is indexed under it.
+pub async fn explain(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Option<Explained>> {
+    let events = events_of(pool, correlation).await?;
+    let steps = steps_of(pool, correlation).await?;
+    if events.is_empty() && steps.is_empty() {
+        return Ok(None);
+    }
+    let elsewhere = causes_elsewhere(pool, &events, &steps).await?;
+    Ok(Some(Explained {
+        correlation_id: correlation,
+        events: events.len(),
+        saga_steps: steps.len(),
+        tree: tree::build(&events, &steps, &elsewhere),
+    }))
 }
 
 /// The columns of an indexed event as [`fact`] reads them.
@@ -146,6 +162,21 @@ async fn causes_elsewhere(
 
 /// The saga's steps of this correlation; none when no saga ever ran here.
 async fn steps_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<SagaStep>> {
+    saga_steps(pool, "correlation_id", correlation).await
+}
+
+/// The steps the saga of `order` issued (its outbox), oldest first, with the ids of their
+/// commands; none when no saga ever ran.
+pub async fn steps_of_order(pool: &PgPool, order: Uuid) -> anyhow::Result<Vec<SagaStep>> {
+    saga_steps(pool, "order_id", order).await
+}
+
+/// The outbox's steps whose `column` (a name of ours, never input) is `id`.
+async fn saga_steps(
+    pool: &PgPool,
+    column: &'static str,
+    id: Uuid,
+) -> anyhow::Result<Vec<SagaStep>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.outbox') IS NOT NULL")
         .fetch_one(pool)
         .await?;
@@ -162,11 +193,11 @@ async fn steps_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<SagaSt
         i32,
         Option<String>,
     );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT command_id, order_id, step, causation_id, created_at, done_at, attempts, last_error
-         FROM saga.outbox WHERE correlation_id = $1 ORDER BY created_at",
-    )
-    .bind(correlation)
+         FROM saga.outbox WHERE {column} = $1 ORDER BY created_at, command_id"
+    )))
+    .bind(id)
     .fetch_all(pool)
     .await?;
     Ok(rows

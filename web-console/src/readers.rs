@@ -1,0 +1,113 @@
+//! The read side as operators watch it: every reader's lag beside the objective, the
+//! sagas counted by state, the causal tree of a correlation id, and who the key is.
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use projections::query::error::QueryError;
+use projections::query::params::path_id;
+use serde::Serialize;
+use service_runtime::api_keys::Principal;
+use shopctl::explain::Explained;
+use shopctl::explain::tree::SagaStep;
+use shopctl::lag::ReaderLag;
+
+use crate::Console;
+use crate::streams::bounded;
+
+/// What the page needs to know of its key.
+#[derive(Debug, Serialize)]
+pub struct Caller {
+    /// `client` or `operator`: only operators may press the actions.
+    pub role: &'static str,
+    /// The key's fingerprint, as the audit log names it.
+    pub fingerprint: String,
+}
+
+/// `GET /console/api/whoami`
+pub async fn whoami(Extension(caller): Extension<Principal>) -> Json<Caller> {
+    Json(Caller {
+        role: caller.role.as_str(),
+        fingerprint: caller.fingerprint,
+    })
+}
+
+/// Every reader's lag and the objective past which a read model is not ready.
+#[derive(Debug, Serialize)]
+pub struct Lag {
+    pub objective_seconds: f64,
+    pub readers: Vec<ReaderLag>,
+}
+
+/// `GET /console/api/readers`
+pub async fn lag(State(console): State<Console>) -> Result<Json<Lag>, QueryError> {
+    let readers = bounded(
+        "measuring the readers' lag",
+        shopctl::lag::readers(&console.infra, &console.pool),
+    )
+    .await?;
+    Ok(Json(Lag {
+        objective_seconds: console.lag_objective.as_secs_f64(),
+        readers,
+    }))
+}
+
+/// How many sagas are in each state (every state named, zeros included).
+#[derive(Debug, Serialize)]
+pub struct SagaCounts {
+    pub running: i64,
+    pub compensating: i64,
+    pub completed: i64,
+    pub compensated: i64,
+    pub failed: i64,
+}
+
+/// `GET /console/api/sagas/counts`
+pub async fn saga_counts(State(console): State<Console>) -> Result<Json<SagaCounts>, QueryError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.sagas') IS NOT NULL")
+        .fetch_one(&console.pool)
+        .await?;
+    let rows: Vec<(String, i64)> = if exists {
+        sqlx::query_as("SELECT state, count(*) FROM saga.sagas GROUP BY state")
+            .fetch_all(&console.pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let count = |state: &str| rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+    Ok(Json(SagaCounts {
+        running: count("running"),
+        compensating: count("compensating"),
+        completed: count("completed"),
+        compensated: count("compensated"),
+        failed: count("failed"),
+    }))
+}
+
+/// `GET /console/api/sagas/{order_id}/commands`: what the saga issued, with the ids of
+/// its commands, their attempts and last errors (from its outbox).
+pub async fn saga_commands(
+    State(console): State<Console>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Vec<SagaStep>>, QueryError> {
+    let order_id = path_id(&order_id)?;
+    let steps = shopctl::explain::steps_of_order(&console.pool, order_id)
+        .await
+        .map_err(|e| QueryError::Unavailable(format!("{e:#}")))?;
+    Ok(Json(steps))
+}
+
+/// `GET /console/api/explain/{correlation_id}`
+pub async fn explain(
+    State(console): State<Console>,
+    Path(correlation_id): Path<String>,
+) -> Result<Json<Explained>, QueryError> {
+    let correlation_id = path_id(&correlation_id)?;
+    let explained = shopctl::explain::explain(&console.pool, correlation_id)
+        .await
+        .map_err(|e| QueryError::Unavailable(format!("{e:#}")))?;
+    explained.map(Json).ok_or_else(|| {
+        QueryError::NotFound(format!(
+            "nothing is indexed under correlation id {correlation_id}"
+        ))
+    })
+}
