@@ -85,10 +85,9 @@ ensure_chromium() {
 # Install scripts are not run (none is needed; swagger-ui-dist's would send analytics).
 ensure_node_tools() {
   command -v npm >/dev/null || apt_install nodejs npm
-  local major
-  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
-  [ "$major" -ge 20 ] ||
-    die "Node.js $(node --version 2>/dev/null || echo '(none)') is too old: 20 or newer is needed (playwright-core)"
+  # Vite 7 needs 20.19 or newer (playwright-core 20).
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' 2>/dev/null ||
+    die "Node.js $(node --version 2>/dev/null || echo '(none)') is too old: 20.19 or newer is needed (Vite)"
   local stamp="$ROOT/node_modules/.installed-lock" want
   want=$(sha256sum <"$ROOT/package-lock.json")
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -102,19 +101,20 @@ ensure_node_tools() {
 
 # The console's page (web-console/web, TypeScript): type-checked by tsc and bundled by
 # Vite into its dist/, which the gateway serves at /console/. Built again when a source
-# file changed (a hash of them is kept beside the output).
+# file or the npm lock changed (their hash is kept in .local/, not among the served files).
 build_console_page() {
-  local web="$ROOT/web-console/web" want
-  want=$(cd "$web" && find index.html vite.config.ts tsconfig.json src -type f -print0 | sort -z |
-    xargs -0 sha256sum | sha256sum)
-  [ "$(cat "$web/dist/.sources" 2>/dev/null)" = "$want" ] && return 0
+  local web="$ROOT/web-console/web" stamp="$ROOT/.local/console-page.sources" want
+  want=$(cd "$ROOT" && find web-console/web/index.html web-console/web/vite.config.ts \
+    web-console/web/tsconfig.json web-console/web/src package-lock.json -type f -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum)
+  [ -f "$web/dist/index.html" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
   log "building the console's page (tsc, vite)"
   mkdir -p "$ROOT/.local"
   (cd "$ROOT" && npm run --silent console:build >"$ROOT/.local/console-build.log" 2>&1) || {
     tail -20 "$ROOT/.local/console-build.log" >&2
     die "the console's page did not build"
   }
-  printf '%s' "$want" >"$web/dist/.sources"
+  printf '%s' "$want" >"$stamp"
 }
 
 # The folder of the built console page.

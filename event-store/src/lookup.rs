@@ -40,6 +40,30 @@ pub async fn records_at(
     settings: &KafkaSettings,
     positions: &[(String, i32, i64)],
 ) -> Result<FoundRecords, EventStoreError> {
+    read_records(settings, positions, Missing::Fails).await
+}
+
+/// The records at `positions` that are there: one that is not (deleted by retention, an
+/// index ahead of a re-created topic) is left out instead of failing the others.
+pub async fn records_found(
+    settings: &KafkaSettings,
+    positions: &[(String, i32, i64)],
+) -> Result<FoundRecords, EventStoreError> {
+    read_records(settings, positions, Missing::LeftOut).await
+}
+
+/// What a position without a record means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Missing {
+    Fails,
+    LeftOut,
+}
+
+async fn read_records(
+    settings: &KafkaSettings,
+    positions: &[(String, i32, i64)],
+    missing: Missing,
+) -> Result<FoundRecords, EventStoreError> {
     let mut by_partition: BTreeMap<(&str, i32), Vec<i64>> = BTreeMap::new();
     for (topic, partition, offset) in positions {
         by_partition
@@ -51,7 +75,7 @@ pub async fn records_at(
     for ((topic, partition), mut offsets) in by_partition {
         offsets.sort_unstable();
         offsets.dedup();
-        read_partition(settings, topic, partition, &offsets, &mut found).await?;
+        read_partition(settings, topic, partition, &offsets, &mut found, missing).await?;
     }
     Ok(found)
 }
@@ -62,23 +86,29 @@ async fn read_partition(
     partition: i32,
     offsets: &[i64],
     found: &mut FoundRecords,
+    missing: Missing,
 ) -> Result<(), EventStoreError> {
     let Some(&first) = offsets.first() else {
         return Ok(());
     };
     let consumer = settings.partition_reader(topic, partition, first)?;
-    let missing = |offset: i64| EventStoreError::Unavailable {
-        operation: "read",
-        reason: format!("no record at {topic}/{partition}@{offset}"),
+    // The first wanted offset without a record: an error, or the end of what is found
+    // here when the rest may be left out.
+    let gone = |offset: i64| match missing {
+        Missing::Fails => Err(EventStoreError::Unavailable {
+            operation: "read",
+            reason: format!("no record at {topic}/{partition}@{offset}"),
+        }),
+        Missing::LeftOut => Ok(()),
     };
     let mut wanted = offsets.iter().copied().peekable();
     while let Some(&next) = wanted.peek() {
-        let message = tokio::time::timeout(settings.timeout, consumer.recv())
-            .await
-            .map_err(|_| missing(next))?;
+        let Ok(message) = tokio::time::timeout(settings.timeout, consumer.recv()).await else {
+            return gone(next);
+        };
         let message = match message {
             Ok(message) => message,
-            Err(KafkaError::PartitionEOF(_)) => return Err(missing(next)),
+            Err(KafkaError::PartitionEOF(_)) => return gone(next),
             Err(e) => return Err(EventStoreError::from_kafka("read", e)),
         };
         let offset = message.offset();
@@ -86,7 +116,12 @@ async fn read_partition(
             continue;
         }
         if offset > next {
-            return Err(missing(next));
+            gone(next)?;
+            // Left out: the wanted offsets this record passed have no record.
+            while wanted.next_if(|&o| o < offset).is_some() {}
+            if wanted.peek() != Some(&offset) {
+                continue;
+            }
         }
         found.insert(
             (topic.to_owned(), partition, offset),

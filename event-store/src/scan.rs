@@ -101,18 +101,28 @@ impl std::fmt::Debug for LogScan {
 
 impl LogScan {
     /// Starts reading `topic` at each partition's `from`. Partitions whose range is empty
-    /// are done from the start.
+    /// are done from the start. A bounded scan reads in large fetches (a rebuild's
+    /// catch-up); one that only follows (every range open-ended: a tail) keeps small
+    /// buffers and does not ask the broker every few milliseconds while nothing comes.
     pub fn open(
         settings: &KafkaSettings,
         topic: &str,
         ranges: &BTreeMap<i32, Range>,
     ) -> Result<Self, EventStoreError> {
+        let following = ranges.values().all(|r| r.to.is_none());
         let mut config = settings.consumer("event-store-scan");
-        config
-            .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "10")
-            .set("max.partition.fetch.bytes", "16777216")
-            .set("queued.max.messages.kbytes", "262144");
+        config.set("enable.partition.eof", "true");
+        if following {
+            config
+                .set("fetch.wait.max.ms", "100")
+                .set("max.partition.fetch.bytes", "1048576")
+                .set("queued.max.messages.kbytes", "4096");
+        } else {
+            config
+                .set("fetch.wait.max.ms", "10")
+                .set("max.partition.fetch.bytes", "16777216")
+                .set("queued.max.messages.kbytes", "262144");
+        }
         let consumer: RangeReader = config
             .create_with_context(EndOfPartitionExpected)
             .map_err(|e| EventStoreError::from_kafka("scan", e))?;

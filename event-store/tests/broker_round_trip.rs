@@ -171,3 +171,54 @@ async fn event_topics_keep_every_record_across_a_broker_restart() -> anyhow::Res
     assert_eq!((low, high), (0, 50), "records lost across a restart");
     Ok(())
 }
+
+/// Records read back by position carry key, headers and value; a position without a
+/// record fails a strict read and is only left out of a tolerant one.
+#[tokio::test]
+async fn records_are_read_back_by_position_and_missing_ones_left_out_on_request()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let settings = KafkaSettings::new(&env.brokers);
+    let names = TopicNames::new(&env.topic_prefix);
+    TopicAdmin::new(&settings)?.create(&names.all(1), 1).await?;
+    let topic = names.events("orders");
+    let producer: FutureProducer = settings.producer().create()?;
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        let document = order_placed().to_document();
+        let delivered = producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&document.subject)
+                    .payload(&document.to_json())
+                    .headers(to_kafka_headers(&document.headers())),
+                WAIT,
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        written.push((document, delivered.offset));
+    }
+    let at = |offset: i64| (topic.clone(), 0, offset);
+    let (first, last) = (written[0].1, written[2].1);
+    let wanted = [at(first), at(last), at(last + 50)];
+
+    let strict = event_store::lookup::records_at(&settings, &wanted).await;
+    assert!(strict.is_err(), "{strict:?}");
+    let found = event_store::lookup::records_found(&settings, &wanted).await?;
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (document, offset) in [&written[0], &written[2]] {
+        let record = &found[&at(*offset)];
+        assert_eq!(
+            record.key_text().as_deref(),
+            Some(document.subject.as_str())
+        );
+        assert_eq!(record.header("ce_type"), Some("OrderPlaced"));
+        assert_eq!(
+            record.payload.as_deref(),
+            Some(document.to_json().as_slice())
+        );
+    }
+    // In between, skipped over: the middle record was not asked for.
+    assert!(!found.contains_key(&at(written[1].1)));
+    Ok(())
+}

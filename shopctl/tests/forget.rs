@@ -104,6 +104,39 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
     let url = commands.url(&format!("/v1/users/{ada_id}/deactivate"));
     let (status, body) = post(&client, url, json!({"reason": ada_reason})).await?;
     anyhow::ensure!(status == 200, "{status} {body}");
+    // Ada as she was at each version, folded from the log and opened with her key.
+    let deactivated = body["position"].as_str().unwrap_or_default().to_owned();
+    let as_of = |version: u32| {
+        queries.url(&format!(
+            "/v1/users/{ada_id}?as_of_version={version}&min_position={deactivated}"
+        ))
+    };
+    for (version, email, status, reason) in [
+        (1, &ada_first, "active", Value::Null),
+        (2, &ada_second, "active", Value::Null),
+        (3, &ada_second, "deactivated", json!(ada_reason)),
+    ] {
+        let then: Value = client.get(as_of(version)).send().await?.json().await?;
+        assert_eq!(
+            (
+                &then["name"],
+                &then["email"],
+                &then["status"],
+                &then["deactivation_reason"],
+                &then["version"]
+            ),
+            (
+                &json!(ada_name),
+                &json!(email),
+                &json!(status),
+                &reason,
+                &json!(version)
+            ),
+            "as of version {version}: {then}"
+        );
+    }
+    let beyond = client.get(as_of(4)).send().await?;
+    assert_eq!(beyond.status(), 404);
     // Carol: active when forgotten. Bob: never forgotten.
     let (carol_name, carol_email) = (format!("Carol Shaw {n}"), format!("carol-{n}@example.com"));
     let (bob_name, bob_email) = (format!("Bob Babbage {n}"), format!("bob-{n}@example.com"));
@@ -189,6 +222,12 @@ async fn a_forgotten_user_is_nowhere_to_be_read_and_everyone_else_reads_as_befor
         assert_eq!(answer["name"], "[forgotten]", "{answer}");
         assert_eq!(answer["email"], "[forgotten]", "{answer}");
         shows_none("a user's answer", &answer.to_string(), &secrets)?;
+    }
+    // Her past states, folded from the log, open no more either.
+    for version in 1..=3 {
+        let then: Value = client.get(as_of(version)).send().await?.json().await?;
+        assert_eq!(then["name"], "[forgotten]", "{then}");
+        shows_none("a past state of Ada", &then.to_string(), &secrets)?;
     }
     let bob = get(&client, user(&bob_id), &Value::Null).await?;
     assert_eq!(

@@ -15,7 +15,14 @@ import { createInterface } from "node:readline";
 const [gateway, clientKey, operatorKey, fixturesJson] = process.argv.slice(2);
 const fixtures = JSON.parse(fixturesJson);
 const shots = process.env.SHOP_CONSOLE_SCREENSHOTS || "";
-const seen = { requests: [], violations: [], errors: [], failedFiles: [], posts: { client: [], operator: [] } };
+const seen = {
+  requests: [],
+  violations: [],
+  errors: [],
+  failedFiles: [],
+  posts: { client: [], operator: [] },
+  deadLetterCalls: { client: 0, operator: 0 },
+};
 
 async function api(method, path, body, key = clientKey) {
   const response = await fetch(`${gateway}${path}`, {
@@ -42,7 +49,9 @@ async function open(browser, key, role) {
   page.setDefaultTimeout(20000);
   page.on("request", (request) => {
     seen.requests.push(request.url());
-    if (request.method() === "POST") seen.posts[role].push(new URL(request.url()).pathname);
+    const path = new URL(request.url()).pathname;
+    if (request.method() === "POST") seen.posts[role].push(path);
+    if (path.startsWith("/v1/dead-letters")) seen.deadLetterCalls[role] += 1;
   });
   page.on("response", (response) => {
     const path = new URL(response.url()).pathname;
@@ -116,7 +125,7 @@ try {
     await retry.click({ force: true, timeout: 2000 }).catch(() => {});
     await go(page, "#/health");
     await page.waitForSelector("[data-testid=lag]");
-    await page.waitForFunction(() => document.querySelector("main").textContent.includes("operator key"));
+    await waitText(page, "main .notice", "operator keys only");
     seen.client.deadLetters = await page.locator("main").innerText();
     seen.client.skipButtons = await page.locator("[data-testid=skip-dead-letter]").count();
     seen.client.storage = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
@@ -149,7 +158,8 @@ try {
   seen.sagaCommands = await text(page, "[data-testid=saga-commands]");
   await shot(page, "saga");
   await page.click("[data-testid=explain-link]");
-  await page.waitForSelector("[data-testid=explain-tree]");
+  // The tree is drawn again as the event index catches up with the saga's last event.
+  await waitText(page, "[data-testid=explain-tree]", "NotificationSent");
   seen.explainUrl = page.url();
   seen.treeEvents = await page.$$eval("[data-testid=tree-event]", (links) => links.map((a) => a.textContent));
   seen.treeKinds = await page.$$eval("[data-testid=explain-tree] li", (items) => items.map((li) => li.dataset.kind));
@@ -173,8 +183,8 @@ try {
   await waitText(page, "[data-testid=saga-state]", "failed");
   seen.operatorRetryDisabled = await page.locator("[data-testid=retry-saga]").isDisabled();
   await page.click("[data-testid=retry-saga]");
-  await page.waitForSelector(".notice.ok, .notice.error");
-  seen.retried = await text(page, ".actions .notice");
+  await page.waitForSelector("[data-testid=retry-outcome] .notice");
+  seen.retried = await text(page, "[data-testid=retry-outcome] .notice");
 
   // The read side: lag, and the parked record skipped.
   await go(page, "#/health");
@@ -198,7 +208,11 @@ try {
   await go(page, `#/tail/${fixtures.ordersTopic}`);
   await waitText(page, "[data-testid=tail-status]", "live");
   const tailed = await placeOrder();
-  await waitText(page, "[data-testid=tail-records]", tailed.id);
+  // Both of its records (placed, then confirmed by its saga) arrive live.
+  await page.waitForFunction(
+    (id) => document.querySelectorAll(`[data-testid=tail-records] .record[data-key="${id}"]`).length >= 2,
+    tailed.id,
+  );
   await shot(page, "tail");
   await page.click("text=Pause");
   const held = await placeOrder();

@@ -299,9 +299,10 @@ async fn operators_watch_orders_sagas_and_the_log_live_in_the_console() -> anyho
     assert_eq!(seen["client"]["retryDisabled"], true, "{seen:#}");
     assert_eq!(seen["posts"]["client"], json!([]), "{seen:#}");
     assert!(
-        text(&seen, "/client/deadLetters").contains("needs an operator key"),
+        text(&seen, "/client/deadLetters").contains("operator keys only"),
         "{seen:#}"
     );
+    assert_eq!(seen["deadLetterCalls"]["client"], 0, "{seen:#}");
     assert_eq!(seen["client"]["skipButtons"], 0);
 
     // The order placed while the list was open completed there, without a reload.
@@ -441,8 +442,53 @@ async fn operators_watch_orders_sagas_and_the_log_live_in_the_console() -> anyho
         );
     }
 
+    live_tails_are_bounded(&env, &orders_topic).await?;
     for service in services {
         service.stop().await?;
     }
+    Ok(())
+}
+
+/// A console's API allowed one live tail: the first streams the topic's last records as a
+/// `records` event, a second is refused with a problem naming the limit.
+async fn live_tails_are_bounded(env: &TestEnv, topic: &str) -> anyhow::Result<()> {
+    let settings = service_env_with(
+        env,
+        &env.brokers,
+        &env.database_url,
+        &[("CONSOLE_LIVE_TAILS", "1")],
+    );
+    let console = start_console(&settings).await?;
+    wait_for_200(&console.url("/ready"), Duration::from_secs(30)).await?;
+    let client = test_support::client(KEY);
+    let tail = console.url(&format!("/console/api/topics/{topic}/tail?last=1"));
+    let mut first = client.get(&tail).send().await?;
+    assert_eq!(first.status(), 200);
+    assert!(
+        first.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/event-stream")
+    );
+    let mut streamed = String::new();
+    while !streamed.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), first.chunk())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the tail ended: {streamed}"))?;
+        streamed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        streamed.starts_with("event: records\ndata: ["),
+        "{streamed}"
+    );
+    let (status, problem) = answer(client.get(&tail)).await?;
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("CONSOLE_LIVE_TAILS")),
+        "{problem}"
+    );
+    drop(first);
+    console.stop().await?;
     Ok(())
 }

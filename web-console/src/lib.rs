@@ -37,6 +37,8 @@ pub struct Console {
     /// One permit per live tail.
     pub tails: Arc<Semaphore>,
     pub lag_objective: std::time::Duration,
+    /// The last measure of the readers' lag, shared by every page asking.
+    pub lag: readers::LagCache,
     /// Cancelled when the service stops: live tails end, so that stopping does not wait
     /// for pages to close them.
     pub stopping: CancellationToken,
@@ -51,6 +53,7 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         pool,
         tails: Arc::new(Semaphore::new(config.live_tails)),
         lag_objective: config.lag_objective,
+        lag: readers::LagCache::default(),
         stopping: stopping.clone(),
     };
     service

@@ -11,8 +11,13 @@ use shopctl::explain::Explained;
 use shopctl::explain::tree::SagaStep;
 use shopctl::lag::ReaderLag;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
 use crate::Console;
-use crate::streams::bounded;
+use crate::streams::{bounded, within};
 
 /// What the page needs to know of its key.
 #[derive(Debug, Serialize)]
@@ -38,16 +43,37 @@ pub struct Lag {
     pub readers: Vec<ReaderLag>,
 }
 
+/// How long one measure of the lag is shown to every page asking (it takes many broker
+/// round trips; pages ask every few seconds).
+const LAG_FRESH: Duration = Duration::from_secs(2);
+
+/// Longest one measure may take: under the page's own 10 s.
+const LAG_WITHIN: Duration = Duration::from_secs(8);
+
+/// The last measure of the lag and when it was taken; one measure at a time.
+pub type LagCache = Arc<Mutex<Option<(Instant, Arc<Vec<ReaderLag>>)>>>;
+
 /// `GET /console/api/readers`
 pub async fn lag(State(console): State<Console>) -> Result<Json<Lag>, QueryError> {
-    let readers = bounded(
-        "measuring the readers' lag",
-        shopctl::lag::readers(&console.infra, &console.pool),
-    )
-    .await?;
+    let mut last = console.lag.lock().await;
+    let readers = match last.as_ref() {
+        Some((at, readers)) if at.elapsed() < LAG_FRESH => Arc::clone(readers),
+        _ => {
+            let measured = within(
+                LAG_WITHIN,
+                "measuring the readers' lag",
+                shopctl::lag::readers(&console.infra, &console.pool),
+            )
+            .await?;
+            let measured = Arc::new(measured);
+            *last = Some((Instant::now(), Arc::clone(&measured)));
+            measured
+        }
+    };
+    drop(last);
     Ok(Json(Lag {
         objective_seconds: console.lag_objective.as_secs_f64(),
-        readers,
+        readers: readers.as_ref().clone(),
     }))
 }
 
@@ -63,13 +89,18 @@ pub struct SagaCounts {
 
 /// `GET /console/api/sagas/counts`
 pub async fn saga_counts(State(console): State<Console>) -> Result<Json<SagaCounts>, QueryError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.sagas') IS NOT NULL")
-        .fetch_one(&console.pool)
-        .await?;
+    let exists: bool = bounded(
+        "counting the sagas",
+        sqlx::query_scalar("SELECT to_regclass('saga.sagas') IS NOT NULL").fetch_one(&console.pool),
+    )
+    .await?;
     let rows: Vec<(String, i64)> = if exists {
-        sqlx::query_as("SELECT state, count(*) FROM saga.sagas GROUP BY state")
-            .fetch_all(&console.pool)
-            .await?
+        bounded(
+            "counting the sagas",
+            sqlx::query_as("SELECT state, count(*) FROM saga.sagas GROUP BY state")
+                .fetch_all(&console.pool),
+        )
+        .await?
     } else {
         Vec::new()
     };
@@ -90,9 +121,11 @@ pub async fn saga_commands(
     Path(order_id): Path<String>,
 ) -> Result<Json<Vec<SagaStep>>, QueryError> {
     let order_id = path_id(&order_id)?;
-    let steps = shopctl::explain::steps_of_order(&console.pool, order_id)
-        .await
-        .map_err(|e| QueryError::Unavailable(format!("{e:#}")))?;
+    let steps = bounded(
+        "reading the saga's outbox",
+        shopctl::explain::steps_of_order(&console.pool, order_id),
+    )
+    .await?;
     Ok(Json(steps))
 }
 
@@ -102,9 +135,11 @@ pub async fn explain(
     Path(correlation_id): Path<String>,
 ) -> Result<Json<Explained>, QueryError> {
     let correlation_id = path_id(&correlation_id)?;
-    let explained = shopctl::explain::explain(&console.pool, correlation_id)
-        .await
-        .map_err(|e| QueryError::Unavailable(format!("{e:#}")))?;
+    let explained = bounded(
+        "following the correlation id",
+        shopctl::explain::explain(&console.pool, correlation_id),
+    )
+    .await?;
     explained.map(Json).ok_or_else(|| {
         QueryError::NotFound(format!(
             "nothing is indexed under correlation id {correlation_id}"

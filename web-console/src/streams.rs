@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use event_store::lookup;
@@ -23,6 +23,7 @@ use projections::query::params::Params;
 use projections::read_models::event_index::IndexedEvent;
 use serde::Serialize;
 use serde_json::Value;
+use service_runtime::problem::Problem;
 use shopctl::topics::TopicView;
 use shopctl::view;
 use sqlx::AssertSqlSafe;
@@ -48,11 +49,20 @@ pub async fn bounded<T, E: std::fmt::Display>(
     what: &str,
     work: impl Future<Output = Result<T, E>>,
 ) -> Result<T, QueryError> {
-    match tokio::time::timeout(BROKER_WITHIN, work).await {
+    within(BROKER_WITHIN, what, work).await
+}
+
+/// `what` within `limit`, its failure (or its slowness) as a 503.
+pub async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, QueryError> {
+    match tokio::time::timeout(limit, work).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(QueryError::Unavailable(format!("{what}: {e}"))),
         Err(_) => Err(QueryError::Unavailable(format!(
-            "{what}: no answer within {BROKER_WITHIN:?}"
+            "{what}: no answer within {limit:?}"
         ))),
     }
 }
@@ -118,26 +128,28 @@ pub async fn search(
     State(console): State<Console>,
     Query(pairs): Pairs,
 ) -> Result<Json<Found>, QueryError> {
+    let given = |name: &str| pairs.iter().any(|(k, _)| k == name);
+    let shape = (given("q"), given("aggregate_type"), given("aggregate_id"));
     let mut params = Params::new(pairs, &["q", "aggregate_type", "aggregate_id"]);
     let q = params.text("q");
     let aggregate_type = params.one_of("aggregate_type", &AGGREGATE_TYPES);
     let aggregate_id = params.text("aggregate_id");
-    let wanted = match (q, aggregate_type, aggregate_id) {
-        (Some(q), None, None) => Wanted::Any(q),
-        (None, Some(kind), Some(id)) => Wanted::Aggregate(kind, id),
-        (None, None, None) => {
-            params.fail("q", "give an aggregate id, an event id or a correlation id");
-            Wanted::Any(String::new())
+    match shape {
+        (true, false, false) | (false, true, true) => {}
+        (false, false, false) => {
+            params.fail("q", "give an aggregate id, an event id or a correlation id")
         }
-        _ => {
-            params.fail(
-                "q",
-                "give either q, or aggregate_type with aggregate_id, not a mix",
-            );
-            Wanted::Any(String::new())
-        }
-    };
+        _ => params.fail(
+            "q",
+            "give either q, or aggregate_type with aggregate_id, not a mix",
+        ),
+    }
     params.finish()?;
+    let wanted = match (q, aggregate_type, aggregate_id) {
+        (Some(q), _, _) => Wanted::Any(q),
+        (None, Some(kind), Some(id)) => Wanted::Aggregate(kind, id),
+        _ => return Err(QueryError::invalid("q", "is required")),
+    };
     let mut indexed = indexed_events(&console, &wanted).await?;
     let more = indexed.len() > usize::try_from(SEARCH_MAX).unwrap_or(usize::MAX);
     indexed.truncate(usize::try_from(SEARCH_MAX).unwrap_or(usize::MAX));
@@ -147,7 +159,7 @@ pub async fn search(
         .collect();
     let mut records = bounded(
         "reading the events' records",
-        lookup::records_at(&console.infra.kafka, &positions),
+        lookup::records_found(&console.infra.kafka, &positions),
     )
     .await?;
     let items = indexed
@@ -195,7 +207,7 @@ async fn indexed_events(
         .bind(term.clone())
         .bind(term.parse::<Uuid>().ok()),
     };
-    Ok(query.fetch_all(&console.pool).await?)
+    bounded("searching the event index", query.fetch_all(&console.pool)).await
 }
 
 /// A record as the console shows it: place, time, key, headers, value (JSON when it is).
@@ -228,9 +240,15 @@ pub async fn tail(
             "no topic {topic:?} among the shop's topics"
         )));
     };
-    let permit = console.tails.clone().try_acquire_owned().map_err(|_| {
-        QueryError::Unavailable("every live tail is taken (CONSOLE_LIVE_TAILS)".into())
-    })?;
+    let Ok(permit) = console.tails.clone().try_acquire_owned() else {
+        return Ok(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every live tail is taken (CONSOLE_LIVE_TAILS): close one, or retry later",
+        )
+        .typed("urn:shop:problem:unavailable", "Service unavailable")
+        .retry_after(5)
+        .into_response());
+    };
     let ranges = tail_start(&console, &topic, partitions, last).await?;
     let log = LogScan::open(&console.infra.kafka, &topic, &ranges)
         .map_err(|e| QueryError::Unavailable(e.to_string()))?;
@@ -318,7 +336,9 @@ async fn next_event(mut log: LogScan) -> Option<(Event, Option<LogScan>)> {
                 return Some((event, Some(log)));
             }
             Err(e) => {
-                let event = Event::default().event("error").data(e.to_string());
+                // As a JSON string: an event's data cannot hold a line break.
+                let reason = Value::String(e.to_string()).to_string();
+                let event = Event::default().event("error").data(reason);
                 return Some((event, None));
             }
         }

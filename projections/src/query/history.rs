@@ -19,7 +19,6 @@ use schemas::MessageFamily;
 
 use crate::projector::ReadModel;
 use crate::read_models::event_index::IndexedEvent;
-use crate::read_models::orders::{OrderRow, Orders};
 
 /// How much of an aggregate's history.
 #[derive(Clone, Copy, Debug)]
@@ -156,27 +155,33 @@ pub async fn order_history(
     }))
 }
 
-/// The order as it was at `upto`, folded from its first events.
-pub async fn order_as_of(state: &QueryState, id: Uuid, upto: Upto) -> Result<OrderRow, QueryError> {
-    let events = events_of(state, "order", &id.to_string(), upto).await?;
-    let mut row: Option<OrderRow> = None;
+/// An aggregate (`kind`: `order`, `user`) as it was at `upto`, folded from its first
+/// events with the read model's own fold.
+pub async fn as_of<M: ReadModel>(
+    state: &QueryState,
+    kind: &str,
+    id: Uuid,
+    upto: Upto,
+) -> Result<M::Row, QueryError> {
+    let events = events_of(state, kind, &id.to_string(), upto).await?;
+    let latest = events.last().map_or(0, |(entry, _)| entry.version);
+    let mut row: Option<M::Row> = None;
     for (_, document) in &events {
-        if let Some(next) = Orders::fold(row.as_ref(), document).map_err(QueryError::Unavailable)? {
+        if let Some(next) = M::fold(row.as_ref(), document).map_err(QueryError::Unavailable)? {
             row = Some(next);
         }
     }
     let row = row.ok_or_else(|| match upto {
         Upto::Time(t) => {
-            QueryError::NotFound(format!("order {id} did not exist at {}", t.to_rfc3339()))
+            QueryError::NotFound(format!("{kind} {id} did not exist at {}", t.to_rfc3339()))
         }
-        _ => QueryError::NotFound(format!("no order {id}")),
+        _ => QueryError::NotFound(format!("no {kind} {id}")),
     })?;
     if let Upto::Version(v) = upto
-        && u64::try_from(row.version).unwrap_or(0) < v
+        && u64::try_from(latest).unwrap_or(0) < v
     {
         return Err(QueryError::NotFound(format!(
-            "order {id} has no version {v} (its latest is {})",
-            row.version
+            "{kind} {id} has no version {v} (its latest is {latest})"
         )));
     }
     Ok(row)

@@ -14,8 +14,10 @@ use super::params::{Cursor, Page, Params, path_id};
 use crate::projector::Schema;
 use crate::read_models::notifications::NotificationRow;
 use crate::read_models::orders::OrderRow;
+use crate::read_models::orders::Orders;
 use crate::read_models::payments::PaymentRow;
 use crate::read_models::users::UserRow;
+use crate::read_models::users::Users;
 
 type Pairs = Query<Vec<(String, String)>>;
 
@@ -24,8 +26,8 @@ pub const ORDER_STATUSES: [&str; 4] = ["pending", "confirmed", "rejected", "canc
 /// `GET /v1/users/{id}`
 #[utoipa::path(
     get, path = "/v1/users/{id}", tag = "users",
-    description = "One user.",
-    params(("id" = Uuid, Path, description = "the user"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
+    description = "One user, or their state at a version (`as_of_version=N`) or a time (`as_of=<RFC 3339>`), folded from the log (personal fields opened with the user's key, `[forgotten]` once it is gone).",
+    params(("id" = Uuid, Path, description = "the user"), ("as_of_version" = Option<u64>, Query, description = "the state after this many events", minimum = 1), ("as_of" = Option<String>, Query, description = "the state at this RFC 3339 time"), ("min_position" = Option<String>, Query, description = "a position a command returned, such as `orders:3:17`: wait until the read model has passed it", pattern = "^(users|user-emails|orders|payments|notifications):[0-9]{1,9}:[0-9]{1,18}$")),
     responses(
         (status = 200, description = "found", body = UserRow),
         (status = 404, description = "unknown id"),
@@ -42,14 +44,23 @@ pub async fn user(
     Path(id): Path<String>,
     Query(pairs): Pairs,
 ) -> Result<Json<UserRow>, QueryError> {
-    let mut params = Params::new(pairs, &[]);
+    let mut params = Params::new(pairs, &["as_of_version", "as_of"]);
     let position = params.min_position();
+    let upto = as_of_params(&mut params);
     params.finish()?;
     let id = path_id(&id)?;
-    state.wait_for(position.as_ref(), &["users"]).await?;
-    let user = find_user(&state.pool, state.schema("users"), id)
-        .await?
-        .ok_or_else(|| QueryError::NotFound(format!("no user {id}")))?;
+    let user = match upto {
+        Some(upto) => {
+            state.wait_for(position.as_ref(), &["event_index"]).await?;
+            history::as_of::<Users>(&state, "user", id, upto).await?
+        }
+        None => {
+            state.wait_for(position.as_ref(), &["users"]).await?;
+            find_user(&state.pool, state.schema("users"), id)
+                .await?
+                .ok_or_else(|| QueryError::NotFound(format!("no user {id}")))?
+        }
+    };
     Ok(Json(opened(&state.pool, user).await?))
 }
 
@@ -231,17 +242,12 @@ pub async fn order(
 ) -> Result<Json<OrderRow>, QueryError> {
     let mut params = Params::new(pairs, &["as_of_version", "as_of"]);
     let position = params.min_position();
-    let version = params.version("as_of_version");
-    let time = params.time("as_of");
-    if version.is_some() && time.is_some() {
-        params.fail("as_of", "give as_of_version or as_of, not both");
-    }
+    let upto = as_of_params(&mut params);
     params.finish()?;
     let id = path_id(&id)?;
-    let upto = match (version, time) {
-        (Some(version), _) => Upto::Version(version),
-        (None, Some(time)) => Upto::Time(time),
-        (None, None) => {
+    let upto = match upto {
+        Some(upto) => upto,
+        None => {
             state.wait_for(position.as_ref(), &["orders"]).await?;
             let row: Option<OrderRow> = sqlx::query_as(AssertSqlSafe(format!(
                 "SELECT * FROM {} WHERE order_id = $1",
@@ -256,7 +262,24 @@ pub async fn order(
         }
     };
     state.wait_for(position.as_ref(), &["event_index"]).await?;
-    history::order_as_of(&state, id, upto).await.map(Json)
+    history::as_of::<Orders>(&state, "order", id, upto)
+        .await
+        .map(Json)
+}
+
+/// `as_of_version` or `as_of`, when one is given (both: an error).
+fn as_of_params(params: &mut Params) -> Option<Upto> {
+    let version = params.version("as_of_version");
+    let time = params.time("as_of");
+    match (version, time) {
+        (Some(_), Some(_)) => {
+            params.fail("as_of", "give as_of_version or as_of, not both");
+            None
+        }
+        (Some(version), None) => Some(Upto::Version(version)),
+        (None, Some(time)) => Some(Upto::Time(time)),
+        (None, None) => None,
+    }
 }
 
 /// `GET /v1/payments?order_id=&limit=&cursor=`

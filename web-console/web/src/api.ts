@@ -75,12 +75,10 @@ export async function get<T>(path: string, signal?: AbortSignal): Promise<T> {
   return (await response.json()) as T;
 }
 
-/** An operator's action: a POST with its own idempotency key, so a retried click is one. */
+/** An operator's action (a POST without a body). The views disable its button until the
+ * answer is in and the list shown again, so one click is one action. */
 export async function post<T>(path: string): Promise<T> {
-  const response = await send(path, {
-    method: "POST",
-    headers: headers({ "Idempotency-Key": crypto.randomUUID() }),
-  });
+  const response = await send(path, { method: "POST", headers: headers() });
   if (!response.ok) throw await failure(response);
   return (await response.json()) as T;
 }
@@ -93,6 +91,7 @@ export async function stream(
   path: string,
   onEvent: (name: string, data: string) => void,
   signal: AbortSignal,
+  onOpen: () => void = () => {},
 ): Promise<void> {
   let response: Response;
   try {
@@ -107,13 +106,14 @@ export async function stream(
     throw new ApiError(0, "The gateway cannot be reached: is the shop running?");
   }
   if (!response.ok || response.body === null) throw await failure(response);
+  onOpen();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      pending += value;
+      pending += value.replace(/\r\n?/g, "\n");
       let cut: number;
       while ((cut = pending.indexOf("\n\n")) >= 0) {
         const block = pending.slice(0, cut);

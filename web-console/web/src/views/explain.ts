@@ -2,7 +2,7 @@
 // each event linking to its record.
 
 import { ApiError, get } from "../api";
-import { badge, h, link, message, notice, replace, route, time } from "../dom";
+import { badge, every, h, link, message, notice, replace, route, time } from "../dom";
 import type { View } from "../view";
 
 interface TreeNode {
@@ -84,19 +84,25 @@ function branch(nodes: TreeNode[]): HTMLElement {
 export const explain: View = (root, [correlation = ""]) => {
   const body = h("div", {}, notice("info", "Following the correlation id…"));
   replace(root, h("h1", {}, "Explain ", h("code", {}, correlation)), body);
-  const stop = new AbortController();
-  get<Explained>(`/console/api/explain/${encodeURIComponent(correlation)}`, stop.signal)
-    .then((found) =>
+  // The tree grows while the saga runs: drawn again when it changed.
+  let last = "";
+  return every(
+    3000,
+    async () => {
+      const found = await get<Explained>(`/console/api/explain/${encodeURIComponent(correlation)}`);
+      const shown = JSON.stringify(found);
+      if (shown === last) return;
+      last = shown;
       replace(
         body,
         h("p", {}, `${found.events} event(s) and ${found.saga_steps} saga step(s) under this correlation id.`),
         h("div", { "data-testid": "explain-tree" }, branch(found.tree)),
-      ),
-    )
-    .catch((e) => {
-      if (stop.signal.aborted) return;
+      );
+    },
+    (e) => {
+      last = "";
       const text = e instanceof ApiError && e.status === 404 ? `Nothing is indexed under the correlation id ${correlation}.` : message(e);
       replace(body, notice("error", text));
-    });
-  return () => stop.abort();
+    },
+  );
 };

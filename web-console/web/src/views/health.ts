@@ -47,7 +47,7 @@ export const health: View = (root, _args, _query, context) => {
   const result = h("div", {});
   replace(root, h("h1", {}, "Read side"), h("h2", {}, "Lag"), readers, h("h2", {}, "Dead letters"), result, letters);
   const stopLag = every(
-    2000,
+    5000,
     async () => {
       const lag = await get<Lag>("/console/api/readers");
       replace(
@@ -67,9 +67,19 @@ export const health: View = (root, _args, _query, context) => {
     },
     (e) => replace(readers, notice("error", message(e))),
   );
+  if (context.role !== "operator") {
+    replace(letters, notice("info", "Dead letters are shown to operator keys only: they hold records of any aggregate, and retry and skip change the read models."));
+    return stopLag;
+  }
+  // One action at a time: its buttons stay disabled until the list is read again, so a
+  // second click cannot skip the record that moved up behind the first.
+  let acting = false;
   const act = async (letter: DeadLetter, verb: "retry" | "skip") => {
     const what = `${letter.read_model} ${letter.record.aggregate_id}`;
-    if (verb === "skip" && !window.confirm(`Skip the parked record of ${what}? The read model will never apply it.`)) return;
+    if (acting) return;
+    if (verb === "skip" && !window.confirm(`Skip the parked record ${letter.record.topic}/${letter.record.partition}@${letter.record.offset} of ${what}? The read model will never apply it.`)) return;
+    acting = true;
+    for (const button of letters.querySelectorAll("button")) button.disabled = true;
     try {
       const done = await post<{ report: { applied: number; still_parked: number; blocked_by: string | null } }>(
         `/v1/dead-letters/${encodeURIComponent(letter.read_model)}/${encodeURIComponent(letter.record.aggregate_id)}/${verb}`,
@@ -79,38 +89,53 @@ export const health: View = (root, _args, _query, context) => {
     } catch (e) {
       replace(result, notice("error", `${verb} of ${what}: ${message(e)}`));
     }
+    try {
+      await showLetters();
+    } catch (e) {
+      replace(letters, notice("error", message(e)));
+    }
+    acting = false;
   };
-  const operator = context.role === "operator";
+  const button = (letter: DeadLetter, verb: "retry" | "skip") =>
+    h(
+      "button",
+      { type: "button", disabled: acting, "data-testid": `${verb}-dead-letter`, onclick: () => void act(letter, verb) },
+      verb === "retry" ? "Retry" : "Skip",
+    );
+  const showLetters = async () => {
+    const found = await get<{ items: DeadLetter[] }>("/v1/dead-letters?limit=100");
+    if (found.items.length === 0) {
+      replace(letters, notice("info", "No record is parked."));
+      return;
+    }
+    // Retry and skip act on an aggregate's first parked record: only its row has them.
+    const heads = new Set<string>();
+    const isHead = (l: DeadLetter) => {
+      const key = `${l.read_model} ${l.record.aggregate_id}`;
+      const first = !heads.has(key);
+      heads.add(key);
+      return first;
+    };
+    replace(
+      letters,
+      table(
+        ["read model", "aggregate", "record", "parked", "error", ""],
+        found.items.map((l) => [
+          badge(l.read_model),
+          h("a", { href: route("search", l.record.aggregate_id) }, l.record.aggregate_id),
+          h("code", {}, `${l.record.topic}/${l.record.partition}@${l.record.offset} ${l.record.event_type ?? ""} v${l.record.version ?? "?"}`),
+          h("span", {}, time(l.record.parked_at)),
+          h("span", { class: "error-text" }, l.record.error),
+          isHead(l) ? h("span", {}, button(l, "retry"), " ", button(l, "skip")) : h("span", { class: "hint" }, "waits behind the record above"),
+        ]),
+        { "data-testid": "dead-letters" },
+      ),
+    );
+  };
   const stopLetters = every(
     3000,
     async () => {
-      const found = await get<{ items: DeadLetter[] }>("/v1/dead-letters?limit=100");
-      if (found.items.length === 0) {
-        replace(letters, notice("info", "No record is parked."));
-        return;
-      }
-      const button = (letter: DeadLetter, verb: "retry" | "skip") =>
-        h(
-          "button",
-          { type: "button", disabled: !operator, title: operator ? undefined : "needs an operator key", "data-testid": `${verb}-dead-letter`, onclick: () => void act(letter, verb) },
-          verb === "retry" ? "Retry" : "Skip",
-        );
-      replace(
-        letters,
-        operator ? null : h("p", { class: "hint" }, "Retry and skip need an operator key."),
-        table(
-          ["read model", "aggregate", "record", "parked", "error", ""],
-          found.items.map((l) => [
-            badge(l.read_model),
-            h("a", { href: route("search", l.record.aggregate_id) }, l.record.aggregate_id),
-            h("code", {}, `${l.record.topic}/${l.record.partition}@${l.record.offset} ${l.record.event_type ?? ""} v${l.record.version ?? "?"}`),
-            h("span", {}, time(l.record.parked_at)),
-            h("span", { class: "error-text" }, l.record.error),
-            h("span", {}, button(l, "retry"), " ", button(l, "skip")),
-          ]),
-          { "data-testid": "dead-letters" },
-        ),
-      );
+      if (!acting) await showLetters();
     },
     (e) => replace(letters, notice("error", message(e))),
   );

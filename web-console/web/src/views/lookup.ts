@@ -1,5 +1,5 @@
 // Orders and users: one looked up, its read model beside the events that made it, and
-// (for orders) its state as of any version, folded from the log by the time-travel API.
+// its state as of any version, folded from the log by the time-travel API.
 
 import { ApiError, get } from "../api";
 import { badge, h, json, link, message, notice, replace, route } from "../dom";
@@ -52,7 +52,7 @@ export const lookup: View = (root, [id = ""]) => {
           h("section", {}, h("h2", {}, `Events (${events.items.length})`), eventList(events.items)),
         ),
       );
-      if (kind === "orders" && version > 0) timeTravel(asOf, id, version);
+      if (version > 0) timeTravel(asOf, kind, id, version);
     })
     .catch((e) => {
       if (stop.signal.aborted) return;
@@ -61,8 +61,8 @@ export const lookup: View = (root, [id = ""]) => {
   return () => stop.abort();
 };
 
-/** A slider over the order's versions; each position shows the state folded up to it. */
-function timeTravel(root: HTMLElement, id: string, latest: number): void {
+/** A slider over the versions; each position shows the state folded up to it. */
+function timeTravel(root: HTMLElement, kind: string, id: string, latest: number): void {
   const slider = h("input", { type: "range", min: 1, max: latest, value: latest, step: 1, "aria-label": "Version", "data-testid": "version-slider" });
   const label = h("output", { "data-testid": "as-of-version" }, `version ${latest}`);
   const status = h("span", {});
@@ -73,7 +73,7 @@ function timeTravel(root: HTMLElement, id: string, latest: number): void {
     const ask = ++asked;
     label.textContent = `version ${version}`;
     try {
-      const row = await get<{ status?: string }>(`/v1/orders/${id}?as_of_version=${version}`);
+      const row = await get<{ status?: string }>(`/v1/${kind}/${id}?as_of_version=${version}`);
       if (ask !== asked) return;
       replace(status, " status ", badge(row.status ?? "?"));
       replace(state, json(row));
@@ -85,7 +85,7 @@ function timeTravel(root: HTMLElement, id: string, latest: number): void {
   replace(
     root,
     h("h2", {}, "As of a version"),
-    h("p", { class: "hint" }, "The order folded from its first events only, read back from the log."),
+    h("p", { class: "hint" }, "Folded from its first events only, read back from the log."),
     h("p", { class: "bar" }, slider, " ", label, status),
     state,
   );

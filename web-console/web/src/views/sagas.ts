@@ -99,7 +99,9 @@ export const sagaTimeline: View = (root, [orderId = ""], _query, context) => {
   const head = h("div", {});
   const body = h("div", {}, notice("info", "Reading the saga…"));
   const action = h("div", { class: "actions" });
-  replace(root, h("h1", {}, "Saga of order ", h("code", {}, orderId)), head, action, body);
+  // Outside what the poll redraws: the answer to a retry stays in view.
+  const outcome = h("div", { class: "outcome", "data-testid": "retry-outcome" });
+  replace(root, h("h1", {}, "Saga of order ", h("code", {}, orderId)), head, action, outcome, body);
   let last = "";
   const stop = every(
     1500,
@@ -127,7 +129,7 @@ export const sagaTimeline: View = (root, [orderId = ""], _query, context) => {
         ),
         saga.compensating_because ? notice("info", `Compensating because: ${saga.compensating_because}`) : null,
       );
-      replace(action, saga.state === "failed" ? retryButton(saga, context.role) : null);
+      replace(action, saga.state === "failed" ? retryButton(saga, context.role, outcome) : null);
       replace(body, ...timeline(saga), ...commands(issued));
     },
     (e) => {
@@ -187,8 +189,7 @@ function commands(issued: Issued[]): Node[] {
   ];
 }
 
-function retryButton(saga: Saga, role: string): HTMLElement {
-  const result = h("span", {});
+function retryButton(saga: Saga, role: string, result: HTMLElement): HTMLElement {
   const button = h("button", { type: "button", "data-testid": "retry-saga" }, "Retry the failed step");
   if (role !== "operator") {
     button.disabled = true;
@@ -204,5 +205,5 @@ function retryButton(saga: Saga, role: string): HTMLElement {
       button.disabled = false;
     }
   });
-  return h("p", {}, button, role !== "operator" ? h("span", { class: "hint" }, " An operator key is needed to retry.") : null, result);
+  return h("p", {}, button, role !== "operator" ? h("span", { class: "hint" }, " An operator key is needed to retry.") : null);
 }

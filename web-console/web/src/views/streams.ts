@@ -97,7 +97,7 @@ export function recordView(record: ShownRecord): HTMLElement {
   const headers = Object.entries(record.headers);
   return h(
     "article",
-    { class: "record", "data-offset": record.offset },
+    { class: "record", "data-offset": record.offset, "data-key": record.key ?? "" },
     h(
       "div",
       { class: "place" },
@@ -126,6 +126,7 @@ export const tail: View = (root, [topic]) => {
   const records = h("div", { class: "records", "data-testid": "tail-records" });
   const held: ShownRecord[] = [];
   let paused = false;
+  let open = false;
   const toggle = h("button", { type: "button" }, "Pause");
   const show = (batch: ShownRecord[]) => {
     for (const record of batch) records.prepend(recordView(record));
@@ -135,7 +136,7 @@ export const tail: View = (root, [topic]) => {
     paused = !paused;
     toggle.textContent = paused ? "Resume" : "Pause";
     if (!paused) show(held.splice(0));
-    status.textContent = paused ? "paused" : "live";
+    if (open) status.textContent = paused ? "paused" : "live";
   });
   replace(
     root,
@@ -149,8 +150,9 @@ export const tail: View = (root, [topic]) => {
     `/console/api/topics/${encodeURIComponent(topic ?? "")}/tail?last=10`,
     (name, data) => {
       if (name === "error") {
+        open = false;
         status.textContent = "stopped";
-        records.prepend(notice("error", `The tail stopped: ${data}`));
+        records.prepend(notice("error", `The tail stopped: ${JSON.parse(data)}`));
         return;
       }
       const batch = JSON.parse(data) as ShownRecord[];
@@ -164,15 +166,20 @@ export const tail: View = (root, [topic]) => {
       }
     },
     stop.signal,
+    () => {
+      open = true;
+      status.textContent = paused ? "paused" : "live";
+    },
   )
     .then(() => {
-      if (!stop.signal.aborted) status.textContent = "ended";
+      open = false;
+      if (!stop.signal.aborted) status.textContent = "ended: the console's API closed the stream";
     })
     .catch((e) => {
+      open = false;
       status.textContent = "stopped";
       records.prepend(notice("error", message(e)));
     });
-  status.textContent = "live";
   return () => stop.abort();
 };
 
