@@ -103,9 +103,13 @@ async fn read_partition(
     };
     let mut wanted = offsets.iter().copied().peekable();
     while let Some(&next) = wanted.peek() {
-        let Ok(message) = tokio::time::timeout(settings.timeout, consumer.recv()).await else {
-            return gone(next);
-        };
+        // A broker that does not answer is unavailable, never a record that is not there.
+        let message = tokio::time::timeout(settings.timeout, consumer.recv())
+            .await
+            .map_err(|_| EventStoreError::Unavailable {
+                operation: "read",
+                reason: format!("no answer for {topic}/{partition}@{next}"),
+            })?;
         let message = match message {
             Ok(message) => message,
             Err(KafkaError::PartitionEOF(_)) => return gone(next),
@@ -120,6 +124,11 @@ async fn read_partition(
             // Left out: the wanted offsets this record passed have no record.
             while wanted.next_if(|&o| o < offset).is_some() {}
             if wanted.peek() != Some(&offset) {
+                if let Some(&after) = wanted.peek()
+                    && after - offset > SKIP_AHEAD
+                {
+                    seek_to(&consumer, topic, partition, after)?;
+                }
                 continue;
             }
         }

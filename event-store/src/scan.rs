@@ -100,16 +100,32 @@ impl std::fmt::Debug for LogScan {
 }
 
 impl LogScan {
-    /// Starts reading `topic` at each partition's `from`. Partitions whose range is empty
-    /// are done from the start. A bounded scan reads in large fetches (a rebuild's
-    /// catch-up); one that only follows (every range open-ended: a tail) keeps small
-    /// buffers and does not ask the broker every few milliseconds while nothing comes.
+    /// Starts reading `topic` at each partition's `from`, in large fetches (a rebuild's or
+    /// a replay's catch-up). Partitions whose range is empty are done from the start.
     pub fn open(
         settings: &KafkaSettings,
         topic: &str,
         ranges: &BTreeMap<i32, Range>,
     ) -> Result<Self, EventStoreError> {
-        let following = ranges.values().all(|r| r.to.is_none());
+        Self::start(settings, topic, ranges, false)
+    }
+
+    /// [`LogScan::open`] for a live tail that starts near the end: small buffers (one per
+    /// page watching), and no fetch every few milliseconds while nothing comes.
+    pub fn tail(
+        settings: &KafkaSettings,
+        topic: &str,
+        ranges: &BTreeMap<i32, Range>,
+    ) -> Result<Self, EventStoreError> {
+        Self::start(settings, topic, ranges, true)
+    }
+
+    fn start(
+        settings: &KafkaSettings,
+        topic: &str,
+        ranges: &BTreeMap<i32, Range>,
+        following: bool,
+    ) -> Result<Self, EventStoreError> {
         let mut config = settings.consumer("event-store-scan");
         config.set("enable.partition.eof", "true");
         if following {

@@ -50,30 +50,36 @@ const LAG_FRESH: Duration = Duration::from_secs(2);
 /// Longest one measure may take: under the page's own 10 s.
 const LAG_WITHIN: Duration = Duration::from_secs(8);
 
-/// The last measure of the lag and when it was taken; one measure at a time.
-pub type LagCache = Arc<Mutex<Option<(Instant, Arc<Vec<ReaderLag>>)>>>;
+/// The last measure of the lag (or why it failed) and when it was taken; one measure at
+/// a time.
+pub type LagCache = Arc<Mutex<Option<(Instant, Measured)>>>;
+
+type Measured = Result<Arc<Vec<ReaderLag>>, String>;
 
 /// `GET /console/api/readers`
 pub async fn lag(State(console): State<Console>) -> Result<Json<Lag>, QueryError> {
-    let mut last = console.lag.lock().await;
-    let readers = match last.as_ref() {
-        Some((at, readers)) if at.elapsed() < LAG_FRESH => Arc::clone(readers),
-        _ => {
-            let measured = within(
-                LAG_WITHIN,
-                "measuring the readers' lag",
-                shopctl::lag::readers(&console.infra, &console.pool),
-            )
-            .await?;
-            let measured = Arc::new(measured);
-            *last = Some((Instant::now(), Arc::clone(&measured)));
-            measured
+    // One bound for waiting on another page's measure and for taking one.
+    let measured = within(LAG_WITHIN, "measuring the readers' lag", async {
+        let mut last = console.lag.lock().await;
+        if let Some((at, measured)) = last.as_ref()
+            && at.elapsed() < LAG_FRESH
+        {
+            return Ok::<_, String>(measured.clone());
         }
-    };
-    drop(last);
+        let measured = shopctl::lag::readers(&console.infra, &console.pool)
+            .await
+            .map(Arc::new)
+            .map_err(|e| format!("{e:#}"));
+        // A failure is kept too: the pages asking meanwhile get it, not a queue of
+        // measures against a broker that is down.
+        *last = Some((Instant::now(), measured.clone()));
+        Ok(measured)
+    })
+    .await?
+    .map_err(|reason| QueryError::Unavailable(format!("measuring the readers' lag: {reason}")))?;
     Ok(Json(Lag {
         objective_seconds: console.lag_objective.as_secs_f64(),
-        readers: readers.as_ref().clone(),
+        readers: measured.as_ref().clone(),
     }))
 }
 

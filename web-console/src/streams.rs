@@ -166,7 +166,13 @@ pub async fn search(
         .into_iter()
         .map(|indexed| {
             let place = (indexed.topic.clone(), indexed.partition, indexed.offset);
-            let record = records.remove(&place).map(|r| shown(&r));
+            // A record at the place that is not this event (a topic re-created since
+            // it was indexed) is not shown as if it were.
+            let event_id = indexed.event_id.to_string();
+            let record = records
+                .remove(&place)
+                .filter(|r| r.header("ce_id") == Some(event_id.as_str()))
+                .map(|r| shown(&r));
             FoundEvent { indexed, record }
         })
         .collect();
@@ -250,7 +256,7 @@ pub async fn tail(
         .into_response());
     };
     let ranges = tail_start(&console, &topic, partitions, last).await?;
-    let log = LogScan::open(&console.infra.kafka, &topic, &ranges)
+    let log = LogScan::tail(&console.infra.kafka, &topic, &ranges)
         .map_err(|e| QueryError::Unavailable(e.to_string()))?;
     let stream = records(log, permit, console.stopping.clone());
     let mut response = Sse::new(stream)

@@ -1,5 +1,5 @@
-//! An aggregate's events read back from the log through the event index, and an order's
-//! state at a version or a time, folded from them with the projector's own fold.
+//! An aggregate's events read back from the log through the event index, and an order's or
+//! a user's state at a version or a time, folded from them with the projector's own fold.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};

@@ -113,7 +113,10 @@ export async function stream(
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      pending += value.replace(/\r\n?/g, "\n");
+      // Line ends may be CRLF or CR; a CR at the end of a chunk waits for the next one.
+      pending = (pending + value).replace(/\r\n?/g, (end: string, at: number, all: string) =>
+        end === "\r" && at === all.length - 1 ? end : "\n",
+      );
       let cut: number;
       while ((cut = pending.indexOf("\n\n")) >= 0) {
         const block = pending.slice(0, cut);

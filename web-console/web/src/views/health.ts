@@ -74,11 +74,14 @@ export const health: View = (root, _args, _query, context) => {
   // One action at a time: its buttons stay disabled until the list is read again, so a
   // second click cannot skip the record that moved up behind the first.
   let acting = false;
+  // Bumped by every action: a list read before it is not drawn after it.
+  let generation = 0;
   const act = async (letter: DeadLetter, verb: "retry" | "skip") => {
     const what = `${letter.read_model} ${letter.record.aggregate_id}`;
     if (acting) return;
     if (verb === "skip" && !window.confirm(`Skip the parked record ${letter.record.topic}/${letter.record.partition}@${letter.record.offset} of ${what}? The read model will never apply it.`)) return;
     acting = true;
+    generation += 1;
     for (const button of letters.querySelectorAll("button")) button.disabled = true;
     try {
       const done = await post<{ report: { applied: number; still_parked: number; blocked_by: string | null } }>(
@@ -89,12 +92,12 @@ export const health: View = (root, _args, _query, context) => {
     } catch (e) {
       replace(result, notice("error", `${verb} of ${what}: ${message(e)}`));
     }
+    acting = false;
     try {
       await showLetters();
     } catch (e) {
       replace(letters, notice("error", message(e)));
     }
-    acting = false;
   };
   const button = (letter: DeadLetter, verb: "retry" | "skip") =>
     h(
@@ -103,7 +106,9 @@ export const health: View = (root, _args, _query, context) => {
       verb === "retry" ? "Retry" : "Skip",
     );
   const showLetters = async () => {
+    const asked = generation;
     const found = await get<{ items: DeadLetter[] }>("/v1/dead-letters?limit=100");
+    if (asked !== generation || acting) return;
     if (found.items.length === 0) {
       replace(letters, notice("info", "No record is parked."));
       return;

@@ -172,8 +172,9 @@ export const tail: View = (root, [topic]) => {
     },
   )
     .then(() => {
+      const failed = !open;
       open = false;
-      if (!stop.signal.aborted) status.textContent = "ended: the console's API closed the stream";
+      if (!stop.signal.aborted && !failed) status.textContent = "ended: the console's API closed the stream";
     })
     .catch((e) => {
       open = false;
