@@ -16,7 +16,7 @@ use schemas::OrderId;
 use serde::Serialize;
 use service_runtime::api_keys::Operator;
 use service_runtime::openapi::BearerAuth;
-use service_runtime::problem::Problem;
+use service_runtime::problem::{Problem, problem_type};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
@@ -186,7 +186,7 @@ async fn retry(
             api.metrics.observe_input("operator_retry", "ignored");
             tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, state = state.as_str(), "saga retry refused: not failed");
             Err(Problem::new(StatusCode::CONFLICT, refused.to_string())
-                .typed("urn:shop:problem:saga-not-failed", "Saga not failed")
+                .typed(problem_type("saga-not-failed"), "Saga not failed")
                 .with("state", state.as_str())
                 .into_response())
         }

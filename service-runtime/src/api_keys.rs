@@ -105,7 +105,7 @@ fn refused(caller: &Principal, parts: &Parts) -> Response {
         "this action needs an operator key (OPERATOR_API_KEYS); this key is a client key",
     )
     .typed(
-        "urn:shop:problem:operator-key-required",
+        crate::problem::problem_type("operator-key-required"),
         "Operator key required",
     )
     .into_response()

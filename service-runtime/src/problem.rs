@@ -28,6 +28,14 @@ pub struct Problem {
     retry_after_secs: Option<u32>,
 }
 
+/// What every problem type of the shop's own starts with (RFC 9457 `type`).
+pub const TYPE_PREFIX: &str = "urn:shop:problem:";
+
+/// The shop's problem type `code`: `urn:shop:problem:<code>`.
+pub fn problem_type(code: &str) -> String {
+    format!("{TYPE_PREFIX}{code}")
+}
+
 impl Problem {
     /// A problem identified by its status alone (`type` is `about:blank`).
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -41,7 +49,7 @@ impl Problem {
         }
     }
 
-    /// A problem with a machine-readable type, such as `urn:shop:problem:email-taken`.
+    /// A problem with a machine-readable type, such as [`problem_type`]`("email-taken")`.
     pub fn typed(mut self, problem_type: impl Into<String>, title: impl Into<String>) -> Self {
         self.problem_type = problem_type.into();
         self.title = title.into();

@@ -23,7 +23,7 @@ use projections::query::params::Params;
 use projections::read_models::event_index::IndexedEvent;
 use serde::Serialize;
 use serde_json::Value;
-use service_runtime::problem::Problem;
+use service_runtime::problem::{Problem, problem_type};
 use shopctl::topics::TopicView;
 use shopctl::view;
 use sqlx::AssertSqlSafe;
@@ -251,7 +251,7 @@ pub async fn tail(
             StatusCode::SERVICE_UNAVAILABLE,
             "every live tail is taken (CONSOLE_LIVE_TAILS): close one, or retry later",
         )
-        .typed("urn:shop:problem:unavailable", "Service unavailable")
+        .typed(problem_type("unavailable"), "Service unavailable")
         .retry_after(5)
         .into_response());
     };

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use event_store::EventStoreError;
 use serde::Serialize;
 use serde_json::{Value, json};
-use service_runtime::problem::Problem;
+use service_runtime::problem::{Problem, problem_type};
 
 /// One failing field of a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -74,10 +74,6 @@ impl ApiError {
             other => Self::Internal(other.to_string()),
         }
     }
-}
-
-fn problem_type(code: &str) -> String {
-    format!("urn:shop:problem:{code}")
 }
 
 impl IntoResponse for ApiError {

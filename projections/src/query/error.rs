@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
-use service_runtime::problem::Problem;
+use service_runtime::problem::{Problem, problem_type};
 
 /// One invalid query parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,10 +47,6 @@ impl From<event_store::EventStoreError> for QueryError {
     }
 }
 
-fn typed(code: &str) -> String {
-    format!("urn:shop:problem:{code}")
-}
-
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let problem = match self {
@@ -58,16 +54,15 @@ impl IntoResponse for QueryError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("{} parameter(s) are invalid", errors.len()),
             )
-            .typed(typed("validation"), "Invalid request")
+            .typed(problem_type("validation"), "Invalid request")
             .with("errors", serde_json::to_value(errors).unwrap_or_default()),
-            Self::NotFound(detail) => {
-                Problem::new(StatusCode::NOT_FOUND, detail).typed(typed("not-found"), "Not found")
-            }
+            Self::NotFound(detail) => Problem::new(StatusCode::NOT_FOUND, detail)
+                .typed(problem_type("not-found"), "Not found"),
             Self::NotYet { lag } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the read model has not reached min_position yet; retry later",
             )
-            .typed(typed("not-yet-visible"), "Not yet visible")
+            .typed(problem_type("not-yet-visible"), "Not yet visible")
             .with("lag", lag)
             .retry_after(1),
             Self::Unavailable(reason) => {
@@ -76,7 +71,7 @@ impl IntoResponse for QueryError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the read side cannot answer right now; retry",
                 )
-                .typed(typed("unavailable"), "Service unavailable")
+                .typed(problem_type("unavailable"), "Service unavailable")
                 .retry_after(1)
             }
         };
