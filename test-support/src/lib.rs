@@ -12,6 +12,7 @@ pub mod hostile;
 pub mod load;
 pub mod pki;
 mod postgres;
+pub mod raw_transactions;
 pub mod watchdog;
 
 pub use broker::{BrokerTls, KAFKA_LIBS_ENV, PrivateBroker, TlsListeners};

@@ -25,6 +25,9 @@ pub struct WriterMetrics {
     pub owned_partitions: Family<Labels, Gauge>,
     /// Seconds from assignment to serving, per takeover.
     pub takeover_seconds: Family<Labels, Histogram>,
+    /// Seconds per step of a batch's transaction, by stage: `produce` (begin until every
+    /// record is acknowledged) and `commit` (until the broker committed it).
+    pub transaction_seconds: Family<Labels, Histogram>,
 }
 
 impl WriterMetrics {
@@ -41,6 +44,9 @@ impl WriterMetrics {
             owned_partitions: Family::default(),
             takeover_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+            transaction_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
             }),
         };
         registry.register(
@@ -77,6 +83,11 @@ impl WriterMetrics {
             "writer_takeover_seconds",
             "Time from partition assignment to serving",
             metrics.takeover_seconds.clone(),
+        );
+        registry.register(
+            "writer_transaction_seconds",
+            "Seconds per stage of a writer batch's transaction (produce, commit)",
+            metrics.transaction_seconds.clone(),
         );
         metrics
     }

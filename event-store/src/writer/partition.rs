@@ -522,9 +522,11 @@ impl<A: Aggregate> PartitionWriter<A> {
         &mut self,
         records: &[(usize, bool, OutgoingRecord)],
     ) -> Result<Vec<i64>, EventStoreError> {
+        let started = Instant::now();
         let produced = self.produce(records).await;
+        self.observe_stage("produce", started);
         let outcome = match produced {
-            Ok(offsets) => match self.log.commit().await {
+            Ok(offsets) => match self.timed("commit", self.log.commit()).await {
                 Ok(()) => return Ok(offsets),
                 // The commit may have reached the broker: only a fresh producer of this
                 // transactional id can tell (it completes or aborts it).
@@ -592,6 +594,20 @@ impl<A: Aggregate> PartitionWriter<A> {
             }
         }
         Ok(offsets)
+    }
+
+    fn observe_stage(&self, stage: &str, started: Instant) {
+        self.metrics
+            .transaction_seconds
+            .get_or_create(&self.metrics.with("stage", stage))
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn timed<T>(&self, stage: &str, step: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = step.await;
+        self.observe_stage(stage, started);
+        result
     }
 
     /// Another writer took the partition over: stop writing.
