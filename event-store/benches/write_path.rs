@@ -21,6 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::EventDocument;
 use support::{deposit, deposited_record};
 use test_support::load::drive;
+use test_support::metrics::histogram;
 use test_support::raw_transactions::{self, TransactionalSenders};
 use tokio_util::sync::CancellationToken;
 
@@ -178,20 +179,21 @@ async fn main() -> anyhow::Result<()> {
         store.per_second / raw.per_second,
         store_p99 - raw_p99
     );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
     println!("where the store's time goes, per transaction:");
     for stage in ["produce", "commit"] {
-        let (count, sum, p99) =
-            support::histogram(&registry, "writer_transaction_seconds", stage);
+        let summary = histogram(&text, "writer_transaction_seconds", &format!("stage=\"{stage}\""));
         println!(
-            "  {stage}: mean {:.2} ms, p99 <= {:.1} ms, over {count} transactions",
-            sum * 1000.0 / count.max(1) as f64,
-            p99 * 1000.0
+            "  {stage}: mean {:.2} ms, p99 <= {:.1} ms, over {} transactions",
+            summary.mean() * 1000.0,
+            summary.p99_bound * 1000.0,
+            summary.count
         );
     }
-    let (batches, commands, _) = support::histogram(&registry, "writer_batch_size", "");
     println!(
         "  commands per transaction: {:.1}",
-        commands / batches.max(1) as f64
+        histogram(&text, "writer_batch_size", "").mean()
     );
     Ok(())
 }

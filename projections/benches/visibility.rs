@@ -13,6 +13,7 @@ use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use serde_json::{Value, json};
 use service_runtime::Env;
 use test_support::load::{Run, drive};
+use test_support::metrics::histogram;
 
 const PARTITIONS: i32 = 8;
 const USERS: usize = 50;
@@ -122,8 +123,25 @@ async fn main() -> anyhow::Result<()> {
 
     let raw = raw_floor(&settings).await?;
 
+    let scrape = |base: String| {
+        let client = reqwest::Client::new();
+        async move {
+            client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        }
+    };
+    let before = (
+        scrape(command_base.clone()).await?,
+        scrape(query_base.clone()).await?,
+    );
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let run = {
+        let (command_base, query_base) = (command_base.clone(), query_base.clone());
         let latencies = Arc::clone(&latencies);
         drive(ORDERS, CONCURRENCY, move |i| {
             let (client, users, latencies) =
@@ -190,9 +208,50 @@ async fn main() -> anyhow::Result<()> {
         ours.1,
         ours.1 - raw.1
     );
+    let after = (
+        scrape(command_base.clone()).await?,
+        scrape(query_base.clone()).await?,
+    );
+    print_stages(&before, &after);
     stop.cancel();
     for service in services {
         tokio::time::timeout(Duration::from_secs(30), service).await???;
     }
     Ok(())
+}
+
+/// Where the time between the 201 and the order showing goes: the orders writer's commit
+/// (the 201 waits for it; the commit markers that make the events readable are written
+/// right after), and the orders projector's batches, from the services' own metrics.
+fn print_stages(before: &(String, String), after: &(String, String)) {
+    let delta = |text: fn(&(String, String)) -> &String, name: &str, label: &str| {
+        let (a, b) = (
+            histogram(text(after), name, label),
+            histogram(text(before), name, label),
+        );
+        let count = a.count - b.count;
+        (count, (a.sum - b.sum) / count.max(1) as f64)
+    };
+    println!("where the time goes (means over the run):");
+    for stage in ["produce", "commit"] {
+        let (count, mean) = delta(
+            |t| &t.0,
+            "shop_writer_transaction_seconds",
+            &format!("service=\"orders\",stage=\"{stage}\""),
+        );
+        println!(
+            "  orders writer, transaction {stage}: {:.2} ms over {count} transactions",
+            mean * 1000.0
+        );
+    }
+    let (batches, seconds) = delta(
+        |t| &t.1,
+        "shop_projector_batch_seconds",
+        "read_model=\"orders\"",
+    );
+    let (_, records) = delta(|t| &t.1, "shop_projector_batch_size", "read_model=\"orders\"");
+    println!(
+        "  orders projector, one batch (plan, write, checkpoint, commit): {:.2} ms over {batches} batches of {records:.1} records",
+        seconds * 1000.0
+    );
 }

@@ -10,6 +10,7 @@ mod broker;
 pub mod floor;
 pub mod hostile;
 pub mod load;
+pub mod metrics;
 pub mod pki;
 mod postgres;
 pub mod raw_transactions;
