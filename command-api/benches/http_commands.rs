@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use event_store::partitioner::partition_for;
 use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,7 +21,6 @@ use schemas::{Event, EventMeta, OrderId, UserId};
 use serde_json::json;
 use service_runtime::Env;
 use service_runtime::personal_data::{EmailIndex, KeyStore, SubjectKey};
-use event_store::partitioner::partition_for;
 use test_support::load::drive;
 use test_support::metrics::histogram;
 use test_support::raw_transactions::{self, TransactionalSenders};
@@ -122,18 +122,30 @@ async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<St
 /// Where the orders' time went between two scrapes of the command API's metrics.
 fn print_stages(before: &str, after: &str) {
     let delta = |name: &str, label: &str| {
-        let (a, b) = (histogram(after, name, label), histogram(before, name, label));
-        (a.count - b.count, (a.sum - b.sum) / (a.count - b.count).max(1) as f64)
+        let (a, b) = (
+            histogram(after, name, label),
+            histogram(before, name, label),
+        );
+        (
+            a.count - b.count,
+            (a.sum - b.sum) / (a.count - b.count).max(1) as f64,
+        )
     };
     println!("where a command's time goes (means over the run):");
     let (requests, request) = delta("shop_http_request_duration_seconds", "route=\"/v1/orders\"");
-    println!("  POST /v1/orders in the service: {:.2} ms over {requests} requests", request * 1000.0);
+    println!(
+        "  POST /v1/orders in the service: {:.2} ms over {requests} requests",
+        request * 1000.0
+    );
     for stage in ["produce", "commit"] {
         let (count, mean) = delta(
             "shop_writer_transaction_seconds",
             &format!("service=\"orders\",stage=\"{stage}\""),
         );
-        println!("  orders transaction {stage}: {:.2} ms over {count} transactions", mean * 1000.0);
+        println!(
+            "  orders transaction {stage}: {:.2} ms over {count} transactions",
+            mean * 1000.0
+        );
     }
     let (_, batch) = delta("shop_writer_batch_size", "service=\"orders\"");
     println!("  orders commands per transaction: {batch:.1}");

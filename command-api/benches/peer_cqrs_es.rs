@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use command_api::domain::orders::Order;
 use command_api::domain::users::{User, UserStatus};
-use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::metrics::WriterMetrics;
@@ -284,10 +284,7 @@ async fn ours(brokers: &str) -> anyhow::Result<(Run, Run)> {
                     currency: "EUR".parse().expect("EUR"),
                     lines: lines(),
                 };
-                let outcome = orders
-                    .execute(command_of(place))
-                    .await
-                    .expect("an order");
+                let outcome = orders.execute(command_of(place)).await.expect("an order");
                 assert!(outcome.is_accepted(), "{outcome:?}");
             }
         })
@@ -401,10 +398,34 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| path | commands/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
-    println!("{}", row("register: this event store (Apache Kafka, 8 partitions)", &our_register));
-    println!("{}", row("register: cqrs-es 0.5 + postgres-es 0.5 (Postgres)", &their_register));
-    println!("{}", row("place order: this event store (Apache Kafka, 8 partitions)", &our_place));
-    println!("{}", row("place order: cqrs-es 0.5 + postgres-es 0.5 (Postgres)", &their_place));
+    println!(
+        "{}",
+        row(
+            "register: this event store (Apache Kafka, 8 partitions)",
+            &our_register
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "register: cqrs-es 0.5 + postgres-es 0.5 (Postgres)",
+            &their_register
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "place order: this event store (Apache Kafka, 8 partitions)",
+            &our_place
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "place order: cqrs-es 0.5 + postgres-es 0.5 (Postgres)",
+            &their_place
+        )
+    );
     println!();
     println!("{}", verdict("register", &our_register, &their_register));
     println!("{}", verdict("place order", &our_place, &their_place));

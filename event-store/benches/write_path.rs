@@ -10,11 +10,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use event_store::partitioner::partition_for;
 use event_store::record::to_kafka_headers;
 use event_store::sample::{Ledger, OpenAccount};
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::metrics::WriterMetrics;
-use event_store::partitioner::partition_for;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use prometheus_client::registry::Registry;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -111,7 +111,8 @@ async fn main() -> anyhow::Result<()> {
     // partition, each transaction taking every record waiting for its partition.
     let raw_tx_topic = raw_tx_topics.events("ledger");
     let senders =
-        TransactionalSenders::start(&settings.producer(), &raw_tx_topic, PARTITIONS, "raw-tx").await;
+        TransactionalSenders::start(&settings.producer(), &raw_tx_topic, PARTITIONS, "raw-tx")
+            .await;
     let raw_tx = {
         let (senders, records) = (senders.clone(), Arc::clone(&records));
         drive(COMMANDS, CONCURRENCY, move |i| {
@@ -183,7 +184,11 @@ async fn main() -> anyhow::Result<()> {
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     println!("where the store's time goes, per transaction:");
     for stage in ["produce", "commit"] {
-        let summary = histogram(&text, "writer_transaction_seconds", &format!("stage=\"{stage}\""));
+        let summary = histogram(
+            &text,
+            "writer_transaction_seconds",
+            &format!("stage=\"{stage}\""),
+        );
         println!(
             "  {stage}: mean {:.2} ms, p99 <= {:.1} ms, over {} transactions",
             summary.mean() * 1000.0,

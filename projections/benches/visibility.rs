@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         run.per_second, ours.0, ours.1
     );
     println!(
-        "p99 {:.2} ms (goal <= 50 ms); {:+.2} ms over the raw floor",
+        "p99 {:.2} ms (goal <= 25 ms); {:+.2} ms over the raw floor",
         ours.1,
         ours.1 - raw.1
     );
@@ -249,7 +249,11 @@ fn print_stages(before: &(String, String), after: &(String, String)) {
         "shop_projector_batch_seconds",
         "read_model=\"orders\"",
     );
-    let (_, records) = delta(|t| &t.1, "shop_projector_batch_size", "read_model=\"orders\"");
+    let (_, records) = delta(
+        |t| &t.1,
+        "shop_projector_batch_size",
+        "read_model=\"orders\"",
+    );
     println!(
         "  orders projector, one batch (plan, write, checkpoint, commit): {:.2} ms over {batches} batches of {records:.1} records",
         seconds * 1000.0

@@ -33,7 +33,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 impl TransactionalSenders {
     /// `config` is the producer configuration to start from (idempotent, `acks=all`); each
     /// partition's producer gets its own `transactional.id` under `id_prefix`.
-    pub async fn start(config: &ClientConfig, topic: &str, partitions: i32, id_prefix: &str) -> Self {
+    pub async fn start(
+        config: &ClientConfig,
+        topic: &str,
+        partitions: i32,
+        id_prefix: &str,
+    ) -> Self {
         let mut queues = Vec::new();
         for partition in 0..partitions {
             let producer: FutureProducer = config
@@ -57,12 +62,19 @@ impl TransactionalSenders {
     pub async fn send(&self, record: RawRecord) {
         let (done, committed) = oneshot::channel();
         let queue = &self.queues[record.partition as usize];
-        queue.send((record, done)).await.expect("a raw sender stopped");
+        queue
+            .send((record, done))
+            .await
+            .expect("a raw sender stopped");
         committed.await.expect("a raw transaction failed");
     }
 }
 
-async fn commit_loop(producer: FutureProducer, topic: String, mut waiting: mpsc::Receiver<Waiting>) {
+async fn commit_loop(
+    producer: FutureProducer,
+    topic: String,
+    mut waiting: mpsc::Receiver<Waiting>,
+) {
     while let Some(first) = waiting.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {

@@ -63,6 +63,19 @@ struct Execution<A: Aggregate> {
 /// How many queued commands one batch takes at most.
 const MAX_BATCH: usize = 512;
 
+/// How long a writer whose last batch held several commands waits for more before it
+/// begins the next transaction.
+const GATHER: Duration = Duration::from_millis(1);
+
+fn take_waiting<A: Aggregate>(queue: &mut mpsc::Receiver<Request<A>>, batch: &mut Vec<Request<A>>) {
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+}
+
 /// When a partition writer cuts a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotPolicy {
@@ -203,6 +216,7 @@ impl<A: Aggregate> PartitionWriter<A> {
     ) -> Self {
         // A takeover that replayed a long tail saves it before the first command.
         self.maybe_snapshot().await;
+        let mut concurrent = false;
         loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break,
@@ -212,12 +226,22 @@ impl<A: Aggregate> PartitionWriter<A> {
                 },
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            take_waiting(&mut queue, &mut batch);
+            if concurrent && batch.len() < MAX_BATCH {
+                // Callers are many: those answered by the last commit are likely sending
+                // their next command now. A moment's wait lets one transaction carry them
+                // too, instead of a transaction each for two half-full batches.
+                let _ = tokio::time::timeout(GATHER, async {
+                    while batch.len() < MAX_BATCH {
+                        match queue.recv().await {
+                            Some(request) => batch.push(request),
+                            None => break,
+                        }
+                    }
+                })
+                .await;
             }
+            concurrent = batch.len() > 1;
             self.process(batch).await;
             if let Some(halt) = self.halted {
                 tracing::warn!(
