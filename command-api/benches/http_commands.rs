@@ -22,7 +22,7 @@ use serde_json::json;
 use service_runtime::Env;
 use service_runtime::personal_data::{EmailIndex, KeyStore, SubjectKey};
 use test_support::load::drive;
-use test_support::metrics::histogram;
+use test_support::metrics::observed;
 use test_support::raw_transactions::{self, TransactionalSenders};
 
 const PARTITIONS: i32 = 8;
@@ -121,34 +121,41 @@ async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<St
 
 /// Where the orders' time went between two scrapes of the command API's metrics.
 fn print_stages(before: &str, after: &str) {
-    let delta = |name: &str, label: &str| {
-        let (a, b) = (
-            histogram(after, name, label),
-            histogram(before, name, label),
-        );
-        (
-            a.count - b.count,
-            (a.sum - b.sum) / (a.count - b.count).max(1) as f64,
-        )
-    };
-    println!("where a command's time goes (means over the run):");
-    let (requests, request) = delta("shop_http_request_duration_seconds", "route=\"/v1/orders\"");
-    println!(
-        "  POST /v1/orders in the service: {:.2} ms over {requests} requests",
-        request * 1000.0
+    let orders = ("service", "orders");
+    println!("where a command's time goes (over the run):");
+    let request = observed(
+        before,
+        after,
+        "shop_http_request_duration_seconds",
+        &[("route", "/v1/orders"), ("method", "POST")],
     );
+    println!(
+        "  POST /v1/orders in the service: mean {:.2} ms, p99 <= {:.0} ms, over {} requests",
+        request.mean() * 1000.0,
+        request.p99_bound * 1000.0,
+        request.count
+    );
+    let mut transactions = 0;
     for stage in ["produce", "commit"] {
-        let (count, mean) = delta(
+        let step = observed(
+            before,
+            after,
             "shop_writer_transaction_seconds",
-            &format!("service=\"orders\",stage=\"{stage}\""),
+            &[orders, ("stage", stage)],
         );
         println!(
-            "  orders transaction {stage}: {:.2} ms over {count} transactions",
-            mean * 1000.0
+            "  orders transaction {stage}: mean {:.2} ms, p99 <= {:.0} ms, over {} transactions",
+            step.mean() * 1000.0,
+            step.p99_bound * 1000.0,
+            step.count
         );
+        transactions = step.count;
     }
-    let (_, batch) = delta("shop_writer_batch_size", "service=\"orders\"");
-    println!("  orders commands per transaction: {batch:.1}");
+    let commands = observed(before, after, "shop_writer_batch_size", &[orders]).sum;
+    println!(
+        "  orders commands per transaction: {:.1}",
+        commands / transactions.max(1) as f64
+    );
 }
 
 /// `count` POSTs of `body(i)` to `url`, `CONCURRENCY` callers each waiting for its 201.

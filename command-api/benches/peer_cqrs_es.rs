@@ -40,6 +40,8 @@ const PARTITIONS: i32 = 8;
 const USERS: usize = 2_000;
 const ORDERS: usize = 5_000;
 const CONCURRENCY: usize = 64;
+/// Commands of each kind each side runs before the clock starts, at full concurrency.
+const WARM_UP: usize = 512;
 /// Connections of the peer's pool: enough for every caller to hold one.
 const PEER_POOL: u32 = 64;
 
@@ -247,10 +249,31 @@ async fn ours(brokers: &str) -> anyhow::Result<(Run, Run)> {
     let (key, index) = (SubjectKey::generate(), EmailIndex::development());
     let registrations: Arc<Vec<RegisterUser>> =
         Arc::new((0..USERS).map(|i| registration(&key, &index, i)).collect());
-    // Warm-up: every partition owned and its producer ready before the clock starts.
-    for warm in 0..PARTITIONS as usize * 4 {
-        let command = registration(&key, &index, USERS + warm);
-        let _ = users.execute(command_of(command)).await?;
+    // Warm-up at full concurrency: every partition of both models owned, its producer
+    // ready and its first transactions done before the clock starts.
+    let warm: Arc<Vec<RegisterUser>> = Arc::new(
+        (0..WARM_UP)
+            .map(|i| registration(&key, &index, USERS + i))
+            .collect(),
+    );
+    {
+        let (users, orders, warm) = (users.clone(), orders.clone(), Arc::clone(&warm));
+        drive(WARM_UP, CONCURRENCY, move |i| {
+            let (users, orders, warm) = (users.clone(), orders.clone(), Arc::clone(&warm));
+            async move {
+                let registered = users.execute(command_of(warm[i].clone())).await;
+                assert!(registered.expect("a warm-up registration").is_accepted());
+                let place = PlaceOrder {
+                    order_id: OrderId::new(),
+                    user_id: warm[i].user_id,
+                    currency: "EUR".parse().expect("EUR"),
+                    lines: lines(),
+                };
+                let placed = orders.execute(command_of(place)).await;
+                assert!(placed.expect("a warm-up order").is_accepted());
+            }
+        })
+        .await;
     }
     let register = {
         let (users, registrations) = (users.clone(), Arc::clone(&registrations));
@@ -316,12 +339,32 @@ async fn theirs(database_url: &str) -> anyhow::Result<(Run, Run)> {
         )),
     ));
     let ids: Arc<Vec<String>> = Arc::new((0..USERS).map(|_| UserId::new().to_string()).collect());
-    for warm in 0..PARTITIONS as usize * 4 {
-        let command = PeerUserCommand::Register {
-            name: format!("Warm {warm}"),
-            email: format!("warm{warm}@example.com"),
-        };
-        users.execute(&UserId::new().to_string(), command).await?;
+    // The same warm-up: every connection of the pool open, both aggregates written.
+    {
+        let (users, orders) = (Arc::clone(&users), Arc::clone(&orders));
+        drive(WARM_UP, CONCURRENCY, move |i| {
+            let (users, orders) = (Arc::clone(&users), Arc::clone(&orders));
+            async move {
+                let user = UserId::new().to_string();
+                let command = PeerUserCommand::Register {
+                    name: format!("Warm {i}"),
+                    email: format!("warm{i}@example.com"),
+                };
+                users
+                    .execute(&user, command)
+                    .await
+                    .expect("a warm-up registration");
+                let place = PeerOrderCommand::Place {
+                    user_id: user,
+                    lines: lines(),
+                };
+                let placed = orders.execute(&OrderId::new().to_string(), place).await;
+                if let Err(e) = placed {
+                    panic!("a warm-up order: {}", describe(&e));
+                }
+            }
+        })
+        .await;
     }
     let register = {
         let (users, ids) = (Arc::clone(&users), Arc::clone(&ids));
@@ -364,6 +407,7 @@ fn describe(e: &AggregateError<PeerRejection>) -> String {
 async fn sqlx_08_pool(database_url: &str) -> anyhow::Result<sqlx_08::PgPool> {
     Ok(sqlx_08::postgres::PgPoolOptions::new()
         .max_connections(PEER_POOL)
+        .min_connections(PEER_POOL)
         .connect(database_url)
         .await?)
 }

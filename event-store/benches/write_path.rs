@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::EventDocument;
 use support::{deposit, deposited_record};
 use test_support::load::drive;
-use test_support::metrics::histogram;
+use test_support::metrics::observed;
 use test_support::raw_transactions::{self, TransactionalSenders};
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         .await
     };
 
+    let before = metrics_text(&registry)?;
     let store = {
         let (model, accounts) = (model.clone(), Arc::clone(&accounts));
         drive(COMMANDS, CONCURRENCY, move |i| {
@@ -180,25 +181,34 @@ async fn main() -> anyhow::Result<()> {
         store.per_second / raw.per_second,
         store_p99 - raw_p99
     );
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    let after = metrics_text(&registry)?;
     println!("where the store's time goes, per transaction:");
+    let mut transactions = 0;
     for stage in ["produce", "commit"] {
-        let summary = histogram(
-            &text,
+        let step = observed(
+            &before,
+            &after,
             "writer_transaction_seconds",
-            &format!("stage=\"{stage}\""),
+            &[("stage", stage)],
         );
         println!(
-            "  {stage}: mean {:.2} ms, p99 <= {:.1} ms, over {} transactions",
-            summary.mean() * 1000.0,
-            summary.p99_bound * 1000.0,
-            summary.count
+            "  {stage}: mean {:.2} ms, p99 <= {:.0} ms, over {} transactions",
+            step.mean() * 1000.0,
+            step.p99_bound * 1000.0,
+            step.count
         );
+        transactions = step.count;
     }
+    let commands = observed(&before, &after, "writer_batch_size", &[]).sum;
     println!(
         "  commands per transaction: {:.1}",
-        histogram(&text, "writer_batch_size", "").mean()
+        commands / transactions.max(1) as f64
     );
     Ok(())
+}
+
+fn metrics_text(registry: &Registry) -> anyhow::Result<String> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
 }

@@ -13,7 +13,7 @@ use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use serde_json::{Value, json};
 use service_runtime::Env;
 use test_support::load::{Run, drive};
-use test_support::metrics::histogram;
+use test_support::metrics::observed;
 
 const PARTITIONS: i32 = 8;
 const USERS: usize = 50;
@@ -224,38 +224,29 @@ async fn main() -> anyhow::Result<()> {
 /// (the 201 waits for it; the commit markers that make the events readable are written
 /// right after), and the orders projector's batches, from the services' own metrics.
 fn print_stages(before: &(String, String), after: &(String, String)) {
-    let delta = |text: fn(&(String, String)) -> &String, name: &str, label: &str| {
-        let (a, b) = (
-            histogram(text(after), name, label),
-            histogram(text(before), name, label),
-        );
-        let count = a.count - b.count;
-        (count, (a.sum - b.sum) / count.max(1) as f64)
-    };
-    println!("where the time goes (means over the run):");
+    println!("where the time goes (over the run):");
     for stage in ["produce", "commit"] {
-        let (count, mean) = delta(
-            |t| &t.0,
+        let step = observed(
+            &before.0,
+            &after.0,
             "shop_writer_transaction_seconds",
-            &format!("service=\"orders\",stage=\"{stage}\""),
+            &[("service", "orders"), ("stage", stage)],
         );
         println!(
-            "  orders writer, transaction {stage}: {:.2} ms over {count} transactions",
-            mean * 1000.0
+            "  orders writer, transaction {stage}: mean {:.2} ms, p99 <= {:.0} ms, over {} transactions",
+            step.mean() * 1000.0,
+            step.p99_bound * 1000.0,
+            step.count
         );
     }
-    let (batches, seconds) = delta(
-        |t| &t.1,
-        "shop_projector_batch_seconds",
-        "read_model=\"orders\"",
-    );
-    let (_, records) = delta(
-        |t| &t.1,
-        "shop_projector_batch_size",
-        "read_model=\"orders\"",
-    );
+    let model = [("read_model", "orders")];
+    let batch = observed(&before.1, &after.1, "shop_projector_batch_seconds", &model);
+    let records = observed(&before.1, &after.1, "shop_projector_batch_size", &model);
     println!(
-        "  orders projector, one batch (plan, write, checkpoint, commit): {:.2} ms over {batches} batches of {records:.1} records",
-        seconds * 1000.0
+        "  orders projector, one batch (plan, write, checkpoint, commit): mean {:.2} ms, p99 <= {:.0} ms, over {} batches of {:.1} records",
+        batch.mean() * 1000.0,
+        batch.p99_bound * 1000.0,
+        batch.count,
+        records.mean()
     );
 }

@@ -63,9 +63,48 @@ struct Execution<A: Aggregate> {
 /// How many queued commands one batch takes at most.
 const MAX_BATCH: usize = 512;
 
-/// How long a writer whose last batch held several commands waits for more before it
-/// begins the next transaction.
+/// How long a writer whose last batch held several commands waits at most for as many
+/// before it begins the next transaction (tokio's timer makes it 1 to 2 ms).
 const GATHER: Duration = Duration::from_millis(1);
+
+fn commands_in<A: Aggregate>(batch: &[Request<A>]) -> usize {
+    batch
+        .iter()
+        .filter(|r| matches!(r, Request::Execute { .. }))
+        .count()
+}
+
+/// Waits up to [`GATHER`] for more requests, until the batch holds `expected` commands, so
+/// one transaction carries the commands of callers answered by the last one instead of a
+/// transaction each for two half-full batches. A batch of reads only does not wait: it
+/// writes nothing.
+async fn gather<A: Aggregate>(
+    queue: &mut mpsc::Receiver<Request<A>>,
+    batch: &mut Vec<Request<A>>,
+    expected: usize,
+    stop: &CancellationToken,
+) {
+    let mut commands = commands_in(batch);
+    if commands == 0 {
+        return;
+    }
+    let _ = tokio::time::timeout(GATHER, async {
+        while batch.len() < MAX_BATCH && commands < expected {
+            let request = tokio::select! {
+                () = stop.cancelled() => break,
+                request = queue.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            if matches!(request, Request::Execute { .. }) {
+                commands += 1;
+            }
+            batch.push(request);
+        }
+    })
+    .await;
+}
 
 fn take_waiting<A: Aggregate>(queue: &mut mpsc::Receiver<Request<A>>, batch: &mut Vec<Request<A>>) {
     while batch.len() < MAX_BATCH {
@@ -216,7 +255,9 @@ impl<A: Aggregate> PartitionWriter<A> {
     ) -> Self {
         // A takeover that replayed a long tail saves it before the first command.
         self.maybe_snapshot().await;
-        let mut concurrent = false;
+        // Commands the last batch carried: while several callers keep the writer busy, the
+        // ones it just answered are about to send their next command.
+        let mut last_commands = 0;
         loop {
             let first = tokio::select! {
                 () = stop.cancelled() => break,
@@ -227,21 +268,10 @@ impl<A: Aggregate> PartitionWriter<A> {
             };
             let mut batch = vec![first];
             take_waiting(&mut queue, &mut batch);
-            if concurrent && batch.len() < MAX_BATCH {
-                // Callers are many: those answered by the last commit are likely sending
-                // their next command now. A moment's wait lets one transaction carry them
-                // too, instead of a transaction each for two half-full batches.
-                let _ = tokio::time::timeout(GATHER, async {
-                    while batch.len() < MAX_BATCH {
-                        match queue.recv().await {
-                            Some(request) => batch.push(request),
-                            None => break,
-                        }
-                    }
-                })
-                .await;
+            if last_commands > 1 {
+                gather(&mut queue, &mut batch, last_commands, &stop).await;
             }
-            concurrent = batch.len() > 1;
+            last_commands = commands_in(&batch);
             self.process(batch).await;
             if let Some(halt) = self.halted {
                 tracing::warn!(
