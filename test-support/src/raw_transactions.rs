@@ -110,10 +110,17 @@ async fn commit_loop(
                 .expect("a raw record acknowledged");
         }
         let committing = producer.clone();
-        tokio::task::spawn_blocking(move || committing.commit_transaction(TIMEOUT))
-            .await
-            .expect("commit")
-            .expect("commit transaction");
+        tokio::task::spawn_blocking(move || {
+            // As the event store does: the rdkafka crate's commit flushes first, and a
+            // flush that finds a delivered record not yet released polls for 100 ms.
+            while committing.in_flight_count() > 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            committing.commit_transaction(TIMEOUT)
+        })
+        .await
+        .expect("commit")
+        .expect("commit transaction");
         for (_, done) in batch {
             let _ = done.send(());
         }

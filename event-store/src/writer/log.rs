@@ -99,8 +99,11 @@ impl PartitionLog {
     }
 
     pub async fn commit(&self) -> Result<(), TransactionError> {
-        self.transaction_step("commit transaction", |p, t| p.commit_transaction(t))
-            .await
+        self.transaction_step("commit transaction", |p, t| {
+            settle_deliveries(p, t);
+            p.commit_transaction(t)
+        })
+        .await
     }
 
     pub async fn abort(&self) -> Result<(), TransactionError> {
@@ -194,6 +197,21 @@ impl PartitionLog {
             next = offset + 1;
         }
         Ok(())
+    }
+}
+
+/// Waits until librdkafka has let go of every delivered record. The rdkafka crate's
+/// `commit_transaction` flushes first, and a flush that finds a record still counted (its
+/// delivery report served, the record not yet released) polls for 100 ms before it looks
+/// again: that was the 100 ms tail of commits (docs/2026-12-07-write-path-profile.md).
+/// The caller has awaited every delivery, so this takes microseconds.
+fn settle_deliveries<P: Producer<C>, C: rdkafka::producer::ProducerContext>(
+    producer: &P,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(50));
     }
 }
 
