@@ -99,7 +99,7 @@ impl Runner {
         loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
-                batch = subscription.next_batch(self.config.batch_max, Duration::from_millis(250), Duration::from_millis(2)) => batch,
+                batch = subscription.next_batch(self.config.batch_max, Duration::from_millis(250), Duration::ZERO) => batch,
             };
             let batch = match batch {
                 Ok(batch) if batch.is_empty() => {

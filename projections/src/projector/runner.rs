@@ -137,7 +137,7 @@ impl<M: ReadModel> Projector<M> {
                 batch = subscription.next_batch(
                     self.config.batch_max,
                     Duration::from_millis(250),
-                    Duration::from_millis(2),
+                    Duration::ZERO,
                 ) => batch,
             };
             let batch = match batch {
