@@ -91,22 +91,16 @@ async fn raw_transactional(
     senders: &TransactionalSenders,
     records: &[RawRecord],
 ) -> test_support::load::Run {
-    let (senders, records) = (senders.clone(), Arc::new(records.to_vec()));
-    drive(records.len(), CONCURRENCY, move |i| {
-        let (senders, records) = (senders.clone(), Arc::clone(&records));
-        async move {
-            let (key, value, headers) = &records[i];
-            senders
-                .send(raw_transactions::RawRecord {
-                    partition: partition_for(key, PARTITIONS),
-                    key: key.clone(),
-                    value: value.clone(),
-                    headers: to_kafka_headers(headers),
-                })
-                .await;
-        }
-    })
-    .await
+    let records = records
+        .iter()
+        .map(|(key, value, headers)| raw_transactions::RawRecord {
+            partition: partition_for(key, PARTITIONS),
+            key: key.clone(),
+            value: value.clone(),
+            headers: to_kafka_headers(headers),
+        })
+        .collect();
+    senders.drive(records, CONCURRENCY).await
 }
 
 async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {

@@ -113,24 +113,16 @@ async fn main() -> anyhow::Result<()> {
     let senders =
         TransactionalSenders::start(&settings.producer(), &raw_tx_topic, PARTITIONS, "raw-tx")
             .await;
-    let raw_tx = {
-        let (senders, records) = (senders.clone(), Arc::clone(&records));
-        drive(COMMANDS, CONCURRENCY, move |i| {
-            let (senders, records) = (senders.clone(), Arc::clone(&records));
-            async move {
-                let (key, value, headers) = &records[i];
-                senders
-                    .send(raw_transactions::RawRecord {
-                        partition: partition_for(key, PARTITIONS),
-                        key: key.clone(),
-                        value: value.clone(),
-                        headers: to_kafka_headers(headers),
-                    })
-                    .await;
-            }
+    let raw_tx_records = records
+        .iter()
+        .map(|(key, value, headers)| raw_transactions::RawRecord {
+            partition: partition_for(key, PARTITIONS),
+            key: key.clone(),
+            value: value.clone(),
+            headers: to_kafka_headers(headers),
         })
-        .await
-    };
+        .collect();
+    let raw_tx = senders.drive(raw_tx_records, CONCURRENCY).await;
 
     let before = metrics_text(&registry)?;
     let store = {

@@ -3,6 +3,7 @@
 //! (a group commit), so a caller waits for its record to be committed. No decisions, no
 //! state, no outcomes: what Kafka transactions alone cost at a given concurrency.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -10,8 +11,10 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::load::{Run, drive};
+
 /// A record to write: partition, key, value, headers.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RawRecord {
     pub partition: i32,
     pub key: String,
@@ -56,6 +59,17 @@ impl TransactionalSenders {
             queues.push(queue);
         }
         Self { queues }
+    }
+
+    /// Sends every record of `records` from `concurrency` callers, each waiting for its
+    /// record's commit before the next.
+    pub async fn drive(&self, records: Vec<RawRecord>, concurrency: usize) -> Run {
+        let (senders, records) = (self.clone(), Arc::new(records));
+        drive(records.len(), concurrency, move |i| {
+            let (senders, records) = (senders.clone(), Arc::clone(&records));
+            async move { senders.send(records[i].clone()).await }
+        })
+        .await
     }
 
     /// Returns once `record` is committed.
