@@ -60,6 +60,10 @@ pub struct Request {
     pub outcome: Outcome,
     /// Attempts beyond the first.
     pub retries: u32,
+    /// When the first attempt went out.
+    pub sent_at: Instant,
+    /// From the first attempt to the answer that counted (retries included).
+    pub took: Duration,
 }
 
 /// Every request of the run.
@@ -158,6 +162,8 @@ impl Sender {
             target,
             outcome: outcome.clone(),
             retries,
+            sent_at: started,
+            took: started.elapsed(),
         });
         outcome
     }

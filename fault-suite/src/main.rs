@@ -9,6 +9,8 @@
 //!                                the same with two instances of every service
 //!     fault-suite scale-out      two instances of every service: the split, capacity with
 //!                                two and with one, the takeover when one dies, the audit
+//!     fault-suite soak           30 minutes at half capacity, no faults: memory, p99 and
+//!                                the sagas watched throughout, then the audit
 //!
 //! `./dev faults` builds it in release mode and runs it.
 
@@ -18,6 +20,7 @@ mod fleet;
 mod load;
 mod overload;
 mod scale_out;
+mod soak;
 mod stand;
 mod webhooks;
 
@@ -62,6 +65,9 @@ enum Command {
     /// Two instances of every service: how partitions split, capacity with two instances
     /// and with one, and the takeover when one instance of each service dies.
     ScaleOut(ScaleOutArgs),
+    /// Run the shop at half its capacity for a long time, no faults: memory, p99 and the
+    /// sagas watched throughout, then the audit.
+    Soak(SoakArgs),
     /// Run one service (how the suite starts its processes).
     #[command(hide = true)]
     Serve {
@@ -120,6 +126,30 @@ struct ScaleOutArgs {
 }
 
 #[derive(Debug, Args)]
+struct SoakArgs {
+    /// Minutes of load.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    minutes: u64,
+    /// Orders placed per second (users, cancellations and deactivations follow from them).
+    /// The default is half of the 81 orders/s the saga bench measures as the command
+    /// path's capacity with the sagas behind it (BENCHMARKS.md, "Order saga").
+    #[arg(long, default_value_t = 40.0)]
+    orders_per_second: f64,
+    /// Partitions of every event topic.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=64))]
+    partitions: i32,
+    /// Seconds between two readings of the services' memory and the open sagas.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    sample_seconds: u64,
+    /// Windows the run is cut into to compare its p99 and memory over time.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(2..=60))]
+    windows: u32,
+    /// Where the services' logs go (default: a fresh folder under the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct OverloadArgs {
     /// How many times the measured capacity to offer.
     #[arg(long, default_value_t = 10.0)]
@@ -160,39 +190,36 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { service, .. } => serve(service).await,
-        Command::Overload(args) => match overload(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                println!("overload: FAILED (see the checks above)");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("fault-suite: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::ScaleOut(args) => match scale_out(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                println!("scale-out: FAILED (see the checks above)");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("fault-suite: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run(args) => match run(args).await {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => {
-                println!("fault suite: FAILED (see the checks above)");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("fault-suite: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Overload(args) => verdict("overload", overload(args).await),
+        Command::ScaleOut(args) => verdict("scale-out", scale_out(args).await),
+        Command::Soak(args) => verdict(
+            "soak",
+            soak::run(soak::Soak {
+                minutes: args.minutes,
+                orders_per_second: args.orders_per_second,
+                partitions: args.partitions,
+                sample_seconds: args.sample_seconds,
+                windows: args.windows,
+                logs: args.logs,
+            })
+            .await,
+        ),
+        Command::Run(args) => verdict("fault suite", run(args).await),
+    }
+}
+
+/// The exit code of a run: success when every check passed.
+fn verdict(what: &str, passed: anyhow::Result<bool>) -> ExitCode {
+    match passed {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            println!("{what}: FAILED (see the checks above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fault-suite: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -45,6 +45,18 @@ use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 8;
 
+/// The projector's stages, in the order a batch goes through them.
+const STAGES: [&str; 8] = [
+    "consume",
+    "lock",
+    "claim",
+    "load",
+    "plan",
+    "store",
+    "bookkeeping",
+    "commit",
+];
+
 fn document<E: MessageFamily>(payload: impl Into<E>) -> EventDocument {
     Event::<E> {
         meta: EventMeta::new(1),
@@ -136,24 +148,31 @@ async fn write(
     Ok(())
 }
 
-/// Seconds for the projector of `M` to apply everything in its topic.
+/// Where a catch-up's time went: batches, and seconds summed per stage (`STAGES`).
+struct Stages {
+    batches: u64,
+    seconds: Vec<f64>,
+}
+
+/// Seconds for the projector of `M` to apply everything in its topic, and its stages.
 async fn catch_up<M: ReadModel>(
     pool: &PgPool,
     settings: &KafkaSettings,
     topics: &TopicNames,
     count: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Stages)> {
     let schema = Schema::live(M::NAME);
     let config = ProjectorConfig {
         kafka: settings.clone(),
         topics: topics.clone(),
         batch_max: 2000,
     };
+    let mut registry = prometheus_client::registry::Registry::default();
     let projector = Projector::<M>::new(
         pool.clone(),
         schema.clone(),
         config,
-        ProjectorMetrics::unregistered(),
+        ProjectorMetrics::register(&mut registry),
     );
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -181,7 +200,20 @@ async fn catch_up<M: ReadModel>(
     let seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     task.await?;
-    Ok(seconds)
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    let stage = |name: &str| {
+        test_support::metrics::histogram(
+            &text,
+            "projector_stage_seconds",
+            &[("read_model", M::NAME), ("stage", name)],
+        )
+    };
+    let stages = Stages {
+        batches: stage("commit").count,
+        seconds: STAGES.iter().map(|name| stage(name).sum).collect(),
+    };
+    Ok((seconds, stages))
 }
 
 /// Seconds for a plain consumer, outside any group, to receive every record of `topics`.
@@ -237,6 +269,7 @@ struct Measured {
     events: usize,
     rows: u64,
     catch_up: f64,
+    stages: Stages,
     copy: f64,
     consume: f64,
     blue_green: RebuildReport,
@@ -258,6 +291,22 @@ impl Measured {
             self.catch_up,
             projector / copy,
             projector / consume,
+        )
+    }
+
+    fn stages_row(&self) -> String {
+        let seconds: Vec<String> = self
+            .stages
+            .seconds
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect();
+        format!(
+            "| {} | {:.1} | {} | {} |",
+            self.model,
+            self.catch_up,
+            self.stages.batches,
+            seconds.join(" | ")
         )
     }
 
@@ -288,7 +337,7 @@ async fn measure<M: ReadModel>(
     table: &str,
 ) -> anyhow::Result<Measured> {
     let consume = raw_consume(settings, read, events).await?;
-    let catch_up = catch_up::<M>(pool, settings, topics, events).await?;
+    let (catch_up, stages) = catch_up::<M>(pool, settings, topics, events).await?;
     let rebuild = Rebuild {
         pool: pool.clone(),
         kafka: settings.clone(),
@@ -313,6 +362,7 @@ async fn measure<M: ReadModel>(
         events,
         rows,
         catch_up,
+        stages,
         copy,
         consume,
         blue_green,
@@ -378,6 +428,17 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for m in &measured {
         println!("{}", m.catch_up_row());
+    }
+    println!();
+    println!("Where the catch-up's time went, seconds summed over its batches:");
+    println!();
+    println!(
+        "| read model | catch-up s | batches | {} |",
+        STAGES.join(" | ")
+    );
+    println!("|---|---|---|{}", "---|".repeat(STAGES.len()));
+    for m in &measured {
+        println!("{}", m.stages_row());
     }
     println!();
     println!(

@@ -22,6 +22,10 @@ pub struct ProjectorMetrics {
     pub batch_size: Family<Labels, Histogram>,
     /// Seconds per batch transaction.
     pub batch_seconds: Family<Labels, Histogram>,
+    /// Seconds per stage: waiting for records (`consume`), then the batch transaction's
+    /// `lock`, `claim`, `load`, `plan`, `store` (the rows), `bookkeeping` (versions, parked,
+    /// checkpoints) and `commit`.
+    pub stage_seconds: Family<Labels, Histogram>,
     /// Events applied to the read model (its apply rate).
     pub applied: Family<Labels, Counter>,
     /// Records the reader rule dropped or stopped, by reason (duplicate, gap).
@@ -42,6 +46,9 @@ impl ProjectorMetrics {
             }),
             batch_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
             }),
             applied: Family::default(),
             dropped: Family::default(),
@@ -67,6 +74,11 @@ impl ProjectorMetrics {
             "projector_batch_seconds",
             "Duration of one projector batch transaction",
             metrics.batch_seconds.clone(),
+        );
+        registry.register(
+            "projector_stage_seconds",
+            "Duration of one stage of a projector batch (consume, lock, claim, load, plan, store, bookkeeping, commit)",
+            metrics.stage_seconds.clone(),
         );
         registry.register(
             "projector_applied_events",

@@ -44,10 +44,35 @@ pub struct Projector<M: ReadModel> {
     _model: PhantomData<fn() -> M>,
 }
 
-/// A batch written, not yet counted: what it did, and why each parked record was.
+/// A batch written, not yet counted: what it did, why each parked record was, and how
+/// long each stage took.
 struct Stored {
     report: BatchReport,
     parked: Vec<ParkReason>,
+    stages: Laps,
+}
+
+/// Time per stage, taken one after the other.
+#[derive(Debug)]
+struct Laps {
+    at: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn start() -> Self {
+        Self {
+            at: Instant::now(),
+            took: Vec::with_capacity(6),
+        }
+    }
+
+    /// Ends `stage` now and starts the next.
+    fn lap(&mut self, stage: &'static str) {
+        let now = Instant::now();
+        self.took.push((stage, now - self.at));
+        self.at = now;
+    }
 }
 
 /// What one batch did.
@@ -132,6 +157,7 @@ impl<M: ReadModel> Projector<M> {
                 self.measure_lag(&subscription, &positions, idle);
                 measured = Instant::now();
             }
+            let waited = Instant::now();
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
                 batch = subscription.next_batch(
@@ -148,6 +174,10 @@ impl<M: ReadModel> Projector<M> {
                 }
                 Ok(batch) => {
                     idle = false;
+                    self.metrics
+                        .stage_seconds
+                        .get_or_create(&ProjectorMetrics::with(M::NAME, "stage", "consume"))
+                        .observe(waited.elapsed().as_secs_f64());
                     batch
                 }
                 Err(e) => {
@@ -229,12 +259,15 @@ impl<M: ReadModel> Projector<M> {
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
     ) -> Result<BatchReport, ProjectorError> {
         let started = Instant::now();
+        let mut stages = Laps::start();
         let mut tx = self.pool.begin().await?;
         bookkeeping::lock(&mut tx, &self.schema, false).await?;
-        let stored = self
-            .write_batch(&mut tx, dead_letters, records, next_offsets)
+        stages.lap("lock");
+        let mut stored = self
+            .write_batch(&mut tx, dead_letters, records, next_offsets, stages)
             .await?;
         tx.commit().await?;
+        stored.stages.lap("commit");
         self.observe(&stored, started);
         Ok(stored.report)
     }
@@ -251,7 +284,7 @@ impl<M: ReadModel> Projector<M> {
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
     ) -> Result<BatchReport, ProjectorError> {
         Ok(self
-            .write_batch(tx, dead_letters, records, next_offsets)
+            .write_batch(tx, dead_letters, records, next_offsets, Laps::start())
             .await?
             .report)
     }
@@ -263,6 +296,7 @@ impl<M: ReadModel> Projector<M> {
         dead_letters: Option<&DeadLetters>,
         records: &mut Vec<Record>,
         next_offsets: &std::collections::BTreeMap<TopicPartition, i64>,
+        mut stages: Laps,
     ) -> Result<Stored, ProjectorError> {
         let partitions: Vec<TopicPartition> = next_offsets.keys().cloned().collect();
         let claimed = bookkeeping::claim(&mut *tx, &self.schema, &partitions).await?;
@@ -272,6 +306,7 @@ impl<M: ReadModel> Projector<M> {
                 .get(&(topic.to_owned(), partition))
                 .is_none_or(|next| offset >= *next)
         });
+        stages.lap("claim");
         // Each event's hop into this read model, while the batch is written.
         let _projects: Vec<tracing::Span> = records
             .iter()
@@ -302,6 +337,7 @@ impl<M: ReadModel> Projector<M> {
             rows: M::load(&mut *tx, &self.schema, &keys).await?,
             parked: bookkeeping::parked_among(&mut *tx, &self.schema, &keys).await?,
         };
+        stages.lap("load");
         let plan = plan::plan(records, loaded, M::key, M::fold);
         for (index, error) in plan.poison() {
             if let (Some(dead_letters), Record::Decoded { document, .. }) =
@@ -351,6 +387,7 @@ impl<M: ReadModel> Projector<M> {
             gaps: plan.gaps,
             parked: plan.parked.len(),
         };
+        stages.lap("plan");
         M::store(
             &mut *tx,
             &self.schema,
@@ -358,11 +395,13 @@ impl<M: ReadModel> Projector<M> {
             &applied,
         )
         .await?;
+        stages.lap("store");
         bookkeeping::store_versions(&mut *tx, &self.schema, &plan.versions).await?;
         let parked: Vec<&plan::Parked> = plan.parked.iter().map(|(_, _, p)| p).collect();
         bookkeeping::store_parked(&mut *tx, &self.schema, &parked).await?;
         bookkeeping::store_checkpoints(&mut *tx, &self.schema, next_offsets, &last_times(records))
             .await?;
+        stages.lap("bookkeeping");
 
         if plan.gaps > 0 {
             tracing::warn!(
@@ -374,6 +413,7 @@ impl<M: ReadModel> Projector<M> {
         Ok(Stored {
             report,
             parked: plan.parked.iter().map(|(_, reason, _)| *reason).collect(),
+            stages,
         })
     }
 
@@ -389,6 +429,12 @@ impl<M: ReadModel> Projector<M> {
             .batch_seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
+        for (stage, took) in &stored.stages.took {
+            self.metrics
+                .stage_seconds
+                .get_or_create(&ProjectorMetrics::with(M::NAME, "stage", stage))
+                .observe(took.as_secs_f64());
+        }
         self.metrics
             .applied
             .get_or_create(&labels)
