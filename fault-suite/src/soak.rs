@@ -354,11 +354,22 @@ mod tests {
             status: 422,
             body: String::new(),
         };
-        let requests = vec![order(at(1), 10), order(at(2), 30), refused, order(at(11), 50)];
+        let requests = vec![
+            order(at(1), 10),
+            order(at(2), 30),
+            refused,
+            order(at(11), 50),
+        ];
         let windows = windows(&requests, start, Duration::from_secs(20), 2);
         assert_eq!(windows.len(), 2);
-        assert_eq!((windows[0].orders, windows[0].p99), (2, Duration::from_millis(30)));
-        assert_eq!((windows[1].orders, windows[1].p99), (1, Duration::from_millis(50)));
+        assert_eq!(
+            (windows[0].orders, windows[0].p99),
+            (2, Duration::from_millis(30))
+        );
+        assert_eq!(
+            (windows[1].orders, windows[1].p99),
+            (1, Duration::from_millis(50))
+        );
     }
 
     #[test]
