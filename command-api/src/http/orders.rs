@@ -3,7 +3,7 @@
 //! An order is placed for an existing, active user: the handler reads the user from the
 //! users' writer (as fresh as the log: the state that writer decides on) just before placing
 //! it. A user deactivated after that read still gets the order; the saga refuses to confirm
-//! it (see the README).
+//! it (see docs/commands.md, "How fresh the view of users is").
 
 use axum::Extension;
 use axum::extract::{Path, State};
