@@ -42,6 +42,8 @@ struct Sample {
     at: Duration,
     rss_mib: BTreeMap<Instance, f64>,
     open_sagas: Option<i64>,
+    /// Aggregates and outcomes the command API's writers hold in memory.
+    held: Option<(f64, f64)>,
 }
 
 /// Runs it; whether every check passed.
@@ -70,6 +72,8 @@ pub async fn run(setup: Soak) -> anyhow::Result<bool> {
         }
         .run(ledger.clone(), tokio::time::sleep(duration)),
     );
+    let client = test_support::client(API_KEY);
+    let command_api = stand.url(crate::fleet::ServiceName::CommandApi);
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(setup.sample_seconds.max(1)));
     loop {
@@ -86,6 +90,7 @@ pub async fn run(setup: Soak) -> anyhow::Result<bool> {
                 .filter_map(|(instance, pid)| rss_mib(pid).map(|m| (instance, m)))
                 .collect(),
             open_sagas: open_sagas(&pool).await.ok(),
+            held: held(&client, &command_api).await.ok(),
         };
         samples.push(sample);
     }
@@ -134,6 +139,14 @@ fn rss_mib(pid: u32) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Aggregates and outcomes every writer of the command API holds in memory, summed.
+async fn held(client: &reqwest::Client, command_api: &str) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        test_support::metric_sum(client, command_api, "shop_writer_aggregates_held").await?,
+        test_support::metric_sum(client, command_api, "shop_writer_outcomes_held").await?,
+    ))
 }
 
 async fn open_sagas(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
@@ -261,6 +274,15 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
             series.join(" ")
         );
     }
+    let held: Vec<String> = windows
+        .iter()
+        .filter_map(|w| samples.iter().rev().find(|s| s.at <= w.to)?.held)
+        .map(|(aggregates, outcomes)| format!("{aggregates:.0}/{outcomes:.0}"))
+        .collect();
+    println!(
+        "  the command API's writers hold (aggregates/outcomes) {}",
+        held.join(" ")
+    );
     let open: Vec<i64> = samples.iter().filter_map(|s| s.open_sagas).collect();
     let most_open = open.iter().copied().max().unwrap_or(0);
     let open_bound = (rate * OPEN_SAGAS_SECONDS).ceil() as i64;
@@ -379,6 +401,7 @@ mod tests {
             at: Duration::from_secs(s),
             rss_mib: BTreeMap::from([(instance, mib)]),
             open_sagas: Some(0),
+            held: None,
         };
         let samples = [sample(5, 50.0), sample(9, 60.0), sample(15, 61.0)];
         let mut windows = vec![window(1), window(1)];

@@ -249,4 +249,25 @@ fn print_stages(before: &(String, String), after: &(String, String)) {
         batch.count,
         records.mean()
     );
+    let stages: Vec<String> = [
+        "lock",
+        "claim",
+        "load",
+        "plan",
+        "store",
+        "bookkeeping",
+        "commit",
+    ]
+    .iter()
+    .map(|stage| {
+        let took = observed(
+            &before.1,
+            &after.1,
+            "shop_projector_stage_seconds",
+            &[("read_model", "orders"), ("stage", stage)],
+        );
+        format!("{stage} {:.2}", took.mean() * 1000.0)
+    })
+    .collect();
+    println!("    its stages, mean ms: {}", stages.join(", "));
 }

@@ -282,6 +282,11 @@ impl<A: Aggregate> PartitionCore<A> {
         self.remembered.insert(command, outcome, at);
     }
 
+    /// How many aggregates and remembered outcomes this partition holds in memory.
+    pub fn held(&self) -> (usize, usize) {
+        (self.slots.len(), self.remembered.by_id.len())
+    }
+
     /// Events applied since the last snapshot cut.
     pub fn events_since_cut(&self) -> u64 {
         self.events_since_cut

@@ -28,6 +28,10 @@ pub struct WriterMetrics {
     /// Seconds per step of a batch's transaction, by stage: `produce` (begin until every
     /// record is acknowledged) and `commit` (until the broker committed it).
     pub transaction_seconds: Family<Labels, Histogram>,
+    /// Aggregates whose state a partition's writer holds in memory.
+    pub aggregates_held: Family<Labels, Gauge>,
+    /// Command outcomes a partition's writer holds in memory (its idempotency window).
+    pub outcomes_held: Family<Labels, Gauge>,
 }
 
 impl WriterMetrics {
@@ -48,6 +52,8 @@ impl WriterMetrics {
             transaction_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14))
             }),
+            aggregates_held: Family::default(),
+            outcomes_held: Family::default(),
         };
         registry.register(
             "writer_commands",
@@ -89,6 +95,16 @@ impl WriterMetrics {
             "Seconds per stage of a writer batch's transaction (produce, commit)",
             metrics.transaction_seconds.clone(),
         );
+        registry.register(
+            "writer_aggregates_held",
+            "Aggregates whose state a partition's writer holds in memory",
+            metrics.aggregates_held.clone(),
+        );
+        registry.register(
+            "writer_outcomes_held",
+            "Command outcomes a partition's writer holds in memory (the idempotency window)",
+            metrics.outcomes_held.clone(),
+        );
         metrics
     }
 
@@ -107,6 +123,18 @@ impl WriterMetrics {
 
     pub(crate) fn labels(&self) -> Labels {
         vec![("service", self.service.to_owned())]
+    }
+
+    /// What the writer of `partition` holds in memory: `(aggregates, outcomes)`.
+    pub(crate) fn held(&self, partition: i32, (aggregates, outcomes): (usize, usize)) {
+        let labels = self.with("partition", &partition.to_string());
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.aggregates_held
+            .get_or_create(&labels)
+            .set(count(aggregates));
+        self.outcomes_held
+            .get_or_create(&labels)
+            .set(count(outcomes));
     }
 
     pub(crate) fn with(&self, key: &'static str, value: &str) -> Labels {

@@ -221,6 +221,7 @@ impl<A: Aggregate> PartitionWriter<A> {
         writer
             .read_outcomes(writer.core.outcomes_next_offset)
             .await?;
+        writer.metrics.held(partition, writer.core.held());
         let labels = writer.metrics.labels();
         writer
             .metrics
@@ -273,6 +274,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             }
             last_commands = commands_in(&batch);
             self.process(batch).await;
+            self.metrics.held(self.core.partition, self.core.held());
             if let Some(halt) = self.halted {
                 tracing::warn!(
                     partition = self.core.partition,

@@ -74,6 +74,11 @@ pub async fn next_offset(
 /// 0) and returns their next offsets. Another instance that read the same partition (a
 /// rebalance in flight) waits here, and then sees how far this one got: records below
 /// the stored offset are already applied and must be left out.
+///
+/// One statement: an upsert that rewrites an existing row unchanged takes its row lock
+/// (waiting for a transaction that holds it) and returns its latest committed offset, as
+/// `SELECT ... FOR UPDATE` would, without a second round trip. Rows are taken in
+/// (topic, partition) order, so two batches never wait for each other in a circle.
 pub async fn claim(
     conn: &mut PgConnection,
     schema: &Schema,
@@ -82,20 +87,11 @@ pub async fn claim(
     let (topics, numbers): (Vec<&str>, Vec<i32>) =
         partitions.iter().map(|(t, p)| (t.as_str(), *p)).unzip();
     let table = schema.table("checkpoints");
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {table} (topic, partition, next_offset)
-         SELECT t, p, 0 FROM UNNEST($1::text[], $2::int[]) AS u(t, p)
-         ON CONFLICT (topic, partition) DO NOTHING"
-    )))
-    .bind(&topics)
-    .bind(&numbers)
-    .execute(&mut *conn)
-    .await?;
     let rows: Vec<(String, i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT c.topic, c.partition, c.next_offset FROM {table} c
-         JOIN UNNEST($1::text[], $2::int[]) AS u(t, p) ON c.topic = u.t AND c.partition = u.p
-         ORDER BY c.topic, c.partition
-         FOR UPDATE OF c"
+        "INSERT INTO {table} AS c (topic, partition, next_offset)
+         SELECT t, p, 0 FROM UNNEST($1::text[], $2::int[]) AS u(t, p) ORDER BY t, p
+         ON CONFLICT (topic, partition) DO UPDATE SET next_offset = c.next_offset
+         RETURNING c.topic, c.partition, c.next_offset"
     )))
     .bind(&topics)
     .bind(&numbers)
@@ -183,20 +179,37 @@ pub async fn store_versions(
     Ok(())
 }
 
-/// Which of `keys` have parked records.
-pub async fn parked_among(
+/// Where each of `keys` stands, in one round trip: its last applied version (for those
+/// the model has applied), and which have parked records.
+pub async fn standing(
     conn: &mut PgConnection,
     schema: &Schema,
     keys: &[String],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT DISTINCT aggregate_id FROM {} WHERE aggregate_id = ANY($1)",
-        schema.table("parked")
+) -> Result<(HashMap<String, u64>, HashSet<String>), sqlx::Error> {
+    let rows: Vec<(String, Option<i64>, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, version, parked FROM (
+           SELECT k.id, v.version,
+                  EXISTS (SELECT 1 FROM {parked} p WHERE p.aggregate_id = k.id) AS parked
+           FROM UNNEST($1::text[]) AS k(id)
+           LEFT JOIN {versions} v ON v.aggregate_id = k.id
+         ) s WHERE version IS NOT NULL OR parked",
+        parked = schema.table("parked"),
+        versions = schema.table("versions"),
     )))
     .bind(keys)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    let mut versions = HashMap::new();
+    let mut parked = HashSet::new();
+    for (key, version, is_parked) in rows {
+        if let Some(version) = version {
+            versions.insert(key.clone(), version.unsigned_abs());
+        }
+        if is_parked {
+            parked.insert(key);
+        }
+    }
+    Ok((versions, parked))
 }
 
 pub async fn store_parked(

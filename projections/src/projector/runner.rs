@@ -332,10 +332,11 @@ impl<M: ReadModel> Projector<M> {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let (versions, parked) = bookkeeping::standing(&mut *tx, &self.schema, &keys).await?;
         let loaded = Loaded {
-            versions: bookkeeping::versions(&mut *tx, &self.schema, &keys).await?,
+            versions,
             rows: M::load(&mut *tx, &self.schema, &keys).await?,
-            parked: bookkeeping::parked_among(&mut *tx, &self.schema, &keys).await?,
+            parked,
         };
         stages.lap("load");
         let plan = plan::plan(records, loaded, M::key, M::fold);
