@@ -249,9 +249,13 @@ impl Runner {
             .collect();
         store::store(&mut tx, &changed, &decided.instructions).await?;
         store::store_deactivated(&mut tx, &decided.deactivated).await?;
-        bookkeeping::store_versions(&mut tx, &self.schema, &versions).await?;
-        bookkeeping::store_checkpoints(&mut tx, &self.schema, next_offsets, &last_times(taken))
-            .await?;
+        bookkeeping::store_progress(
+            &mut tx,
+            &self.schema,
+            &versions,
+            (next_offsets, &last_times(taken)),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

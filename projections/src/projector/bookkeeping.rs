@@ -103,31 +103,110 @@ pub async fn claim(
         .collect())
 }
 
+/// The checkpoint columns of `next_offsets`: topics, partitions, offsets and the time of
+/// the last record applied from each.
+type CheckpointColumns = (Vec<String>, Vec<i32>, Vec<i64>, Vec<Option<DateTime<Utc>>>);
+
+fn checkpoint_columns(
+    next_offsets: &BTreeMap<TopicPartition, i64>,
+    last_event_at: &HashMap<TopicPartition, DateTime<Utc>>,
+) -> CheckpointColumns {
+    let mut columns: CheckpointColumns = Default::default();
+    for (key, offset) in next_offsets {
+        columns.0.push(key.0.clone());
+        columns.1.push(key.1);
+        columns.2.push(*offset);
+        columns.3.push(last_event_at.get(key).copied());
+    }
+    columns
+}
+
+/// The upsert of checkpoints, its four arrays bound from parameter `$first` on; offsets
+/// only move forward.
+fn checkpoints_upsert(schema: &Schema, first: usize) -> String {
+    let [t, p, o, e] = [first, first + 1, first + 2, first + 3];
+    format!(
+        "INSERT INTO {0} (topic, partition, next_offset, last_event_at, updated_at)
+         SELECT t, p, o, e, now() FROM UNNEST(${t}::text[], ${p}::int[], ${o}::bigint[], ${e}::timestamptz[]) AS u(t, p, o, e)
+         ON CONFLICT (topic, partition) DO UPDATE SET
+           next_offset = GREATEST({0}.next_offset, EXCLUDED.next_offset),
+           last_event_at = COALESCE(EXCLUDED.last_event_at, {0}.last_event_at),
+           updated_at = now()",
+        schema.table("checkpoints")
+    )
+}
+
+/// The upsert of aggregates' versions, its two arrays bound from parameter `$first` on.
+fn versions_upsert(schema: &Schema, first: usize) -> String {
+    let [k, v] = [first, first + 1];
+    format!(
+        "INSERT INTO {} (aggregate_id, version) SELECT * FROM UNNEST(${k}::text[], ${v}::bigint[])
+         ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+        schema.table("versions")
+    )
+}
+
+fn version_columns(versions: &HashMap<String, u64>) -> (Vec<&str>, Vec<i64>) {
+    versions
+        .iter()
+        .map(|(k, v)| (k.as_str(), i64::try_from(*v).unwrap_or(i64::MAX)))
+        .unzip()
+}
+
 pub async fn store_checkpoints(
     conn: &mut PgConnection,
     schema: &Schema,
     next_offsets: &BTreeMap<TopicPartition, i64>,
     last_event_at: &HashMap<TopicPartition, DateTime<Utc>>,
 ) -> Result<(), sqlx::Error> {
-    let mut topics = Vec::with_capacity(next_offsets.len());
-    let mut partitions = Vec::with_capacity(next_offsets.len());
-    let mut offsets = Vec::with_capacity(next_offsets.len());
-    let mut times = Vec::with_capacity(next_offsets.len());
-    for (key, offset) in next_offsets {
-        topics.push(key.0.clone());
-        partitions.push(key.1);
-        offsets.push(*offset);
-        times.push(last_event_at.get(key).copied());
+    let (topics, partitions, offsets, times) = checkpoint_columns(next_offsets, last_event_at);
+    sqlx::query(AssertSqlSafe(checkpoints_upsert(schema, 1)))
+        .bind(topics)
+        .bind(partitions)
+        .bind(offsets)
+        .bind(times)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn store_versions(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    versions: &HashMap<String, u64>,
+) -> Result<(), sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(());
     }
+    let (keys, values) = version_columns(versions);
+    sqlx::query(AssertSqlSafe(versions_upsert(schema, 1)))
+        .bind(keys)
+        .bind(values)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A batch's progress in one statement: the versions it applied and the next offsets
+/// (what [`store_versions`] and [`store_checkpoints`] write, one round trip fewer).
+pub async fn store_progress(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    versions: &HashMap<String, u64>,
+    (next_offsets, last_event_at): (
+        &BTreeMap<TopicPartition, i64>,
+        &HashMap<TopicPartition, DateTime<Utc>>,
+    ),
+) -> Result<(), sqlx::Error> {
+    let (keys, values) = version_columns(versions);
+    let (topics, partitions, offsets, times) = checkpoint_columns(next_offsets, last_event_at);
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {} (topic, partition, next_offset, last_event_at, updated_at)
-         SELECT t, p, o, e, now() FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::timestamptz[]) AS u(t, p, o, e)
-         ON CONFLICT (topic, partition) DO UPDATE SET
-           next_offset = GREATEST({0}.next_offset, EXCLUDED.next_offset),
-           last_event_at = COALESCE(EXCLUDED.last_event_at, {0}.last_event_at),
-           updated_at = now()",
-        schema.table("checkpoints")
+        "WITH applied AS ({}) {}",
+        versions_upsert(schema, 1),
+        checkpoints_upsert(schema, 3)
     )))
+    .bind(keys)
+    .bind(values)
     .bind(topics)
     .bind(partitions)
     .bind(offsets)
@@ -153,30 +232,6 @@ pub async fn versions(
         .into_iter()
         .map(|(key, version)| (key, version.unsigned_abs()))
         .collect())
-}
-
-pub async fn store_versions(
-    conn: &mut PgConnection,
-    schema: &Schema,
-    versions: &HashMap<String, u64>,
-) -> Result<(), sqlx::Error> {
-    if versions.is_empty() {
-        return Ok(());
-    }
-    let (keys, values): (Vec<&str>, Vec<i64>) = versions
-        .iter()
-        .map(|(k, v)| (k.as_str(), i64::try_from(*v).unwrap_or(i64::MAX)))
-        .unzip();
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {} (aggregate_id, version) SELECT * FROM UNNEST($1::text[], $2::bigint[])
-         ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version",
-        schema.table("versions")
-    )))
-    .bind(keys)
-    .bind(values)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Where each of `keys` stands, in one round trip: its last applied version (for those
@@ -264,23 +319,25 @@ struct ParkedColumns<'a> {
     error: Vec<&'a str>,
 }
 
-/// Serializes batches against operator retries and skips of the same model: batches
-/// share the lock, an operator action takes it alone.
-pub async fn lock(
-    conn: &mut PgConnection,
+/// Begins a batch's transaction holding the model's lock shared (see [`lock_alone`]), in one
+/// round trip: the lock is taken by the statement that begins the transaction.
+pub async fn begin_locked(
+    pool: &sqlx::PgPool,
     schema: &Schema,
-    exclusive: bool,
-) -> Result<(), sqlx::Error> {
-    let function = if exclusive {
-        "pg_advisory_xact_lock"
-    } else {
-        "pg_advisory_xact_lock_shared"
-    };
-    sqlx::query(AssertSqlSafe(format!(
-        "SELECT {function}(hashtext('projector:' || $1))"
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let name = schema.name().replace('\'', "''");
+    pool.begin_with(AssertSqlSafe(format!(
+        "BEGIN; SELECT pg_advisory_xact_lock_shared(hashtext('projector:{name}'))"
     )))
-    .bind(schema.name())
-    .execute(conn)
-    .await?;
+    .await
+}
+
+/// Serializes an operator's retry or skip, or a rebuild's swap, against the model's
+/// batches: batches share the lock ([`begin_locked`]), this takes it alone.
+pub async fn lock_alone(conn: &mut PgConnection, schema: &Schema) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector:' || $1))")
+        .bind(schema.name())
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -73,7 +73,7 @@ pub async fn retry<M: ReadModel>(
     aggregate: &str,
 ) -> Result<RetryReport, OperatorError> {
     let mut tx = pool.begin().await?;
-    bookkeeping::lock(&mut tx, schema, true).await?;
+    bookkeeping::lock_alone(&mut tx, schema).await?;
     let parked = parked_of(&mut tx, schema, aggregate).await?;
     if parked.is_empty() {
         return Err(OperatorError::NothingParked(aggregate.to_owned()));
@@ -92,7 +92,7 @@ pub async fn skip<M: ReadModel>(
     aggregate: &str,
 ) -> Result<(ParkedRecord, RetryReport), OperatorError> {
     let mut tx = pool.begin().await?;
-    bookkeeping::lock(&mut tx, schema, true).await?;
+    bookkeeping::lock_alone(&mut tx, schema).await?;
     let mut parked = parked_of(&mut tx, schema, aggregate).await?;
     if parked.is_empty() {
         return Err(OperatorError::NothingParked(aggregate.to_owned()));

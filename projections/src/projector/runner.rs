@@ -260,8 +260,7 @@ impl<M: ReadModel> Projector<M> {
     ) -> Result<BatchReport, ProjectorError> {
         let started = Instant::now();
         let mut stages = Laps::start();
-        let mut tx = self.pool.begin().await?;
-        bookkeeping::lock(&mut tx, &self.schema, false).await?;
+        let mut tx = bookkeeping::begin_locked(&self.pool, &self.schema).await?;
         stages.lap("lock");
         let mut stored = self
             .write_batch(&mut tx, dead_letters, records, next_offsets, stages)
@@ -397,11 +396,15 @@ impl<M: ReadModel> Projector<M> {
         )
         .await?;
         stages.lap("store");
-        bookkeeping::store_versions(&mut *tx, &self.schema, &plan.versions).await?;
         let parked: Vec<&plan::Parked> = plan.parked.iter().map(|(_, _, p)| p).collect();
         bookkeeping::store_parked(&mut *tx, &self.schema, &parked).await?;
-        bookkeeping::store_checkpoints(&mut *tx, &self.schema, next_offsets, &last_times(records))
-            .await?;
+        bookkeeping::store_progress(
+            &mut *tx,
+            &self.schema,
+            &plan.versions,
+            (next_offsets, &last_times(records)),
+        )
+        .await?;
         stages.lap("bookkeeping");
 
         if plan.gaps > 0 {

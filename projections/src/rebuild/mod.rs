@@ -244,7 +244,7 @@ async fn blue_green<M: ReadModel>(
 
     // Hold the live model still: the last records, the comparison, the swap.
     let mut tx = pool.begin().await?;
-    bookkeeping::lock(&mut tx, &live, true).await?;
+    bookkeeping::lock_alone(&mut tx, &live).await?;
     let targets = positions(&mut tx, &live).await?;
     let behind = distance(&positions(&mut tx, &shadow).await?, &targets);
     progress.phase("final catch-up, live model held", behind);
@@ -290,7 +290,7 @@ async fn in_place<M: ReadModel>(
         .map_err(ProjectorError::from)?;
     let projector = projector::<M>(rebuild, &live);
     let mut tx = rebuild.pool.begin().await?;
-    bookkeeping::lock(&mut tx, &live, true).await?;
+    bookkeeping::lock_alone(&mut tx, &live).await?;
     let before = positions(&mut tx, &live).await?;
     let live_sum = checksum::of(&mut tx, &live).await?;
     clear(&mut tx, &live).await?;
