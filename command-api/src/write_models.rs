@@ -19,6 +19,7 @@ use crate::domain::notifications::Notification;
 use crate::domain::orders::Order;
 use crate::domain::payments::Payment;
 use crate::domain::users::{EmailClaim, User};
+use crate::http::peer::HttpForward;
 
 #[derive(Clone, Debug)]
 pub struct WriteModels {
@@ -44,8 +45,7 @@ impl WriteModels {
         };
         let peers = Peers::new(
             OwnerDirectory::new(pool),
-            config.peer_key.clone(),
-            config.command_timeout,
+            HttpForward::new(config.peer_key.clone(), config.command_timeout),
         );
         writer_config.peers = Some(peers.clone());
         let metrics = WriterMetrics::register(registry, "");

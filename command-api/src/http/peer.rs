@@ -1,9 +1,13 @@
-//! The routes instances of the command API call on each other. An instance that does not
-//! write an aggregate's partition hands the command (or the read of its state) to the
-//! instance that does ([`event_store::writer::peers`]); here it is executed by a writer of
-//! this instance or refused with 421, never passed on again. Callers authenticate with
+//! The peer protocol: how instances of the command API hand each other commands. An
+//! instance that does not write an aggregate's partition hands the command (or the read of
+//! its state) to the instance that does ([`event_store::writer::peers`] finds it; the
+//! [`HttpForward`] here carries it); the receiving routes execute it on a writer of their
+//! own instance or refuse with 421, never passing it on again. Callers authenticate with
 //! the peers' key (`PEER_KEY`), not with a client's API key, and are not rate limited:
 //! the client's request was counted where it came in.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,15 +17,22 @@ use axum::response::{IntoResponse, Response};
 use event_store::aggregate::Aggregate;
 use event_store::error::EventStoreError;
 use event_store::writer::host::WriteModel;
-use event_store::writer::peers::{
-    NOT_OWNER_STATUS, PEER_COMMANDS_PATH, PEER_STATE_PATH, PeerState,
-};
+use event_store::writer::peers::{Answer, Forward, PeerState};
 use schemas::{CommandDocument, MessageFamily};
 use service_runtime::api_keys::Gate;
 use service_runtime::problem::Problem;
 
 use super::AppState;
 use crate::write_models::WriteModels;
+
+/// Where an instance accepts commands from its peers: `{service}` is the write model's
+/// service name (`users`, `orders`, ...).
+pub const PEER_COMMANDS_PATH: &str = "/internal/writers/{service}/commands";
+/// Where an instance answers its peers with an aggregate's current version and state.
+pub const PEER_STATE_PATH: &str = "/internal/writers/{service}/aggregates/{aggregate_id}";
+
+/// The status an instance answers a peer with when it does not write the partition.
+pub const NOT_OWNER_STATUS: u16 = 421;
 
 /// The peer routes, behind a gate that knows only the peers' key.
 pub fn routes(peer_key: &str) -> Router<AppState> {
@@ -112,7 +123,7 @@ async fn ask_model<A: Aggregate>(
     encoded.map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// The status a peer reads the error from (see `event_store::writer::peers`).
+/// The status a peer reads the error from (see [`answer_of`]).
 fn problem_of(error: EventStoreError) -> Problem {
     let status = match &error {
         EventStoreError::NotOwner { .. } => {
@@ -122,4 +133,129 @@ fn problem_of(error: EventStoreError) -> Problem {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     Problem::new(status, error.to_string())
+}
+
+/// The way to the peers over HTTP, with the peers' shared key.
+#[derive(Clone, Debug)]
+pub struct HttpForward {
+    key: String,
+    client: reqwest::Client,
+}
+
+impl HttpForward {
+    /// `key` authenticates instances to each other; every instance must have the same.
+    /// Each call is bounded by `timeout`.
+    pub fn new(key: String, timeout: Duration) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("a reqwest client with timeouts builds");
+        Arc::new(Self { key, client })
+    }
+}
+
+impl Forward for HttpForward {
+    fn execute<'a>(
+        &'a self,
+        owner: &'a str,
+        service: &'static str,
+        partition: i32,
+        command: &'a CommandDocument,
+    ) -> Answer<'a> {
+        let url = format!(
+            "{owner}{}",
+            PEER_COMMANDS_PATH.replace("{service}", service)
+        );
+        let request = self
+            .client
+            .post(url)
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(command.to_json());
+        Box::pin(answer_of(request, service, partition))
+    }
+
+    fn state<'a>(
+        &'a self,
+        owner: &'a str,
+        service: &'static str,
+        partition: i32,
+        aggregate_id: &'a str,
+    ) -> Answer<'a> {
+        let path = PEER_STATE_PATH
+            .replace("{service}", service)
+            .replace("{aggregate_id}", &encode_segment(aggregate_id));
+        let request = self
+            .client
+            .get(format!("{owner}{path}"))
+            .bearer_auth(&self.key);
+        Box::pin(answer_of(request, service, partition))
+    }
+}
+
+/// A peer's answer: the JSON body of a 200, or the error its status stands for.
+async fn answer_of(
+    request: reqwest::RequestBuilder,
+    service: &'static str,
+    partition: i32,
+) -> Result<serde_json::Value, EventStoreError> {
+    let unavailable = |reason: String| EventStoreError::Unavailable {
+        operation: "forward to the partition's writer",
+        reason,
+    };
+    let response = request.send().await.map_err(|e| {
+        // Nobody listens there (the owner died, or moved away): as good as "not owner",
+        // which makes the caller look again. Anything else may have reached the owner.
+        if e.is_connect() {
+            EventStoreError::NotOwner { service, partition }
+        } else {
+            unavailable(e.to_string())
+        }
+    })?;
+    let status = response.status().as_u16();
+    match status {
+        200 => response
+            .json()
+            .await
+            .map_err(|e| unavailable(e.to_string())),
+        NOT_OWNER_STATUS => Err(EventStoreError::NotOwner { service, partition }),
+        _ => {
+            let body = response.text().await.unwrap_or_default();
+            let reason = format!("the owner answered {status}: {}", body.trim());
+            if status >= 500 {
+                Err(unavailable(reason))
+            } else {
+                Err(EventStoreError::Refused {
+                    operation: "forward to the partition's writer",
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+/// `id` as one URL path segment.
+fn encode_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aggregate_id_is_one_path_segment() {
+        assert_eq!(encode_segment("a-b_c.d~9"), "a-b_c.d~9");
+        assert_eq!(encode_segment("a/b c%"), "a%2Fb%20c%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
 }

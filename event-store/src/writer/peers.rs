@@ -5,30 +5,20 @@
 //! instance starts serving a partition it announces itself in Postgres
 //! (`event_store.writer_owners`), and again once per session timeout, so the table heals
 //! after a Postgres restart. An instance asked for an aggregate of a partition it does not
-//! write looks the owner up (cached until it fails), sends it the command document over
-//! HTTP ([`PEER_COMMANDS_PATH`]) with the peers' shared key, and returns its outcome: one
-//! hop, never more, because the receiving side only executes locally. A stale entry costs
-//! a retry: an instance that does not write the partition answers 421, a dead one does not
-//! answer, and the caller looks again until its deadline.
+//! write looks the owner up (cached until it fails) and hands it the command through a
+//! [`Forward`] (the command API's is HTTP, with the peers' shared key), returning its
+//! outcome: one hop, never more, because the receiving side only executes locally. A
+//! stale entry costs a retry: an instance that does not write the partition answers "not
+//! owner", a dead one does not answer, and the caller looks again until its deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use schemas::CommandDocument;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::error::EventStoreError;
-
-/// Where an instance accepts commands from its peers: `{service}` is the write model's
-/// service name (`users`, `orders`, ...).
-pub const PEER_COMMANDS_PATH: &str = "/internal/writers/{service}/commands";
-/// Where an instance answers its peers with an aggregate's current version and state.
-pub const PEER_STATE_PATH: &str = "/internal/writers/{service}/aggregates/{aggregate_id}";
-
-/// The status an instance answers a peer with when it does not write the partition.
-pub const NOT_OWNER_STATUS: u16 = 421;
 
 /// An aggregate's current version and state, as a peer sends it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,12 +88,37 @@ impl OwnerDirectory {
     }
 }
 
-/// This instance's way to its peers: the directory, its own address, the shared key.
+/// A peer's answer on its way: the outcome, or a [`PeerState`], as JSON.
+pub type Answer<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, EventStoreError>> + Send + 'a>>;
+
+/// How a command, or the read of an aggregate's state, reaches the instance `owner` (its
+/// base URL as announced) that writes its partition. Answers are the outcome, or a
+/// [`PeerState`], as JSON; [`EventStoreError::NotOwner`] when that instance does not write
+/// the partition or cannot be reached, which makes the caller look again.
+pub trait Forward: std::fmt::Debug + Send + Sync {
+    fn execute<'a>(
+        &'a self,
+        owner: &'a str,
+        service: &'static str,
+        partition: i32,
+        command: &'a CommandDocument,
+    ) -> Answer<'a>;
+
+    fn state<'a>(
+        &'a self,
+        owner: &'a str,
+        service: &'static str,
+        partition: i32,
+        aggregate_id: &'a str,
+    ) -> Answer<'a>;
+}
+
+/// This instance's way to its peers: the directory, its own address, the way there.
 #[derive(Clone, Debug)]
 pub struct Peers {
     directory: OwnerDirectory,
-    key: String,
-    client: reqwest::Client,
+    forward: Arc<dyn Forward>,
     /// This instance's base URL as peers reach it; known once its listener is bound.
     me: Arc<OnceLock<String>>,
     /// Owners looked up, per (group, partition), until a call to them fails.
@@ -111,17 +126,10 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// `key` authenticates instances to each other; every instance must have the same.
-    pub fn new(directory: OwnerDirectory, key: String, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("a reqwest client with timeouts builds");
+    pub fn new(directory: OwnerDirectory, forward: Arc<dyn Forward>) -> Self {
         Self {
             directory,
-            key,
-            client,
+            forward,
             me: Arc::default(),
             cache: Arc::default(),
         }
@@ -178,17 +186,9 @@ impl Peers {
         partition: i32,
         command: &CommandDocument,
     ) -> Result<serde_json::Value, EventStoreError> {
-        let url = format!(
-            "{owner}{}",
-            PEER_COMMANDS_PATH.replace("{service}", service)
-        );
-        let request = self
-            .client
-            .post(url)
-            .bearer_auth(&self.key)
-            .header("content-type", "application/json")
-            .body(command.to_json());
-        answer(request, service, partition).await
+        self.forward
+            .execute(owner, service, partition, command)
+            .await
     }
 
     /// The version and state of `aggregate_id` at `owner`, as JSON.
@@ -199,14 +199,9 @@ impl Peers {
         partition: i32,
         aggregate_id: &str,
     ) -> Result<serde_json::Value, EventStoreError> {
-        let path = PEER_STATE_PATH
-            .replace("{service}", service)
-            .replace("{aggregate_id}", &encode_segment(aggregate_id));
-        let request = self
-            .client
-            .get(format!("{owner}{path}"))
-            .bearer_auth(&self.key);
-        answer(request, service, partition).await
+        self.forward
+            .state(owner, service, partition, aggregate_id)
+            .await
     }
 }
 
@@ -214,70 +209,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A peer's answer: the JSON body of a 200, or the error its status stands for.
-async fn answer(
-    request: reqwest::RequestBuilder,
-    service: &'static str,
-    partition: i32,
-) -> Result<serde_json::Value, EventStoreError> {
-    let unavailable = |reason: String| EventStoreError::Unavailable {
-        operation: "forward to the partition's writer",
-        reason,
-    };
-    let response = request.send().await.map_err(|e| {
-        // Nobody listens there (the owner died, or moved away): as good as "not owner",
-        // which makes the caller look again. Anything else may have reached the owner.
-        if e.is_connect() {
-            EventStoreError::NotOwner { service, partition }
-        } else {
-            unavailable(e.to_string())
-        }
-    })?;
-    let status = response.status().as_u16();
-    match status {
-        200 => response
-            .json()
-            .await
-            .map_err(|e| unavailable(e.to_string())),
-        NOT_OWNER_STATUS => Err(EventStoreError::NotOwner { service, partition }),
-        _ => {
-            let body = response.text().await.unwrap_or_default();
-            let reason = format!("the owner answered {status}: {}", body.trim());
-            if status >= 500 {
-                Err(unavailable(reason))
-            } else {
-                Err(EventStoreError::Refused {
-                    operation: "forward to the partition's writer",
-                    reason,
-                })
-            }
-        }
-    }
-}
-
-/// `id` as one URL path segment.
-fn encode_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_aggregate_id_is_one_path_segment() {
-        assert_eq!(encode_segment("a-b_c.d~9"), "a-b_c.d~9");
-        assert_eq!(encode_segment("a/b c%"), "a%2Fb%20c%25");
-        assert_eq!(encode_segment("é"), "%C3%A9");
-    }
 }
