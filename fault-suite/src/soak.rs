@@ -41,7 +41,8 @@ pub struct Soak {
 struct Sample {
     at: Duration,
     rss_mib: BTreeMap<Instance, f64>,
-    open_sagas: Option<i64>,
+    /// Sagas under way and sagas failed for good.
+    open_sagas: Option<(i64, i64)>,
     /// Aggregates and outcomes the command API's writers hold in memory.
     held: Option<(f64, f64)>,
 }
@@ -149,9 +150,12 @@ async fn held(client: &reqwest::Client, command_api: &str) -> anyhow::Result<(f6
     ))
 }
 
-async fn open_sagas(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM saga.sagas WHERE state NOT IN ('completed', 'compensated')",
+/// Sagas still under way (running or compensating), and sagas that failed for good.
+async fn open_sagas(pool: &sqlx::PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state IN ('running', 'compensating')), \
+                count(*) FILTER (WHERE state = 'failed') \
+         FROM saga.sagas",
     )
     .fetch_one(pool)
     .await
@@ -283,7 +287,15 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
         "  the command API's writers hold (aggregates/outcomes) {}",
         held.join(" ")
     );
-    let open: Vec<i64> = samples.iter().filter_map(|s| s.open_sagas).collect();
+    let open: Vec<i64> = samples
+        .iter()
+        .filter_map(|s| s.open_sagas.map(|(open, _)| open))
+        .collect();
+    let failed = samples
+        .iter()
+        .filter_map(|s| s.open_sagas.map(|(_, failed)| failed))
+        .max()
+        .unwrap_or(0);
     let most_open = open.iter().copied().max().unwrap_or(0);
     let open_bound = (rate * OPEN_SAGAS_SECONDS).ceil() as i64;
     println!(
@@ -315,6 +327,7 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
             format!("the sagas keep up (at most {open_bound} open at any sample)"),
             !open.is_empty() && most_open <= open_bound,
         ),
+        (format!("no saga failed ({failed} failed)"), failed == 0),
         (
             "every window accepted orders".into(),
             windows.iter().all(|w| w.orders > 0),
@@ -400,7 +413,7 @@ mod tests {
         let sample = |s: u64, mib: f64| Sample {
             at: Duration::from_secs(s),
             rss_mib: BTreeMap::from([(instance, mib)]),
-            open_sagas: Some(0),
+            open_sagas: Some((0, 0)),
             held: None,
         };
         let samples = [sample(5, 50.0), sample(9, 60.0), sample(15, 61.0)];

@@ -319,17 +319,20 @@ struct ParkedColumns<'a> {
     error: Vec<&'a str>,
 }
 
-/// Begins a batch's transaction holding the model's lock shared (see [`lock_alone`]), in one
-/// round trip: the lock is taken by the statement that begins the transaction.
+/// Begins a batch's transaction holding the model's lock shared (see [`lock_alone`]).
+/// Two statements, not one `BEGIN; SELECT ...`: sqlx counts a transaction begun only once
+/// its begin statement succeeded, so a lock wait that failed or was cancelled there would
+/// leave the pooled connection inside an aborted transaction nobody rolls back.
 pub async fn begin_locked(
     pool: &sqlx::PgPool,
     schema: &Schema,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let name = schema.name().replace('\'', "''");
-    pool.begin_with(AssertSqlSafe(format!(
-        "BEGIN; SELECT pg_advisory_xact_lock_shared(hashtext('projector:{name}'))"
-    )))
-    .await
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext('projector:' || $1))")
+        .bind(schema.name())
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Serializes an operator's retry or skip, or a rebuild's swap, against the model's
