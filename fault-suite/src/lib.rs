@@ -132,8 +132,9 @@ struct SoakArgs {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     minutes: u64,
     /// Orders placed per second (users, cancellations and deactivations follow from them).
-    /// The default is half of the 81 orders/s the saga bench measures as the command
-    /// path's capacity with the sagas behind it (BENCHMARKS.md, "Order saga").
+    /// The default is about half of the command path's capacity with the sagas behind it,
+    /// as the saga bench measures it on two cores (69 to 81 orders/s; BENCHMARKS.md,
+    /// "Order saga").
     #[arg(long, default_value_t = 40.0)]
     orders_per_second: f64,
     /// Partitions of every event topic.
