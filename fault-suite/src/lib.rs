@@ -3,14 +3,16 @@
 //! every service, broker restarts and Postgres immediate shutdowns; then an audit of what
 //! the README promises (see `audit`). Exit 0 when every check passes, 1 otherwise.
 //!
-//!     fault-suite run            the full run (20 SIGKILLs of each service, 10 minutes)
-//!     fault-suite run --short    the CI variant
-//!     fault-suite run --instances 2 --partitions 8
-//!                                the same with two instances of every service
-//!     fault-suite scale-out      two instances of every service: the split, capacity with
-//!                                two and with one, the takeover when one dies, the audit
-//!     fault-suite soak           30 minutes at half capacity, no faults: memory, p99 and
-//!                                the sagas watched throughout, then the audit
+//! ```text
+//! fault-suite run            the full run (20 SIGKILLs of each service, 10 minutes)
+//! fault-suite run --short    the CI variant
+//! fault-suite run --instances 2 --partitions 8
+//!                            the same with two instances of every service
+//! fault-suite scale-out      two instances of every service: the split, capacity with
+//!                            two and with one, the takeover when one dies, the audit
+//! fault-suite soak           30 minutes at half capacity, no faults: memory, p99 and
+//!                            the sagas watched throughout, then the audit
+//! ```
 //!
 //! `./dev faults` builds it in release mode and runs it; `src/main.rs` is a thin binary
 //! over [`run_cli`].
