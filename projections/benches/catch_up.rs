@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use futures_util::StreamExt;
-use projections::projector::metrics::ProjectorMetrics;
+use projections::projector::metrics::{ProjectorMetrics, STAGES};
 use projections::projector::runner::{Projector, ProjectorConfig};
 use projections::projector::{ReadModel, Schema, bookkeeping};
 use projections::read_models::event_index::EventIndex;
@@ -44,18 +44,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 8;
-
-/// The projector's stages, in the order a batch goes through them.
-const STAGES: [&str; 8] = [
-    "consume",
-    "lock",
-    "claim",
-    "load",
-    "plan",
-    "store",
-    "bookkeeping",
-    "commit",
-];
 
 fn document<E: MessageFamily>(payload: impl Into<E>) -> EventDocument {
     Event::<E> {

@@ -12,6 +12,19 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The `stage` labels of `projector_stage_seconds`, in the order a batch goes through
+/// them: waiting for records, then the batch transaction's stages.
+pub const STAGES: [&str; 8] = [
+    "consume",
+    "lock",
+    "claim",
+    "load",
+    "plan",
+    "store",
+    "bookkeeping",
+    "commit",
+];
+
 #[derive(Clone, Debug)]
 pub struct ProjectorMetrics {
     /// Records not yet applied, summed over the model's assigned partitions.
