@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use event_store::writer::core::MemoryBudget;
 use service_runtime::ServiceConfig;
 use service_runtime::api_keys::{self, Gate};
 use service_runtime::personal_data::EmailIndex;
@@ -23,6 +24,16 @@ pub const COMMAND_TIMEOUT_MS: Setting = Setting {
     default: Some("5000"),
     help: "longest a command may take before the answer is 503 (broker or writer unavailable)",
 };
+pub const WRITER_AGGREGATES_HELD: Setting = Setting {
+    name: "WRITER_AGGREGATES_HELD",
+    default: Some("2000"),
+    help: "aggregates a partition writer keeps in memory; the least recently used others are read back from the snapshot tables when a command needs them",
+};
+pub const WRITER_OUTCOMES_HELD: Setting = Setting {
+    name: "WRITER_OUTCOMES_HELD",
+    default: Some("2000"),
+    help: "command outcomes a partition writer keeps in memory; older ones in the 24-hour idempotency window are looked up in the snapshot tables",
+};
 
 pub const PEER_KEY: Setting = Setting {
     name: "PEER_KEY",
@@ -41,6 +52,8 @@ pub fn settings() -> Vec<Setting> {
         COMMAND_API_ADDR,
         MAX_IN_FLIGHT,
         COMMAND_TIMEOUT_MS,
+        WRITER_AGGREGATES_HELD,
+        WRITER_OUTCOMES_HELD,
         PEER_KEY,
         ADVERTISED_URL,
     ];
@@ -56,6 +69,8 @@ pub struct Config {
     pub gate: Gate,
     pub max_in_flight: usize,
     pub command_timeout: Duration,
+    /// What each partition writer keeps in memory.
+    pub writer_memory: MemoryBudget,
     /// The key instances authenticate to each other with.
     pub peer_key: String,
     /// How peers reach this instance; `None`: from the bound address.
@@ -71,6 +86,10 @@ impl Config {
             gate: Gate::from_env(env)?,
             max_in_flight: env.positive(&MAX_IN_FLIGHT)? as usize,
             command_timeout: Duration::from_millis(env.positive(&COMMAND_TIMEOUT_MS)?),
+            writer_memory: MemoryBudget {
+                aggregates: env.positive(&WRITER_AGGREGATES_HELD)? as usize,
+                outcomes: env.positive(&WRITER_OUTCOMES_HELD)? as usize,
+            },
             peer_key: match env.text(&PEER_KEY)?.trim() {
                 "" => derived_peer_key(env)?,
                 key => key.to_owned(),

@@ -41,6 +41,7 @@ impl WriteModels {
         writer_config.ownership_wait = config.command_timeout / 2;
         writer_config.partition = PartitionSettings {
             snapshots: Some(Arc::new(SnapshotStore::new(pool.clone()))),
+            memory: config.writer_memory,
             ..PartitionSettings::default()
         };
         let peers = Peers::new(

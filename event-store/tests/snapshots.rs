@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_store::outcome::Outcome;
-use event_store::sample::{Deposit, Ledger, LedgerCommand, OpenAccount, Withdraw};
+use event_store::sample::{Deposit, Ledger, LedgerCommand, LedgerRejection, OpenAccount, Withdraw};
+use event_store::writer::core::MemoryBudget;
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::log::PartitionLog;
 use event_store::writer::metrics::WriterMetrics;
@@ -131,12 +132,111 @@ async fn a_new_owner_starts_from_the_snapshot_and_replays_only_the_tail() -> any
     assert_eq!(slot.version, 26);
     // The 26th event follows the snapshot's offset 49 (the 25th event's commit marker).
     assert_eq!(writer.core().next_offset, 51);
-    // Outcomes from before the snapshot are still answered the same.
-    assert_eq!(
-        writer.core().outcome_of(opened.meta.id),
-        Some(&first_outcome)
-    );
-    assert_eq!(writer.core().outcome_of(refused.meta.id), Some(&refusal));
+    drop(writer);
+
+    // Outcomes from before the snapshot stay in the store, and are answered the same.
+    let (model, runtime) = WriteModel::<Ledger>::new(config, WriterMetrics::unregistered("ledger"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runtime.run(stop.clone()));
+    assert_eq!(model.execute(opened).await?, first_outcome);
+    assert_eq!(model.execute(refused).await?, refusal);
     assert!(matches!(refusal, Outcome::Rejected { .. }));
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_writer_over_its_memory_budget_reads_back_what_it_let_go() -> anyhow::Result<()> {
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    SnapshotStore::migrator().run(&pool).await?;
+    let settings = KafkaSettings::new(&env.brokers);
+    let topics = TopicNames::new(&env.topic_prefix);
+    TopicAdmin::new(&settings)?
+        .create(&topics.for_services(&["ledger"], 1), 1)
+        .await?;
+    let mut config = WriterConfig::new(settings, topics, 1);
+    config.partition.snapshots = Some(Arc::new(SnapshotStore::new(pool.clone())));
+    // A cut after every batch, and room for 4 accounts and 4 outcomes.
+    config.partition.snapshot_policy = SnapshotPolicy {
+        every_events: 1,
+        every: Duration::from_secs(3600),
+    };
+    config.partition.memory = MemoryBudget {
+        aggregates: 4,
+        outcomes: 4,
+    };
+    let metrics = WriterMetrics::unregistered("ledger");
+    let (model, runtime) = WriteModel::<Ledger>::new(config, metrics.clone());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runtime.run(stop.clone()));
+
+    // Given 20 accounts, each opened with a deposit of its number.
+    let mut opened = Vec::new();
+    for n in 0..20u64 {
+        let open = command(
+            OpenAccount {
+                account_id: format!("acc{n}"),
+                initial_deposit: Some(n + 1),
+            }
+            .into(),
+        );
+        let outcome = model.execute(open.clone()).await?;
+        opened.push((open, outcome));
+    }
+
+    // When each is asked for one more than its balance, then for exactly its balance.
+    for n in 0..20u64 {
+        let account = format!("acc{n}");
+        let too_much = command(
+            Withdraw {
+                account_id: account.clone(),
+                amount: n + 2,
+            }
+            .into(),
+        );
+        let refused = model.execute(too_much).await?;
+        assert!(
+            matches!(
+                refused,
+                Outcome::Rejected { version: 2, reason: LedgerRejection::InsufficientFunds { balance }, .. }
+                    if balance == n + 1
+            ),
+            "{account} is read back with its balance: {refused:?}"
+        );
+        let all = command(
+            Withdraw {
+                account_id: account,
+                amount: n + 1,
+            }
+            .into(),
+        );
+        assert!(matches!(
+            model.execute(all).await?,
+            Outcome::Accepted { version: 3, .. }
+        ));
+    }
+
+    // Then a retried command, long out of memory, gets its first outcome back.
+    for (open, outcome) in &opened {
+        assert_eq!(&model.execute(open.clone()).await?, outcome);
+    }
+    let labels = |key: &'static str, value: &str| {
+        vec![("service", "ledger".to_owned()), (key, value.to_owned())]
+    };
+    let held = metrics
+        .aggregates_held
+        .get_or_create(&labels("partition", "0"))
+        .get();
+    assert!(
+        held <= 5,
+        "at most the budget and one batch's aggregate: {held}"
+    );
+    let recalled = |kind| metrics.recalled.get_or_create(&labels("kind", kind)).get();
+    assert!(recalled("aggregate") >= 16, "{}", recalled("aggregate"));
+    assert!(recalled("outcome") >= 16, "{}", recalled("outcome"));
+    stop.cancel();
+    task.await?;
     Ok(())
 }

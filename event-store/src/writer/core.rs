@@ -39,6 +39,26 @@ impl Default for IdempotencyWindow {
     }
 }
 
+/// How much of a partition's state its writer keeps in memory when a snapshot store holds
+/// the rest: past it, the least recently used aggregates and the oldest outcomes that a
+/// snapshot already holds leave memory, and are read back from the store when a command
+/// needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub aggregates: usize,
+    pub outcomes: usize,
+}
+
+impl Default for MemoryBudget {
+    /// About 2 MB per partition writer (an aggregate or an outcome takes some 500 bytes).
+    fn default() -> Self {
+        Self {
+            aggregates: 2_000,
+            outcomes: 2_000,
+        }
+    }
+}
+
 /// Outcomes of recent commands, oldest first for eviction.
 #[derive(Debug)]
 struct Remembered<R> {
@@ -81,6 +101,18 @@ impl<R> Remembered<R> {
             self.by_id.remove(&oldest);
         }
     }
+
+    /// Lets the oldest outcomes go, down to `keep`, sparing the newest `unsaved` ones;
+    /// whether any went.
+    fn evict(&mut self, keep: usize, unsaved: usize) -> bool {
+        let excess = self.by_id.len().saturating_sub(keep);
+        let evictable = self.order.len().saturating_sub(unsaved);
+        let gone = excess.min(evictable);
+        for (_, oldest) in self.order.drain(..gone) {
+            self.by_id.remove(&oldest);
+        }
+        gone > 0
+    }
 }
 
 /// One aggregate as the writer holds it.
@@ -89,6 +121,8 @@ pub struct Slot<A: Aggregate> {
     pub version: u64,
     pub state: A::State,
     pub last_position: Option<Position>,
+    /// When a batch last needed it (the writer's batch clock), for eviction.
+    pub(crate) used: u64,
 }
 
 // By hand: a derive would demand `A: Clone`, though only its state is cloned.
@@ -98,6 +132,7 @@ impl<A: Aggregate> Clone for Slot<A> {
             version: self.version,
             state: self.state.clone(),
             last_position: self.last_position.clone(),
+            used: self.used,
         }
     }
 }
@@ -108,6 +143,7 @@ impl<A: Aggregate> Default for Slot<A> {
             version: 0,
             state: A::State::default(),
             last_position: None,
+            used: 0,
         }
     }
 }
@@ -142,6 +178,18 @@ pub struct PartitionCore<A: Aggregate> {
     dirty: HashSet<String>,
     fresh_outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)>,
     events_since_cut: u64,
+    /// Some of the state lives only in the snapshot store (evicted, or not loaded since a
+    /// takeover): what memory lacks must be recalled from it before a decision.
+    partial: bool,
+    /// Counts batches, to tell the least recently used aggregates.
+    clock: u64,
+}
+
+/// What a batch needs that memory lacks, when the core is partial.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    pub aggregates: Vec<String>,
+    pub commands: Vec<CommandId>,
 }
 
 impl<A: Aggregate> PartitionCore<A> {
@@ -156,6 +204,104 @@ impl<A: Aggregate> PartitionCore<A> {
             dirty: HashSet::new(),
             fresh_outcomes: Vec::new(),
             events_since_cut: 0,
+            partial: false,
+            clock: 0,
+        }
+    }
+
+    /// A partition whose state, as of these offsets, is in the snapshot store: memory
+    /// starts empty and fills as commands and the tail of the log need aggregates.
+    pub fn resumed(
+        partition: i32,
+        window: IdempotencyWindow,
+        next_offset: i64,
+        outcomes_next_offset: i64,
+    ) -> Self {
+        Self {
+            next_offset,
+            outcomes_next_offset,
+            partial: true,
+            ..Self::new(partition, window)
+        }
+    }
+
+    pub fn window(&self) -> IdempotencyWindow {
+        self.remembered.window
+    }
+
+    /// Whether some of the state is only in the snapshot store.
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// Marks the aggregates a batch works on as used now, and says which of them and of
+    /// its commands' outcomes memory lacks (nothing, unless the core is partial).
+    pub fn missing<'a>(
+        &mut self,
+        aggregates: impl IntoIterator<Item = &'a str>,
+        commands: impl IntoIterator<Item = CommandId>,
+    ) -> Missing {
+        self.clock += 1;
+        let mut missing = Missing::default();
+        for id in aggregates {
+            match self.slots.get_mut(id) {
+                Some(slot) => slot.used = self.clock,
+                None if self.partial && !missing.aggregates.iter().any(|m| m == id) => {
+                    missing.aggregates.push(id.to_owned());
+                }
+                None => {}
+            }
+        }
+        if self.partial {
+            missing.commands = commands
+                .into_iter()
+                .filter(|c| !self.remembered.by_id.contains_key(c))
+                .collect();
+        }
+        missing
+    }
+
+    /// Takes back outcomes recalled from the snapshot store (already saved there).
+    pub fn recall(
+        &mut self,
+        command: CommandId,
+        outcome: Outcome<A::Rejection>,
+        at: DateTime<Utc>,
+    ) {
+        if !self.remembered.by_id.contains_key(&command) {
+            self.remembered.insert(command, outcome, at);
+        }
+    }
+
+    /// Lets memory go down to `budget`: only what a saved snapshot holds, so call it while
+    /// no cut is in flight. Aggregates go least recently used first, outcomes oldest first;
+    /// each kind shrinks to three quarters of its budget, so eviction runs now and then.
+    pub fn evict(&mut self, budget: MemoryBudget) {
+        if self.slots.len() > budget.aggregates {
+            let mut clean: Vec<(u64, &String)> = self
+                .slots
+                .iter()
+                .filter(|(id, _)| !self.dirty.contains(*id))
+                .map(|(id, slot)| (slot.used, id))
+                .collect();
+            let excess = (self.slots.len() - budget.aggregates * 3 / 4).min(clean.len());
+            if excess > 0 {
+                clean.select_nth_unstable(excess - 1);
+                let gone: Vec<String> = clean[..excess]
+                    .iter()
+                    .map(|(_, id)| (*id).clone())
+                    .collect();
+                for id in gone {
+                    self.slots.remove(&id);
+                }
+                self.partial = true;
+            }
+        }
+        if self
+            .remembered
+            .evict(budget.outcomes * 3 / 4, self.fresh_outcomes.len())
+        {
+            self.partial = true;
         }
     }
 
@@ -167,9 +313,10 @@ impl<A: Aggregate> PartitionCore<A> {
         self.slots.iter()
     }
 
-    /// Restores one aggregate (from a snapshot).
-    pub fn restore(&mut self, aggregate_id: String, slot: Slot<A>) {
-        self.slots.insert(aggregate_id, slot);
+    /// Restores one aggregate from the snapshot store, unless memory already holds it.
+    pub fn restore(&mut self, aggregate_id: String, mut slot: Slot<A>) {
+        slot.used = self.clock;
+        self.slots.entry(aggregate_id).or_insert(slot);
     }
 
     /// Plans `commands` in order; see the module documentation for why at most one
@@ -243,6 +390,7 @@ impl<A: Aggregate> PartitionCore<A> {
         self.next_offset = self.next_offset.max(offset + 1);
         let aggregate_id = event.payload.aggregate_id();
         let slot = self.slots.entry(aggregate_id.clone()).or_default();
+        slot.used = self.clock;
         let admission = Admission::of(slot.version, event.meta.version);
         if admission == Admission::Next {
             slot.state = A::evolve(std::mem::take(&mut slot.state), &event.payload);
@@ -308,7 +456,7 @@ impl<A: Aggregate> PartitionCore<A> {
             events_offset: self.next_offset,
             outcomes_offset: self.outcomes_next_offset,
             aggregates,
-            outcomes: std::mem::take(&mut self.fresh_outcomes),
+            outcomes: last_per_command(std::mem::take(&mut self.fresh_outcomes)),
             forget_before: now - self.remembered.window.duration,
         })
     }
@@ -343,6 +491,21 @@ impl<A: Aggregate> PartitionCore<A> {
             position: slot.and_then(|s| s.last_position.clone()),
         }
     }
+}
+
+/// A command with several events is remembered once per event, each outcome newer than the
+/// last: only its final one is its outcome.
+fn last_per_command<R>(
+    outcomes: Vec<(CommandId, Outcome<R>, DateTime<Utc>)>,
+) -> Vec<(CommandId, Outcome<R>, DateTime<Utc>)> {
+    let mut seen = HashSet::new();
+    let mut last: Vec<_> = outcomes
+        .into_iter()
+        .rev()
+        .filter(|(command, _, _)| seen.insert(*command))
+        .collect();
+    last.reverse();
+    last
 }
 
 fn event_meta<C>(command: &Command<C>, version: u64, now: DateTime<Utc>) -> EventMeta {
@@ -550,5 +713,93 @@ mod tests {
         }
         assert!(core.outcome_of(ids[0]).is_none());
         assert!(ids[1..].iter().all(|id| core.outcome_of(*id).is_some()));
+    }
+
+    #[test]
+    fn memory_keeps_the_aggregates_last_used_and_never_one_a_snapshot_lacks() {
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
+        given(
+            &mut core,
+            &[
+                command(open("a"), None),
+                command(open("b"), None),
+                command(open("c"), None),
+                command(open("d"), None),
+            ],
+        );
+        // Given a saved cut of all four, then a batch that uses "a" and changes "e".
+        assert!(core.take_cut(Utc::now()).is_some());
+        assert_eq!(core.missing(["a"], []), Missing::default());
+        given(&mut core, &[command(open("e"), None)]);
+
+        // When memory may hold 4 aggregates (it shrinks to 3 when over).
+        core.evict(MemoryBudget {
+            aggregates: 4,
+            outcomes: 100,
+        });
+
+        // Then "a" (used last) and "e" (not in a snapshot yet) stay; two of the rest go.
+        assert!(core.is_partial());
+        assert!(core.slot("a").is_some() && core.slot("e").is_some());
+        assert_eq!(core.held().0, 3);
+        let missing = core.missing(["a", "b", "c", "d", "new"], []);
+        assert_eq!(missing.aggregates.len(), 3, "{missing:?}");
+        assert!(missing.aggregates.contains(&"new".to_owned()));
+    }
+
+    #[test]
+    fn outcomes_leave_memory_oldest_first_once_saved_and_unknown_commands_are_looked_up() {
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
+        let saved: Vec<CommandId> = (0..4).map(|_| CommandId::new()).collect();
+        for id in &saved {
+            core.remember(*id, core.unchanged("a"), Utc::now());
+        }
+        assert!(core.take_cut(Utc::now()).is_some());
+        let unsaved: Vec<CommandId> = (0..4).map(|_| CommandId::new()).collect();
+        for id in &unsaved {
+            core.remember(*id, core.unchanged("a"), Utc::now());
+        }
+        // Not partial yet: an unknown command is new, nothing to look up.
+        assert_eq!(core.missing([], [CommandId::new()]), Missing::default());
+
+        core.evict(MemoryBudget {
+            aggregates: 100,
+            outcomes: 2,
+        });
+
+        assert!(saved.iter().all(|id| core.outcome_of(*id).is_none()));
+        assert!(unsaved.iter().all(|id| core.outcome_of(*id).is_some()));
+        let missing = core.missing([], [saved[0], unsaved[0]]);
+        assert_eq!(missing.commands, vec![saved[0]]);
+        core.recall(saved[0], core.unchanged("a"), Utc::now());
+        assert!(core.outcome_of(saved[0]).is_some());
+    }
+
+    #[test]
+    fn a_restored_aggregate_never_replaces_the_one_in_memory() {
+        let mut core = PartitionCore::<Ledger>::resumed(0, IdempotencyWindow::default(), 10, 0);
+        assert_eq!(core.missing(["a"], []).aggregates, vec!["a".to_owned()]);
+        given(&mut core, &[command(open("a"), None)]);
+        core.restore("a".into(), Slot::default());
+        assert_eq!(core.slot("a").map(|s| s.version), Some(1));
+    }
+
+    #[test]
+    fn a_command_with_several_events_is_cut_with_its_final_outcome() {
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
+        let open = command(
+            OpenAccount {
+                account_id: "a".into(),
+                initial_deposit: Some(5),
+            },
+            None,
+        );
+        given(&mut core, std::slice::from_ref(&open));
+        let cut = core.take_cut(Utc::now()).expect("a cut");
+        assert_eq!(cut.outcomes.len(), 1);
+        assert!(matches!(
+            cut.outcomes[0].1,
+            Outcome::Accepted { version: 2, .. }
+        ));
     }
 }

@@ -32,6 +32,9 @@ pub struct WriterMetrics {
     pub aggregates_held: Family<Labels, Gauge>,
     /// Command outcomes a partition's writer holds in memory (its idempotency window).
     pub outcomes_held: Family<Labels, Gauge>,
+    /// Aggregates and outcomes read back from the snapshot store, by kind: what the memory
+    /// budget costs in lookups.
+    pub recalled: Family<Labels, Counter>,
 }
 
 impl WriterMetrics {
@@ -54,6 +57,7 @@ impl WriterMetrics {
             }),
             aggregates_held: Family::default(),
             outcomes_held: Family::default(),
+            recalled: Family::default(),
         };
         registry.register(
             "writer_commands",
@@ -102,8 +106,13 @@ impl WriterMetrics {
         );
         registry.register(
             "writer_outcomes_held",
-            "Command outcomes a partition's writer holds in memory (the idempotency window)",
+            "Command outcomes a partition's writer holds in memory (the recent part of the idempotency window)",
             metrics.outcomes_held.clone(),
+        );
+        registry.register(
+            "writer_recalled",
+            "Aggregates and outcomes a writer read back from the snapshot store, by kind",
+            metrics.recalled.clone(),
         );
         metrics
     }
@@ -135,6 +144,17 @@ impl WriterMetrics {
         self.outcomes_held
             .get_or_create(&labels)
             .set(count(outcomes));
+    }
+
+    /// Aggregates and outcomes read back from the snapshot store.
+    pub(crate) fn recalled(&self, aggregates: usize, outcomes: usize) {
+        for (kind, n) in [("aggregate", aggregates), ("outcome", outcomes)] {
+            if n > 0 {
+                self.recalled
+                    .get_or_create(&self.with("kind", kind))
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     pub(crate) fn with(&self, key: &'static str, value: &str) -> Labels {

@@ -30,7 +30,7 @@ use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
 use crate::trace;
-use crate::writer::core::{IdempotencyWindow, PartitionCore, Plan};
+use crate::writer::core::{IdempotencyWindow, MemoryBudget, Missing, PartitionCore, Plan};
 use crate::writer::log::{OutgoingRecord, PartitionLog, TransactionError};
 use crate::writer::metrics::WriterMetrics;
 use crate::writer::snapshot::{SnapshotCut, Snapshots};
@@ -59,6 +59,10 @@ struct Execution<A: Aggregate> {
     command: Command<A::Command>,
     reply: oneshot::Sender<Reply<A>>,
 }
+
+/// How many records of the log's tail a writer holding part of its state reads before it
+/// recalls the aggregates they touch.
+const TAIL_CHUNK: i64 = 10_000;
 
 /// How many queued commands one batch takes at most.
 const MAX_BATCH: usize = 512;
@@ -139,6 +143,8 @@ pub struct PartitionSettings {
     pub idempotency: IdempotencyWindow,
     pub snapshots: Snapshots,
     pub snapshot_policy: SnapshotPolicy,
+    /// What stays in memory when `snapshots` holds the rest (without a store, everything).
+    pub memory: MemoryBudget,
 }
 
 #[derive(Debug)]
@@ -153,6 +159,7 @@ pub struct PartitionWriter<A: Aggregate> {
     behind: bool,
     snapshots: Snapshots,
     policy: SnapshotPolicy,
+    budget: MemoryBudget,
     /// Why the writer stopped on its own, if it did: its host resumes it with a fresh
     /// producer while the partition is still assigned here.
     halted: Option<Halt>,
@@ -213,6 +220,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             behind: true,
             snapshots: settings.snapshots.clone(),
             policy: settings.snapshot_policy,
+            budget: settings.memory,
             halted: None,
             last_cut: Instant::now(),
             saving: None,
@@ -302,6 +310,8 @@ impl<A: Aggregate> PartitionWriter<A> {
             // Finished: this await returns at once.
             self.settle_save(finished.await.ok());
         }
+        // No cut is in flight: all that is not dirty, the store holds.
+        self.core.evict(self.budget);
         let due = self.core.events_since_cut() >= self.policy.every_events
             || self.last_cut.elapsed() >= self.policy.every;
         if !due {
@@ -373,12 +383,33 @@ impl<A: Aggregate> PartitionWriter<A> {
         self.halted
     }
 
-    /// Reads what the state lacks before a decision.
-    async fn settle(&mut self) -> Result<(), EventStoreError> {
+    /// Reads what the state lacks before deciding on these aggregates and commands: the
+    /// tail of the log if the writer may be behind, then what memory let go of.
+    async fn settle(
+        &mut self,
+        aggregates: &[String],
+        commands: impl IntoIterator<Item = CommandId>,
+    ) -> Result<(), EventStoreError> {
         if self.behind {
             self.catch_up().await?;
         }
-        Ok(())
+        let missing = self
+            .core
+            .missing(aggregates.iter().map(String::as_str), commands);
+        self.recall(&missing).await
+    }
+
+    /// Reads back from the snapshot store what memory lacks.
+    async fn recall(&mut self, missing: &Missing) -> Result<(), EventStoreError> {
+        match self.snapshots.clone() {
+            Some(store) if *missing != Missing::default() => {
+                let (aggregates, outcomes) =
+                    store.recall(&mut self.core, missing, Utc::now()).await?;
+                self.metrics.recalled(aggregates, outcomes);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn read_outcomes(&mut self, from: i64) -> Result<(), EventStoreError> {
@@ -402,28 +433,45 @@ impl<A: Aggregate> PartitionWriter<A> {
         Ok(())
     }
 
-    /// Applies the event records in `[from, to)` by the reader rule.
+    /// Applies the event records in `[from, to)` by the reader rule. When memory holds only
+    /// part of the state, it goes in chunks: each recalls the aggregates it touches first.
     async fn apply_range(&mut self, from: i64, to: i64) -> Result<(), EventStoreError> {
-        let (core, metrics) = (&mut self.core, &self.metrics);
-        self.log
-            .read_range(&self.events_topic, from, to, |message| {
-                let offset = message.offset();
-                let Some(event) = decode_event::<A>(message) else {
-                    core.skip_record(offset);
-                    metrics
-                        .dropped
-                        .get_or_create(&metrics.with("reason", "undecodable"))
-                        .inc();
-                    return;
-                };
-                if let Some(reason) = core.apply_event(&event, offset).drop_reason() {
-                    metrics
-                        .dropped
-                        .get_or_create(&metrics.with("reason", reason))
-                        .inc();
+        let mut next = from;
+        while next < to {
+            let end = if self.core.is_partial() {
+                (next + TAIL_CHUNK).min(to)
+            } else {
+                to
+            };
+            if self.core.is_partial() {
+                let mut records = Vec::new();
+                self.log
+                    .read_range(&self.events_topic, next, end, |message| {
+                        records.push((message.offset(), decode_event::<A>(message)));
+                    })
+                    .await?;
+                let touched: Vec<String> = records
+                    .iter()
+                    .filter_map(|(_, event)| event.as_ref().map(|e| e.payload.aggregate_id()))
+                    .collect();
+                let missing = self
+                    .core
+                    .missing(touched.iter().map(String::as_str), std::iter::empty());
+                self.recall(&missing).await?;
+                for (offset, event) in records {
+                    apply_record(&mut self.core, &self.metrics, offset, event);
                 }
-            })
-            .await
+            } else {
+                let (core, metrics) = (&mut self.core, &self.metrics);
+                self.log
+                    .read_range(&self.events_topic, next, end, |message| {
+                        apply_record(core, metrics, message.offset(), decode_event::<A>(message));
+                    })
+                    .await?;
+            }
+            next = end;
+        }
+        Ok(())
     }
 
     /// Decides and answers a batch; commands deferred by the plan (a second command on
@@ -441,14 +489,18 @@ impl<A: Aggregate> PartitionWriter<A> {
             }
         }
         self.execute(batch).await;
+        if reads.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = reads.iter().map(|(id, _)| id.clone()).collect();
+        let settled = self.settle(&ids, std::iter::empty()).await;
         for (aggregate_id, reply) in reads {
-            let answer = if let Err(e) = self.settle().await {
-                Err(e)
-            } else {
-                Ok(self
+            let answer = match &settled {
+                Err(e) => Err(e.clone()),
+                Ok(()) => Ok(self
                     .core
                     .slot(&aggregate_id)
-                    .map_or((0, A::State::default()), |s| (s.version, s.state.clone())))
+                    .map_or((0, A::State::default()), |s| (s.version, s.state.clone()))),
             };
             let _ = reply.send(answer);
         }
@@ -463,7 +515,12 @@ impl<A: Aggregate> PartitionWriter<A> {
                 .observe(batch.len() as f64);
             let commands: Vec<Command<A::Command>> =
                 batch.iter().map(|r| r.command.clone()).collect();
-            let results = match self.settle().await {
+            let aggregates: Vec<String> =
+                commands.iter().map(|c| c.payload.aggregate_id()).collect();
+            let settled = self
+                .settle(&aggregates, commands.iter().map(|c| c.meta.id))
+                .await;
+            let results = match settled {
                 Err(e) => vec![Some(Err(e)); commands.len()],
                 Ok(()) => self.decide_and_commit(&commands).await,
             };
@@ -718,6 +775,29 @@ impl<A: Aggregate> PartitionWriter<A> {
                 _ => {}
             }
         }
+    }
+}
+
+/// Applies one record of the event partition (`None`: not a usable event) by the reader
+/// rule, counting what it drops.
+fn apply_record<A: Aggregate>(
+    core: &mut PartitionCore<A>,
+    metrics: &WriterMetrics,
+    offset: i64,
+    event: Option<Event<A::Event>>,
+) {
+    let reason = match event {
+        None => {
+            core.skip_record(offset);
+            Some("undecodable")
+        }
+        Some(event) => core.apply_event(&event, offset).drop_reason(),
+    };
+    if let Some(reason) = reason {
+        metrics
+            .dropped
+            .get_or_create(&metrics.with("reason", reason))
+            .inc();
     }
 }
 

@@ -17,14 +17,10 @@ use crate::aggregate::Aggregate;
 use crate::error::EventStoreError;
 use crate::outcome::Outcome;
 use crate::position::Position;
-use crate::writer::core::{IdempotencyWindow, PartitionCore, Slot};
+use crate::writer::core::{IdempotencyWindow, Missing, PartitionCore, Slot};
 
 /// The Postgres schema of the snapshot tables.
 pub const SCHEMA: &str = "event_store";
-
-/// Outcomes per stored chunk: small enough to write in one statement, few enough rows
-/// that loading a million of them is a handful of reads.
-const OUTCOMES_PER_CHUNK: usize = 50_000;
 
 /// What changed in one partition since the previous cut, as of its offsets.
 #[derive(Debug)]
@@ -65,72 +61,93 @@ impl SnapshotStore {
         migrator
     }
 
-    /// The partition's state as of its last snapshot, or `None` when it has none.
+    /// The partition as of its last snapshot, or `None` when it has none. Only the offsets
+    /// are read: aggregates and outcomes stay in the store until a command or the tail of
+    /// the log needs them ([`Self::recall`]).
     pub async fn load<A: Aggregate>(
         &self,
         partition: i32,
         window: IdempotencyWindow,
     ) -> Result<Option<PartitionCore<A>>, EventStoreError> {
-        let service = A::Event::SERVICE;
-        let Some(mark) = sqlx::query(
+        let mark: Option<(i64, i64)> = sqlx::query_as(
             "SELECT events_offset, outcomes_offset FROM event_store.snapshots \
              WHERE service = $1 AND partition = $2",
         )
-        .bind(service)
+        .bind(A::Event::SERVICE)
         .bind(partition)
         .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable("load snapshot"))?
-        else {
-            return Ok(None);
-        };
-        let mut core = PartitionCore::<A>::new(partition, window);
-        core.next_offset = mark.get("events_offset");
-        core.outcomes_next_offset = mark.get("outcomes_offset");
-
-        let aggregates = sqlx::query(
-            "SELECT aggregate_id, version, last_offset, state::text AS state \
-             FROM event_store.snapshot_aggregates WHERE service = $1 AND partition = $2",
-        )
-        .bind(service)
-        .bind(partition)
-        .fetch_all(&self.pool)
-        .await
         .map_err(unavailable("load snapshot"))?;
-        for row in aggregates {
-            let state: String = row.get("state");
-            let last_offset: Option<i64> = row.get("last_offset");
-            let slot = Slot::<A> {
-                version: u64::try_from(row.get::<i64, _>("version")).unwrap_or_default(),
-                state: serde_json::from_str(&state).map_err(corrupt)?,
-                last_position: last_offset.map(|offset| Position {
-                    service: service.to_owned(),
-                    partition,
-                    offset,
-                }),
-            };
-            core.restore(row.get("aggregate_id"), slot);
+        Ok(mark
+            .map(|(events, outcomes)| PartitionCore::resumed(partition, window, events, outcomes)))
+    }
+
+    /// Reads back into `core` what `missing` names, in one round trip: the aggregates the
+    /// store holds (one it lacks does not exist yet) and the outcomes still in the window.
+    /// How many of each it found: `(aggregates, outcomes)`.
+    pub async fn recall<A: Aggregate>(
+        &self,
+        core: &mut PartitionCore<A>,
+        missing: &Missing,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), EventStoreError> {
+        let mut found = (0, 0);
+        if missing.aggregates.is_empty() && missing.commands.is_empty() {
+            return Ok(found);
         }
-
-        let chunks = sqlx::query(
-            "SELECT outcomes FROM event_store.snapshot_outcome_chunks \
-             WHERE service = $1 AND partition = $2 ORDER BY chunk",
+        let service = A::Event::SERVICE;
+        let commands: Vec<uuid::Uuid> = missing.commands.iter().map(|c| c.as_uuid()).collect();
+        let rows = sqlx::query(
+            "SELECT aggregate_id AS key, version, last_offset, state::text AS body, \
+                    NULL::timestamptz AS decided_at \
+             FROM event_store.snapshot_aggregates \
+             WHERE service = $1 AND partition = $2 AND aggregate_id = ANY($3) \
+             UNION ALL \
+             SELECT command_id::text, NULL, NULL, outcome::text, decided_at \
+             FROM event_store.snapshot_outcomes \
+             WHERE service = $1 AND partition = $2 AND command_id = ANY($4) AND decided_at >= $5",
         )
         .bind(service)
-        .bind(partition)
+        .bind(core.partition)
+        .bind(&missing.aggregates)
+        .bind(&commands)
+        .bind(now - core.window().duration)
         .fetch_all(&self.pool)
         .await
-        .map_err(unavailable("load snapshot"))?;
-        for row in chunks {
-            let bytes: Vec<u8> = row.get("outcomes");
-            let outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)> =
-                serde_json::from_slice(&bytes).map_err(corrupt)?;
-            for (command, outcome, at) in outcomes {
-                core.remember(command, outcome, at);
+        .map_err(unavailable("recall state"))?;
+        for row in rows {
+            let key: String = row.get("key");
+            let body: String = row.get("body");
+            match row.get::<Option<DateTime<Utc>>, _>("decided_at") {
+                Some(at) => {
+                    let command =
+                        key.parse::<uuid::Uuid>()
+                            .map_err(|e| EventStoreError::Refused {
+                                operation: "snapshot",
+                                reason: format!("command id {key:?}: {e}"),
+                            })?;
+                    let outcome = serde_json::from_str(&body).map_err(corrupt)?;
+                    core.recall(CommandId(command), outcome, at);
+                    found.1 += 1;
+                }
+                None => {
+                    let last_offset: Option<i64> = row.get("last_offset");
+                    let slot = Slot::<A> {
+                        version: u64::try_from(row.get::<i64, _>("version")).unwrap_or_default(),
+                        state: serde_json::from_str(&body).map_err(corrupt)?,
+                        last_position: last_offset.map(|offset| Position {
+                            service: service.to_owned(),
+                            partition: core.partition,
+                            offset,
+                        }),
+                        used: 0,
+                    };
+                    core.restore(key, slot);
+                    found.0 += 1;
+                }
             }
         }
-        core.mark_clean();
-        Ok(Some(core))
+        Ok(found)
     }
 
     /// Writes a cut in one transaction; rows move only forward.
@@ -178,24 +195,34 @@ impl SnapshotStore {
         .await
         .map_err(unavailable("save snapshot"))?;
 
-        for chunk in cut.outcomes.chunks(OUTCOMES_PER_CHUNK) {
-            let newest = chunk.iter().map(|(_, _, at)| *at).max();
-            let bytes = serde_json::to_vec(chunk).map_err(corrupt)?;
-            sqlx::query(
-                "INSERT INTO event_store.snapshot_outcome_chunks \
-                   (service, partition, newest, outcomes) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(service)
-            .bind(cut.partition)
-            .bind(newest)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable("save snapshot"))?;
-        }
+        let commands: Vec<uuid::Uuid> = cut.outcomes.iter().map(|(c, _, _)| c.as_uuid()).collect();
+        let decided: Vec<DateTime<Utc>> = cut.outcomes.iter().map(|(_, _, at)| *at).collect();
+        let outcomes = cut
+            .outcomes
+            .iter()
+            .map(|(_, outcome, _)| serde_json::to_string(outcome))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(corrupt)?;
+        // The first outcome of a command wins, as in memory.
         sqlx::query(
-            "DELETE FROM event_store.snapshot_outcome_chunks \
-             WHERE service = $1 AND partition = $2 AND newest < $3",
+            "INSERT INTO event_store.snapshot_outcomes \
+               (service, partition, command_id, decided_at, outcome) \
+             SELECT $1, $2, o.command_id, o.decided_at, o.outcome::jsonb \
+             FROM UNNEST($3::uuid[], $4::timestamptz[], $5::text[]) \
+               AS o(command_id, decided_at, outcome) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(service)
+        .bind(cut.partition)
+        .bind(&commands)
+        .bind(&decided)
+        .bind(&outcomes)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable("save snapshot"))?;
+        sqlx::query(
+            "DELETE FROM event_store.snapshot_outcomes \
+             WHERE service = $1 AND partition = $2 AND decided_at < $3",
         )
         .bind(service)
         .bind(cut.partition)
