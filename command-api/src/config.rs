@@ -34,6 +34,11 @@ pub const WRITER_OUTCOMES_HELD: Setting = Setting {
     default: Some("2000"),
     help: "command outcomes a partition writer keeps in memory; older ones in the 24-hour idempotency window are looked up in the snapshot tables",
 };
+pub const WRITER_IDLE_SECONDS: Setting = Setting {
+    name: "WRITER_IDLE_SECONDS",
+    default: Some("120"),
+    help: "an aggregate no command used, or an outcome decided, this long ago leaves a partition writer's memory (it stays in the snapshot tables)",
+};
 
 pub const PEER_KEY: Setting = Setting {
     name: "PEER_KEY",
@@ -54,6 +59,7 @@ pub fn settings() -> Vec<Setting> {
         COMMAND_TIMEOUT_MS,
         WRITER_AGGREGATES_HELD,
         WRITER_OUTCOMES_HELD,
+        WRITER_IDLE_SECONDS,
         PEER_KEY,
         ADVERTISED_URL,
     ];
@@ -89,6 +95,10 @@ impl Config {
             writer_memory: MemoryBudget {
                 aggregates: env.positive(&WRITER_AGGREGATES_HELD)? as usize,
                 outcomes: env.positive(&WRITER_OUTCOMES_HELD)? as usize,
+                idle: i64::try_from(env.positive(&WRITER_IDLE_SECONDS)?)
+                    .ok()
+                    .and_then(chrono::TimeDelta::try_seconds)
+                    .unwrap_or(chrono::TimeDelta::MAX),
             },
             peer_key: match env.text(&PEER_KEY)?.trim() {
                 "" => derived_peer_key(env)?,

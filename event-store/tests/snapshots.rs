@@ -166,6 +166,7 @@ async fn a_writer_over_its_memory_budget_reads_back_what_it_let_go() -> anyhow::
     config.partition.memory = MemoryBudget {
         aggregates: 4,
         outcomes: 4,
+        ..MemoryBudget::default()
     };
     let metrics = WriterMetrics::unregistered("ledger");
     let (model, runtime) = WriteModel::<Ledger>::new(config, metrics.clone());

@@ -73,28 +73,7 @@ pub async fn run(setup: Soak) -> anyhow::Result<bool> {
         }
         .run(ledger.clone(), tokio::time::sleep(duration)),
     );
-    let client = test_support::client(API_KEY);
-    let command_api = stand.url(crate::fleet::ServiceName::CommandApi);
-    let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(setup.sample_seconds.max(1)));
-    loop {
-        tokio::select! {
-            done = &mut load => { done?; break; }
-            _ = tick.tick() => {}
-        }
-        let sample = Sample {
-            at: loaded.elapsed(),
-            rss_mib: stand
-                .fleet
-                .pids()
-                .into_iter()
-                .filter_map(|(instance, pid)| rss_mib(pid).map(|m| (instance, m)))
-                .collect(),
-            open_sagas: open_sagas(&pool).await.ok(),
-            held: held(&client, &command_api).await.ok(),
-        };
-        samples.push(sample);
-    }
+    let samples = sample_until(&mut load, &stand, &pool, setup.sample_seconds, loaded).await?;
     let requests = ledger.requests();
     let windows = windows(&requests, loaded, duration, setup.windows.max(1));
     let mut checks = report(&samples, &windows, setup.orders_per_second);
@@ -105,6 +84,21 @@ pub async fn run(setup: Soak) -> anyhow::Result<bool> {
     for (name, ok) in &checks {
         println!("  {}  {name}", if *ok { "PASS" } else { "FAIL" });
     }
+    let audited = audit(&stand, &ledger, setup.partitions, began).await?;
+    supervisor.abort();
+    let passed = audited && checks.iter().all(|(_, ok)| *ok);
+    drop(stand);
+    logs.finish(passed);
+    Ok(passed)
+}
+
+/// The fault suite's whole audit of what the load did.
+async fn audit(
+    stand: &Stand,
+    ledger: &Ledger,
+    partitions: i32,
+    began: Instant,
+) -> anyhow::Result<bool> {
     let Stand {
         postgres,
         settings,
@@ -112,26 +106,52 @@ pub async fn run(setup: Soak) -> anyhow::Result<bool> {
         deliveries,
         fleet,
         ..
-    } = &stand;
-    let audited = crate::conclude(
+    } = stand;
+    crate::conclude(
         &crate::Finished {
             postgres,
             settings,
             topics,
             deliveries,
-            ledger: &ledger,
+            ledger,
             fleet,
-            partitions: setup.partitions,
+            partitions,
             broker_restarts: &[],
         },
         began,
     )
-    .await?;
-    supervisor.abort();
-    let passed = audited && checks.iter().all(|(_, ok)| *ok);
-    drop(stand);
-    logs.finish(passed);
-    Ok(passed)
+    .await
+}
+
+/// Samples every `every_seconds` until `load` is done.
+async fn sample_until(
+    load: &mut tokio::task::JoinHandle<()>,
+    stand: &Stand,
+    pool: &sqlx::PgPool,
+    every_seconds: u64,
+    loaded: Instant,
+) -> anyhow::Result<Vec<Sample>> {
+    let client = test_support::client(API_KEY);
+    let command_api = stand.url(crate::fleet::ServiceName::CommandApi);
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(every_seconds.max(1)));
+    loop {
+        tokio::select! {
+            done = &mut *load => { done?; return Ok(samples); }
+            _ = tick.tick() => {}
+        }
+        samples.push(Sample {
+            at: loaded.elapsed(),
+            rss_mib: stand
+                .fleet
+                .pids()
+                .into_iter()
+                .filter_map(|(instance, pid)| rss_mib(pid).map(|m| (instance, m)))
+                .collect(),
+            open_sagas: open_sagas(pool).await.ok(),
+            held: held(&client, &command_api).await.ok(),
+        });
+    }
 }
 
 /// `VmRSS` (resident set now) of process `pid`, in MiB.
@@ -242,6 +262,43 @@ fn rss_flat(at_ends: &[f64]) -> bool {
 
 /// Prints the windows and the memory, and returns the soak's own checks.
 fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, bool)> {
+    print_windows(windows);
+    let (under, flat) = report_memory(samples, windows);
+    let (most_open, failed) = report_sagas(samples);
+    let open_bound = (rate * OPEN_SAGAS_SECONDS).ceil() as i64;
+    vec![
+        (
+            format!("every service's resident memory stays at most {RSS_CEILING_MIB:.0} MiB"),
+            under,
+        ),
+        (
+            format!(
+                "every service's memory is flat (at most {:.0} % above the end of the first window)",
+                RSS_GROWTH * 100.0
+            ),
+            flat,
+        ),
+        (
+            format!(
+                "the last window's p99 is at most {}x the best window's + {} ms",
+                P99_GROWTH.0,
+                P99_GROWTH.1.as_millis()
+            ),
+            p99_not_rising(windows),
+        ),
+        (
+            format!("the sagas keep up (at most {open_bound} open at any sample)"),
+            most_open.is_some_and(|open| open <= open_bound),
+        ),
+        (format!("no saga failed ({failed} failed)"), failed == 0),
+        (
+            "every window accepted orders".into(),
+            windows.iter().all(|w| w.orders > 0),
+        ),
+    ]
+}
+
+fn print_windows(windows: &[Window]) {
     println!("  window          orders  orders/s  p50 ms  p99 ms");
     for w in windows {
         let seconds = (w.to - w.from).as_secs_f64();
@@ -255,6 +312,11 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
             w.p99.as_secs_f64() * 1e3,
         );
     }
+}
+
+/// Prints each service's memory at the window ends and what the writers hold; whether
+/// every service stayed under the ceiling, and whether every one stayed flat.
+fn report_memory(samples: &[Sample], windows: &[Window]) -> (bool, bool) {
     let instances: Vec<Instance> = samples
         .iter()
         .flat_map(|s| s.rss_mib.keys().copied())
@@ -287,6 +349,12 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
         "  the command API's writers hold (aggregates/outcomes) {}",
         held.join(" ")
     );
+    (under, flat)
+}
+
+/// Prints the open sagas over the samples; the most open at once (`None`: never read),
+/// and the most that had failed.
+fn report_sagas(samples: &[Sample]) -> (Option<i64>, i64) {
     let open: Vec<i64> = samples
         .iter()
         .filter_map(|s| s.open_sagas.map(|(open, _)| open))
@@ -296,43 +364,14 @@ fn report(samples: &[Sample], windows: &[Window], rate: f64) -> Vec<(String, boo
         .filter_map(|s| s.open_sagas.map(|(_, failed)| failed))
         .max()
         .unwrap_or(0);
-    let most_open = open.iter().copied().max().unwrap_or(0);
-    let open_bound = (rate * OPEN_SAGAS_SECONDS).ceil() as i64;
+    let most_open = open.iter().copied().max();
     println!(
-        "  open sagas over {} samples: at most {most_open}, at the last {}",
+        "  open sagas over {} samples: at most {}, at the last {}",
         open.len(),
+        most_open.unwrap_or(0),
         open.last().copied().unwrap_or(0)
     );
-    vec![
-        (
-            format!("every service's resident memory stays at most {RSS_CEILING_MIB:.0} MiB"),
-            under,
-        ),
-        (
-            format!(
-                "every service's memory is flat (at most {:.0} % above the end of the first window)",
-                RSS_GROWTH * 100.0
-            ),
-            flat,
-        ),
-        (
-            format!(
-                "the last window's p99 is at most {}x the best window's + {} ms",
-                P99_GROWTH.0,
-                P99_GROWTH.1.as_millis()
-            ),
-            p99_not_rising(windows),
-        ),
-        (
-            format!("the sagas keep up (at most {open_bound} open at any sample)"),
-            !open.is_empty() && most_open <= open_bound,
-        ),
-        (format!("no saga failed ({failed} failed)"), failed == 0),
-        (
-            "every window accepted orders".into(),
-            windows.iter().all(|w| w.orders > 0),
-        ),
-    ]
+    (most_open, failed)
 }
 
 #[cfg(test)]

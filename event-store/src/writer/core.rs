@@ -40,21 +40,26 @@ impl Default for IdempotencyWindow {
 }
 
 /// How much of a partition's state its writer keeps in memory when a snapshot store holds
-/// the rest: past it, the least recently used aggregates and the oldest outcomes that a
-/// snapshot already holds leave memory, and are read back from the store when a command
-/// needs them.
+/// the rest. What a saved snapshot holds leaves memory once it has been idle for `idle`
+/// (an aggregate no batch used, an outcome decided that long ago), or earlier past the
+/// counts (least recently used aggregates and oldest outcomes first), and is read back
+/// from the store when a command needs it. So memory follows the working set of the last
+/// `idle`, up to the counts, instead of the history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
     pub aggregates: usize,
     pub outcomes: usize,
+    pub idle: TimeDelta,
 }
 
 impl Default for MemoryBudget {
-    /// About 2 MB per partition writer (an aggregate or an outcome takes some 500 bytes).
+    /// At most about 2 MB per partition writer (an aggregate or an outcome takes some 500
+    /// bytes); what was not used for 2 minutes goes.
     fn default() -> Self {
         Self {
             aggregates: 2_000,
             outcomes: 2_000,
+            idle: TimeDelta::minutes(2),
         }
     }
 }
@@ -102,12 +107,18 @@ impl<R> Remembered<R> {
         }
     }
 
-    /// Lets the oldest outcomes go, down to `keep`, sparing the newest `unsaved` ones;
-    /// whether any went.
-    fn evict(&mut self, keep: usize, unsaved: usize) -> bool {
+    /// Lets the oldest outcomes go: those decided before `idle_before`, and more down to
+    /// `keep`, sparing the newest `unsaved` ones; whether any went.
+    fn evict(&mut self, keep: usize, unsaved: usize, idle_before: DateTime<Utc>) -> bool {
         let excess = self.by_id.len().saturating_sub(keep);
         let evictable = self.order.len().saturating_sub(unsaved);
-        let gone = excess.min(evictable);
+        let idle = self
+            .order
+            .iter()
+            .take(evictable)
+            .take_while(|(at, _)| *at < idle_before)
+            .count();
+        let gone = excess.max(idle).min(evictable);
         for (_, oldest) in self.order.drain(..gone) {
             self.by_id.remove(&oldest);
         }
@@ -121,8 +132,8 @@ pub struct Slot<A: Aggregate> {
     pub version: u64,
     pub state: A::State,
     pub last_position: Option<Position>,
-    /// When a batch last needed it (the writer's batch clock), for eviction.
-    pub(crate) used: u64,
+    /// When a batch last needed it (the writer's clock, in milliseconds), for eviction.
+    pub(crate) used: i64,
 }
 
 // By hand: a derive would demand `A: Clone`, though only its state is cloned.
@@ -181,8 +192,11 @@ pub struct PartitionCore<A: Aggregate> {
     /// Some of the state lives only in the snapshot store (evicted, or not loaded since a
     /// takeover): what memory lacks must be recalled from it before a decision.
     partial: bool,
-    /// Counts batches, to tell the least recently used aggregates.
-    clock: u64,
+    /// The time of the latest batch, in milliseconds, never going back: when aggregates
+    /// were last used.
+    clock: i64,
+    /// When idle aggregates were last looked for.
+    swept: i64,
 }
 
 /// What a batch needs that memory lacks, when the core is partial.
@@ -206,6 +220,7 @@ impl<A: Aggregate> PartitionCore<A> {
             events_since_cut: 0,
             partial: false,
             clock: 0,
+            swept: 0,
         }
     }
 
@@ -234,14 +249,15 @@ impl<A: Aggregate> PartitionCore<A> {
         self.partial
     }
 
-    /// Marks the aggregates a batch works on as used now, and says which of them and of
+    /// Marks the aggregates a batch works on as used `now`, and says which of them and of
     /// its commands' outcomes memory lacks (nothing, unless the core is partial).
     pub fn missing<'a>(
         &mut self,
         aggregates: impl IntoIterator<Item = &'a str>,
         commands: impl IntoIterator<Item = CommandId>,
+        now: DateTime<Utc>,
     ) -> Missing {
-        self.clock += 1;
+        self.clock = self.clock.max(now.timestamp_millis());
         let mut missing = Missing::default();
         for id in aggregates {
             match self.slots.get_mut(id) {
@@ -273,33 +289,52 @@ impl<A: Aggregate> PartitionCore<A> {
         }
     }
 
-    /// Lets memory go down to `budget`: only what a saved snapshot holds, so call it while
-    /// no cut is in flight. Aggregates go least recently used first, outcomes oldest first;
-    /// each kind shrinks to three quarters of its budget, so eviction runs now and then.
-    pub fn evict(&mut self, budget: MemoryBudget) {
-        if self.slots.len() > budget.aggregates {
-            let mut clean: Vec<(u64, &String)> = self
+    /// Lets memory go down to `budget` at `now`: only what a saved snapshot holds, so call
+    /// it while no cut is in flight. Past a count, that kind shrinks to three quarters of
+    /// it, so the scan runs now and then; idle aggregates are looked for every quarter of
+    /// `budget.idle`.
+    pub fn evict(&mut self, budget: MemoryBudget, now: DateTime<Utc>) {
+        let idle_before = now
+            .checked_sub_signed(budget.idle)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let over = self.slots.len() > budget.aggregates;
+        let sweep = now.timestamp_millis() - self.swept >= budget.idle.num_milliseconds() / 4;
+        // Only clean aggregates can go; skip the scan when every one is dirty.
+        if (over || sweep) && self.slots.len() > self.dirty.len() {
+            self.swept = now.timestamp_millis();
+            let mut clean: Vec<(i64, &String)> = self
                 .slots
                 .iter()
                 .filter(|(id, _)| !self.dirty.contains(*id))
                 .map(|(id, slot)| (slot.used, id))
                 .collect();
-            let excess = (self.slots.len() - budget.aggregates * 3 / 4).min(clean.len());
-            if excess > 0 {
-                clean.select_nth_unstable(excess - 1);
-                let gone: Vec<String> = clean[..excess]
-                    .iter()
-                    .map(|(_, id)| (*id).clone())
-                    .collect();
-                for id in gone {
-                    self.slots.remove(&id);
-                }
-                self.partial = true;
+            clean.sort_unstable();
+            let excess = if over {
+                self.slots.len() - budget.aggregates * 3 / 4
+            } else {
+                0
+            };
+            let idle = clean
+                .iter()
+                .take_while(|(used, _)| *used < idle_before.timestamp_millis())
+                .count();
+            let gone: Vec<String> = clean[..excess.max(idle).min(clean.len())]
+                .iter()
+                .map(|(_, id)| (*id).clone())
+                .collect();
+            self.partial |= !gone.is_empty();
+            for id in gone {
+                self.slots.remove(&id);
             }
         }
+        let keep = if self.remembered.by_id.len() > budget.outcomes {
+            budget.outcomes * 3 / 4
+        } else {
+            budget.outcomes
+        };
         if self
             .remembered
-            .evict(budget.outcomes * 3 / 4, self.fresh_outcomes.len())
+            .evict(keep, self.fresh_outcomes.len(), idle_before)
         {
             self.partial = true;
         }
@@ -715,70 +750,110 @@ mod tests {
         assert!(ids[1..].iter().all(|id| core.outcome_of(*id).is_some()));
     }
 
-    #[test]
-    fn memory_keeps_the_aggregates_last_used_and_never_one_a_snapshot_lacks() {
+    fn budget(aggregates: usize, outcomes: usize, idle: TimeDelta) -> MemoryBudget {
+        MemoryBudget {
+            aggregates,
+            outcomes,
+            idle,
+        }
+    }
+
+    /// Given four saved aggregates, "b", "c" and "d" used at `t0`, "a" a second later,
+    /// then "e" created and not saved yet.
+    fn four_saved_and_one_new(t0: DateTime<Utc>) -> PartitionCore<Ledger> {
         let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
         given(
             &mut core,
-            &[
-                command(open("a"), None),
-                command(open("b"), None),
-                command(open("c"), None),
-                command(open("d"), None),
-            ],
+            &["a", "b", "c", "d"].map(|id| command(open(id), None)),
         );
-        // Given a saved cut of all four, then a batch that uses "a" and changes "e".
-        assert!(core.take_cut(Utc::now()).is_some());
-        assert_eq!(core.missing(["a"], []), Missing::default());
+        assert!(core.take_cut(t0).is_some());
+        assert_eq!(core.missing(["b", "c", "d"], [], t0), Missing::default());
+        let t1 = t0 + TimeDelta::seconds(1);
+        assert_eq!(core.missing(["a"], [], t1), Missing::default());
         given(&mut core, &[command(open("e"), None)]);
+        core
+    }
+
+    #[test]
+    fn past_its_count_memory_keeps_the_aggregates_last_used_and_never_one_a_snapshot_lacks() {
+        let t0 = Utc::now();
+        let mut core = four_saved_and_one_new(t0);
 
         // When memory may hold 4 aggregates (it shrinks to 3 when over).
-        core.evict(MemoryBudget {
-            aggregates: 4,
-            outcomes: 100,
-        });
+        core.evict(
+            budget(4, 100, TimeDelta::hours(1)),
+            t0 + TimeDelta::seconds(1),
+        );
 
         // Then "a" (used last) and "e" (not in a snapshot yet) stay; two of the rest go.
         assert!(core.is_partial());
         assert!(core.slot("a").is_some() && core.slot("e").is_some());
         assert_eq!(core.held().0, 3);
-        let missing = core.missing(["a", "b", "c", "d", "new"], []);
+        let missing = core.missing(["a", "b", "c", "d", "new"], [], t0);
         assert_eq!(missing.aggregates.len(), 3, "{missing:?}");
         assert!(missing.aggregates.contains(&"new".to_owned()));
     }
 
     #[test]
+    fn what_no_batch_used_for_the_idle_time_leaves_memory_however_few() {
+        let t0 = Utc::now();
+        let mut core = four_saved_and_one_new(t0);
+        let mut outcomes = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
+        let old = CommandId::new();
+        outcomes.remember(old, outcomes.unchanged("a"), t0);
+        assert!(outcomes.take_cut(t0).is_some());
+
+        // When two minutes pass with memory far under its counts, and "a" idle for less.
+        let idle = budget(100, 100, TimeDelta::minutes(2));
+        core.evict(idle, t0 + TimeDelta::seconds(89));
+        assert_eq!(core.held().0, 5, "nothing idle yet");
+        // The next look, a quarter of the idle time later.
+        core.evict(idle, t0 + TimeDelta::milliseconds(120_500));
+        outcomes.evict(idle, t0 + TimeDelta::minutes(3));
+
+        // Then the idle saved ones are gone: "b", "c", "d", and the old outcome.
+        let mut held: Vec<&str> = core.slots().map(|(id, _)| id.as_str()).collect();
+        held.sort_unstable();
+        assert_eq!(held, ["a", "e"]);
+        assert!(outcomes.outcome_of(old).is_none() && outcomes.is_partial());
+    }
+
+    #[test]
     fn outcomes_leave_memory_oldest_first_once_saved_and_unknown_commands_are_looked_up() {
+        let now = Utc::now();
         let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
         let saved: Vec<CommandId> = (0..4).map(|_| CommandId::new()).collect();
         for id in &saved {
-            core.remember(*id, core.unchanged("a"), Utc::now());
+            core.remember(*id, core.unchanged("a"), now);
         }
-        assert!(core.take_cut(Utc::now()).is_some());
+        assert!(core.take_cut(now).is_some());
         let unsaved: Vec<CommandId> = (0..4).map(|_| CommandId::new()).collect();
         for id in &unsaved {
-            core.remember(*id, core.unchanged("a"), Utc::now());
+            core.remember(*id, core.unchanged("a"), now);
         }
         // Not partial yet: an unknown command is new, nothing to look up.
-        assert_eq!(core.missing([], [CommandId::new()]), Missing::default());
+        assert_eq!(
+            core.missing([], [CommandId::new()], now),
+            Missing::default()
+        );
 
-        core.evict(MemoryBudget {
-            aggregates: 100,
-            outcomes: 2,
-        });
+        core.evict(budget(100, 2, TimeDelta::hours(1)), now);
 
         assert!(saved.iter().all(|id| core.outcome_of(*id).is_none()));
         assert!(unsaved.iter().all(|id| core.outcome_of(*id).is_some()));
-        let missing = core.missing([], [saved[0], unsaved[0]]);
+        let missing = core.missing([], [saved[0], unsaved[0]], now);
         assert_eq!(missing.commands, vec![saved[0]]);
-        core.recall(saved[0], core.unchanged("a"), Utc::now());
+        core.recall(saved[0], core.unchanged("a"), now);
         assert!(core.outcome_of(saved[0]).is_some());
     }
 
     #[test]
     fn a_restored_aggregate_never_replaces_the_one_in_memory() {
         let mut core = PartitionCore::<Ledger>::resumed(0, IdempotencyWindow::default(), 10, 0);
-        assert_eq!(core.missing(["a"], []).aggregates, vec!["a".to_owned()]);
+        assert_eq!(
+            core.missing(["a"], [], Utc::now()).aggregates,
+            vec!["a".to_owned()]
+        );
         given(&mut core, &[command(open("a"), None)]);
         core.restore("a".into(), Slot::default());
         assert_eq!(core.slot("a").map(|s| s.version), Some(1));

@@ -311,7 +311,7 @@ impl<A: Aggregate> PartitionWriter<A> {
             self.settle_save(finished.await.ok());
         }
         // No cut is in flight: all that is not dirty, the store holds.
-        self.core.evict(self.budget);
+        self.core.evict(self.budget, Utc::now());
         let due = self.core.events_since_cut() >= self.policy.every_events
             || self.last_cut.elapsed() >= self.policy.every;
         if !due {
@@ -393,9 +393,9 @@ impl<A: Aggregate> PartitionWriter<A> {
         if self.behind {
             self.catch_up().await?;
         }
-        let missing = self
-            .core
-            .missing(aggregates.iter().map(String::as_str), commands);
+        let missing =
+            self.core
+                .missing(aggregates.iter().map(String::as_str), commands, Utc::now());
         self.recall(&missing).await
     }
 
@@ -454,9 +454,11 @@ impl<A: Aggregate> PartitionWriter<A> {
                     .iter()
                     .filter_map(|(_, event)| event.as_ref().map(|e| e.payload.aggregate_id()))
                     .collect();
-                let missing = self
-                    .core
-                    .missing(touched.iter().map(String::as_str), std::iter::empty());
+                let missing = self.core.missing(
+                    touched.iter().map(String::as_str),
+                    std::iter::empty(),
+                    Utc::now(),
+                );
                 self.recall(&missing).await?;
                 for (offset, event) in records {
                     apply_record(&mut self.core, &self.metrics, offset, event);

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use schemas::{CommandId, MessageFamily};
 use sqlx::migrate::Migrator;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::aggregate::Aggregate;
 use crate::error::EventStoreError;
@@ -21,6 +22,9 @@ use crate::writer::core::{IdempotencyWindow, Missing, PartitionCore, Slot};
 
 /// The Postgres schema of the snapshot tables.
 pub const SCHEMA: &str = "event_store";
+
+/// Outcomes per insert statement: a cut after a long replay holds a million of them.
+const OUTCOMES_PER_STATEMENT: usize = 50_000;
 
 /// What changed in one partition since the previous cut, as of its offsets.
 #[derive(Debug)]
@@ -95,7 +99,6 @@ impl SnapshotStore {
         if missing.aggregates.is_empty() && missing.commands.is_empty() {
             return Ok(found);
         }
-        let service = A::Event::SERVICE;
         let commands: Vec<uuid::Uuid> = missing.commands.iter().map(|c| c.as_uuid()).collect();
         let rows = sqlx::query(
             "SELECT aggregate_id AS key, version, last_offset, state::text AS body, \
@@ -107,7 +110,7 @@ impl SnapshotStore {
              FROM event_store.snapshot_outcomes \
              WHERE service = $1 AND partition = $2 AND command_id = ANY($4) AND decided_at >= $5",
         )
-        .bind(service)
+        .bind(A::Event::SERVICE)
         .bind(core.partition)
         .bind(&missing.aggregates)
         .bind(&commands)
@@ -120,28 +123,13 @@ impl SnapshotStore {
             let body: String = row.get("body");
             match row.get::<Option<DateTime<Utc>>, _>("decided_at") {
                 Some(at) => {
-                    let command =
-                        key.parse::<uuid::Uuid>()
-                            .map_err(|e| EventStoreError::Refused {
-                                operation: "snapshot",
-                                reason: format!("command id {key:?}: {e}"),
-                            })?;
-                    let outcome = serde_json::from_str(&body).map_err(corrupt)?;
+                    let command = key.parse::<uuid::Uuid>().map_err(|e| corrupt(&e))?;
+                    let outcome = serde_json::from_str(&body).map_err(|e| corrupt(&e))?;
                     core.recall(CommandId(command), outcome, at);
                     found.1 += 1;
                 }
                 None => {
-                    let last_offset: Option<i64> = row.get("last_offset");
-                    let slot = Slot::<A> {
-                        version: u64::try_from(row.get::<i64, _>("version")).unwrap_or_default(),
-                        state: serde_json::from_str(&body).map_err(corrupt)?,
-                        last_position: last_offset.map(|offset| Position {
-                            service: service.to_owned(),
-                            partition: core.partition,
-                            offset,
-                        }),
-                        used: 0,
-                    };
+                    let slot = slot_of::<A>(&row, &body, core.partition)?;
                     core.restore(key, slot);
                     found.0 += 1;
                 }
@@ -152,85 +140,10 @@ impl SnapshotStore {
 
     /// Writes a cut in one transaction; rows move only forward.
     pub async fn save<A: Aggregate>(&self, cut: &SnapshotCut<A>) -> Result<(), EventStoreError> {
-        let service = A::Event::SERVICE;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(unavailable("save snapshot"))?;
-        let ids: Vec<&str> = cut.aggregates.iter().map(|(id, _)| id.as_str()).collect();
-        let versions: Vec<i64> = cut
-            .aggregates
-            .iter()
-            .map(|(_, s)| i64::try_from(s.version).unwrap_or(i64::MAX))
-            .collect();
-        let offsets: Vec<Option<i64>> = cut
-            .aggregates
-            .iter()
-            .map(|(_, s)| s.last_position.as_ref().map(|p| p.offset))
-            .collect();
-        let states = cut
-            .aggregates
-            .iter()
-            .map(|(_, s)| serde_json::to_string(&s.state))
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO event_store.snapshot_aggregates \
-               (service, partition, aggregate_id, version, last_offset, state) \
-             SELECT $1, $2, a.id, a.version, a.last_offset, a.state::jsonb \
-             FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
-               AS a(id, version, last_offset, state) \
-             ON CONFLICT (service, partition, aggregate_id) DO UPDATE \
-             SET version = excluded.version, last_offset = excluded.last_offset, state = excluded.state \
-             WHERE excluded.version > snapshot_aggregates.version",
-        )
-        .bind(service)
-        .bind(cut.partition)
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&offsets)
-        .bind(&states)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable("save snapshot"))?;
-
-        let commands: Vec<uuid::Uuid> = cut.outcomes.iter().map(|(c, _, _)| c.as_uuid()).collect();
-        let decided: Vec<DateTime<Utc>> = cut.outcomes.iter().map(|(_, _, at)| *at).collect();
-        let outcomes = cut
-            .outcomes
-            .iter()
-            .map(|(_, outcome, _)| serde_json::to_string(outcome))
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(corrupt)?;
-        // The first outcome of a command wins, as in memory.
-        sqlx::query(
-            "INSERT INTO event_store.snapshot_outcomes \
-               (service, partition, command_id, decided_at, outcome) \
-             SELECT $1, $2, o.command_id, o.decided_at, o.outcome::jsonb \
-             FROM UNNEST($3::uuid[], $4::timestamptz[], $5::text[]) \
-               AS o(command_id, decided_at, outcome) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(service)
-        .bind(cut.partition)
-        .bind(&commands)
-        .bind(&decided)
-        .bind(&outcomes)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable("save snapshot"))?;
-        sqlx::query(
-            "DELETE FROM event_store.snapshot_outcomes \
-             WHERE service = $1 AND partition = $2 AND decided_at < $3",
-        )
-        .bind(service)
-        .bind(cut.partition)
-        .bind(cut.forget_before)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable("save snapshot"))?;
-
+        let failed = unavailable("save snapshot");
+        let mut tx = self.pool.begin().await.map_err(&failed)?;
+        save_aggregates(&mut tx, cut).await?;
+        save_outcomes(&mut tx, cut).await?;
         sqlx::query(
             "INSERT INTO event_store.snapshots (service, partition, events_offset, outcomes_offset, taken_at) \
              VALUES ($1, $2, $3, $4, now()) \
@@ -240,21 +153,128 @@ impl SnapshotStore {
              WHERE excluded.events_offset >= snapshots.events_offset \
                AND excluded.outcomes_offset >= snapshots.outcomes_offset",
         )
-        .bind(service)
+        .bind(A::Event::SERVICE)
         .bind(cut.partition)
         .bind(cut.events_offset)
         .bind(cut.outcomes_offset)
         .execute(&mut *tx)
         .await
-        .map_err(unavailable("save snapshot"))?;
-        tx.commit().await.map_err(unavailable("save snapshot"))
+        .map_err(&failed)?;
+        tx.commit().await.map_err(failed)
     }
 }
 
-fn corrupt(e: serde_json::Error) -> EventStoreError {
+/// An aggregate's row, as the writer holds it.
+fn slot_of<A: Aggregate>(
+    row: &PgRow,
+    state: &str,
+    partition: i32,
+) -> Result<Slot<A>, EventStoreError> {
+    let last_offset: Option<i64> = row.get("last_offset");
+    Ok(Slot {
+        version: u64::try_from(row.get::<i64, _>("version")).unwrap_or_default(),
+        state: serde_json::from_str(state).map_err(|e| corrupt(&e))?,
+        last_position: last_offset.map(|offset| Position {
+            service: A::Event::SERVICE.to_owned(),
+            partition,
+            offset,
+        }),
+        used: 0,
+    })
+}
+
+/// Upserts the cut's aggregates; a row only moves to a newer version.
+async fn save_aggregates<A: Aggregate>(
+    tx: &mut PgConnection,
+    cut: &SnapshotCut<A>,
+) -> Result<(), EventStoreError> {
+    let ids: Vec<&str> = cut.aggregates.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i64> = cut
+        .aggregates
+        .iter()
+        .map(|(_, s)| i64::try_from(s.version).unwrap_or(i64::MAX))
+        .collect();
+    let offsets: Vec<Option<i64>> = cut
+        .aggregates
+        .iter()
+        .map(|(_, s)| s.last_position.as_ref().map(|p| p.offset))
+        .collect();
+    let states = cut
+        .aggregates
+        .iter()
+        .map(|(_, s)| serde_json::to_string(&s.state))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| corrupt(&e))?;
+    sqlx::query(
+        "INSERT INTO event_store.snapshot_aggregates \
+           (service, partition, aggregate_id, version, last_offset, state) \
+         SELECT $1, $2, a.id, a.version, a.last_offset, a.state::jsonb \
+         FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
+           AS a(id, version, last_offset, state) \
+         ON CONFLICT (service, partition, aggregate_id) DO UPDATE \
+         SET version = excluded.version, last_offset = excluded.last_offset, state = excluded.state \
+         WHERE excluded.version > snapshot_aggregates.version",
+    )
+    .bind(A::Event::SERVICE)
+    .bind(cut.partition)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&offsets)
+    .bind(&states)
+    .execute(tx)
+    .await
+    .map_err(unavailable("save snapshot"))?;
+    Ok(())
+}
+
+/// Inserts the cut's outcomes (the first one of a command wins, as in memory) and deletes
+/// those out of the idempotency window.
+async fn save_outcomes<A: Aggregate>(
+    tx: &mut PgConnection,
+    cut: &SnapshotCut<A>,
+) -> Result<(), EventStoreError> {
+    for chunk in cut.outcomes.chunks(OUTCOMES_PER_STATEMENT) {
+        let commands: Vec<uuid::Uuid> = chunk.iter().map(|(c, _, _)| c.as_uuid()).collect();
+        let decided: Vec<DateTime<Utc>> = chunk.iter().map(|(_, _, at)| *at).collect();
+        let outcomes = chunk
+            .iter()
+            .map(|(_, outcome, _)| serde_json::to_string(outcome))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| corrupt(&e))?;
+        sqlx::query(
+            "INSERT INTO event_store.snapshot_outcomes \
+               (service, partition, command_id, decided_at, outcome) \
+             SELECT $1, $2, o.command_id, o.decided_at, o.outcome::jsonb \
+             FROM UNNEST($3::uuid[], $4::timestamptz[], $5::text[]) \
+               AS o(command_id, decided_at, outcome) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(A::Event::SERVICE)
+        .bind(cut.partition)
+        .bind(&commands)
+        .bind(&decided)
+        .bind(&outcomes)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable("save snapshot"))?;
+    }
+    sqlx::query(
+        "DELETE FROM event_store.snapshot_outcomes \
+         WHERE service = $1 AND partition = $2 AND decided_at < $3",
+    )
+    .bind(A::Event::SERVICE)
+    .bind(cut.partition)
+    .bind(cut.forget_before)
+    .execute(tx)
+    .await
+    .map_err(unavailable("save snapshot"))?;
+    Ok(())
+}
+
+fn corrupt(e: &dyn std::fmt::Display) -> EventStoreError {
     EventStoreError::Refused {
         operation: "snapshot",
-        reason: format!("state does not (de)serialize: {e}"),
+        reason: format!("a snapshot row does not (de)serialize: {e}"),
     }
 }
 
