@@ -284,8 +284,10 @@ impl<A: Aggregate> PartitionCore<A> {
         outcome: Outcome<A::Rejection>,
         at: DateTime<Utc>,
     ) {
-        if !self.remembered.by_id.contains_key(&command) {
-            self.remembered.insert(command, outcome, at);
+        // At the front: eviction spares the newest entries as the unsaved ones, so only
+        // `remember` may add at the back.
+        if self.remembered.by_id.insert(command, outcome).is_none() {
+            self.remembered.order.push_front((at, command));
         }
     }
 
@@ -876,5 +878,23 @@ mod tests {
             cut.outcomes[0].1,
             Outcome::Accepted { version: 2, .. }
         ));
+    }
+
+    #[test]
+    fn a_recalled_outcome_never_shields_an_unsaved_one_from_staying() {
+        let now = Utc::now();
+        let mut core = PartitionCore::<Ledger>::new(0, IdempotencyWindow::default());
+        let unsaved = CommandId::new();
+        core.remember(unsaved, core.unchanged("a"), now);
+        let recalled = CommandId::new();
+        core.recall(recalled, core.unchanged("b"), now - TimeDelta::hours(1));
+
+        core.evict(budget(100, 1, TimeDelta::minutes(2)), now);
+
+        assert!(
+            core.outcome_of(unsaved).is_some(),
+            "not saved yet: it stays"
+        );
+        assert!(core.outcome_of(recalled).is_none());
     }
 }
