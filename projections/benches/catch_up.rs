@@ -16,12 +16,13 @@
 
 use std::time::{Duration, Instant};
 
+use event_store::reader::bookkeeping;
 use event_store::record::to_kafka_headers;
 use event_store::{KafkaSettings, TopicAdmin, TopicNames};
 use futures_util::StreamExt;
 use projections::projector::metrics::{ProjectorMetrics, STAGES};
 use projections::projector::runner::{Projector, ProjectorConfig};
-use projections::projector::{ReadModel, Schema, bookkeeping};
+use projections::projector::{ReadModel, Schema};
 use projections::read_models::event_index::EventIndex;
 use projections::read_models::notifications::Notifications;
 use projections::read_models::orders::Orders;

@@ -2,6 +2,7 @@
 //! Postgres (offsets in the same transaction as the rows), and the query API serves them.
 //!
 //! - [`config`]: settings from the environment;
+//! - [`error`]: the crate's one error, by outcome;
 //! - [`projector`]: the engine every read model runs on (reader rule, batching,
 //!   checkpoints, parking, metrics, operator actions);
 //! - [`read_models`]: users, orders, payments, notifications, and the event index;
@@ -10,6 +11,7 @@
 //! - [`build`]: assembles the service (workers, routes, readiness) ready to run.
 
 pub mod config;
+pub mod error;
 pub mod projector;
 pub mod query;
 pub mod read_models;
@@ -31,6 +33,7 @@ use service_runtime::{BoundService, Service, ServiceError};
 use sqlx::PgPool;
 
 pub use config::Config;
+pub use error::ProjectionError;
 use query::{ModelView, QueryState};
 
 /// The service name, in logs, metrics and `/health`.
@@ -155,15 +158,6 @@ fn lag_probe(view: &ModelView, objective: Duration) -> Dependency {
     })
 }
 
-/// An operator action on a read model named by the user.
-#[derive(Debug, thiserror::Error)]
-pub enum ParkedError {
-    #[error("no read model {0:?} (one of: users, orders, payments, notifications, event_index)")]
-    UnknownModel(String),
-    #[error(transparent)]
-    Operator(#[from] projector::operator::OperatorError),
-}
-
 /// What an operator asks of a read model's parked records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParkedAction {
@@ -193,7 +187,7 @@ pub async fn act_on_parked(
         Option<projector::operator::ParkedRecord>,
         projector::operator::RetryReport,
     ),
-    ParkedError,
+    ProjectionError,
 > {
     let done = on_model(pool, model, aggregate, action).await;
     match &done {
@@ -238,7 +232,7 @@ async fn on_model(
         Option<projector::operator::ParkedRecord>,
         projector::operator::RetryReport,
     ),
-    ParkedError,
+    ProjectionError,
 > {
     async fn act<M: ReadModel>(
         pool: &PgPool,
@@ -249,7 +243,7 @@ async fn on_model(
             Option<projector::operator::ParkedRecord>,
             projector::operator::RetryReport,
         ),
-        ParkedError,
+        ProjectionError,
     > {
         let schema = Schema::live(M::NAME);
         Ok(match action {
@@ -270,7 +264,7 @@ async fn on_model(
         Payments::NAME => act::<Payments>(pool, aggregate, action).await,
         Notifications::NAME => act::<Notifications>(pool, aggregate, action).await,
         EventIndex::NAME => act::<EventIndex>(pool, aggregate, action).await,
-        other => Err(ParkedError::UnknownModel(other.to_owned())),
+        other => Err(ProjectionError::unknown_model(other)),
     }
 }
 

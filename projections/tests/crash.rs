@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Log, eventually, fold_orders, random_below, spawn, stored_orders, write_until};
-use projections::projector::{Schema, bookkeeping};
+use event_store::reader::{Schema, bookkeeping};
 use test_support::TestEnv;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;

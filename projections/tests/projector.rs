@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use common::{Log, cancelled, confirmed, event, eventually, fold_orders, placed, stored_orders};
 use event_store::KafkaSettings;
+use event_store::reader::{Schema, bookkeeping};
 use projections::projector::metrics::ProjectorMetrics;
+use projections::projector::operator;
 use projections::projector::runner::{Projector, ProjectorConfig};
-use projections::projector::{Schema, bookkeeping, operator};
 use projections::read_models::orders::Orders;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -10,15 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_store::partitioner::partition_for;
-use event_store::record::to_kafka_headers;
-use event_store::trace;
-use event_store::{EventStoreError, KafkaSettings, TopicNames};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use schemas::notifications::{DeliveryReport, NotificationCommand, SendNotification};
+use event_store::commands::CommandSender;
+use event_store::{EventStoreError, trace};
+use schemas::notifications::{
+    DeliveryReport, NotificationCommand, NotificationKind, SendNotification,
+};
 use schemas::orders::{CancelOrder, CancelledBy, ConfirmOrder, OrderCommand, RejectOrder};
 use schemas::payments::{AuthorizePayment, PaymentCommand, ProviderVerdict, RefundPayment};
-use schemas::{Command, CommandId, CommandMeta, MessageFamily, NotificationId};
+use schemas::{CommandId, CommandMeta, Money, NotificationId, PaymentId, UserId};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -34,66 +33,6 @@ use crate::store::{self, Claimed};
 
 /// The issuer of every command the saga sends (a CloudEvents source).
 pub const ISSUER: &str = "/shop/saga-orchestrator";
-
-/// Sends commands to their writers through the command topics.
-#[derive(Clone)]
-pub struct CommandSender {
-    producer: FutureProducer,
-    topics: TopicNames,
-    partitions: i32,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for CommandSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandSender").finish_non_exhaustive()
-    }
-}
-
-impl CommandSender {
-    pub fn new(
-        kafka: &KafkaSettings,
-        topics: TopicNames,
-        partitions: i32,
-    ) -> Result<Self, EventStoreError> {
-        let producer = kafka
-            .producer()
-            .create()
-            .map_err(|e| EventStoreError::from_kafka("create producer", e))?;
-        Ok(Self {
-            producer,
-            topics,
-            partitions,
-            timeout: kafka.timeout,
-        })
-    }
-
-    /// Appends `payload` to its service's command topic, in the partition of its aggregate
-    /// (the partition whose writer owns it), and waits for the broker's acknowledgement.
-    pub async fn send<C: MessageFamily>(
-        &self,
-        meta: CommandMeta,
-        payload: impl Into<C>,
-    ) -> Result<(), EventStoreError> {
-        let document = Command::<C> {
-            meta,
-            payload: payload.into(),
-        }
-        .to_document();
-        let topic = self.topics.commands(C::SERVICE);
-        let value = document.to_json();
-        let record = FutureRecord::to(&topic)
-            .partition(partition_for(&document.subject, self.partitions))
-            .key(&document.subject)
-            .payload(&value)
-            .headers(to_kafka_headers(&document.headers()));
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| EventStoreError::from_kafka("send command", e))
-    }
-}
 
 /// How the dispatcher paces itself.
 #[derive(Clone, Debug)]
@@ -152,6 +91,9 @@ enum Outcome {
     RetryIn(Duration, String),
     GiveUp(String),
 }
+
+/// A step's command as sent (or not, with why), or how the step ended before it was sent.
+type Sent = Result<Result<(), EventStoreError>, Outcome>;
 
 impl Dispatcher {
     pub fn new(
@@ -289,129 +231,32 @@ impl Dispatcher {
             return Outcome::NotNeeded;
         }
         let order_id = step.order_id;
+        let meta = self.meta(step);
         let sent = match &step.action {
             Action::AuthorizePayment {
                 payment_id,
                 user_id,
                 amount,
-            } => {
-                let request = Authorization {
-                    payment_id: *payment_id,
-                    order_id,
-                    user_id: *user_id,
-                    amount: *amount,
-                };
-                let provider = &self.providers.payments;
-                let verdict = match self
-                    .call(
-                        &self.providers.payments_breaker,
-                        provider_call("authorize"),
-                        provider.authorize(&request),
-                    )
-                    .await
-                {
-                    Ok(verdict) => verdict,
-                    Err(CallError::Permanent(reason)) => ProviderVerdict::Declined { reason },
-                    Err(CallError::Transient(error)) => return self.retry(step, error),
-                };
-                let command = AuthorizePayment {
-                    payment_id: *payment_id,
-                    order_id,
-                    user_id: *user_id,
-                    amount: *amount,
-                    order_total: *amount,
-                    verdict,
-                };
-                self.sender
-                    .send::<PaymentCommand>(self.meta(step), command)
-                    .await
-            }
+            } => self.authorize(step, *payment_id, *user_id, *amount).await,
             Action::RefundPayment {
                 payment_id,
                 amount,
                 reason,
-            } => {
-                let provider = &self.providers.payments;
-                let reference = match self
-                    .call(
-                        &self.providers.payments_breaker,
-                        provider_call("refund"),
-                        provider.refund(*payment_id, amount),
-                    )
-                    .await
-                {
-                    Ok(reference) => reference,
-                    Err(CallError::Permanent(error)) => return Outcome::GiveUp(error),
-                    Err(CallError::Transient(error)) => return self.retry(step, error),
-                };
-                let command = RefundPayment {
-                    payment_id: *payment_id,
-                    order_id,
-                    reason: reason.clone(),
-                    refund_reference: reference,
-                };
-                self.sender
-                    .send::<PaymentCommand>(self.meta(step), command)
-                    .await
-            }
-            Action::Notify { user_id, kind } => {
-                let notice = Notice {
-                    notification_id: NotificationId::for_order(order_id, *kind),
-                    order_id,
-                    user_id: *user_id,
-                    kind: *kind,
-                };
-                let channel = &self.providers.channel;
-                // The receiver's span, if it keeps one, is a child of this call's.
-                let span = provider_call(channel.name());
-                let traceparent = step.traceparent.map(|t| trace::traceparent_of(&span, &t));
-                let attempts = u32::try_from(step.attempts).unwrap_or(1);
-                let report = match self
-                    .call(
-                        &self.providers.channel_breaker,
-                        span,
-                        channel.deliver(&notice, traceparent),
-                    )
-                    .await
-                {
-                    Ok(()) => DeliveryReport::Delivered { attempts },
-                    Err(CallError::Transient(error))
-                        if step.attempts < self.config.notify_attempts =>
-                    {
-                        return self.retry(step, error);
-                    }
-                    Err(CallError::Transient(error) | CallError::Permanent(error)) => {
-                        DeliveryReport::Failed { attempts, error }
-                    }
-                };
-                let command = SendNotification {
-                    notification_id: notice.notification_id,
-                    order_id,
-                    user_id: *user_id,
-                    kind: *kind,
-                    report,
-                };
-                self.sender
-                    .send::<NotificationCommand>(self.meta(step), command)
-                    .await
-            }
+            } => self.refund(step, *payment_id, amount, reason).await,
+            Action::Notify { user_id, kind } => self.notify(step, *user_id, *kind).await,
             Action::ConfirmOrder { payment_id } => {
                 let command = ConfirmOrder {
                     order_id,
                     payment_id: *payment_id,
                 };
-                self.sender
-                    .send::<OrderCommand>(self.meta(step), command)
-                    .await
+                Ok(self.sender.send::<OrderCommand>(meta, command).await)
             }
             Action::RejectOrder { reason } => {
                 let command = RejectOrder {
                     order_id,
                     reason: reason.clone(),
                 };
-                self.sender
-                    .send::<OrderCommand>(self.meta(step), command)
-                    .await
+                Ok(self.sender.send::<OrderCommand>(meta, command).await)
             }
             Action::CancelOrder { reason } => {
                 let command = CancelOrder {
@@ -419,15 +264,132 @@ impl Dispatcher {
                     reason: reason.clone(),
                     cancelled_by: CancelledBy::Saga,
                 };
-                self.sender
-                    .send::<OrderCommand>(self.meta(step), command)
-                    .await
+                Ok(self.sender.send::<OrderCommand>(meta, command).await)
             }
         };
         match sent {
-            Ok(()) => Outcome::Done,
-            Err(e) => self.retry(step, format!("command not sent: {e}")),
+            Ok(Ok(())) => Outcome::Done,
+            Ok(Err(e)) => self.retry(step, format!("command not sent: {e}")),
+            Err(ended) => ended,
         }
+    }
+
+    /// Asks the payment provider, then records its verdict (a permanent failure is a
+    /// decline).
+    async fn authorize(
+        &self,
+        step: &Claimed,
+        payment_id: PaymentId,
+        user_id: UserId,
+        amount: Money,
+    ) -> Sent {
+        let request = Authorization {
+            payment_id,
+            order_id: step.order_id,
+            user_id,
+            amount,
+        };
+        let provider = &self.providers.payments;
+        let verdict = match self
+            .call(
+                &self.providers.payments_breaker,
+                provider_call("authorize"),
+                provider.authorize(&request),
+            )
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(CallError::Permanent(reason)) => ProviderVerdict::Declined { reason },
+            Err(CallError::Transient(error)) => return Err(self.retry(step, error)),
+        };
+        let command = AuthorizePayment {
+            payment_id,
+            order_id: step.order_id,
+            user_id,
+            amount,
+            order_total: amount,
+            verdict,
+        };
+        Ok(self
+            .sender
+            .send::<PaymentCommand>(self.meta(step), command)
+            .await)
+    }
+
+    /// Asks the payment provider to refund, then records the refund.
+    async fn refund(
+        &self,
+        step: &Claimed,
+        payment_id: PaymentId,
+        amount: &Money,
+        reason: &str,
+    ) -> Sent {
+        let provider = &self.providers.payments;
+        let reference = match self
+            .call(
+                &self.providers.payments_breaker,
+                provider_call("refund"),
+                provider.refund(payment_id, amount),
+            )
+            .await
+        {
+            Ok(reference) => reference,
+            Err(CallError::Permanent(error)) => return Err(Outcome::GiveUp(error)),
+            Err(CallError::Transient(error)) => return Err(self.retry(step, error)),
+        };
+        let command = RefundPayment {
+            payment_id,
+            order_id: step.order_id,
+            reason: reason.to_owned(),
+            refund_reference: reference,
+        };
+        Ok(self
+            .sender
+            .send::<PaymentCommand>(self.meta(step), command)
+            .await)
+    }
+
+    /// Delivers through the notification channel, then records the delivery report
+    /// (failed once the attempts are used up).
+    async fn notify(&self, step: &Claimed, user_id: UserId, kind: NotificationKind) -> Sent {
+        let notice = Notice {
+            notification_id: NotificationId::for_order(step.order_id, kind),
+            order_id: step.order_id,
+            user_id,
+            kind,
+        };
+        let channel = &self.providers.channel;
+        // The receiver's span, if it keeps one, is a child of this call's.
+        let span = provider_call(channel.name());
+        let traceparent = step.traceparent.map(|t| trace::traceparent_of(&span, &t));
+        let attempts = u32::try_from(step.attempts).unwrap_or(1);
+        let report = match self
+            .call(
+                &self.providers.channel_breaker,
+                span,
+                channel.deliver(&notice, traceparent),
+            )
+            .await
+        {
+            Ok(()) => DeliveryReport::Delivered { attempts },
+            Err(CallError::Transient(error)) if step.attempts < self.config.notify_attempts => {
+                return Err(self.retry(step, error));
+            }
+            Err(CallError::Transient(error) | CallError::Permanent(error)) => {
+                DeliveryReport::Failed { attempts, error }
+            }
+        };
+        let command = SendNotification {
+            notification_id: notice.notification_id,
+            order_id: step.order_id,
+            user_id,
+            kind,
+            report,
+        };
+        Ok(self
+            .sender
+            .send::<NotificationCommand>(self.meta(step), command)
+            .await)
     }
 
     /// Whether the saga of `step` still waits for its payment (when unsure: yes).

@@ -10,21 +10,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use projections::query::error::QueryError;
-use projections::query::params::{Cursor, Page, Params, path_id};
 use schemas::OrderId;
 use serde::Serialize;
 use service_runtime::api_keys::Operator;
 use service_runtime::openapi::BearerAuth;
 use service_runtime::problem::{Problem, problem_type};
+use service_runtime::query::QueryError;
+use service_runtime::query::{Cursor, Page, Params, path_id};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::SagaError;
 use crate::metrics::SagaMetrics;
-use crate::operator::{self, RetryError};
+use crate::operator;
 use crate::saga::{Compensation, Failure, HistoryEntry, Policy, Saga, SagaState, Stage};
 use crate::store;
 
@@ -178,11 +179,11 @@ async fn retry(
             tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "failed saga retried by an operator");
             Ok(Json(SagaView::from(saga)))
         }
-        Err(RetryError::NoSaga(_)) => {
+        Err(SagaError::NotFound(_)) => {
             tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, "saga retry refused: no saga");
             Err(QueryError::NotFound(format!("no saga for order {order_id}")).into_response())
         }
-        Err(refused @ RetryError::NotFailed { state, .. }) => {
+        Err(refused @ SagaError::Conflict { state, .. }) => {
             api.metrics.observe_input("operator_retry", "ignored");
             tracing::info!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, state = state.as_str(), "saga retry refused: not failed");
             Err(Problem::new(StatusCode::CONFLICT, refused.to_string())
@@ -190,9 +191,9 @@ async fn retry(
                 .with("state", state.as_str())
                 .into_response())
         }
-        Err(RetryError::Postgres(e)) => {
+        Err(e @ SagaError::Unavailable { .. }) => {
             tracing::warn!(target: "audit", %order_id, role = caller.role.as_str(), principal = %caller.fingerprint, error = %e, "saga retry failed");
-            Err(QueryError::from(e).into_response())
+            Err(QueryError::Unavailable(e.to_string()).into_response())
         }
     }
 }

@@ -8,10 +8,12 @@
 //! - [`dispatch`]: carries out the outbox (provider calls, commands to the writers);
 //! - [`providers`]: payment provider and notification channel, with circuit breakers;
 //! - [`operator`]: an operator's retry of a failed saga;
-//! - [`store`]: the `saga` schema; [`http`]: the saga API; [`config`], [`metrics`].
+//! - [`store`]: the `saga` schema; [`http`]: the saga API; [`config`], [`metrics`];
+//! - [`error`]: the crate's one error, by outcome.
 
 pub mod config;
 pub mod dispatch;
+pub mod error;
 pub mod facts;
 pub mod http;
 pub mod metrics;
@@ -28,8 +30,10 @@ use service_runtime::{BoundService, Service, ServiceError, probes};
 use sqlx::migrate::Migrator;
 
 pub use config::Config;
+pub use error::SagaError;
 
-use dispatch::{CommandSender, Dispatcher, Providers};
+use dispatch::{Dispatcher, Providers};
+use event_store::commands::CommandSender;
 use metrics::SagaMetrics;
 use providers::breaker::CircuitBreaker;
 use providers::payments::{PaymentProvider, Simulator};
@@ -46,14 +50,6 @@ pub const SCHEMA: &str = "saga";
 /// This service's migrations, applied into [`SCHEMA`] when Postgres is first reachable.
 pub fn migrator() -> Arc<Migrator> {
     probes::schema_migrator(sqlx::migrate!("./migrations"), SCHEMA)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OrchestratorError {
-    #[error("Postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error(transparent)]
-    Log(#[from] event_store::EventStoreError),
 }
 
 /// Assembles the service: the log reader, the deadline poller, the dispatcher and the

@@ -6,30 +6,22 @@
 
 use sqlx::PgPool;
 
-use crate::saga::{Input, Policy, Saga, SagaState, react};
-use crate::store::{self, Issued};
 use schemas::OrderId;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RetryError {
-    #[error("no saga for order {0}")]
-    NoSaga(OrderId),
-    #[error("the saga of order {order_id} is {}; only a failed saga can be retried", state.as_str())]
-    NotFailed { order_id: OrderId, state: SagaState },
-    #[error("Postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-}
+use crate::SagaError;
+use crate::saga::{Input, Policy, Saga, react};
+use crate::store::{self, Issued};
 
 /// Retries the failed saga of `order_id`; the saga as stored after it.
-pub async fn retry(pool: &PgPool, order_id: OrderId, policy: &Policy) -> Result<Saga, RetryError> {
+pub async fn retry(pool: &PgPool, order_id: OrderId, policy: &Policy) -> Result<Saga, SagaError> {
     let mut tx = pool.begin().await?;
     let saga = store::lock_sagas(&mut tx, &[order_id])
         .await?
         .remove(&order_id)
-        .ok_or(RetryError::NoSaga(order_id))?;
+        .ok_or(SagaError::NotFound(order_id))?;
     let reaction =
         react(Some(&saga), &Input::OperatorRetry, store::now(), policy).map_err(|_| {
-            RetryError::NotFailed {
+            SagaError::Conflict {
                 order_id,
                 state: saga.state,
             }

@@ -1,22 +1,24 @@
-//! Feeding the sagas: the orchestrator reads the order, payment, notification and user
-//! topics in batches, and per batch stores the sagas it changed, their deadlines, the
-//! steps they decided (the outbox), the versions it took in and the next offsets, in one
-//! Postgres transaction. A crash leaves Postgres at the end of some batch, and the
-//! subscription starts there; nothing is decided twice.
+//! Feeding the sagas: the orchestrator is a handler of the checkpointed reader
+//! ([`event_store::reader`]) on the order, payment, notification and user topics. Per
+//! batch it stores the sagas it changed, their deadlines and the steps they decided (the
+//! outbox) in the transaction where the reader stores the versions it took in and the
+//! next offsets. A crash leaves Postgres at the end of some batch, and the subscription
+//! starts there; nothing is decided twice.
 //!
 //! The deadline poller is here too: it feeds "deadline passed" to sagas whose payment did
 //! not answer in time, under the same row locks, so the two never race on a saga.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use event_store::subscription::{Subscription, TopicPartition};
+use event_store::reader::bookkeeping;
+use event_store::reader::{BatchHandler, Reader, ReaderSettings, Record, Schema, Stages, Written};
+use event_store::subscription::DeadLetters;
 use event_store::{KafkaSettings, TopicNames};
-use projections::projector::{Schema, bookkeeping};
 use schemas::{EventDocument, OrderId, TraceParent, UserId};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,12 +47,6 @@ pub struct Runner {
     schema: Schema,
     dispatch: Arc<Notify>,
     metrics: SagaMetrics,
-}
-
-/// One record of a batch, as far as the orchestrator got with it.
-struct Taken {
-    document: EventDocument,
-    position: (String, i32, i64),
 }
 
 impl Runner {
@@ -83,141 +79,40 @@ impl Runner {
 
     /// Runs until `stop`, waiting out a broker or Postgres that is down.
     pub async fn run(self, stop: CancellationToken) {
-        let mut subscription = loop {
-            match self.subscribe().await {
-                Ok(subscription) => break subscription,
-                Err(e) => {
-                    tracing::warn!(error = %e, "orchestrator cannot start yet");
-                    if pause(&stop, Duration::from_secs(1)).await {
-                        return;
-                    }
-                }
-            }
+        let settings = ReaderSettings {
+            kafka: self.config.kafka.clone(),
+            group: Self::group(&self.config.topics),
+            topics: self.topics(),
+            dead_letters: self.config.topics.dead_letters(),
+            batch_max: self.config.batch_max,
         };
-        tracing::info!("saga orchestrator consuming");
-        let mut next = self.stored_offsets().await;
-        loop {
-            let batch = tokio::select! {
-                () = stop.cancelled() => return,
-                batch = subscription.next_batch(self.config.batch_max, Duration::from_millis(250), Duration::ZERO) => batch,
-            };
-            let batch = match batch {
-                Ok(batch) if batch.is_empty() => {
-                    self.measure_lag(&subscription, &next);
-                    continue;
-                }
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot consume");
-                    if pause(&stop, Duration::from_secs(1)).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let mut taken: Vec<Taken> = batch
-                .delivered
-                .into_iter()
-                .map(|d| Taken {
-                    position: (d.topic, d.partition, d.offset),
-                    document: d.item,
-                })
-                .collect();
-            loop {
-                match self
-                    .apply(&subscription, &mut taken, &batch.next_offsets)
-                    .await
-                {
-                    Ok(()) => {
-                        subscription.stored(&batch.next_offsets);
-                        next.extend(batch.next_offsets.clone());
-                        self.dispatch.notify_one();
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "batch not applied; retrying");
-                        if pause(&stop, Duration::from_secs(1)).await {
-                            return;
-                        }
-                    }
-                }
-            }
-            self.measure_lag(&subscription, &next);
-        }
+        Reader::new(self, settings).run(stop).await;
     }
 
-    async fn stored_offsets(&self) -> BTreeMap<TopicPartition, i64> {
-        let Ok(mut conn) = self.pool.acquire().await else {
-            return BTreeMap::new();
-        };
-        bookkeeping::checkpoints(&mut conn, &self.schema)
-            .await
-            .map(|stored| bookkeeping::offsets(&stored).into_iter().collect())
-            .unwrap_or_default()
-    }
-
-    async fn subscribe(&self) -> Result<Subscription<EventDocument>, crate::OrchestratorError> {
-        let mut conn = self.pool.acquire().await?;
-        let stored = bookkeeping::checkpoints(&mut conn, &self.schema).await?;
-        Ok(Subscription::start(
-            &self.config.kafka,
-            &Self::group(&self.config.topics),
-            &self.topics(),
-            self.config.topics.dead_letters(),
-            bookkeeping::offsets(&stored),
-        )?)
-    }
-
-    /// Records of the assigned partitions not taken in yet, from the fetch statistics.
-    fn measure_lag(
+    /// Decides one batch and writes the sagas, steps and deactivated users it changed
+    /// through `tx`; how many sagas changed.
+    async fn decide_batch(
         &self,
-        subscription: &Subscription<EventDocument>,
-        next: &BTreeMap<TopicPartition, i64>,
-    ) {
-        let behind: i64 = subscription
-            .high_watermarks()
-            .iter()
-            .map(|(partition, end)| (end - next.get(partition).copied().unwrap_or(0)).max(0))
-            .sum();
-        self.metrics.lag_events.set(behind);
-    }
-
-    /// Decides one batch and stores everything it changed in one transaction. `taken`
-    /// loses the records another instance stored meanwhile (a rebalance in flight).
-    async fn apply(
-        &self,
-        subscription: &Subscription<EventDocument>,
-        taken: &mut Vec<Taken>,
-        next_offsets: &BTreeMap<TopicPartition, i64>,
-    ) -> Result<(), crate::OrchestratorError> {
-        let mut tx = self.pool.begin().await?;
-        let partitions: Vec<TopicPartition> = next_offsets.keys().cloned().collect();
-        let claimed = bookkeeping::claim(&mut tx, &self.schema, &partitions).await?;
-        taken.retain(|t| {
-            let (topic, partition, offset) = &t.position;
-            claimed
-                .get(&(topic.clone(), *partition))
-                .is_none_or(|next| offset >= next)
-        });
-        let subjects: Vec<String> = taken.iter().map(|t| t.document.subject.clone()).collect();
-        let mut versions = bookkeeping::versions(&mut tx, &self.schema, &subjects).await?;
+        tx: &mut PgConnection,
+        records: &[Record],
+        dead_letters: Option<&DeadLetters>,
+    ) -> Result<Written<usize>, crate::SagaError> {
+        let subjects: Vec<String> = decoded(records).map(|(d, _)| d.subject.clone()).collect();
+        let mut versions = bookkeeping::versions(&mut *tx, &self.schema, &subjects).await?;
         let mut facts = Vec::new();
-        for t in taken.iter() {
-            if !self.admit(&mut versions, &t.document) {
+        for (document, position) in decoded(records) {
+            if !self.admit(&mut versions, document) {
                 continue;
             }
-            match fact_of(&t.document) {
+            match fact_of(document) {
                 Ok(Fact::Irrelevant) => {}
-                Ok(fact) => facts.push((fact, t.document.id.as_uuid(), t.document.traceparent)),
+                Ok(fact) => facts.push((fact, document.id.as_uuid(), document.traceparent)),
                 Err(error) => {
-                    subscription
-                        .dead_letters()
-                        .send_document(
-                            &t.document,
-                            (t.position.0.as_str(), t.position.1, t.position.2),
-                            &error,
-                        )
-                        .await?;
+                    if let Some(dead_letters) = dead_letters {
+                        dead_letters
+                            .send_document(document, position, &error)
+                            .await?;
+                    }
                 }
             }
         }
@@ -228,7 +123,7 @@ impl Runner {
                 _ => None,
             })
             .collect();
-        let mut sagas = store::lock_sagas(&mut tx, &orders).await?;
+        let mut sagas = store::lock_sagas(&mut *tx, &orders).await?;
         let users: Vec<UserId> = sagas
             .values()
             .map(|s| s.user_id)
@@ -240,24 +135,19 @@ impl Runner {
                 _ => None,
             }))
             .collect();
-        let mut deactivated = store::deactivated_among(&mut tx, &users).await?;
+        let mut deactivated = store::deactivated_among(&mut *tx, &users).await?;
         let decided = self.decide(&mut sagas, &mut deactivated, facts);
         let changed: Vec<&Saga> = decided
             .changed
             .iter()
             .filter_map(|id| sagas.get(id))
             .collect();
-        store::store(&mut tx, &changed, &decided.instructions).await?;
-        store::store_deactivated(&mut tx, &decided.deactivated).await?;
-        bookkeeping::store_progress(
-            &mut tx,
-            &self.schema,
-            &versions,
-            (next_offsets, &last_times(taken)),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        store::store(&mut *tx, &changed, &decided.instructions).await?;
+        store::store_deactivated(&mut *tx, &decided.deactivated).await?;
+        Ok(Written {
+            versions,
+            report: changed.len(),
+        })
     }
 
     /// The reader rule: take the next version of an aggregate; a version already taken is
@@ -331,19 +221,58 @@ impl Runner {
     }
 }
 
+impl BatchHandler for Runner {
+    /// How many sagas the batch changed.
+    type Report = usize;
+    type Error = crate::SagaError;
+
+    fn name(&self) -> &str {
+        crate::NAME
+    }
+
+    fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn write<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        records: &'a [Record],
+        dead_letters: Option<&'a DeadLetters>,
+        _stages: &'a mut Stages,
+    ) -> impl Future<Output = Result<Written<usize>, crate::SagaError>> + Send + 'a {
+        self.decide_batch(tx, records, dead_letters)
+    }
+
+    fn committed(&self, _changed: &usize, _stages: &Stages) {
+        self.dispatch.notify_one();
+    }
+
+    fn lag(&self, events: u64, _seconds: f64) {
+        self.metrics
+            .lag_events
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+}
+
+/// The batch's decoded records with their positions (those that could not be decoded are
+/// already in the dead letters).
+fn decoded(records: &[Record]) -> impl Iterator<Item = (&EventDocument, (&str, i32, i64))> {
+    records.iter().filter_map(|record| match record {
+        Record::Decoded { document, .. } => Some((document, record.position())),
+        Record::Undecodable { .. } => None,
+    })
+}
+
 #[derive(Default)]
 struct Decided {
     changed: HashSet<OrderId>,
     instructions: Vec<Issued>,
     deactivated: Vec<(UserId, DateTime<Utc>)>,
-}
-
-fn last_times(taken: &[Taken]) -> HashMap<TopicPartition, DateTime<Utc>> {
-    let mut times = HashMap::new();
-    for t in taken {
-        times.insert((t.position.0.clone(), t.position.1), t.document.time);
-    }
-    times
 }
 
 /// Sleeps `delay` unless stopped first; true when stopped.

@@ -7,6 +7,7 @@
 //! - [`ops`] and [`metrics`]: `/health`, `/ready`, `/metrics`, and HTTP metrics;
 //! - [`openapi`]: the bearer scheme and `GET /openapi.json` of every service's document;
 //! - [`problem`]: RFC 9457 problem details, the shape of every error answer;
+//! - [`query`]: query parameters, cursors and pages, and the problem of a failed query;
 //! - [`personal_data`]: sealing personal fields with per-user keys, and forgetting them;
 //! - [`tls`]: certificate files and one handshake, checked at start;
 //! - [`host`]: bind, serve, run workers, stop gracefully on a shutdown future;
@@ -21,6 +22,7 @@ mod ops;
 pub mod personal_data;
 pub mod probes;
 pub mod problem;
+pub mod query;
 pub mod readiness;
 pub mod settings;
 pub mod shutdown;

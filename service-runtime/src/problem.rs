@@ -67,6 +67,25 @@ impl Problem {
         self
     }
 
+    /// 422 `validation`: the request's fields or parameters, `errors` listing each.
+    pub fn validation(detail: impl Into<String>, errors: Value) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+            .typed(problem_type("validation"), "Invalid request")
+            .with("errors", errors)
+    }
+
+    /// 404 `not-found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail).typed(problem_type("not-found"), "Not found")
+    }
+
+    /// 503 `unavailable`: a dependency cannot answer now; retry after a second.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+            .typed(problem_type("unavailable"), "Service unavailable")
+            .retry_after(1)
+    }
+
     /// Adds `Retry-After` (seconds) to the response.
     pub fn retry_after(mut self, secs: u32) -> Self {
         self.retry_after_secs = Some(secs);

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use event_store::reader::{Schema, bookkeeping};
 use event_store::scan::{self, LogScan, Range};
 use event_store::subscription::TopicPartition;
 use event_store::{KafkaSettings, TopicNames};
 use projections::projector::runner;
-use projections::projector::{Schema, bookkeeping};
 use projections::{READ_MODELS, services_read_by};
 use saga_orchestrator::runner::Runner;
 use schemas::catalog::SERVICES;

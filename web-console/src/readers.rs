@@ -3,10 +3,10 @@
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use projections::query::error::QueryError;
-use projections::query::params::path_id;
 use serde::Serialize;
 use service_runtime::api_keys::Principal;
+use service_runtime::query::QueryError;
+use service_runtime::query::path_id;
 use shopctl::explain::Explained;
 use shopctl::explain::tree::SagaStep;
 use shopctl::lag::ReaderLag;

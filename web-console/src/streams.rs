@@ -11,19 +11,19 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use event_store::lookup;
 use event_store::scan::{self, LogScan, Range, ScannedRecord};
 use futures_util::Stream;
 use projections::projector::Schema;
-use projections::query::error::QueryError;
-use projections::query::params::Params;
 use projections::read_models::event_index::IndexedEvent;
 use serde::Serialize;
 use serde_json::Value;
-use service_runtime::problem::{Problem, problem_type};
+use service_runtime::problem::Problem;
+use service_runtime::query::Params;
+use service_runtime::query::QueryError;
 use shopctl::topics::TopicView;
 use shopctl::view;
 use sqlx::AssertSqlSafe;
@@ -247,11 +247,9 @@ pub async fn tail(
         )));
     };
     let Ok(permit) = console.tails.clone().try_acquire_owned() else {
-        return Ok(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Ok(Problem::unavailable(
             "every live tail is taken (CONSOLE_LIVE_TAILS): close one, or retry later",
         )
-        .typed(problem_type("unavailable"), "Service unavailable")
         .retry_after(5)
         .into_response());
     };

@@ -78,7 +78,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = match self {
+        self.problem().into_response()
+    }
+}
+
+impl ApiError {
+    fn problem(self) -> Problem {
+        match self {
             Self::MalformedJson(detail) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not valid JSON: {detail}"),
@@ -92,43 +98,18 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than {limit} bytes"),
             ),
-            Self::Validation(errors) => {
-                let detail = format!("{} field(s) are invalid", errors.len());
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
-                    .typed(problem_type("validation"), "Invalid request")
-                    .with("errors", serde_json::to_value(errors).unwrap_or_default())
-            }
-            Self::NotFound { what, id } => {
-                Problem::new(StatusCode::NOT_FOUND, format!("no {what} {id}"))
-                    .typed(problem_type("not-found"), "Not found")
-            }
+            Self::Validation(errors) => Problem::validation(
+                format!("{} field(s) are invalid", errors.len()),
+                serde_json::to_value(errors).unwrap_or_default(),
+            ),
+            Self::NotFound { what, id } => Problem::not_found(format!("no {what} {id}")),
             Self::VersionConflict { expected, current } => Problem::new(
                 StatusCode::CONFLICT,
                 format!("If-Match expected version {expected}, the current version is {current}"),
             )
             .typed(problem_type("version-conflict"), "Version conflict")
             .with("current_version", current),
-            Self::Rejected { rejection } => {
-                let code = rejection["code"].as_str().unwrap_or("rejected").to_owned();
-                let mut problem =
-                    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {code}"))
-                        .typed(problem_type(&code), "Command refused")
-                        .with("code", code.as_str());
-                // A detail named like a standard member (an order's `status`) is the
-                // aggregate's current one: `current_status`, beside the problem's own.
-                if let Value::Object(details) = rejection {
-                    for (key, value) in details.into_iter().filter(|(k, _)| k != "code") {
-                        let key =
-                            if service_runtime::problem::STANDARD_MEMBERS.contains(&key.as_str()) {
-                                format!("current_{key}")
-                            } else {
-                                key
-                            };
-                        problem = problem.with(&key, value);
-                    }
-                }
-                problem
-            }
+            Self::Rejected { rejection } => rejected(rejection),
             Self::IdempotencyKeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "this Idempotency-Key was used for a different request",
@@ -146,29 +127,50 @@ impl IntoResponse for ApiError {
                 "Idempotency key in progress",
             )
             .retry_after(1),
-            Self::Unavailable(reason) => {
-                tracing::warn!(%reason, "command not decided: unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the event store cannot take commands right now; retry",
-                )
-                .typed(problem_type("unavailable"), "Service unavailable")
-                .retry_after(1)
-            }
+            Self::Unavailable(reason) => unavailable(&reason),
             Self::Overloaded => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many commands in flight; retry",
             )
             .typed(problem_type("overloaded"), "Overloaded")
             .retry_after(1),
-            Self::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "an internal error occurred; the request id identifies it in the logs",
-                )
-            }
-        };
-        problem.into_response()
+            Self::Internal(cause) => internal(&cause),
+        }
     }
+}
+
+/// Logged with its reason; the client learns only to retry.
+fn unavailable(reason: &str) -> Problem {
+    tracing::warn!(%reason, "command not decided: unavailable");
+    Problem::unavailable("the event store cannot take commands right now; retry")
+}
+
+/// Logged with its cause; the client gets an opaque 500 whose request id finds it.
+fn internal(cause: &str) -> Problem {
+    tracing::error!(%cause, "internal error");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "an internal error occurred; the request id identifies it in the logs",
+    )
+}
+
+/// A refused command: its code names the problem type, its details are members. A detail
+/// named like a standard member (an order's `status`) is the aggregate's current one:
+/// `current_status`, beside the problem's own.
+fn rejected(rejection: Value) -> Problem {
+    let code = rejection["code"].as_str().unwrap_or("rejected").to_owned();
+    let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {code}"))
+        .typed(problem_type(&code), "Command refused")
+        .with("code", code.as_str());
+    if let Value::Object(details) = rejection {
+        for (key, value) in details.into_iter().filter(|(k, _)| k != "code") {
+            let key = if service_runtime::problem::STANDARD_MEMBERS.contains(&key.as_str()) {
+                format!("current_{key}")
+            } else {
+                key
+            };
+            problem = problem.with(&key, value);
+        }
+    }
+    problem
 }

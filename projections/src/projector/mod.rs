@@ -1,21 +1,17 @@
 //! The projector engine, generic over read models. A [`ReadModel`] says which topics it
 //! reads, folds one event onto one row (pure), and loads and stores rows in bulk; the
-//! engine does the rest the same way for every model:
+//! engine does the rest the same way for every model, on the checkpointed reader of
+//! [`event_store::reader`] (its schema, checkpoints, versions and parked records):
 //!
 //! - [`plan`]: the reader rule, parking and folding of one batch, without I/O;
-//! - [`schema`]: a read model's Postgres schema and its migrations;
-//! - [`bookkeeping`]: checkpoints, last versions and parked records, in that schema;
-//! - [`runner`]: consume, plan, store rows + versions + parked + offsets in one
-//!   transaction, repeat;
+//! - [`runner`]: the reader's batch handler: load, plan, store rows + parked records;
 //! - [`operator`]: list, retry and skip parked records;
 //! - [`metrics`]: lag, batch sizes, apply rate, drops and parked records.
 
-pub mod bookkeeping;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod runner;
-pub mod schema;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +20,7 @@ use std::pin::Pin;
 use schemas::EventDocument;
 use sqlx::PgConnection;
 
-pub use schema::Schema;
+pub use event_store::reader::Schema;
 
 /// A boxed database future: the models' I/O, `Send` for the projector's task.
 pub type DbFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;

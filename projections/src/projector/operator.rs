@@ -10,8 +10,10 @@ use schemas::EventDocument;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::bookkeeping;
+use event_store::reader::bookkeeping;
+
 use super::{Applied, ReadModel, Schema};
+use crate::ProjectionError;
 
 /// One parked record as listed.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -35,14 +37,6 @@ pub struct RetryReport {
     pub still_parked: usize,
     /// Why the first record still parked cannot be applied.
     pub blocked_by: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OperatorError {
-    #[error("Postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("{0} has no parked records in this read model")]
-    NothingParked(String),
 }
 
 const COLUMNS: &str =
@@ -71,12 +65,14 @@ pub async fn retry<M: ReadModel>(
     pool: &PgPool,
     schema: &Schema,
     aggregate: &str,
-) -> Result<RetryReport, OperatorError> {
+) -> Result<RetryReport, ProjectionError> {
     let mut tx = pool.begin().await?;
     bookkeeping::lock_alone(&mut tx, schema).await?;
     let parked = parked_of(&mut tx, schema, aggregate).await?;
     if parked.is_empty() {
-        return Err(OperatorError::NothingParked(aggregate.to_owned()));
+        return Err(ProjectionError::NotFound(format!(
+            "{aggregate} has no parked records in this read model"
+        )));
     }
     let report = resume::<M>(&mut tx, schema, aggregate, parked).await?;
     tx.commit().await?;
@@ -90,12 +86,14 @@ pub async fn skip<M: ReadModel>(
     pool: &PgPool,
     schema: &Schema,
     aggregate: &str,
-) -> Result<(ParkedRecord, RetryReport), OperatorError> {
+) -> Result<(ParkedRecord, RetryReport), ProjectionError> {
     let mut tx = pool.begin().await?;
     bookkeeping::lock_alone(&mut tx, schema).await?;
     let mut parked = parked_of(&mut tx, schema, aggregate).await?;
     if parked.is_empty() {
-        return Err(OperatorError::NothingParked(aggregate.to_owned()));
+        return Err(ProjectionError::NotFound(format!(
+            "{aggregate} has no parked records in this read model"
+        )));
     }
     let (head, _) = parked.remove(0);
     delete(&mut tx, schema, &[&head]).await?;
@@ -183,16 +181,65 @@ async fn resume<M: ReadModel>(
     parked: Vec<(ParkedRecord, Vec<u8>)>,
 ) -> Result<RetryReport, sqlx::Error> {
     let keys = [aggregate.to_owned()];
-    let mut version = bookkeeping::versions(conn, schema, &keys)
+    let version = bookkeeping::versions(conn, schema, &keys)
         .await?
         .get(aggregate)
         .copied()
         .unwrap_or(0);
-    let mut row = M::load(conn, schema, &keys).await?.remove(aggregate);
+    let row = M::load(conn, schema, &keys).await?.remove(aggregate);
+    let mut resumed = fold_parked::<M>(&parked, version, row);
+    resumed.report.still_parked = parked.len() - resumed.done.len();
+    if let Some(error) = &resumed.report.blocked_by {
+        note_error(conn, schema, &parked[resumed.done.len()].0, error).await?;
+    }
+    if resumed.report.applied > 0 {
+        let applied: Vec<Applied<'_>> = resumed
+            .documents
+            .iter()
+            .map(|(record, document)| Applied {
+                key: aggregate,
+                document,
+                topic: &record.topic,
+                partition: record.partition,
+                offset: record.offset,
+            })
+            .collect();
+        let rows = resumed
+            .row
+            .map(|r| vec![(aggregate.to_owned(), r)])
+            .unwrap_or_default();
+        M::store(conn, schema, rows, &applied).await?;
+        let versions = [(aggregate.to_owned(), resumed.version)]
+            .into_iter()
+            .collect();
+        bookkeeping::store_versions(conn, schema, &versions).await?;
+    }
+    delete(conn, schema, &resumed.done).await?;
+    Ok(resumed.report)
+}
+
+/// Parked records folded onto an aggregate, as far as they went.
+struct Resumed<'p, R> {
+    row: Option<R>,
+    version: u64,
+    report: RetryReport,
+    /// The records dealt with (applied or dropped as duplicates), in order.
+    done: Vec<&'p ParkedRecord>,
+    /// The events applied, with their records.
+    documents: Vec<(&'p ParkedRecord, EventDocument)>,
+}
+
+/// The reader rule and the fold over `parked`, from `row` at `version`, stopping at the
+/// first record that cannot be decoded, leaves a gap, or fails to fold. No I/O.
+fn fold_parked<M: ReadModel>(
+    parked: &[(ParkedRecord, Vec<u8>)],
+    mut version: u64,
+    mut row: Option<M::Row>,
+) -> Resumed<'_, M::Row> {
     let mut report = RetryReport::default();
     let mut done = Vec::new();
     let mut documents = Vec::new();
-    for (record, payload) in &parked {
+    for (record, payload) in parked {
         let document = match EventDocument::from_json(payload) {
             Ok(document) => document,
             Err(e) => {
@@ -224,38 +271,31 @@ async fn resume<M: ReadModel>(
         }
         done.push(record);
     }
-    report.still_parked = parked.len() - done.len();
-    if let Some(error) = &report.blocked_by {
-        let head = &parked[done.len()].0;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET error = $4 WHERE topic = $1 AND partition = $2 AND \"offset\" = $3",
-            schema.table("parked")
-        )))
-        .bind(&head.topic)
-        .bind(head.partition)
-        .bind(head.offset)
-        .bind(error)
-        .execute(&mut *conn)
-        .await?;
+    Resumed {
+        row,
+        version,
+        report,
+        done,
+        documents,
     }
-    if report.applied > 0 {
-        let applied: Vec<Applied<'_>> = documents
-            .iter()
-            .map(|(record, document)| Applied {
-                key: aggregate,
-                document,
-                topic: &record.topic,
-                partition: record.partition,
-                offset: record.offset,
-            })
-            .collect();
-        let rows = row
-            .map(|r| vec![(aggregate.to_owned(), r)])
-            .unwrap_or_default();
-        M::store(conn, schema, rows, &applied).await?;
-        let versions = [(aggregate.to_owned(), version)].into_iter().collect();
-        bookkeeping::store_versions(conn, schema, &versions).await?;
-    }
-    delete(conn, schema, &done).await?;
-    Ok(report)
+}
+
+/// Records why the parked record `head` still cannot be applied.
+async fn note_error(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    head: &ParkedRecord,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {} SET error = $4 WHERE topic = $1 AND partition = $2 AND \"offset\" = $3",
+        schema.table("parked")
+    )))
+    .bind(&head.topic)
+    .bind(head.partition)
+    .bind(head.offset)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

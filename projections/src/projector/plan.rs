@@ -6,61 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use event_store::gate::Admission;
+use event_store::reader::{Parked, Record};
 use schemas::EventDocument;
-
-/// A record of the batch, in log order within its partition.
-// Nearly every record is `Decoded`: boxing it would cost an allocation per event.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub enum Record {
-    Decoded {
-        document: EventDocument,
-        topic: String,
-        partition: i32,
-        offset: i64,
-    },
-    /// The envelope could not be read; the subscription already dead-lettered it.
-    Undecodable {
-        key: Option<String>,
-        payload: Vec<u8>,
-        error: String,
-        topic: String,
-        partition: i32,
-        offset: i64,
-    },
-}
-
-impl Record {
-    pub fn position(&self) -> (&str, i32, i64) {
-        match self {
-            Self::Decoded {
-                topic,
-                partition,
-                offset,
-                ..
-            }
-            | Self::Undecodable {
-                topic,
-                partition,
-                offset,
-                ..
-            } => (topic, *partition, *offset),
-        }
-    }
-}
-
-/// A record set aside instead of applied.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Parked {
-    pub key: String,
-    pub version: Option<u64>,
-    pub event_type: Option<String>,
-    pub payload: Vec<u8>,
-    pub error: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
 
 /// Why a record was parked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,104 +62,134 @@ pub fn plan<R: Clone>(
     key: impl Fn(&EventDocument) -> String,
     fold: impl Fn(Option<&R>, &EventDocument) -> Result<Option<R>, String>,
 ) -> Plan<R> {
-    let Loaded {
-        versions: mut last,
-        rows: mut state,
-        mut parked,
-    } = loaded;
-    let mut plan = Plan {
-        rows: HashMap::new(),
-        versions: HashMap::new(),
-        applied: Vec::new(),
-        parked: Vec::new(),
-        duplicates: 0,
-        gaps: 0,
+    let mut planner = Planner {
+        last: loaded.versions,
+        state: loaded.rows,
+        parked: loaded.parked,
+        changed: HashSet::new(),
+        plan: Plan {
+            rows: HashMap::new(),
+            versions: HashMap::new(),
+            applied: Vec::new(),
+            parked: Vec::new(),
+            duplicates: 0,
+            gaps: 0,
+        },
     };
-    let mut changed = HashSet::new();
     for (index, record) in records.iter().enumerate() {
-        let (topic, partition, offset) = record.position();
-        let set_aside = |key: String, reason: ParkReason, error: String| {
-            let (version, event_type, payload) = match record {
-                Record::Decoded { document, .. } => (
-                    Some(document.aggregateversion),
-                    Some(document.event_type.clone()),
-                    document.to_json(),
-                ),
-                Record::Undecodable { payload, .. } => (None, None, payload.clone()),
-            };
-            let parked = Parked {
-                key,
-                version,
-                event_type,
-                payload,
-                error,
-                topic: topic.to_owned(),
-                partition,
-                offset,
-            };
-            (index, reason, parked)
-        };
-        let document = match record {
+        match record {
             Record::Undecodable {
                 key: Some(key),
                 error,
                 ..
-            } => {
-                plan.parked.push(set_aside(
-                    key.clone(),
-                    ParkReason::Undecodable,
-                    error.clone(),
-                ));
-                parked.insert(key.clone());
-                continue;
-            }
+            } => planner.park(
+                (index, record),
+                key.clone(),
+                ParkReason::Undecodable,
+                error.clone(),
+            ),
             // No key: nothing to park behind; the dead letter is all there is.
-            Record::Undecodable { key: None, .. } => continue,
-            Record::Decoded { document, .. } => document,
-        };
-        let key = key(document);
-        if parked.contains(&key) {
-            let error = format!("parked behind an earlier record of {key}");
-            plan.parked.push(set_aside(key, ParkReason::Behind, error));
-            continue;
+            Record::Undecodable { key: None, .. } => {}
+            Record::Decoded { document, .. } => {
+                planner.take((index, record), document, key(document), &fold);
+            }
         }
-        let current = last.get(&key).copied().unwrap_or(0);
+    }
+    planner.finish()
+}
+
+/// A plan being made: the state of the batch's aggregates so far.
+struct Planner<R> {
+    last: HashMap<String, u64>,
+    state: HashMap<String, R>,
+    parked: HashSet<String>,
+    changed: HashSet<String>,
+    plan: Plan<R>,
+}
+
+impl<R> Planner<R> {
+    /// The reader rule for one decoded record of aggregate `key`: behind a parked record
+    /// it parks, a duplicate is counted, a gap parks, the next version is folded.
+    fn take(
+        &mut self,
+        at: (usize, &Record),
+        document: &EventDocument,
+        key: String,
+        fold: impl Fn(Option<&R>, &EventDocument) -> Result<Option<R>, String>,
+    ) {
+        if self.parked.contains(&key) {
+            let error = format!("parked behind an earlier record of {key}");
+            self.park(at, key, ParkReason::Behind, error);
+            return;
+        }
+        let current = self.last.get(&key).copied().unwrap_or(0);
         match Admission::of(current, document.aggregateversion) {
-            Admission::Duplicate { .. } => plan.duplicates += 1,
+            Admission::Duplicate { .. } => self.plan.duplicates += 1,
             Admission::Gap { last } => {
-                plan.gaps += 1;
+                self.plan.gaps += 1;
                 let error = format!(
                     "gap: version {} of {key} follows version {last}",
                     document.aggregateversion
                 );
-                plan.parked
-                    .push(set_aside(key.clone(), ParkReason::Gap, error));
-                parked.insert(key);
+                self.park(at, key, ParkReason::Gap, error);
             }
-            Admission::Next => match fold(state.get(&key), document) {
+            Admission::Next => match fold(self.state.get(&key), document) {
                 Ok(row) => {
                     if let Some(row) = row {
-                        state.insert(key.clone(), row);
+                        self.state.insert(key.clone(), row);
                     }
-                    last.insert(key.clone(), document.aggregateversion);
-                    plan.versions.insert(key.clone(), document.aggregateversion);
-                    changed.insert(key);
-                    plan.applied.push(index);
+                    self.last.insert(key.clone(), document.aggregateversion);
+                    self.plan
+                        .versions
+                        .insert(key.clone(), document.aggregateversion);
+                    self.changed.insert(key);
+                    self.plan.applied.push(at.0);
                 }
-                Err(error) => {
-                    plan.parked
-                        .push(set_aside(key.clone(), ParkReason::Poison, error));
-                    parked.insert(key);
-                }
+                Err(error) => self.park(at, key, ParkReason::Poison, error),
             },
         }
     }
-    for key in changed {
-        if let Some(row) = state.remove(&key) {
-            plan.rows.insert(key, row);
-        }
+
+    /// Sets the record at `index` aside, and parks its aggregate behind it.
+    fn park(
+        &mut self,
+        (index, record): (usize, &Record),
+        key: String,
+        reason: ParkReason,
+        error: String,
+    ) {
+        let (topic, partition, offset) = record.position();
+        let (version, event_type, payload) = match record {
+            Record::Decoded { document, .. } => (
+                Some(document.aggregateversion),
+                Some(document.event_type.clone()),
+                document.to_json(),
+            ),
+            Record::Undecodable { payload, .. } => (None, None, payload.clone()),
+        };
+        let parked = Parked {
+            key: key.clone(),
+            version,
+            event_type,
+            payload,
+            error,
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        };
+        self.plan.parked.push((index, reason, parked));
+        self.parked.insert(key);
     }
-    plan
+
+    /// The plan, with the final row of every aggregate the batch changed.
+    fn finish(mut self) -> Plan<R> {
+        for key in self.changed {
+            if let Some(row) = self.state.remove(&key) {
+                self.plan.rows.insert(key, row);
+            }
+        }
+        self.plan
+    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use service_runtime::api_keys::Operator;
 use utoipa::ToSchema;
 
 use super::QueryState;
-use super::error::QueryError;
-use super::params::{Params, is_plain_text};
-use crate::projector::operator::{self, OperatorError, ParkedRecord, RetryReport};
-use crate::{Caller, ParkedAction, ParkedError, READ_MODELS};
+use crate::projector::operator::{self, ParkedRecord, RetryReport};
+use crate::{Caller, ParkedAction, READ_MODELS};
+use service_runtime::query::QueryError;
+use service_runtime::query::{Params, is_plain_text};
 
 type Pairs = Query<Vec<(String, String)>>;
 
@@ -162,10 +162,6 @@ async fn act(
             skipped,
             report,
         })),
-        Err(e @ ParkedError::UnknownModel(_)) => Err(QueryError::NotFound(e.to_string())),
-        Err(ParkedError::Operator(e @ OperatorError::NothingParked(_))) => {
-            Err(QueryError::NotFound(e.to_string()))
-        }
-        Err(ParkedError::Operator(OperatorError::Postgres(e))) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }

@@ -13,9 +13,9 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::QueryState;
-use super::error::QueryError;
-use super::params::{Params, path_id};
 use schemas::MessageFamily;
+use service_runtime::query::QueryError;
+use service_runtime::query::{Params, path_id};
 
 use crate::projector::ReadModel;
 use crate::read_models::event_index::IndexedEvent;

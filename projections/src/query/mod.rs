@@ -1,16 +1,15 @@
 //! The query API: the read models over HTTP, with read-your-writes through
 //! `min_position` and time travel through the event index and the log.
 //!
-//! - [`params`]: parameters with every error collected, keyset cursors, pages;
 //! - [`reads`]: the handlers over the read models;
 //! - [`history`]: an aggregate's events read back from the log, and states folded from them;
 //! - [`dead_letters`]: the parked records, and the operators' retry and skip;
-//! - [`error`]: the problem+json mapping.
+//!
+//! Parameters, cursors, pages and the problem+json of a failed query are
+//! [`service_runtime::query`]'s, shared with the saga's and the console's queries.
 
 pub mod dead_letters;
-pub mod error;
 pub mod history;
-pub mod params;
 pub mod reads;
 
 use std::future::Future;
@@ -30,9 +29,10 @@ use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::projector::Schema;
 use crate::projector::metrics::Lag;
-use crate::projector::{Schema, bookkeeping};
-use error::QueryError;
+use event_store::reader::bookkeeping;
+use service_runtime::query::QueryError;
 
 /// What the query side knows of one read model.
 #[derive(Clone, Debug)]
@@ -117,21 +117,7 @@ impl QueryState {
             let now = Instant::now();
             if now >= deadline {
                 self.refuse_past_the_end(position, &topic).await?;
-                let lag: Vec<_> = behind
-                    .iter()
-                    .map(|(model, next)| {
-                        json!({
-                            "read_model": model.name,
-                            "topic": topic,
-                            "partition": position.partition,
-                            "min_offset": position.offset,
-                            "applied_up_to": next - 1,
-                            "behind_events": position.offset + 1 - next,
-                            "lag_seconds": model.lag.get().map(|(_, s)| s),
-                        })
-                    })
-                    .collect();
-                return Err(QueryError::NotYet { lag: json!(lag) });
+                return Err(not_yet(position, &topic, &behind));
             }
             let pause = POLL.min(deadline - now);
             tokio::select! {
@@ -140,6 +126,25 @@ impl QueryState {
             }
         }
     }
+}
+
+/// The 504 of a wait that timed out: how far each model that is behind got.
+fn not_yet(position: &Position, topic: &str, behind: &[(&ModelView, i64)]) -> QueryError {
+    let lag: Vec<_> = behind
+        .iter()
+        .map(|(model, next)| {
+            json!({
+                "read_model": model.name,
+                "topic": topic,
+                "partition": position.partition,
+                "min_offset": position.offset,
+                "applied_up_to": next - 1,
+                "behind_events": position.offset + 1 - next,
+                "lag_seconds": model.lag.get().map(|(_, s)| s),
+            })
+        })
+        .collect();
+    QueryError::NotYet { lag: json!(lag) }
 }
 
 impl QueryState {

@@ -8,9 +8,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use super::QueryState;
-use super::error::QueryError;
 use super::history::{self, Upto};
-use super::params::{Cursor, Page, Params, path_id};
 use crate::projector::Schema;
 use crate::read_models::notifications::NotificationRow;
 use crate::read_models::orders::OrderRow;
@@ -18,6 +16,8 @@ use crate::read_models::orders::Orders;
 use crate::read_models::payments::PaymentRow;
 use crate::read_models::users::UserRow;
 use crate::read_models::users::Users;
+use service_runtime::query::QueryError;
+use service_runtime::query::{Cursor, Page, Params, path_id};
 
 type Pairs = Query<Vec<(String, String)>>;
 

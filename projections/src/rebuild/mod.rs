@@ -33,15 +33,18 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
+use crate::ProjectionError;
 use crate::projector::metrics::ProjectorMetrics;
-use crate::projector::runner::{Projector, ProjectorConfig, ProjectorError, record_of_scanned};
-use crate::projector::{ReadModel, Schema, bookkeeping};
+use crate::projector::runner::{Projector, ProjectorConfig};
+use crate::projector::{ReadModel, Schema};
 use crate::read_models::event_index::EventIndex;
 use crate::read_models::notifications::Notifications;
 use crate::read_models::orders::Orders;
 use crate::read_models::payments::Payments;
 use crate::read_models::users::Users;
 use checksum::Checksum;
+use event_store::reader::bookkeeping;
+use event_store::reader::record::record_of_scanned;
 
 /// Catch-up rounds before the live model is held still: each round reads what the live
 /// model applied during the previous one.
@@ -116,38 +119,20 @@ pub struct RebuildReport {
     pub swapped: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RebuildError {
-    #[error("no read model {0:?} (one of: users, orders, payments, notifications, event_index)")]
-    UnknownModel(String),
-    #[error("a rebuild of {0} is already running")]
-    Busy(String),
-    #[error(
-        "{0} has no live schema yet (the projections service creates it); nothing to swap with"
-    )]
-    NoLiveModel(String),
-    #[error("Postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error(transparent)]
-    Projector(#[from] ProjectorError),
-    #[error(transparent)]
-    Log(#[from] EventStoreError),
-}
-
 /// Rebuilds read model `name`.
 pub async fn run(
     name: &str,
     rebuild: &Rebuild,
     mode: Mode,
     progress: &dyn Progress,
-) -> Result<RebuildReport, RebuildError> {
+) -> Result<RebuildReport, ProjectionError> {
     match name {
         Users::NAME => rebuild_model::<Users>(rebuild, mode, progress).await,
         Orders::NAME => rebuild_model::<Orders>(rebuild, mode, progress).await,
         Payments::NAME => rebuild_model::<Payments>(rebuild, mode, progress).await,
         Notifications::NAME => rebuild_model::<Notifications>(rebuild, mode, progress).await,
         EventIndex::NAME => rebuild_model::<EventIndex>(rebuild, mode, progress).await,
-        other => Err(RebuildError::UnknownModel(other.to_owned())),
+        other => Err(ProjectionError::unknown_model(other)),
     }
 }
 
@@ -155,7 +140,7 @@ async fn rebuild_model<M: ReadModel>(
     rebuild: &Rebuild,
     mode: Mode,
     progress: &dyn Progress,
-) -> Result<RebuildReport, RebuildError> {
+) -> Result<RebuildReport, ProjectionError> {
     // One rebuild per model at a time: a session lock on a connection held throughout.
     let mut guard = rebuild.pool.acquire().await?;
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('rebuild:' || $1))")
@@ -163,7 +148,10 @@ async fn rebuild_model<M: ReadModel>(
         .fetch_one(&mut *guard)
         .await?;
     if !free {
-        return Err(RebuildError::Busy(M::NAME.to_owned()));
+        return Err(ProjectionError::Conflict(format!(
+            "a rebuild of {} is already running",
+            M::NAME
+        )));
     }
     let report = match mode {
         Mode::BlueGreen { swap } => blue_green::<M>(rebuild, swap, progress).await,
@@ -191,7 +179,7 @@ async fn blue_green<M: ReadModel>(
     rebuild: &Rebuild,
     swap: bool,
     progress: &dyn Progress,
-) -> Result<RebuildReport, RebuildError> {
+) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let pool = &rebuild.pool;
     let (live, shadow, retired) = (
@@ -200,47 +188,21 @@ async fn blue_green<M: ReadModel>(
         retired_of(&Schema::live(M::NAME)),
     );
     if !schema_exists(pool, &live).await? {
-        return Err(RebuildError::NoLiveModel(M::NAME.to_owned()));
+        return Err(ProjectionError::Conflict(format!(
+            "{} has no live schema yet (the projections service creates it); nothing to swap with",
+            M::NAME
+        )));
     }
     drop_schema(pool, &retired).await?;
     if rebuild.restart {
         drop_schema(pool, &shadow).await?;
     }
     shadow
-        .migrate::<M>(&pool.connect_options())
-        .await
-        .map_err(ProjectorError::from)?;
+        .migrate(&pool.connect_options(), M::migrator())
+        .await?;
     let projector = projector::<M>(rebuild, &shadow);
     let resumed_from = sum(&positions(&mut *pool.acquire().await?, &shadow).await?);
-
-    // Up to where the live model is, while it moves on.
-    let mut records = 0;
-    for round in 0..CATCH_UP_ROUNDS {
-        let targets = positions(&mut *pool.acquire().await?, &live).await?;
-        let behind = distance(
-            &positions(&mut *pool.acquire().await?, &shadow).await?,
-            &targets,
-        );
-        if round > 0 && behind < HOLD_BELOW {
-            break;
-        }
-        progress.phase(
-            if round == 0 {
-                "building"
-            } else {
-                "catching up"
-            },
-            behind,
-        );
-        records += build_to::<M>(
-            rebuild,
-            &projector,
-            &targets,
-            Applier::OwnTransactions,
-            progress,
-        )
-        .await?;
-    }
+    let mut records = follow_live::<M>(rebuild, &projector, &live, progress).await?;
 
     // Hold the live model still: the last records, the comparison, the swap.
     let mut tx = pool.begin().await?;
@@ -261,15 +223,7 @@ async fn blue_green<M: ReadModel>(
     let live_sum = checksum::of(&mut tx, &live).await?;
     let rebuilt = checksum::of(&mut tx, &shadow).await?;
     let comparable = same_positions(&built, &targets);
-    if swap {
-        rename(&mut tx, &live, &retired).await?;
-        rename(&mut tx, &shadow, &live).await?;
-        tx.commit().await?;
-        drop_retired(pool, &retired).await;
-    } else {
-        tx.rollback().await?;
-        drop_schema(pool, &shadow).await?;
-    }
+    swap_or_drop(tx, pool, [&live, &shadow, &retired], swap).await?;
     Ok(report::<M>(
         "blue-green",
         (resumed_from, records, started),
@@ -279,15 +233,72 @@ async fn blue_green<M: ReadModel>(
     ))
 }
 
+/// With `swap`, renames the live schema to `retired` and the shadow to live, commits and
+/// drops the retired one; otherwise rolls back and drops the shadow.
+async fn swap_or_drop(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pool: &PgPool,
+    [live, shadow, retired]: [&Schema; 3],
+    swap: bool,
+) -> Result<(), ProjectionError> {
+    if swap {
+        rename(&mut tx, live, retired).await?;
+        rename(&mut tx, shadow, live).await?;
+        tx.commit().await?;
+        drop_retired(pool, retired).await;
+    } else {
+        tx.rollback().await?;
+        drop_schema(pool, shadow).await?;
+    }
+    Ok(())
+}
+
+/// Builds the shadow up to where the live model is, while it moves on: a round per pass,
+/// until the shadow is close enough to hold the live model for the rest (or the rounds run
+/// out); the records applied.
+async fn follow_live<M: ReadModel>(
+    rebuild: &Rebuild,
+    projector: &Projector<M>,
+    live: &Schema,
+    progress: &dyn Progress,
+) -> Result<u64, ProjectionError> {
+    let pool = &rebuild.pool;
+    let mut records = 0;
+    for round in 0..CATCH_UP_ROUNDS {
+        let targets = positions(&mut *pool.acquire().await?, live).await?;
+        let behind = distance(
+            &positions(&mut *pool.acquire().await?, projector.schema()).await?,
+            &targets,
+        );
+        if round > 0 && behind < HOLD_BELOW {
+            break;
+        }
+        let phase = if round == 0 {
+            "building"
+        } else {
+            "catching up"
+        };
+        progress.phase(phase, behind);
+        records += build_to::<M>(
+            rebuild,
+            projector,
+            &targets,
+            Applier::OwnTransactions,
+            progress,
+        )
+        .await?;
+    }
+    Ok(records)
+}
+
 async fn in_place<M: ReadModel>(
     rebuild: &Rebuild,
     progress: &dyn Progress,
-) -> Result<RebuildReport, RebuildError> {
+) -> Result<RebuildReport, ProjectionError> {
     let started = Instant::now();
     let live = Schema::live(M::NAME);
-    live.migrate::<M>(&rebuild.pool.connect_options())
-        .await
-        .map_err(ProjectorError::from)?;
+    live.migrate(&rebuild.pool.connect_options(), M::migrator())
+        .await?;
     let projector = projector::<M>(rebuild, &live);
     let mut tx = rebuild.pool.begin().await?;
     bookkeeping::lock_alone(&mut tx, &live).await?;
@@ -422,29 +433,11 @@ async fn build_to<M: ReadModel>(
     targets: &Positions,
     mut applier: Applier<'_>,
     progress: &dyn Progress,
-) -> Result<u64, RebuildError> {
-    let from = match &mut applier {
-        Applier::OwnTransactions => {
-            positions(&mut *rebuild.pool.acquire().await?, projector.schema()).await?
-        }
-        Applier::Within(tx) => positions(tx, projector.schema()).await?,
-    };
+) -> Result<u64, ProjectionError> {
+    let from = applier.positions(&rebuild.pool, projector.schema()).await?;
     let mut records_read = 0u64;
     for topic in Projector::<M>::topics(&rebuild.topics) {
-        let ranges: BTreeMap<i32, Range> = targets
-            .iter()
-            .filter(|((t, _), _)| *t == topic)
-            .map(|((_, partition), to)| {
-                let start = from.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
-                (
-                    *partition,
-                    Range {
-                        from: start,
-                        to: Some(*to),
-                    },
-                )
-            })
-            .collect();
+        let ranges = ranges_of(&topic, &from, targets);
         let mut log = LogScan::open(&rebuild.kafka, &topic, &ranges)?;
         while !log.is_done() {
             let batch = log
@@ -459,45 +452,93 @@ async fn build_to<M: ReadModel>(
                 next_offsets.insert((record.topic.clone(), record.partition), record.offset + 1);
             }
             let mut records = batch.into_iter().map(record_of_scanned).collect();
-            match &mut applier {
-                Applier::OwnTransactions => {
-                    projector.apply(None, &mut records, &next_offsets).await?;
-                }
-                Applier::Within(tx) => {
-                    projector
-                        .apply_in(tx, None, &mut records, &next_offsets)
-                        .await?;
-                }
-            }
+            applier
+                .apply(projector, &mut records, &next_offsets)
+                .await?;
             records_read += read;
             progress.advance(read);
         }
-        let reached: BTreeMap<TopicPartition, i64> = ranges
+        let reached: Positions = ranges
             .iter()
             .filter_map(|(p, r)| {
                 r.to.filter(|to| *to > 0)
                     .map(|to| ((topic.clone(), *p), to))
             })
             .collect();
+        applier
+            .mark_reached(&rebuild.pool, projector.schema(), &reached)
+            .await?;
+    }
+    Ok(records_read)
+}
+
+/// The offsets of `topic`'s partitions to read: from where the build stands to its
+/// target.
+fn ranges_of(topic: &str, from: &Positions, targets: &Positions) -> BTreeMap<i32, Range> {
+    targets
+        .iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|((_, partition), to)| {
+            let start = from
+                .get(&(topic.to_owned(), *partition))
+                .copied()
+                .unwrap_or(0);
+            (
+                *partition,
+                Range {
+                    from: start,
+                    to: Some(*to),
+                },
+            )
+        })
+        .collect()
+}
+
+impl Applier<'_> {
+    /// Where `schema` stands, read where the batches go.
+    async fn positions(
+        &mut self,
+        pool: &PgPool,
+        schema: &Schema,
+    ) -> Result<Positions, sqlx::Error> {
+        match self {
+            Self::OwnTransactions => positions(&mut *pool.acquire().await?, schema).await,
+            Self::Within(tx) => positions(tx, schema).await,
+        }
+    }
+
+    async fn apply<M: ReadModel>(
+        &mut self,
+        projector: &Projector<M>,
+        records: &mut Vec<event_store::reader::Record>,
+        next_offsets: &Positions,
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Self::OwnTransactions => projector.apply(None, records, next_offsets).await?,
+            Self::Within(tx) => projector.apply_in(tx, None, records, next_offsets).await?,
+        };
+        Ok(())
+    }
+
+    /// Marks every partition of `reached` read up to its offset (the last offsets of a
+    /// partition may be ones no record fills).
+    async fn mark_reached(
+        &mut self,
+        pool: &PgPool,
+        schema: &Schema,
+        reached: &Positions,
+    ) -> Result<(), sqlx::Error> {
         let reached_at = std::collections::HashMap::new();
-        match &mut applier {
-            Applier::OwnTransactions => {
-                let mut conn = rebuild.pool.acquire().await?;
-                bookkeeping::store_checkpoints(
-                    &mut conn,
-                    projector.schema(),
-                    &reached,
-                    &reached_at,
-                )
-                .await?;
+        match self {
+            Self::OwnTransactions => {
+                let mut conn = pool.acquire().await?;
+                bookkeeping::store_checkpoints(&mut conn, schema, reached, &reached_at).await
             }
-            Applier::Within(tx) => {
-                bookkeeping::store_checkpoints(tx, projector.schema(), &reached, &reached_at)
-                    .await?;
+            Self::Within(tx) => {
+                bookkeeping::store_checkpoints(tx, schema, reached, &reached_at).await
             }
         }
     }
-    Ok(records_read)
 }
 
 /// Deletes everything the model holds in `schema`, inside the caller's transaction:

@@ -1,10 +1,10 @@
 //! Every way a query can fail, mapped once to an RFC 9457 problem.
 
+use crate::problem::{Problem, problem_type};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
-use service_runtime::problem::{Problem, problem_type};
 
 /// One invalid query parameter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -18,6 +18,8 @@ pub enum QueryError {
     /// Invalid parameters, all of them.
     Invalid(Vec<ParamError>),
     NotFound(String),
+    /// The request collides with the state things are in (a rebuild already running).
+    Conflict(String),
     /// The read model did not reach `min_position` in time; `lag` says how far it is.
     NotYet {
         lag: Value,
@@ -50,14 +52,13 @@ impl From<event_store::EventStoreError> for QueryError {
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let problem = match self {
-            Self::Invalid(errors) => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Invalid(errors) => Problem::validation(
                 format!("{} parameter(s) are invalid", errors.len()),
-            )
-            .typed(problem_type("validation"), "Invalid request")
-            .with("errors", serde_json::to_value(errors).unwrap_or_default()),
-            Self::NotFound(detail) => Problem::new(StatusCode::NOT_FOUND, detail)
-                .typed(problem_type("not-found"), "Not found"),
+                serde_json::to_value(errors).unwrap_or_default(),
+            ),
+            Self::NotFound(detail) => Problem::not_found(detail),
+            Self::Conflict(detail) => Problem::new(StatusCode::CONFLICT, detail)
+                .typed(problem_type("conflict"), "Conflict"),
             Self::NotYet { lag } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the read model has not reached min_position yet; retry later",
@@ -67,12 +68,7 @@ impl IntoResponse for QueryError {
             .retry_after(1),
             Self::Unavailable(reason) => {
                 tracing::warn!(%reason, "query not answered: unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the read side cannot answer right now; retry",
-                )
-                .typed(problem_type("unavailable"), "Service unavailable")
-                .retry_after(1)
+                Problem::unavailable("the read side cannot answer right now; retry")
             }
         };
         problem.into_response()

@@ -1,17 +1,29 @@
-//! The engine's tables in a read model's schema: checkpoints (next offset per partition),
-//! versions (last applied per aggregate) and parked records. Every write is one statement
-//! per batch, whatever the batch size.
+//! A reader's tables in its schema: checkpoints (next offset per partition), versions
+//! (last applied per aggregate) and parked records. Every write is one statement per
+//! batch, whatever the batch size.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use event_store::subscription::{Offsets, TopicPartition};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::Schema;
-use super::plan::Parked;
+use super::schema::Schema;
+use crate::subscription::{Offsets, TopicPartition};
 
-/// Where the model is in one partition.
+/// A record set aside instead of applied: the row of the `parked` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parked {
+    pub key: String,
+    pub version: Option<u64>,
+    pub event_type: Option<String>,
+    pub payload: Vec<u8>,
+    pub error: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Where the reader is in one partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub topic: String,
@@ -52,7 +64,7 @@ pub fn offsets(checkpoints: &[Checkpoint]) -> Offsets {
         .collect()
 }
 
-/// The next offset of one partition (0 when the model has read nothing of it).
+/// The next offset of one partition (0 when the reader has read nothing of it).
 pub async fn next_offset(
     conn: &mut PgConnection,
     schema: &Schema,
@@ -235,7 +247,7 @@ pub async fn versions(
 }
 
 /// Where each of `keys` stands, in one round trip: its last applied version (for those
-/// the model has applied), and which have parked records.
+/// the reader has applied), and which have parked records.
 pub async fn standing(
     conn: &mut PgConnection,
     schema: &Schema,
@@ -319,7 +331,7 @@ struct ParkedColumns<'a> {
     error: Vec<&'a str>,
 }
 
-/// Begins a batch's transaction holding the model's lock shared (see [`lock_alone`]).
+/// Begins a batch's transaction holding the schema's lock shared (see [`lock_alone`]).
 /// Two statements, not one `BEGIN; SELECT ...`: sqlx counts a transaction begun only once
 /// its begin statement succeeded, so a lock wait that failed or was cancelled there would
 /// leave the pooled connection inside an aborted transaction nobody rolls back.
@@ -335,7 +347,7 @@ pub async fn begin_locked(
     Ok(tx)
 }
 
-/// Serializes an operator's retry or skip, or a rebuild's swap, against the model's
+/// Serializes an operator's retry or skip, or a rebuild's swap, against the schema's
 /// batches: batches share the lock ([`begin_locked`]), this takes it alone.
 pub async fn lock_alone(conn: &mut PgConnection, schema: &Schema) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector:' || $1))")

@@ -1,4 +1,4 @@
-//! A read model's Postgres schema. Its migrations use unqualified names and run with the
+//! A reader's Postgres schema. Its migrations use unqualified names and run with the
 //! schema as `search_path`, so the same migrations can build the live schema or a shadow
 //! one (a rebuild), and each schema carries its own migration history.
 
@@ -7,8 +7,6 @@ use std::fmt;
 use sqlx::Connection;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-
-use super::ReadModel;
 
 /// A validated schema name: lowercase ASCII letters, digits and `_`, so it can be put
 /// into SQL text as is.
@@ -48,11 +46,13 @@ impl Schema {
         format!("{}.{table}", self.0)
     }
 
-    /// Creates the schema when missing and applies the engine's and the model's
-    /// migrations inside it, on a connection of its own.
-    pub async fn migrate<M: ReadModel>(
+    /// Creates the schema when missing and applies the reader's bookkeeping migrations
+    /// (checkpoints, versions, parked records) and then `own` inside it, on a connection
+    /// of its own.
+    pub async fn migrate(
         &self,
         options: &PgConnectOptions,
+        own: Migrator,
     ) -> Result<(), MigrateError> {
         let mut conn = PgConnection::connect_with(options).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -62,14 +62,14 @@ impl Schema {
         .execute(&mut conn)
         .await?;
         // `run_direct`: `run(&mut conn)` does not make a `Send` future (sqlx's `Acquire`
-        // is not general enough), and projectors run on spawned tasks.
+        // is not general enough), and readers run on spawned tasks.
         self.scoped(
-            sqlx::migrate!("./migrations/bookkeeping"),
+            sqlx::migrate!("./migrations/reader"),
             "_bookkeeping_migrations",
         )
         .run_direct(None, &mut conn, false)
         .await?;
-        self.scoped(M::migrator(), "_sqlx_migrations")
+        self.scoped(own, "_sqlx_migrations")
             .run_direct(None, &mut conn, false)
             .await?;
         conn.close().await?;
