@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 
-use crate::client::{KafkaSettings, seek_to};
+use crate::client::{KafkaSettings, RangeReader, seek_to};
 use crate::error::EventStoreError;
 use crate::scan::ScannedRecord;
 
@@ -92,15 +92,8 @@ async fn read_partition(
         return Ok(());
     };
     let consumer = settings.partition_reader(topic, partition, first)?;
-    // The first wanted offset without a record: an error, or the end of what is found
-    // here when the rest may be left out.
-    let gone = |offset: i64| match missing {
-        Missing::Fails => Err(EventStoreError::Unavailable {
-            operation: "read",
-            reason: format!("no record at {topic}/{partition}@{offset}"),
-        }),
-        Missing::LeftOut => Ok(()),
-    };
+    let at = (topic, partition);
+    let gone = |offset: i64| missing.gone(at, offset);
     let mut wanted = offsets.iter().copied().peekable();
     while let Some(&next) = wanted.peek() {
         // A broker that does not answer is unavailable, never a record that is not there.
@@ -124,11 +117,7 @@ async fn read_partition(
             // Left out: the wanted offsets this record passed have no record.
             while wanted.next_if(|&o| o < offset).is_some() {}
             if wanted.peek() != Some(&offset) {
-                if let Some(&after) = wanted.peek()
-                    && after - offset > SKIP_AHEAD
-                {
-                    seek_to(&consumer, topic, partition, after)?;
-                }
+                skip_ahead(&consumer, at, offset, wanted.peek().copied())?;
                 continue;
             }
         }
@@ -137,11 +126,35 @@ async fn read_partition(
             ScannedRecord::of(&message),
         );
         wanted.next();
-        if let Some(&after) = wanted.peek()
-            && after - offset > SKIP_AHEAD
-        {
-            seek_to(&consumer, topic, partition, after)?;
-        }
+        skip_ahead(&consumer, at, offset, wanted.peek().copied())?;
     }
     Ok(())
+}
+
+impl Missing {
+    /// The first wanted offset without a record: an error, or the end of what is found
+    /// in this partition when the rest may be left out.
+    fn gone(self, (topic, partition): (&str, i32), offset: i64) -> Result<(), EventStoreError> {
+        match self {
+            Self::Fails => Err(EventStoreError::Unavailable {
+                operation: "read",
+                reason: format!("no record at {topic}/{partition}@{offset}"),
+            }),
+            Self::LeftOut => Ok(()),
+        }
+    }
+}
+
+/// Seeks to the next wanted offset when it is far enough past `offset` that reading up to
+/// it would cost more than a seek.
+fn skip_ahead(
+    consumer: &RangeReader,
+    (topic, partition): (&str, i32),
+    offset: i64,
+    next_wanted: Option<i64>,
+) -> Result<(), EventStoreError> {
+    match next_wanted {
+        Some(after) if after - offset > SKIP_AHEAD => seek_to(consumer, topic, partition, after),
+        _ => Ok(()),
+    }
 }

@@ -297,38 +297,8 @@ impl<T: Decodable> Subscription<T> {
                 Ok(Ok(message)) => message,
             };
             until = tokio::time::Instant::now() + linger;
-            let key = (message.topic().to_owned(), message.partition());
-            let offset = message.offset();
-            if self
-                .known
-                .lock()
-                .expect("offsets lock")
-                .get(&key)
-                .is_some_and(|next| offset < *next)
-            {
-                continue; // Already part of the reader's stored state.
-            }
-            batch.next_offsets.insert(key.clone(), offset + 1);
-            match decode::<T>(&message) {
-                Ok(item) => batch.delivered.push(Delivered {
-                    item,
-                    topic: key.0,
-                    partition: key.1,
-                    offset,
-                }),
-                Err(error) => {
-                    pending_dead.push(self.dead_letters.send_record(&message, &error)?);
-                    batch.dead.push(DeadLettered {
-                        topic: key.0,
-                        partition: key.1,
-                        offset,
-                        key: message
-                            .key()
-                            .map(|k| String::from_utf8_lossy(k).into_owned()),
-                        payload: message.payload().unwrap_or_default().to_vec(),
-                        error: error.to_string(),
-                    });
-                }
+            if let Some(dead_letter) = self.take(&message, &mut batch)? {
+                pending_dead.push(dead_letter);
             }
         }
         for delivery in pending_dead {
@@ -342,6 +312,53 @@ impl<T: Decodable> Subscription<T> {
         }
         self.past_markers(&mut batch.next_offsets);
         Ok(batch)
+    }
+
+    /// Adds `message` to `batch`, decoded or as a dead letter (then sent, its delivery
+    /// returned for the caller to await); a record below the reader's stored offset is
+    /// left out.
+    fn take(
+        &self,
+        message: &BorrowedMessage<'_>,
+        batch: &mut Batch<T>,
+    ) -> Result<Option<rdkafka::producer::DeliveryFuture>, EventStoreError> {
+        let key = (message.topic().to_owned(), message.partition());
+        let offset = message.offset();
+        if self
+            .known
+            .lock()
+            .expect("offsets lock")
+            .get(&key)
+            .is_some_and(|next| offset < *next)
+        {
+            return Ok(None); // Already part of the reader's stored state.
+        }
+        batch.next_offsets.insert(key.clone(), offset + 1);
+        match decode::<T>(message) {
+            Ok(item) => {
+                batch.delivered.push(Delivered {
+                    item,
+                    topic: key.0,
+                    partition: key.1,
+                    offset,
+                });
+                Ok(None)
+            }
+            Err(error) => {
+                let delivery = self.dead_letters.send_record(message, &error)?;
+                batch.dead.push(DeadLettered {
+                    topic: key.0,
+                    partition: key.1,
+                    offset,
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    error: error.to_string(),
+                });
+                Ok(Some(delivery))
+            }
+        }
     }
 
     /// Moves the batch's next offsets past the transaction markers (and aborted records)

@@ -351,19 +351,7 @@ pub fn check_log(audit: &mut Audit, evidence: &Evidence<'_>) {
         ),
         doubled,
     );
-    let gaps: Vec<String> = versions
-        .iter_mut()
-        .filter_map(|((kind, subject), seen)| {
-            seen.sort_unstable();
-            let expected: Vec<u64> = (1..=seen.len() as u64).collect();
-            (*seen != expected).then(|| format!("{kind} {subject}: versions {seen:?}"))
-        })
-        .collect();
-    audit.add(
-        "every aggregate's versions are contiguous from 1",
-        format!("{} aggregates", versions.len()),
-        gaps,
-    );
+    check_versions(audit, versions);
     audit.add(
         "no event went to the dead letters",
         format!("{} dead letters", evidence.dead_letters),
@@ -378,22 +366,26 @@ pub fn check_log(audit: &mut Audit, evidence: &Evidence<'_>) {
     );
 }
 
+/// Every aggregate's versions run 1, 2, 3, ... with none missing or twice.
+fn check_versions(audit: &mut Audit, mut versions: BTreeMap<(String, String), Vec<u64>>) {
+    let gaps: Vec<String> = versions
+        .iter_mut()
+        .filter_map(|((kind, subject), seen)| {
+            seen.sort_unstable();
+            let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+            (*seen != expected).then(|| format!("{kind} {subject}: versions {seen:?}"))
+        })
+        .collect();
+    audit.add(
+        "every aggregate's versions are contiguous from 1",
+        format!("{} aggregates", versions.len()),
+        gaps,
+    );
+}
+
 /// Every saga ended, and its end agrees with the order's and the payment's.
 pub fn check_sagas(audit: &mut Audit, evidence: &Evidence<'_>) {
-    let mut last_of_order: HashMap<String, &str> = HashMap::new();
-    let mut last_payment_of_order: HashMap<String, &str> = HashMap::new();
-    for e in evidence.events {
-        let order = e.data["order_id"].as_str().unwrap_or_default().to_owned();
-        match e.aggregatetype.as_str() {
-            "order" => {
-                last_of_order.insert(order, &e.event_type);
-            }
-            "payment" => {
-                last_payment_of_order.insert(order, &e.event_type);
-            }
-            _ => {}
-        }
-    }
+    let (last_of_order, last_payment_of_order) = last_events(evidence.events);
     let orders: Vec<&String> = evidence
         .requests
         .iter()
@@ -450,6 +442,25 @@ pub fn check_sagas(audit: &mut Audit, evidence: &Evidence<'_>) {
         format!("{} orders", orders.len()),
         disagreeing,
     );
+}
+
+/// The type of the last event of each order, and of each order's payment, by order id.
+fn last_events(events: &[EventDocument]) -> (HashMap<String, &str>, HashMap<String, &str>) {
+    let mut last_of_order: HashMap<String, &str> = HashMap::new();
+    let mut last_payment_of_order: HashMap<String, &str> = HashMap::new();
+    for e in events {
+        let order = e.data["order_id"].as_str().unwrap_or_default().to_owned();
+        match e.aggregatetype.as_str() {
+            "order" => {
+                last_of_order.insert(order, &e.event_type);
+            }
+            "payment" => {
+                last_payment_of_order.insert(order, &e.event_type);
+            }
+            _ => {}
+        }
+    }
+    (last_of_order, last_payment_of_order)
 }
 
 /// The types of the events about `order` (its own, its payment's, its notifications'), in

@@ -170,6 +170,19 @@ struct OverloadArgs {
 }
 
 impl RunArgs {
+    /// The run in one line: load, faults, partitions.
+    fn describe(&self, plan: &Plan) -> String {
+        format!(
+            "{} s of load at {} orders/s; {} SIGKILLs of each service, {} broker restarts, {} Postgres restarts; {} partitions per topic",
+            plan.duration.as_secs(),
+            self.orders_per_second,
+            plan.kills_per_service,
+            plan.broker_restarts,
+            plan.postgres_restarts,
+            self.partitions
+        )
+    }
+
     fn plan(&self) -> Plan {
         if self.short {
             Plan {
@@ -390,28 +403,15 @@ async fn settle(
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let plan = args.plan();
     let began = Instant::now();
-    println!(
-        "fault suite: {} s of load at {} orders/s; {} SIGKILLs of each service, {} broker restarts, {} Postgres restarts; {} partitions per topic",
-        plan.duration.as_secs(),
-        args.orders_per_second,
-        plan.kills_per_service,
-        plan.broker_restarts,
-        plan.postgres_restarts,
-        args.partitions
-    );
+    println!("fault suite: {}", args.describe(&plan));
     let logs = LogFolder::new("faults", args.logs.clone())?;
 
     let instances = usize::try_from(args.instances).unwrap_or(1);
     let stand = Stand::up(args.partitions, instances, &logs.path, RATE_UNLIMITED).await?;
-    println!(
-        "  {instances} instance(s) of each service ready after {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
+    let ready = began.elapsed().as_secs_f64();
+    println!("  {instances} instance(s) of each service ready after {ready:.1} s");
     let command_api = stand.urls(ServiceName::CommandApi);
-    let instances: Vec<String> = ServiceName::ALL
-        .into_iter()
-        .flat_map(|service| stand.urls(service))
-        .collect();
+    let instances = stand.all_urls();
     let Stand {
         postgres,
         broker,
@@ -456,8 +456,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     )
     .await?;
     supervisor.abort();
-    drop(targets);
-    drop(fleet);
+    drop((targets, fleet));
     logs.finish(passed);
     Ok(passed)
 }
@@ -497,23 +496,12 @@ struct Finished<'a> {
 /// Once the load stopped: what it got, the sagas settled, then the audit; whether every
 /// check passed.
 async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
-    let Finished {
-        postgres,
-        settings,
-        topics,
-        deliveries,
-        ledger,
-        fleet,
-        partitions,
-        broker_restarts,
-    } = *run;
-    let requests = ledger.requests();
-    summarize(&requests, fleet);
-
+    let requests = run.ledger.requests();
+    summarize(&requests, run.fleet);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(6)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&postgres.url())
+        .connect(&run.postgres.url())
         .await?;
     let orders: Vec<String> = requests
         .iter()
@@ -524,45 +512,13 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
         })
         .collect();
     let settling = Instant::now();
-    let sagas = settle(&pool, (settings, topics), &orders).await?;
+    let sagas = settle(&pool, (run.settings, run.topics), &orders).await?;
     println!(
         "  sagas settled {:.1} s after the load",
         settling.elapsed().as_secs_f64()
     );
-
     println!("audit");
-    let (events, ends) = audit::read_log(settings, topics).await?;
-    let dead_letters = audit::read_topic(settings, &topics.dead_letters())
-        .await?
-        .len();
-    let deliveries = deliveries.all();
-    let evidence = Evidence {
-        events: &events,
-        requests: &requests,
-        sagas: &sagas,
-        deliveries: &deliveries,
-        dead_letters,
-    };
-    let mut audit = Audit::default();
-    audit::check_commands(&mut audit, &evidence);
-    audit::check_log(&mut audit, &evidence);
-    audit::check_sagas(&mut audit, &evidence);
-    audit::check_webhooks(&mut audit, &evidence);
-    if !broker_restarts.is_empty() {
-        audit::check_broker_restarts(&mut audit, broker_restarts);
-    }
-    let rebuild = Rebuild {
-        pool: pool.clone(),
-        kafka: settings.clone(),
-        topics: topics.clone(),
-        partitions,
-        batch_max: 2_000,
-        restart: true,
-    };
-    audit::check_readers_caught_up(&mut audit, (&pool, topics), &ends, CATCH_UP_WITHIN).await;
-    audit::check_read_models(&mut audit, &rebuild).await;
-    audit.print();
-    let passed = audit.passed();
+    let passed = audit_run(run, &pool, &requests, &sagas).await?;
     println!(
         "fault suite: {} in {:.0} s",
         if passed {
@@ -573,6 +529,49 @@ async fn conclude(run: &Finished<'_>, began: Instant) -> anyhow::Result<bool> {
         began.elapsed().as_secs_f64()
     );
     Ok(passed)
+}
+
+/// Every check of the audit on what the run left (the log, the dead letters, the
+/// webhooks received, the sagas, the read models); whether all passed.
+async fn audit_run(
+    run: &Finished<'_>,
+    pool: &sqlx::PgPool,
+    requests: &[load::Request],
+    sagas: &Sagas,
+) -> anyhow::Result<bool> {
+    let (settings, topics) = (run.settings, run.topics);
+    let (events, ends) = audit::read_log(settings, topics).await?;
+    let dead_letters = audit::read_topic(settings, &topics.dead_letters())
+        .await?
+        .len();
+    let deliveries = run.deliveries.all();
+    let evidence = Evidence {
+        events: &events,
+        requests,
+        sagas,
+        deliveries: &deliveries,
+        dead_letters,
+    };
+    let mut audit = Audit::default();
+    audit::check_commands(&mut audit, &evidence);
+    audit::check_log(&mut audit, &evidence);
+    audit::check_sagas(&mut audit, &evidence);
+    audit::check_webhooks(&mut audit, &evidence);
+    if !run.broker_restarts.is_empty() {
+        audit::check_broker_restarts(&mut audit, run.broker_restarts);
+    }
+    let rebuild = Rebuild {
+        pool: pool.clone(),
+        kafka: settings.clone(),
+        topics: topics.clone(),
+        partitions: run.partitions,
+        batch_max: 2_000,
+        restart: true,
+    };
+    audit::check_readers_caught_up(&mut audit, (pool, topics), &ends, CATCH_UP_WITHIN).await;
+    audit::check_read_models(&mut audit, &rebuild).await;
+    audit.print();
+    Ok(audit.passed())
 }
 
 /// What the load was told, and what the services went through.

@@ -167,6 +167,78 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The answers to an overload, sorted by kind: latencies of the admitted (2xx) and the
+/// shed (429, 503), and how many were anything else.
+struct Answers {
+    by_status: BTreeMap<u16, usize>,
+    admitted: Vec<Duration>,
+    shed: Vec<Duration>,
+    others: usize,
+}
+
+impl Answers {
+    fn of(answers: &[Answer]) -> Self {
+        let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+        for (status, _) in answers {
+            *by_status.entry(*status).or_default() += 1;
+        }
+        let latencies = |keep: fn(u16) -> bool| {
+            let mut took: Vec<Duration> = answers
+                .iter()
+                .filter(|(s, _)| keep(*s))
+                .map(|(_, t)| *t)
+                .collect();
+            took.sort_unstable();
+            took
+        };
+        let others = by_status
+            .iter()
+            .filter(|(s, _)| !matches!(s, 200..=299 | 429 | 503))
+            .map(|(_, n)| n)
+            .sum();
+        Self {
+            admitted: latencies(|s| (200..300).contains(&s)),
+            shed: latencies(|s| matches!(s, 429 | 503)),
+            by_status,
+            others,
+        }
+    }
+
+    fn print(&self, capacity: f64, seconds: u64) {
+        let goodput = self.admitted.len() as f64 / seconds as f64;
+        let statuses: Vec<String> = self
+            .by_status
+            .iter()
+            .map(|(s, n)| {
+                if *s == 0 {
+                    format!("no answer {n}")
+                } else {
+                    format!("{s} {n}")
+                }
+            })
+            .collect();
+        println!("  answers: {}", statuses.join(", "));
+        println!(
+            "  admitted: {goodput:.0}/s ({:.2} of capacity); latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (bound {} ms)",
+            goodput / capacity.max(1.0),
+            quantile(&self.admitted, 0.5).as_secs_f64() * 1e3,
+            quantile(&self.admitted, 0.99).as_secs_f64() * 1e3,
+            self.admitted
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+            COMMAND_TIMEOUT.as_millis()
+        );
+        println!(
+            "  shed (429/503): p50 {:.0} ms, p99 {:.0} ms",
+            quantile(&self.shed, 0.5).as_secs_f64() * 1e3,
+            quantile(&self.shed, 0.99).as_secs_f64() * 1e3
+        );
+    }
+}
+
 /// Runs the overload against `stand`; whether everything held.
 pub async fn run(stand: &Stand, overload: Overload) -> anyhow::Result<bool> {
     let client = test_support::client(API_KEY);
@@ -184,54 +256,8 @@ pub async fn run(stand: &Stand, overload: Overload) -> anyhow::Result<bool> {
         overload.factor, overload.seconds
     );
     let answers = offer(&client, &url, &users, rate, overload.seconds).await;
-
-    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
-    for (status, _) in &answers {
-        *by_status.entry(*status).or_default() += 1;
-    }
-    let mut admitted: Vec<Duration> = answers
-        .iter()
-        .filter(|(s, _)| (200..300).contains(s))
-        .map(|(_, t)| *t)
-        .collect();
-    admitted.sort_unstable();
-    let mut shed: Vec<Duration> = answers
-        .iter()
-        .filter(|(s, _)| matches!(s, 429 | 503))
-        .map(|(_, t)| *t)
-        .collect();
-    shed.sort_unstable();
-    let others: usize = by_status
-        .iter()
-        .filter(|(s, _)| !matches!(s, 200..=299 | 429 | 503))
-        .map(|(_, n)| n)
-        .sum();
-    let goodput = admitted.len() as f64 / overload.seconds as f64;
-    println!(
-        "  answers: {}",
-        by_status
-            .iter()
-            .map(|(s, n)| if *s == 0 {
-                format!("no answer {n}")
-            } else {
-                format!("{s} {n}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "  admitted: {goodput:.0}/s ({:.2} of capacity); latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (bound {} ms)",
-        goodput / capacity.max(1.0),
-        quantile(&admitted, 0.5).as_secs_f64() * 1e3,
-        quantile(&admitted, 0.99).as_secs_f64() * 1e3,
-        admitted.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        COMMAND_TIMEOUT.as_millis()
-    );
-    println!(
-        "  shed (429/503): p50 {:.0} ms, p99 {:.0} ms",
-        quantile(&shed, 0.5).as_secs_f64() * 1e3,
-        quantile(&shed, 0.99).as_secs_f64() * 1e3
-    );
+    let sorted = Answers::of(&answers);
+    sorted.print(capacity, overload.seconds);
     let mut memory_ok = true;
     for (instance, pid) in stand.fleet.pids() {
         let peak = peak_rss_mib(pid);
@@ -243,15 +269,15 @@ pub async fn run(stand: &Stand, overload: Overload) -> anyhow::Result<bool> {
         );
     }
     let checks = [
-        ("every answer is 2xx, 429 or 503", others == 0),
+        ("every answer is 2xx, 429 or 503", sorted.others == 0),
         (
             "admitted requests answer within the command timeout",
-            admitted.last().copied().unwrap_or_default()
+            sorted.admitted.last().copied().unwrap_or_default()
                 <= COMMAND_TIMEOUT + Duration::from_secs(1),
         ),
         (
             "some requests are admitted throughout",
-            !admitted.is_empty(),
+            !sorted.admitted.is_empty(),
         ),
         ("every service's peak RSS stays under 1 GiB", memory_ok),
     ];

@@ -56,37 +56,12 @@ impl Stand {
             .flat_map(|s| (0..instances.max(1)).map(move |n| (s, n)))
             .map(|i| free_addr().map(|a| (i, a)))
             .collect::<anyhow::Result<_>>()?;
-        let addr_of = |service: ServiceName| addrs.get(&(service, 0)).cloned().unwrap_or_default();
-        let env: Vec<(String, String)> = [
-            ("KAFKA_BROKERS", broker.brokers.clone()),
-            ("DATABASE_URL", postgres.url()),
-            ("TOPIC_PREFIX", TOPIC_PREFIX.to_owned()),
-            ("EVENT_PARTITIONS", partitions.to_string()),
-            ("COMMAND_API_ADDR", addr_of(ServiceName::CommandApi)),
-            ("PROJECTIONS_ADDR", addr_of(ServiceName::Projections)),
-            (
-                "SAGA_ORCHESTRATOR_ADDR",
-                addr_of(ServiceName::SagaOrchestrator),
-            ),
-            ("API_KEYS", API_KEY.to_owned()),
-            ("RATE_LIMIT_PER_SECOND", rate_limit.to_string()),
-            ("RATE_LIMIT_BURST", rate_limit.to_string()),
-            ("SAGA_STEP_LEASE_MS", "2000".to_owned()),
-            ("PAYMENT_LATENCY_MS", "20".to_owned()),
-            (
-                "PAYMENT_DECLINE_ABOVE_CENTS",
-                load::DECLINE_ABOVE_CENTS.to_string(),
-            ),
-            ("NOTIFICATION_WEBHOOK_URL", webhook),
-            ("NOTIFICATION_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
-            (
-                "RUST_LOG",
-                std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let env = environment(
+            (&broker.brokers, &postgres.url(), &webhook),
+            partitions,
+            rate_limit,
+            &addrs,
+        );
         let fleet = Arc::new(Fleet::start(env, logs.to_path_buf(), &addrs)?);
         wait_ready(&addrs).await?;
         Ok(Self {
@@ -111,6 +86,14 @@ impl Stand {
             .iter()
             .filter(|((s, _), _)| *s == service)
             .map(|(_, a)| format!("http://{a}"))
+            .collect()
+    }
+
+    /// The base URL of every instance of every service.
+    pub fn all_urls(&self) -> Vec<String> {
+        ServiceName::ALL
+            .into_iter()
+            .flat_map(|service| self.urls(service))
             .collect()
     }
 }
@@ -174,4 +157,45 @@ impl LogFolder {
             println!("  service logs kept in {}", self.path.display());
         }
     }
+}
+
+/// The services' environment: where the broker, Postgres and the webhook receiver are,
+/// the partitions, the API key and its rate, and short timings for the suite.
+fn environment(
+    (brokers, database_url, webhook): (&str, &str, &str),
+    partitions: i32,
+    rate_limit: u32,
+    addrs: &BTreeMap<Instance, String>,
+) -> Vec<(String, String)> {
+    let addr_of = |service: ServiceName| addrs.get(&(service, 0)).cloned().unwrap_or_default();
+    [
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("TOPIC_PREFIX", TOPIC_PREFIX.to_owned()),
+        ("EVENT_PARTITIONS", partitions.to_string()),
+        ("COMMAND_API_ADDR", addr_of(ServiceName::CommandApi)),
+        ("PROJECTIONS_ADDR", addr_of(ServiceName::Projections)),
+        (
+            "SAGA_ORCHESTRATOR_ADDR",
+            addr_of(ServiceName::SagaOrchestrator),
+        ),
+        ("API_KEYS", API_KEY.to_owned()),
+        ("RATE_LIMIT_PER_SECOND", rate_limit.to_string()),
+        ("RATE_LIMIT_BURST", rate_limit.to_string()),
+        ("SAGA_STEP_LEASE_MS", "2000".to_owned()),
+        ("PAYMENT_LATENCY_MS", "20".to_owned()),
+        (
+            "PAYMENT_DECLINE_ABOVE_CENTS",
+            load::DECLINE_ABOVE_CENTS.to_string(),
+        ),
+        ("NOTIFICATION_WEBHOOK_URL", webhook.to_owned()),
+        ("NOTIFICATION_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        (
+            "RUST_LOG",
+            std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }

@@ -147,6 +147,35 @@ pub struct Config {
     pub circuit_open: Duration,
 }
 
+/// The webhook notifications go to, signed with its secrets; none without a URL.
+fn webhook(env: &Env) -> Result<Option<WebhookConfig>, SettingError> {
+    let url = env.text(&NOTIFICATION_WEBHOOK_URL)?;
+    let secret = env.text(&NOTIFICATION_WEBHOOK_SECRET)?;
+    match (url.trim(), secret.trim()) {
+        ("", _) => Ok(None),
+        (url, "") => Err(invalid(
+            &NOTIFICATION_WEBHOOK_SECRET,
+            String::new(),
+            &format!("must be set to sign notifications to {url}"),
+        )),
+        (url, secret) if url.starts_with("http://") || url.starts_with("https://") => {
+            let secrets = WebhookSecret::parse_list(secret).map_err(|reason| {
+                invalid(&NOTIFICATION_WEBHOOK_SECRET, "<redacted>".into(), &reason)
+            })?;
+            Ok(Some(WebhookConfig {
+                url: url.to_owned(),
+                secrets,
+                ca_file: webhook_ca_file(env, url)?,
+            }))
+        }
+        (url, _) => Err(invalid(
+            &NOTIFICATION_WEBHOOK_URL,
+            url.to_owned(),
+            "must be an http:// or https:// URL",
+        )),
+    }
+}
+
 /// The webhook's extra authorities: checked now (readable, not expired), and only for an
 /// https URL.
 fn webhook_ca_file(env: &Env, url: &str) -> Result<Option<std::path::PathBuf>, SettingError> {
@@ -181,35 +210,7 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
-        let url = env.text(&NOTIFICATION_WEBHOOK_URL)?;
-        let secret = env.text(&NOTIFICATION_WEBHOOK_SECRET)?;
-        let webhook = match (url.trim(), secret.trim()) {
-            ("", _) => None,
-            (url, "") => {
-                return Err(invalid(
-                    &NOTIFICATION_WEBHOOK_SECRET,
-                    String::new(),
-                    &format!("must be set to sign notifications to {url}"),
-                ));
-            }
-            (url, secret) if url.starts_with("http://") || url.starts_with("https://") => {
-                let secrets = WebhookSecret::parse_list(secret).map_err(|reason| {
-                    invalid(&NOTIFICATION_WEBHOOK_SECRET, "<redacted>".into(), &reason)
-                })?;
-                Some(WebhookConfig {
-                    url: url.to_owned(),
-                    secrets,
-                    ca_file: webhook_ca_file(env, url)?,
-                })
-            }
-            (url, _) => {
-                return Err(invalid(
-                    &NOTIFICATION_WEBHOOK_URL,
-                    url.to_owned(),
-                    "must be an http:// or https:// URL",
-                ));
-            }
-        };
+        let webhook = webhook(env)?;
         let dispatch = DispatchConfig {
             lease: millis(&SAGA_STEP_LEASE_MS)?,
             call_timeout: millis(&PROVIDER_TIMEOUT_MS)?,

@@ -2,6 +2,7 @@
 //! environment, and the clients made from them. Making clients contacts nothing, so a
 //! service starts while its dependencies are down.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use event_store::{
@@ -111,38 +112,10 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
             tls::certificate_file(&common::KAFKA_SSL_CA_FILE, &path, tls::Holds::Authorities)
         })
         .transpose()?;
-    let client_certificate = match (
+    let client_certificate = client_certificate(
         file(&common::KAFKA_SSL_CERTIFICATE_FILE)?,
         file(&common::KAFKA_SSL_KEY_FILE)?,
-    ) {
-        (None, None) => None,
-        (Some(certificate), Some(key)) => Some((
-            tls::certificate_file(
-                &common::KAFKA_SSL_CERTIFICATE_FILE,
-                &certificate,
-                tls::Holds::Certificate,
-            )?,
-            tls::readable_file(&common::KAFKA_SSL_KEY_FILE, &key)?,
-        )),
-        (certificate, _) => {
-            let (missing, given) = if certificate.is_some() {
-                (
-                    &common::KAFKA_SSL_KEY_FILE,
-                    &common::KAFKA_SSL_CERTIFICATE_FILE,
-                )
-            } else {
-                (
-                    &common::KAFKA_SSL_CERTIFICATE_FILE,
-                    &common::KAFKA_SSL_KEY_FILE,
-                )
-            };
-            return Err(SettingError::Invalid {
-                name: missing.name,
-                value: String::new(),
-                reason: format!("must be set together with {}", given.name),
-            });
-        }
-    };
+    )?;
     if !protocol.uses_tls() && (ca_file.is_some() || client_certificate.is_some()) {
         return Err(SettingError::Invalid {
             name: common::KAFKA_SECURITY_PROTOCOL.name,
@@ -151,47 +124,83 @@ fn kafka_security(env: &Env) -> Result<KafkaSecurity, SettingError> {
                 .into(),
         });
     }
-    for setting in [&common::KAFKA_SASL_USERNAME, &common::KAFKA_SASL_PASSWORD] {
-        if !protocol.uses_sasl() && !env.text(setting)?.is_empty() {
-            return Err(SettingError::Invalid {
-                name: setting.name,
-                value: "<set>".into(),
-                reason: "is set, but KAFKA_SECURITY_PROTOCOL has no SASL login (sasl_ssl or sasl_plaintext)".into(),
-            });
-        }
-    }
-    let sasl = if protocol.uses_sasl() {
-        let mechanism = env
-            .text(&common::KAFKA_SASL_MECHANISM)?
-            .to_ascii_uppercase();
-        if !["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&mechanism.as_str()) {
-            return Err(SettingError::Invalid {
-                name: common::KAFKA_SASL_MECHANISM.name,
-                value: mechanism,
-                reason: "expected SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN".into(),
-            });
-        }
-        let required = |setting: &crate::Setting| match env.text(setting)? {
-            value if value.is_empty() => Err(SettingError::Missing {
-                name: setting.name,
-                help: setting.help,
-            }),
-            value => Ok(value),
-        };
-        Some(SaslLogin {
-            mechanism,
-            username: required(&common::KAFKA_SASL_USERNAME)?,
-            password: required(&common::KAFKA_SASL_PASSWORD)?,
-        })
-    } else {
-        None
-    };
     Ok(KafkaSecurity {
         protocol,
         ca_file,
         client_certificate,
-        sasl,
+        sasl: sasl_login(env, protocol)?,
     })
+}
+
+/// The client certificate and its key, both checked, or neither.
+fn client_certificate(
+    certificate: Option<String>,
+    key: Option<String>,
+) -> Result<Option<(PathBuf, PathBuf)>, SettingError> {
+    let (missing, given) = match (certificate, key) {
+        (None, None) => return Ok(None),
+        (Some(certificate), Some(key)) => {
+            return Ok(Some((
+                tls::certificate_file(
+                    &common::KAFKA_SSL_CERTIFICATE_FILE,
+                    &certificate,
+                    tls::Holds::Certificate,
+                )?,
+                tls::readable_file(&common::KAFKA_SSL_KEY_FILE, &key)?,
+            )));
+        }
+        (Some(_), None) => (
+            &common::KAFKA_SSL_KEY_FILE,
+            &common::KAFKA_SSL_CERTIFICATE_FILE,
+        ),
+        (None, Some(_)) => (
+            &common::KAFKA_SSL_CERTIFICATE_FILE,
+            &common::KAFKA_SSL_KEY_FILE,
+        ),
+    };
+    Err(SettingError::Invalid {
+        name: missing.name,
+        value: String::new(),
+        reason: format!("must be set together with {}", given.name),
+    })
+}
+
+/// The SASL login of a `sasl_*` protocol; a login set for another protocol is refused.
+fn sasl_login(env: &Env, protocol: SecurityProtocol) -> Result<Option<SaslLogin>, SettingError> {
+    if !protocol.uses_sasl() {
+        for setting in [&common::KAFKA_SASL_USERNAME, &common::KAFKA_SASL_PASSWORD] {
+            if !env.text(setting)?.is_empty() {
+                return Err(SettingError::Invalid {
+                    name: setting.name,
+                    value: "<set>".into(),
+                    reason: "is set, but KAFKA_SECURITY_PROTOCOL has no SASL login (sasl_ssl or sasl_plaintext)".into(),
+                });
+            }
+        }
+        return Ok(None);
+    }
+    let mechanism = env
+        .text(&common::KAFKA_SASL_MECHANISM)?
+        .to_ascii_uppercase();
+    if !["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&mechanism.as_str()) {
+        return Err(SettingError::Invalid {
+            name: common::KAFKA_SASL_MECHANISM.name,
+            value: mechanism,
+            reason: "expected SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN".into(),
+        });
+    }
+    let required = |setting: &crate::Setting| match env.text(setting)? {
+        value if value.is_empty() => Err(SettingError::Missing {
+            name: setting.name,
+            help: setting.help,
+        }),
+        value => Ok(value),
+    };
+    Ok(Some(SaslLogin {
+        mechanism,
+        username: required(&common::KAFKA_SASL_USERNAME)?,
+        password: required(&common::KAFKA_SASL_PASSWORD)?,
+    }))
 }
 
 /// sqlx accepts any scheme here; anything but Postgres is a configuration error. Errors

@@ -34,61 +34,67 @@ pub fn merge(info: utoipa::openapi::Info, documents: Vec<OpenApi>) -> Result<Ope
     let mut documents = documents.into_iter();
     let mut merged = documents.next().ok_or("no document to merge")?;
     for document in documents {
-        let (known, theirs) = (json(&merged), json(&document));
-        for (path, item) in theirs["paths"].as_object().into_iter().flatten() {
-            for (method, _) in item.as_object().into_iter().flatten() {
-                if known["paths"][path][method].is_object() {
-                    return Err(format!(
-                        "{} {path} is in two documents",
-                        method.to_uppercase()
-                    ));
-                }
-            }
-        }
-        let ids = |doc: &serde_json::Value| -> Vec<String> {
-            doc["paths"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .flat_map(|(_, item)| item.as_object().into_iter().flatten())
-                .filter_map(|(_, op)| op["operationId"].as_str().map(str::to_owned))
-                .collect()
-        };
-        let known_ids = ids(&known);
-        if let Some(id) = ids(&theirs).into_iter().find(|id| known_ids.contains(id)) {
-            return Err(format!("operation id {id} is in two documents"));
-        }
-        for (part, field) in [("schema", "schemas"), ("response", "responses")] {
-            for (name, value) in theirs["components"][field]
-                .as_object()
-                .into_iter()
-                .flatten()
-            {
-                let other = &known["components"][field][name];
-                if !other.is_null() && other != value {
-                    return Err(format!("{part} {name} differs between two documents"));
-                }
-            }
-        }
-        for tag in theirs["tags"].as_array().into_iter().flatten() {
-            let same_name = known["tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|t| t["name"] == tag["name"]);
-            if same_name.is_some_and(|t| t != tag) {
-                return Err(format!("tag {} differs between two documents", tag["name"]));
-            }
-        }
+        clashes(&json(&merged), &json(&document))?;
         merged.merge(document);
     }
-    // A tag two documents share (checked equal above) is listed once.
+    // A tag two documents share (checked equal) is listed once.
     if let Some(tags) = merged.tags.as_mut() {
         let mut seen = std::collections::HashSet::new();
         tags.retain(|tag| seen.insert(tag.name.clone()));
     }
     merged.info = info;
     Ok(merged)
+}
+
+/// What `theirs` (a document, as JSON) defines that `known` defines too, or differently:
+/// an operation, an operation id, a schema or response, a tag.
+fn clashes(known: &serde_json::Value, theirs: &serde_json::Value) -> Result<(), String> {
+    for (path, item) in theirs["paths"].as_object().into_iter().flatten() {
+        for (method, _) in item.as_object().into_iter().flatten() {
+            if known["paths"][path][method].is_object() {
+                return Err(format!(
+                    "{} {path} is in two documents",
+                    method.to_uppercase()
+                ));
+            }
+        }
+    }
+    let ids = |doc: &serde_json::Value| -> Vec<String> {
+        doc["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, item)| item.as_object().into_iter().flatten())
+            .filter_map(|(_, op)| op["operationId"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let known_ids = ids(known);
+    if let Some(id) = ids(theirs).into_iter().find(|id| known_ids.contains(id)) {
+        return Err(format!("operation id {id} is in two documents"));
+    }
+    for (part, field) in [("schema", "schemas"), ("response", "responses")] {
+        for (name, value) in theirs["components"][field]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            let other = &known["components"][field][name];
+            if !other.is_null() && other != value {
+                return Err(format!("{part} {name} differs between two documents"));
+            }
+        }
+    }
+    for tag in theirs["tags"].as_array().into_iter().flatten() {
+        let same_name = known["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["name"] == tag["name"]);
+        if same_name.is_some_and(|t| t != tag) {
+            return Err(format!("tag {} differs between two documents", tag["name"]));
+        }
+    }
+    Ok(())
 }
 
 /// JSON of anything serializable, for comparing parts of documents.

@@ -66,24 +66,14 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
             aggregate,
             limit,
         } => {
-            let models: Vec<&str> = match &read_model {
-                Some(name) => vec![name.as_str()],
-                None => READ_MODELS.to_vec(),
-            };
-            let mut total = 0;
-            for model in models {
-                let parked =
-                    operator::list(&pool, &Schema::live(model), aggregate.as_deref(), limit)
-                        .await
-                        .with_context(|| format!("listing the parked records of {model}"))?;
-                total += parked.len();
-                for record in parked {
-                    print_parked(model, &record, json);
-                }
-            }
-            if !json && total == 0 {
-                println!("nothing parked");
-            }
+            list(
+                &pool,
+                read_model.as_deref(),
+                aggregate.as_deref(),
+                limit,
+                json,
+            )
+            .await?
         }
         DeadLettersCommand::Retry {
             read_model,
@@ -113,6 +103,34 @@ pub async fn run(command: DeadLettersCommand, json: bool) -> anyhow::Result<()> 
             .await?;
             print_report(&read_model, &aggregate, skipped.as_ref(), &report, json);
         }
+    }
+    Ok(())
+}
+
+/// Prints the parked records of one read model, or of all.
+async fn list(
+    pool: &sqlx::PgPool,
+    read_model: Option<&str>,
+    aggregate: Option<&str>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let models: Vec<&str> = match read_model {
+        Some(name) => vec![name],
+        None => READ_MODELS.to_vec(),
+    };
+    let mut total = 0;
+    for model in models {
+        let parked = operator::list(pool, &Schema::live(model), aggregate, limit)
+            .await
+            .with_context(|| format!("listing the parked records of {model}"))?;
+        total += parked.len();
+        for record in parked {
+            print_parked(model, &record, json);
+        }
+    }
+    if !json && total == 0 {
+        println!("nothing parked");
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ use schemas::emails::{
 };
 use schemas::personal::{SealedText, is_claim_id};
 use schemas::users::{
-    EmailClaimLapsed, LapseEmailClaim, UserCommand, UserDeactivated, UserEmailChanged, UserEvent,
-    UserForgotten, UserRegistered,
+    ChangeUserEmail, EmailClaimLapsed, LapseEmailClaim, RegisterUser, UserCommand, UserDeactivated,
+    UserEmailChanged, UserEvent, UserForgotten, UserRegistered,
 };
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +128,44 @@ pub enum UserRejection {
 #[derive(Debug)]
 pub struct User;
 
+/// A new user, with sealed personal fields and the claim of their address.
+fn register(c: &RegisterUser) -> Result<Vec<UserEvent>, UserRejection> {
+    sealed_for(c.user_id, "name", &c.name)?;
+    sealed_for(c.user_id, "email", &c.email)?;
+    let claim_id = claim_id_of(c.claim_id.as_deref())?;
+    Ok(vec![
+        UserRegistered {
+            user_id: c.user_id,
+            name: c.name.clone(),
+            email: c.email.clone(),
+            claim_id: Some(claim_id.to_owned()),
+        }
+        .into(),
+    ])
+}
+
+/// An active user's new address, under a claim other than the one they hold.
+fn change_email(
+    status: &UserStatus,
+    previous_email: &str,
+    c: &ChangeUserEmail,
+) -> Result<Vec<UserEvent>, UserRejection> {
+    sealed_for(c.user_id, "email", &c.email)?;
+    let claim_id = claim_id_of(c.claim_id.as_deref())?;
+    if status.claim_id() == Some(claim_id) {
+        return Err(UserRejection::SameEmail);
+    }
+    Ok(vec![
+        UserEmailChanged {
+            user_id: c.user_id,
+            previous_email: previous_email.to_owned(),
+            email: c.email.clone(),
+            claim_id: Some(claim_id.to_owned()),
+        }
+        .into(),
+    ])
+}
+
 impl Aggregate for User {
     type Command = UserCommand;
     type Event = UserEvent;
@@ -145,20 +183,7 @@ impl Aggregate for User {
             {
                 Err(UserRejection::ClaimLapsed)
             }
-            (UserStatus::Unregistered, UserCommand::RegisterUser(c)) => {
-                sealed_for(c.user_id, "name", &c.name)?;
-                sealed_for(c.user_id, "email", &c.email)?;
-                let claim_id = claim_id_of(c.claim_id.as_deref())?;
-                Ok(vec![
-                    UserRegistered {
-                        user_id: c.user_id,
-                        name: c.name.clone(),
-                        email: c.email.clone(),
-                        claim_id: Some(claim_id.to_owned()),
-                    }
-                    .into(),
-                ])
-            }
+            (UserStatus::Unregistered, UserCommand::RegisterUser(c)) => register(c),
             (_, UserCommand::RegisterUser(_)) => Err(UserRejection::AlreadyRegistered),
             (UserStatus::Unregistered, _) => Err(UserRejection::UnknownUser),
             (UserStatus::Forgotten { .. }, UserCommand::ForgetUser(_)) => Ok(vec![]),
@@ -168,20 +193,7 @@ impl Aggregate for User {
             (UserStatus::Forgotten { .. }, _) => Err(UserRejection::UserForgotten),
             (UserStatus::Deactivated { .. }, _) => Err(UserRejection::UserDeactivated),
             (UserStatus::Active { email, .. }, UserCommand::ChangeUserEmail(c)) => {
-                sealed_for(c.user_id, "email", &c.email)?;
-                let claim_id = claim_id_of(c.claim_id.as_deref())?;
-                if state.status.claim_id() == Some(claim_id) {
-                    return Err(UserRejection::SameEmail);
-                }
-                Ok(vec![
-                    UserEmailChanged {
-                        user_id: c.user_id,
-                        previous_email: email.clone(),
-                        email: c.email.clone(),
-                        claim_id: Some(claim_id.to_owned()),
-                    }
-                    .into(),
-                ])
+                change_email(&state.status, email, c)
             }
             (UserStatus::Active { .. }, UserCommand::DeactivateUser(c)) => {
                 if let Some(reason) = &c.reason {

@@ -202,78 +202,87 @@ pub async fn change_email(
     let if_match = expected_version(&headers)?;
     let email = read_change_email(&body.value)?;
     let issuer = state.issuer(context, &principal, &headers)?;
-    let models = &state.models;
-    let claim_id = state.email_index.claim_id(email.as_str());
+    let change = EmailChange {
+        claim_id: state.email_index.claim_id(email.as_str()),
+        user_id,
+        id,
+        if_match,
+        email,
+    };
     let mut key = None;
-
-    // On a keyed retry every step below has the id it had the first time, so the writers
-    // answer with their first outcomes whatever the user looks like now. Only the release
-    // of the previous address is skipped when the user already has the new one (it would
-    // free the address the user holds); a claim left behind that way lapses later.
     for attempt in 0..ATTEMPTS {
+        if let Some(answer) = change.attempt(&state, &issuer, &mut key, attempt).await? {
+            return Ok(answer);
+        }
+    }
+    Err(ApiError::Unavailable("the user kept changing".into()))
+}
+
+/// A request to change a user's email, as read.
+struct EmailChange {
+    user_id: UserId,
+    /// The user id as the path gave it.
+    id: String,
+    if_match: Option<u64>,
+    email: EmailAddress,
+    /// The blind index of the new address.
+    claim_id: String,
+}
+
+impl EmailChange {
+    /// One try: claim the new address, change the user, then release the previous address
+    /// (or give the new one back when refused). The answer, or `None` to try again (the
+    /// user changed meanwhile, and the caller did not pin a version).
+    ///
+    /// On a keyed retry every step has the id it had the first time, so the writers answer
+    /// with their first outcomes whatever the user looks like now. Only the release of the
+    /// previous address is skipped when the user already has the new one (it would free
+    /// the address the user holds); a claim left behind that way lapses later.
+    async fn attempt(
+        &self,
+        state: &AppState,
+        issuer: &Issuer,
+        key: &mut Option<SubjectKey>,
+        attempt: usize,
+    ) -> Result<Option<Response>, ApiError> {
+        let (user_id, models) = (self.user_id, &state.models);
         let (version, user) = issuer.state_of(&models.users, &user_id.to_string()).await?;
-        let previous = match (&user.status, user.status.claim_id()) {
-            (UserStatus::Unregistered, _) => return Err(ApiError::NotFound { what: "user", id }),
-            (UserStatus::Forgotten { .. }, _) | (_, None) => {
-                return Err(ApiError::rejected(&UserRejection::UserForgotten));
-            }
-            (_, Some(previous)) => previous.to_owned(),
-        };
-        let key: &SubjectKey = match &mut key {
+        let previous = held_claim(&user.status, &self.id)?;
+        let key: &SubjectKey = match key {
             Some(key) => key,
-            None => match sealing_key(&state, user_id).await? {
-                Some(found) => key.insert(found),
-                None => return Err(ApiError::rejected(&UserRejection::UserForgotten)),
-            },
+            None => key.insert(existing_key(state, user_id).await?),
         };
         // Read before the change: a request of this user that claims the previous address
         // again meanwhile moves its claim on, and this release then changes nothing.
         let (previous_claim, held) = issuer.state_of(&models.emails, &previous).await?;
-        let release_previous = previous != claim_id
+        let release_previous = previous != self.claim_id
             && matches!(held, EmailState::Claimed { user_id: holder, .. } if holder == user_id);
-        let step = format!("claim-{attempt}");
-        let claim = claim_address(&state, &issuer, &claim_id, user_id, &step).await?;
-        let change = ChangeUserEmail {
-            user_id,
-            email: key.seal(user_id.as_uuid(), email.as_str()),
-            claim_id: Some(claim_id.clone()),
-            claim: Some(claim),
-        };
-        let expected = if_match.or(Some(version));
-        let step = format!("change-{attempt}");
-        let outcome = issuer
-            .run(
-                &models.users,
-                issuer.command(&step, change.into(), expected),
-            )
-            .await?;
-        let outcome = lapsed_as_taken(outcome)?;
+        let sealed = key.seal(user_id.as_uuid(), self.email.as_str());
+        let expected = self.if_match.or(Some(version));
+        let change = (user_id, sealed, self.claim_id.as_str());
+        let (claim, outcome) = claim_and_change(state, issuer, change, expected, attempt).await?;
         if outcome.is_accepted() {
             if release_previous {
                 let step = format!("release-{attempt}");
                 let release = release(&previous, user_id);
-                issuer
-                    .run(
-                        &models.emails,
-                        issuer.command(&step, release, Some(previous_claim)),
-                    )
-                    .await?;
+                let command = issuer.command(&step, release, Some(previous_claim));
+                issuer.run(&models.emails, command).await?;
             }
-            return Ok(accepted(outcome, "user")?.ok());
+            return Ok(Some(accepted(outcome, "user")?.ok()));
         }
         // Refused or stale: the new address goes back (not the one the user still has).
-        if previous != claim_id {
+        if previous != self.claim_id {
             let step = format!("unclaim-{attempt}");
-            give_back(&state, &issuer, &claim_id, user_id, claim, &step).await?;
+            give_back(state, issuer, &self.claim_id, user_id, claim, &step).await?;
         }
-        if if_match.is_some()
+        if self.if_match.is_some()
             || !matches!(outcome, Outcome::Conflict { .. })
             || attempt + 1 == ATTEMPTS
         {
-            return accepted(outcome, "user").map(super::Accepted::ok);
+            return accepted(outcome, "user").map(|a| Some(a.ok()));
         }
+        Ok(None)
     }
-    Err(ApiError::Unavailable("the user kept changing".into()))
 }
 
 /// Deactivate a user; their email becomes free.
@@ -413,6 +422,51 @@ pub async fn forget(
 }
 
 /// The key to seal `user`'s fields with (made on first use); `None` once forgotten.
+/// Claims the new address for the user, then changes the user's email to it (expecting
+/// version `expected`): the claim's version and the change's outcome.
+async fn claim_and_change(
+    state: &AppState,
+    issuer: &Issuer,
+    (user_id, sealed, claim_id): (UserId, String, &str),
+    expected: Option<u64>,
+    attempt: usize,
+) -> Result<(u64, Outcome<UserRejection>), ApiError> {
+    let step = format!("claim-{attempt}");
+    let claim = claim_address(state, issuer, claim_id, user_id, &step).await?;
+    let change = ChangeUserEmail {
+        user_id,
+        email: sealed,
+        claim_id: Some(claim_id.to_owned()),
+        claim: Some(claim),
+    };
+    let step = format!("change-{attempt}");
+    let command = issuer.command(&step, change.into(), expected);
+    let outcome = issuer.run(&state.models.users, command).await?;
+    Ok((claim, lapsed_as_taken(outcome)?))
+}
+
+/// The claim id of the address the user holds: 404 for no such user, a refusal for one
+/// that was forgotten.
+fn held_claim(status: &UserStatus, id: &str) -> Result<String, ApiError> {
+    match (status, status.claim_id()) {
+        (UserStatus::Unregistered, _) => Err(ApiError::NotFound {
+            what: "user",
+            id: id.to_owned(),
+        }),
+        (UserStatus::Forgotten { .. }, _) | (_, None) => {
+            Err(ApiError::rejected(&UserRejection::UserForgotten))
+        }
+        (_, Some(previous)) => Ok(previous.to_owned()),
+    }
+}
+
+/// The user's key for sealing personal fields; a user without one was forgotten.
+async fn existing_key(state: &AppState, user: UserId) -> Result<SubjectKey, ApiError> {
+    sealing_key(state, user)
+        .await?
+        .ok_or_else(|| ApiError::rejected(&UserRejection::UserForgotten))
+}
+
 async fn sealing_key(state: &AppState, user: UserId) -> Result<Option<SubjectKey>, ApiError> {
     state
         .keys

@@ -17,7 +17,6 @@ use crate::aggregate::Aggregate;
 use crate::gate::Admission;
 use crate::outcome::Outcome;
 use crate::position::Position;
-use crate::writer::snapshot::SnapshotCut;
 
 /// How long, and for how many commands at most, a partition remembers outcomes: a command
 /// id seen within the window gets its first outcome back, however many other commands
@@ -172,6 +171,19 @@ pub enum Plan<A: Aggregate> {
     Append(Vec<Event<A::Event>>),
     /// An earlier command of the batch decides this aggregate: plan again next batch.
     Defer,
+}
+
+/// What changed in one partition since the previous cut, as of its offsets: what
+/// [`PartitionCore::take_cut`] hands to the snapshot store to save.
+#[derive(Debug)]
+pub struct SnapshotCut<A: Aggregate> {
+    pub partition: i32,
+    pub events_offset: i64,
+    pub outcomes_offset: i64,
+    pub aggregates: Vec<(String, Slot<A>)>,
+    pub outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)>,
+    /// Outcomes decided before this are out of the idempotency window: delete them.
+    pub forget_before: DateTime<Utc>,
 }
 
 /// The state of every aggregate in one partition, as of `next_offset` in its event log.

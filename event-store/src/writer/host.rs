@@ -521,6 +521,9 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
+/// Per partition: its writer, running or parked.
+type Writers<W> = HashMap<i32, W>;
+
 /// One partition being taken over or served.
 struct Running<A: Aggregate> {
     stop: CancellationToken,
@@ -600,10 +603,20 @@ impl<A: Aggregate> WriterRuntime<A> {
         }
     }
 
-    async fn run_once(&self, stop: &CancellationToken) -> Result<(), EventStoreError> {
+    /// Joins the writers' group on the command topic; its assignments and revocations come
+    /// through the receiver.
+    fn join(
+        &self,
+    ) -> Result<
+        (
+            StreamConsumer<OwnershipContext>,
+            mpsc::UnboundedReceiver<Ownership>,
+        ),
+        EventStoreError,
+    > {
         let config = &self.shared.config;
         let service = A::Event::SERVICE;
-        let (events, mut ownership) = mpsc::unbounded_channel();
+        let (events, ownership) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<OwnershipContext> = config
             .kafka
             .consumer(&config.topics.writers_group(service))
@@ -612,7 +625,45 @@ impl<A: Aggregate> WriterRuntime<A> {
         consumer
             .subscribe(&[&config.topics.commands(service)])
             .map_err(|e| EventStoreError::from_kafka("join writers", e))?;
+        Ok((consumer, ownership))
+    }
 
+    /// Starts the writers of assigned partitions (from their parked state when this
+    /// instance held them before), and halts and parks those of revoked ones.
+    async fn on_ownership(
+        &self,
+        change: Ownership,
+        (running, parked): (&mut Writers<Running<A>>, &mut Writers<PartitionWriter<A>>),
+        in_flight: &mut VecDeque<InFlight<A>>,
+        halted: &mpsc::UnboundedSender<i32>,
+    ) {
+        match change {
+            Ownership::Assigned(list) => {
+                self.shared
+                    .joined
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.shared.set_assigned(&list, true);
+                for partition in list {
+                    let writer = parked.remove(&partition);
+                    let run = self.start(partition, writer, Duration::ZERO, halted);
+                    running.insert(partition, run);
+                }
+            }
+            Ownership::Revoked(list) => {
+                self.shared.set_assigned(&list, false);
+                for partition in list {
+                    if let Some(writer) = self.halt(running.remove(&partition)).await {
+                        parked.insert(partition, writer);
+                    }
+                }
+                in_flight.retain(|f| self.shared.is_assigned(f.partition));
+            }
+        }
+    }
+
+    async fn run_once(&self, stop: &CancellationToken) -> Result<(), EventStoreError> {
+        let config = &self.shared.config;
+        let (consumer, mut ownership) = self.join()?;
         let mut running: HashMap<i32, Running<A>> = HashMap::new();
         let mut parked: HashMap<i32, PartitionWriter<A>> = HashMap::new();
         let mut in_flight: VecDeque<InFlight<A>> = VecDeque::new();
@@ -625,26 +676,9 @@ impl<A: Aggregate> WriterRuntime<A> {
         let outcome = loop {
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
-                Some(change) = ownership.recv() => match change {
-                    Ownership::Assigned(list) => {
-                        self.shared.joined.store(true, std::sync::atomic::Ordering::Relaxed);
-                        self.shared.set_assigned(&list, true);
-                        for partition in list {
-                            let writer = parked.remove(&partition);
-                            let run = self.start(partition, writer, Duration::ZERO, &halted);
-                            running.insert(partition, run);
-                        }
-                    }
-                    Ownership::Revoked(list) => {
-                        self.shared.set_assigned(&list, false);
-                        for partition in list {
-                            if let Some(writer) = self.halt(running.remove(&partition)).await {
-                                parked.insert(partition, writer);
-                            }
-                        }
-                        in_flight.retain(|f| self.shared.is_assigned(f.partition));
-                    }
-                },
+                Some(change) = ownership.recv() => {
+                    self.on_ownership(change, (&mut running, &mut parked), &mut in_flight, &halted).await;
+                }
                 Some(partition) = halts.recv() => {
                     // A writer stopped on its own; resume it while the partition is ours.
                     if let Some(writer) = self.halt(running.remove(&partition)).await {

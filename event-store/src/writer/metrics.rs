@@ -39,26 +39,7 @@ pub struct WriterMetrics {
 
 impl WriterMetrics {
     pub fn register(registry: &mut Registry, service: &'static str) -> Self {
-        let metrics = Self {
-            service,
-            commands: Family::default(),
-            appended: Family::default(),
-            batch_size: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(1.0, 2.0, 10))
-            }),
-            dropped: Family::default(),
-            fenced: Family::default(),
-            owned_partitions: Family::default(),
-            takeover_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.01, 2.0, 14))
-            }),
-            transaction_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-            }),
-            aggregates_held: Family::default(),
-            outcomes_held: Family::default(),
-            recalled: Family::default(),
-        };
+        let metrics = Self::new(service);
         registry.register(
             "writer_commands",
             "Commands answered by outcome",
@@ -115,6 +96,30 @@ impl WriterMetrics {
             metrics.recalled.clone(),
         );
         metrics
+    }
+
+    /// The families, registered nowhere yet.
+    fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            commands: Family::default(),
+            appended: Family::default(),
+            batch_size: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 10))
+            }),
+            dropped: Family::default(),
+            fenced: Family::default(),
+            owned_partitions: Family::default(),
+            takeover_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+            transaction_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
+            aggregates_held: Family::default(),
+            outcomes_held: Family::default(),
+            recalled: Family::default(),
+        }
     }
 
     /// The same metric families, labelled for another service (one registry per process).

@@ -30,10 +30,11 @@ use crate::outcome::Outcome;
 use crate::record::to_kafka_headers;
 use crate::topics::TopicNames;
 use crate::trace;
+use crate::writer::core::SnapshotCut;
 use crate::writer::core::{IdempotencyWindow, MemoryBudget, Missing, PartitionCore, Plan};
 use crate::writer::log::{OutgoingRecord, PartitionLog, TransactionError};
 use crate::writer::metrics::WriterMetrics;
-use crate::writer::snapshot::{SnapshotCut, Snapshots};
+use crate::writer::snapshot::Snapshots;
 
 pub type Reply<A> = Result<Outcome<<A as Aggregate>::Rejection>, EventStoreError>;
 
@@ -580,7 +581,38 @@ impl<A: Aggregate> PartitionWriter<A> {
             .collect();
         drop(decides);
         let mut results: Vec<Option<Reply<A>>> = vec![None; plans.len()];
-        let mut records: Vec<(usize, bool, OutgoingRecord)> = Vec::new();
+        let records = self.records_of(commands, &mut plans, &appends, &mut results);
+        if !records.is_empty() {
+            match self.commit_records(&records).await {
+                Ok(offsets) => {
+                    self.apply_committed(commands, &plans, &records, &offsets, &mut results)
+                }
+                Err(error) => {
+                    for (i, _, _) in &records {
+                        results[*i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        for (i, plan) in plans.iter().enumerate() {
+            if let Plan::SameAs(first) = plan {
+                results[i] = results[*first].clone();
+            }
+        }
+        results
+    }
+
+    /// The records the plans append (events) or record (refusals), each with the index of
+    /// its command and whether it is an event; the results known without appending
+    /// (unchanged, already decided) go into `results`.
+    fn records_of(
+        &self,
+        commands: &[Command<A::Command>],
+        plans: &mut [Plan<A>],
+        appends: &[tracing::Span],
+        results: &mut [Option<Reply<A>>],
+    ) -> Vec<(usize, bool, OutgoingRecord)> {
+        let mut records = Vec::new();
         for (i, plan) in plans.iter_mut().enumerate() {
             match plan {
                 Plan::Append(events) if events.is_empty() => {
@@ -612,24 +644,7 @@ impl<A: Aggregate> PartitionWriter<A> {
                 Plan::SameAs(_) | Plan::Defer => {}
             }
         }
-        if !records.is_empty() {
-            match self.commit_records(&records).await {
-                Ok(offsets) => {
-                    self.apply_committed(commands, &plans, &records, &offsets, &mut results)
-                }
-                Err(error) => {
-                    for (i, _, _) in &records {
-                        results[*i] = Some(Err(error.clone()));
-                    }
-                }
-            }
-        }
-        for (i, plan) in plans.iter().enumerate() {
-            if let Plan::SameAs(first) = plan {
-                results[i] = results[*first].clone();
-            }
-        }
-        results
+        records
     }
 
     /// Writes `records` in one transaction; their offsets once it committed.

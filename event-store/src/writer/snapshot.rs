@@ -16,27 +16,14 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::aggregate::Aggregate;
 use crate::error::EventStoreError;
-use crate::outcome::Outcome;
 use crate::position::Position;
-use crate::writer::core::{IdempotencyWindow, Missing, PartitionCore, Slot};
+use crate::writer::core::{IdempotencyWindow, Missing, PartitionCore, Slot, SnapshotCut};
 
 /// The Postgres schema of the snapshot tables.
 pub const SCHEMA: &str = "event_store";
 
 /// Outcomes per insert statement: a cut after a long replay holds a million of them.
 const OUTCOMES_PER_STATEMENT: usize = 50_000;
-
-/// What changed in one partition since the previous cut, as of its offsets.
-#[derive(Debug)]
-pub struct SnapshotCut<A: Aggregate> {
-    pub partition: i32,
-    pub events_offset: i64,
-    pub outcomes_offset: i64,
-    pub aggregates: Vec<(String, Slot<A>)>,
-    pub outcomes: Vec<(CommandId, Outcome<A::Rejection>, DateTime<Utc>)>,
-    /// Outcomes decided before this are out of the idempotency window: delete them.
-    pub forget_before: DateTime<Utc>,
-}
 
 /// Where snapshots live.
 #[derive(Clone, Debug)]

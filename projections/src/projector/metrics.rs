@@ -51,23 +51,7 @@ pub struct ProjectorMetrics {
 
 impl ProjectorMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            lag_events: Family::default(),
-            lag_seconds: Family::default(),
-            batch_size: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(1.0, 2.0, 14))
-            }),
-            batch_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 14))
-            }),
-            stage_seconds: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            }),
-            applied: Family::default(),
-            dropped: Family::default(),
-            parked: Family::default(),
-            dead_letters: Family::default(),
-        };
+        let metrics = Self::new();
         registry.register(
             "projector_lag_events",
             "Records of the read model's topics not applied yet",
@@ -114,6 +98,27 @@ impl ProjectorMetrics {
             metrics.dead_letters.clone(),
         );
         metrics
+    }
+
+    /// The families, registered nowhere yet.
+    fn new() -> Self {
+        Self {
+            lag_events: Family::default(),
+            lag_seconds: Family::default(),
+            batch_size: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 14))
+            }),
+            batch_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+            applied: Family::default(),
+            dropped: Family::default(),
+            parked: Family::default(),
+            dead_letters: Family::default(),
+        }
     }
 
     /// Metrics that go nowhere, for projectors run outside the service (tools, tests).

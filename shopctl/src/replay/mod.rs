@@ -86,16 +86,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let filter = args.filter()?;
     let infra = connect::infrastructure()?;
     let known = connect::topic_partitions(&infra).await?;
-    let names: Vec<String> = if args.topics.is_empty() {
-        SERVICES.iter().map(|s| infra.topics.events(s)).collect()
-    } else {
-        args.topics
-            .iter()
-            .map(|t| resolve_topic(&infra, &known, t))
-            .collect::<anyhow::Result<_>>()?
-    };
     let mut plans = Vec::new();
-    for topic in names {
+    for topic in topics_of(&args, &infra, &known)? {
         let partitions = connect::partitions_of(&known, &topic)?;
         let ranges = plan(&infra.kafka, &topic, partitions, &args).await?;
         plans.push((topic, ranges));
@@ -145,6 +137,21 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// The topics asked for (every event topic when none is named).
+fn topics_of(
+    args: &ReplayArgs,
+    infra: &Infrastructure,
+    known: &BTreeMap<String, i32>,
+) -> anyhow::Result<Vec<String>> {
+    if args.topics.is_empty() {
+        return Ok(SERVICES.iter().map(|s| infra.topics.events(s)).collect());
+    }
+    args.topics
+        .iter()
+        .map(|t| resolve_topic(infra, known, t))
+        .collect()
 }
 
 /// The most records printed per look-up of keys.
