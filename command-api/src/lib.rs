@@ -18,6 +18,7 @@ use service_runtime::personal_data::KeyStore;
 use service_runtime::readiness::{Dependency, Probe};
 use service_runtime::{BoundService, Service, ServiceError, probes};
 
+use http::peer::HttpForward;
 use write_models::WriteModels;
 
 pub use config::Config;
@@ -42,7 +43,8 @@ pub async fn build(config: Config) -> Result<BoundService, ServiceError> {
         );
     }
     let (mut service, pool) = Service::on_infrastructure(NAME, &config.service, migrators)?;
-    let (models, workers) = WriteModels::new(&config, pool.clone(), service.registry());
+    let forward = HttpForward::new(config.peer_key.clone(), config.command_timeout);
+    let (models, workers) = WriteModels::new(&config, pool.clone(), forward, service.registry());
     for worker in workers {
         service = service.worker(worker);
     }

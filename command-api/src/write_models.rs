@@ -7,7 +7,7 @@ use std::sync::Arc;
 use event_store::writer::host::{WriteModel, WriterConfig};
 use event_store::writer::metrics::WriterMetrics;
 use event_store::writer::partition::PartitionSettings;
-use event_store::writer::peers::{OwnerDirectory, Peers};
+use event_store::writer::peers::{Forward, OwnerDirectory, Peers};
 use event_store::writer::snapshot::SnapshotStore;
 use prometheus_client::registry::Registry;
 use schemas::MessageFamily;
@@ -19,7 +19,6 @@ use crate::domain::notifications::Notification;
 use crate::domain::orders::Order;
 use crate::domain::payments::Payment;
 use crate::domain::users::{EmailClaim, User};
-use crate::http::peer::HttpForward;
 
 #[derive(Clone, Debug)]
 pub struct WriteModels {
@@ -33,8 +32,14 @@ pub struct WriteModels {
 }
 
 impl WriteModels {
-    /// The models, and the workers that must run for them to serve.
-    pub fn new(config: &Config, pool: PgPool, registry: &mut Registry) -> (Self, Vec<Worker>) {
+    /// The models, and the workers that must run for them to serve; a command for a
+    /// partition another instance writes goes to it through `forward`.
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        forward: Arc<dyn Forward>,
+        registry: &mut Registry,
+    ) -> (Self, Vec<Worker>) {
         let infra = &config.service.infrastructure;
         let mut writer_config =
             WriterConfig::new(infra.kafka.clone(), infra.topics.clone(), infra.partitions);
@@ -44,10 +49,7 @@ impl WriteModels {
             memory: config.writer_memory,
             ..PartitionSettings::default()
         };
-        let peers = Peers::new(
-            OwnerDirectory::new(pool),
-            HttpForward::new(config.peer_key.clone(), config.command_timeout),
-        );
+        let peers = Peers::new(OwnerDirectory::new(pool), forward);
         writer_config.peers = Some(peers.clone());
         let metrics = WriterMetrics::register(registry, "");
         let mut workers: Vec<Worker> = Vec::new();

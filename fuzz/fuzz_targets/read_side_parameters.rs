@@ -6,7 +6,7 @@
 
 use event_store::position::Position;
 use libfuzzer_sys::fuzz_target;
-use projections::query::params::{Cursor, Params};
+use service_runtime::query::params::{Cursor, Params};
 
 fuzz_target!(|text: &str| {
     if let Ok(position) = text.parse::<Position>() {
