@@ -1,6 +1,8 @@
 //! `shopctl`, the operator's command line, as a library: each command is a module with
 //! its arguments (clap) and its `run`, so the binary only parses and dispatches, and the
-//! pure parts (filters, the causal tree, record views) are tested without I/O.
+//! pure parts (filters, record views) are tested without I/O. What it shows that the web
+//! console shows too (the causal tree, the lag, the topics, records as JSON) is read by
+//! the `inspection` crate; this crate prints it.
 //!
 //! It reads the same environment variables as the services (`KAFKA_BROKERS`,
 //! `DATABASE_URL`, `TOPIC_PREFIX`, `EVENT_PARTITIONS`, ...), so it acts on what they use.

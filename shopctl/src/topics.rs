@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 use event_store::admin::Created;
-use serde::Serialize;
+use inspection::topics;
 use serde_json::json;
 use service_runtime::Infrastructure;
 use service_runtime::settings::{Env, Setting};
@@ -68,45 +68,12 @@ fn print_created(created: &[Created], json: bool) {
     }
 }
 
-/// A topic of the shop as the broker describes it; `None`s when it does not exist.
-#[derive(Clone, Debug, Serialize)]
-pub struct TopicView {
-    pub topic: String,
-    pub exists: bool,
-    pub partitions: Option<i32>,
-    pub cleanup_policy: Option<String>,
-    pub retention_ms: Option<String>,
-}
-
-/// Every topic the services use, as the broker describes it.
-pub async fn describe(
-    admin: &event_store::TopicAdmin,
-    specs: &[event_store::TopicSpec],
-) -> anyhow::Result<Vec<TopicView>> {
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let observed = admin.describe(&names).await?;
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let found = observed.get(&name);
-            let config = |key: &str| found.and_then(|t| t.configs.get(key).cloned());
-            TopicView {
-                exists: found.is_some(),
-                partitions: found.map(|t| t.partitions),
-                cleanup_policy: config("cleanup.policy"),
-                retention_ms: config("retention.ms"),
-                topic: name,
-            }
-        })
-        .collect())
-}
-
 async fn list(
     admin: &event_store::TopicAdmin,
     specs: &[event_store::TopicSpec],
     json: bool,
 ) -> anyhow::Result<()> {
-    for topic in describe(admin, specs).await? {
+    for topic in topics::describe(admin, specs).await? {
         let name = &topic.topic;
         let Some(partitions) = topic.partitions else {
             if json {

@@ -1,12 +1,13 @@
 //! How records are shown: one JSON object per record for scripts (`replay`, `--json`),
 //! or a block with the key, the headers and the value pretty-printed for people
-//! (`tail`, `read`). Sealed personal fields are shown opened with their users' keys, and as
+//! (`tail`, `read`); the JSON form is [`inspection::record`]'s. Sealed personal fields are shown opened with their users' keys, and as
 //! `[forgotten]` once a user was forgotten ([`Opener`]).
 
 use std::fmt::Write;
 
 use event_store::scan::ScannedRecord;
-use serde_json::{Map, Value, json};
+use inspection::record::{as_json, value_of};
+use serde_json::Value;
 use service_runtime::Infrastructure;
 use service_runtime::personal_data::KeyStore;
 
@@ -66,34 +67,6 @@ fn sealed_because(reason: &(dyn std::error::Error + 'static)) {
     eprintln!("shopctl: personal fields are shown sealed from here on: {reason}");
 }
 
-/// The record as one JSON object: where it is, its key and headers, and `value` (its
-/// value as [`value_of`] gives it, maybe opened).
-pub fn as_json(record: &ScannedRecord, value: Value) -> Value {
-    let headers: Map<String, Value> = record
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    json!({
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp.map(|t| t.to_rfc3339()),
-        "key": record.key_text(),
-        "headers": headers,
-        "value": value,
-    })
-}
-
-/// The value as JSON when it parses, else as text; `null` for a record without one.
-pub fn value_of(record: &ScannedRecord) -> Value {
-    match record.payload.as_deref() {
-        None => Value::Null,
-        Some(bytes) => serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
-    }
-}
-
 /// The record for a person: a heading line, the key, every header, `value` indented.
 pub fn pretty(record: &ScannedRecord, value: &Value) -> String {
     let mut out = String::new();
@@ -147,16 +120,6 @@ mod tests {
             payload: Some(payload.to_vec()),
             headers: vec![("ce_type".into(), "OrderPlaced".into())],
         }
-    }
-
-    #[test]
-    fn json_values_are_nested_and_other_bytes_are_text() {
-        let order = record(br#"{"type":"OrderPlaced"}"#);
-        let shown = as_json(&order, value_of(&order));
-        assert_eq!(shown["value"]["type"], "OrderPlaced");
-        assert_eq!(shown["headers"]["ce_type"], "OrderPlaced");
-        assert_eq!(shown["key"], "o-1");
-        assert_eq!(value_of(&record(b"not json")), "not json");
     }
 
     #[test]

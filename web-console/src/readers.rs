@@ -3,13 +3,14 @@
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use inspection::explain::Explained;
+use inspection::explain::tree::SagaStep;
+use inspection::lag::ReaderLag;
 use serde::Serialize;
 use service_runtime::api_keys::Principal;
 use service_runtime::query::QueryError;
 use service_runtime::query::path_id;
-use shopctl::explain::Explained;
-use shopctl::explain::tree::SagaStep;
-use shopctl::lag::ReaderLag;
+use service_runtime::telemetry::one_line;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,10 +67,10 @@ pub async fn lag(State(console): State<Console>) -> Result<Json<Lag>, QueryError
         {
             return Ok::<_, String>(measured.clone());
         }
-        let measured = shopctl::lag::readers(&console.infra, &console.pool)
+        let measured = inspection::lag::readers(&console.infra, &console.pool)
             .await
             .map(Arc::new)
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| one_line(&e));
         // A failure is kept too: the pages asking meanwhile get it, not a queue of
         // measures against a broker that is down.
         *last = Some((Instant::now(), measured.clone()));
@@ -129,7 +130,7 @@ pub async fn saga_commands(
     let order_id = path_id(&order_id)?;
     let steps = bounded(
         "reading the saga's outbox",
-        shopctl::explain::steps_of_order(&console.pool, order_id),
+        inspection::explain::steps_of_order(&console.pool, order_id),
     )
     .await?;
     Ok(Json(steps))
@@ -143,7 +144,7 @@ pub async fn explain(
     let correlation_id = path_id(&correlation_id)?;
     let explained = bounded(
         "following the correlation id",
-        shopctl::explain::explain(&console.pool, correlation_id),
+        inspection::explain::explain(&console.pool, correlation_id),
     )
     .await?;
     explained.map(Json).ok_or_else(|| {

@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use event_store::lookup;
 use event_store::scan::{self, LogScan, Range, ScannedRecord};
 use futures_util::Stream;
+use inspection::record::{as_json, value_of};
+use inspection::topics::TopicView;
 use projections::projector::Schema;
 use projections::read_models::event_index::IndexedEvent;
 use serde::Serialize;
@@ -24,8 +26,6 @@ use serde_json::Value;
 use service_runtime::problem::Problem;
 use service_runtime::query::Params;
 use service_runtime::query::QueryError;
-use shopctl::topics::TopicView;
-use shopctl::view;
 use sqlx::AssertSqlSafe;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -85,7 +85,7 @@ pub async fn topics(State(console): State<Console>) -> Result<Json<Vec<TopicEnds
     let specs = console.infra.topic_specs();
     let described = bounded(
         "describing the topics",
-        shopctl::topics::describe(&admin, &specs),
+        inspection::topics::describe(&admin, &specs),
     )
     .await?;
     let mut listed = Vec::with_capacity(described.len());
@@ -218,7 +218,7 @@ async fn indexed_events(
 
 /// A record as the console shows it: place, time, key, headers, value (JSON when it is).
 fn shown(record: &ScannedRecord) -> Value {
-    view::as_json(record, view::value_of(record))
+    as_json(record, value_of(record))
 }
 
 /// `GET /console/api/topics/{topic}/tail?last=N`: the last N records of each partition

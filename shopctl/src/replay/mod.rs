@@ -126,7 +126,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         let values = opener.values(&batch).await;
         let mut out = std::io::stdout().lock();
         for (record, value) in batch.iter().zip(values) {
-            let line = view::as_json(record, value).to_string();
+            let line = inspection::record::as_json(record, value).to_string();
             if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                 return Ok(()); // The reader went away (`| head`): nothing more to say.
             }

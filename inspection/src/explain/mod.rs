@@ -1,51 +1,19 @@
-//! `shopctl explain <correlation-id>`: what one request caused, as a tree
-//! request -> events -> saga steps -> commands' events, with times, partitions and
-//! offsets. Read from the event index (`read_event_index.events`, every event with its
-//! causation) and the saga's outbox (`saga.outbox`, every step with the message that
-//! prompted it), so it answers from Postgres without scanning topics.
+//! The causal tree of one correlation id: request -> events -> saga steps -> commands'
+//! events, with times, partitions and offsets. Read from the event index
+//! (`read_event_index.events`, every event with its causation) and the saga's outbox
+//! (`saga.outbox`, every step with the message that prompted it), so it answers from
+//! Postgres without scanning topics.
 
 pub mod tree;
 
-use std::fmt::Write;
-
-use anyhow::bail;
-use chrono::{DateTime, SecondsFormat, Utc};
-use clap::Args;
-use projections::projector::Schema;
+use chrono::{DateTime, Utc};
+use event_store::reader::Schema;
 use serde::Serialize;
-use serde_json::json;
 use sqlx::{AssertSqlSafe, PgPool};
 use tree::{Elsewhere, EventFact, Node, SagaStep};
 use uuid::Uuid;
 
-use crate::connect;
-
-#[derive(Debug, Args)]
-pub struct ExplainArgs {
-    /// The correlation id (`X-Correlation-Id` of the request, `correlationid` of its events).
-    pub correlation_id: Uuid,
-}
-
-pub async fn run(args: ExplainArgs, json: bool) -> anyhow::Result<()> {
-    let infra = connect::infrastructure()?;
-    let pool = connect::postgres(&infra, 2).await?;
-    let Some(explained) = explain(&pool, args.correlation_id).await? else {
-        bail!(
-            "nothing is indexed under correlation id {} (is the projections service running?)",
-            args.correlation_id
-        );
-    };
-    if json {
-        println!("{}", json!(explained));
-    } else {
-        println!(
-            "correlation {}: {} events, {} saga steps",
-            explained.correlation_id, explained.events, explained.saga_steps
-        );
-        print!("{}", render(&explained.tree));
-    }
-    Ok(())
-}
+use crate::{InspectionError, Result};
 
 /// What one correlation id caused: how many events and saga steps, and their tree.
 #[derive(Clone, Debug, Serialize)]
@@ -57,7 +25,7 @@ pub struct Explained {
 }
 
 /// The tree of `correlation`, or `None` when nothing is indexed under it.
-pub async fn explain(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Option<Explained>> {
+pub async fn explain(pool: &PgPool, correlation: Uuid) -> Result<Option<Explained>> {
     let events = events_of(pool, correlation).await?;
     let steps = steps_of(pool, correlation).await?;
     if events.is_empty() && steps.is_empty() {
@@ -107,11 +75,14 @@ fn fact(r: EventRow) -> (EventFact, Uuid) {
     (event, r.10)
 }
 
-fn index_unreadable(index: &Schema, e: sqlx::Error) -> anyhow::Error {
-    anyhow::anyhow!("reading the event index ({}): {e}", index.table("events"))
+fn index_unreadable(index: &Schema, e: sqlx::Error) -> InspectionError {
+    InspectionError::unavailable(
+        format!("reading the event index ({})", index.table("events")),
+        e,
+    )
 }
 
-async fn events_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<EventFact>> {
+async fn events_of(pool: &PgPool, correlation: Uuid) -> Result<Vec<EventFact>> {
     let index = Schema::live("event_index");
     let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {EVENT_COLUMNS} FROM {} WHERE correlation_id = $1
@@ -132,7 +103,7 @@ async fn causes_elsewhere(
     pool: &PgPool,
     events: &[EventFact],
     steps: &[SagaStep],
-) -> anyhow::Result<Vec<Elsewhere>> {
+) -> Result<Vec<Elsewhere>> {
     let (orders, causes) = tree::unknown_causes(events, steps);
     if causes.is_empty() {
         return Ok(Vec::new());
@@ -161,25 +132,22 @@ async fn causes_elsewhere(
 }
 
 /// The saga's steps of this correlation; none when no saga ever ran here.
-async fn steps_of(pool: &PgPool, correlation: Uuid) -> anyhow::Result<Vec<SagaStep>> {
+async fn steps_of(pool: &PgPool, correlation: Uuid) -> Result<Vec<SagaStep>> {
     saga_steps(pool, "correlation_id", correlation).await
 }
 
 /// The steps the saga of `order` issued (its outbox), oldest first, with the ids of their
 /// commands; none when no saga ever ran.
-pub async fn steps_of_order(pool: &PgPool, order: Uuid) -> anyhow::Result<Vec<SagaStep>> {
+pub async fn steps_of_order(pool: &PgPool, order: Uuid) -> Result<Vec<SagaStep>> {
     saga_steps(pool, "order_id", order).await
 }
 
 /// The outbox's steps whose `column` (a name of ours, never input) is `id`.
-async fn saga_steps(
-    pool: &PgPool,
-    column: &'static str,
-    id: Uuid,
-) -> anyhow::Result<Vec<SagaStep>> {
+async fn saga_steps(pool: &PgPool, column: &'static str, id: Uuid) -> Result<Vec<SagaStep>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('saga.outbox') IS NOT NULL")
         .fetch_one(pool)
-        .await?;
+        .await
+        .map_err(outbox_unreadable)?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -199,7 +167,8 @@ async fn saga_steps(
     )))
     .bind(id)
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(outbox_unreadable)?;
     Ok(rows
         .into_iter()
         .map(|r| SagaStep {
@@ -215,79 +184,6 @@ async fn saga_steps(
         .collect())
 }
 
-/// The tree as indented text with branch lines.
-pub fn render(roots: &[Node]) -> String {
-    let mut out = String::new();
-    for root in roots {
-        let _ = writeln!(out, "{}", label(root));
-        branches(root.children(), "", &mut out);
-    }
-    out
-}
-
-fn branches(nodes: &[Node], indent: &str, out: &mut String) {
-    for (i, node) in nodes.iter().enumerate() {
-        let last = i + 1 == nodes.len();
-        let _ = writeln!(
-            out,
-            "{indent}{}{}",
-            if last { "└── " } else { "├── " },
-            label(node)
-        );
-        let deeper = format!("{indent}{}", if last { "    " } else { "│   " });
-        branches(node.children(), &deeper, out);
-    }
-}
-
-fn label(node: &Node) -> String {
-    match node {
-        Node::Request { command_id, at, .. } => {
-            format!("request command {command_id}  {}", time(*at))
-        }
-        Node::Deadline { .. } => {
-            "saga deadline (steps issued when a deadline passed, or for a message not indexed)"
-                .into()
-        }
-        Node::Event { event, .. } => event_label(event),
-        Node::Elsewhere { cause, .. } => format!(
-            "{}  (another request: correlation {})",
-            event_label(&cause.event),
-            cause.correlation_id
-        ),
-        Node::SagaStep { step: s, .. } => {
-            let done = s
-                .done_at
-                .map_or_else(|| "not done".into(), |d| format!("done {}", time(d)));
-            let error = s
-                .last_error
-                .as_ref()
-                .map(|e| format!("  last error: {e}"))
-                .unwrap_or_default();
-            format!(
-                "saga step {} -> command {}  issued {}  {done}  attempts {}{error}",
-                s.step,
-                s.command_id,
-                time(s.issued_at),
-                s.attempts
-            )
-        }
-    }
-}
-
-fn event_label(e: &EventFact) -> String {
-    format!(
-        "{} {} {} v{}  {}/{}@{}  {}",
-        e.event_type,
-        e.aggregate_type,
-        e.aggregate_id,
-        e.version,
-        e.topic,
-        e.partition,
-        e.offset,
-        time(e.occurred_at)
-    )
-}
-
-fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+fn outbox_unreadable(e: sqlx::Error) -> InspectionError {
+    InspectionError::unavailable("reading the saga's outbox (saga.outbox)", e)
 }
