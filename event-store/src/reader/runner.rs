@@ -212,15 +212,14 @@ impl<H: BatchHandler> Reader<H> {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
-        let Some(mut subscription) = self.start_with_backoff(&mut backoff, &stop).await else {
+        let Some((mut subscription, stored)) = self.start_with_backoff(&mut backoff, &stop).await
+        else {
             return;
         };
         let name = self.handler.name();
         tracing::info!(reader = name, schema = %self.handler.schema(), "reading");
         let mut positions = Positions::since(Utc::now());
-        if let Ok(stored) = self.stored().await {
-            positions.extend(&stored);
-        }
+        positions.extend(&stored);
         let mut measured: Option<Instant> = None;
         // The last poll gave nothing: everything the consumer can read is applied. (On
         // Apache Kafka a transaction's commit marker takes an offset that no record fills,
@@ -317,10 +316,10 @@ impl<H: BatchHandler> Reader<H> {
         &self,
         backoff: &mut Backoff,
         stop: &CancellationToken,
-    ) -> Option<Subscription<EventDocument>> {
+    ) -> Option<(Subscription<EventDocument>, Vec<Checkpoint>)> {
         loop {
             match self.start().await {
-                Ok(subscription) => return Some(subscription),
+                Ok(started) => return Some(started),
                 Err(e) => {
                     tracing::warn!(reader = self.handler.name(), error = %e, "reader cannot start yet");
                     backoff.wait(stop).await.ok()?;
@@ -329,21 +328,21 @@ impl<H: BatchHandler> Reader<H> {
         }
     }
 
-    async fn start(&self) -> Result<Subscription<EventDocument>, H::Error> {
+    /// Prepares the handler's schema and subscribes from the checkpoints stored there,
+    /// which it also returns (the lag counts from them).
+    async fn start(&self) -> Result<(Subscription<EventDocument>, Vec<Checkpoint>), H::Error> {
         self.handler.prepare().await?;
-        let stored = self.stored().await?;
-        Ok(Subscription::start(
+        let mut conn = self.handler.pool().acquire().await?;
+        let stored = bookkeeping::checkpoints(&mut conn, self.handler.schema()).await?;
+        drop(conn);
+        let subscription = Subscription::start(
             &self.settings.kafka,
             &self.settings.group,
             &self.settings.topics,
             self.settings.dead_letters.clone(),
             bookkeeping::offsets(&stored),
-        )?)
-    }
-
-    async fn stored(&self) -> Result<Vec<Checkpoint>, sqlx::Error> {
-        let mut conn = self.handler.pool().acquire().await?;
-        bookkeeping::checkpoints(&mut conn, self.handler.schema()).await
+        )?;
+        Ok((subscription, stored))
     }
 }
 
