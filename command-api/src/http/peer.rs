@@ -32,7 +32,7 @@ pub const PEER_COMMANDS_PATH: &str = "/internal/writers/{service}/commands";
 pub const PEER_STATE_PATH: &str = "/internal/writers/{service}/aggregates/{aggregate_id}";
 
 /// The status an instance answers a peer with when it does not write the partition.
-pub const NOT_OWNER_STATUS: u16 = 421;
+pub const NOT_OWNER_STATUS: StatusCode = StatusCode::MISDIRECTED_REQUEST;
 
 /// The peer routes, behind a gate that knows only the peers' key.
 pub fn routes(peer_key: &str) -> Router<AppState> {
@@ -123,12 +123,12 @@ async fn ask_model<A: Aggregate>(
     encoded.map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// The status a peer reads the error from (see [`answer_of`]).
+/// The store's error as the peer protocol answers it: the status is what the asking peer
+/// turns back into the error ([`answer_of`], the other half of this mapping); the public
+/// API's mapping is `http/error.rs`, where "not the owner" is a 503 to retry.
 fn problem_of(error: EventStoreError) -> Problem {
     let status = match &error {
-        EventStoreError::NotOwner { .. } => {
-            StatusCode::from_u16(NOT_OWNER_STATUS).unwrap_or(StatusCode::MISDIRECTED_REQUEST)
-        }
+        EventStoreError::NotOwner { .. } => NOT_OWNER_STATUS,
         EventStoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -213,9 +213,9 @@ async fn answer_of(
             unavailable(e.to_string())
         }
     })?;
-    let status = response.status().as_u16();
+    let status = response.status();
     match status {
-        200 => response
+        StatusCode::OK => response
             .json()
             .await
             .map_err(|e| unavailable(e.to_string())),
@@ -223,7 +223,7 @@ async fn answer_of(
         _ => {
             let body = response.text().await.unwrap_or_default();
             let reason = format!("the owner answered {status}: {}", body.trim());
-            if status >= 500 {
+            if status.is_server_error() {
                 Err(unavailable(reason))
             } else {
                 Err(EventStoreError::Refused {
