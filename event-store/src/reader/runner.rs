@@ -18,7 +18,7 @@ use super::record::{Record, last_times, records_of};
 use super::schema::Schema;
 use crate::client::KafkaSettings;
 use crate::error::EventStoreError;
-use crate::subscription::{DeadLetters, Offsets, Subscription, TopicPartition};
+use crate::subscription::{Batch, DeadLetters, Offsets, Subscription, TopicPartition};
 
 /// How often the lag is measured against the partitions' ends.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
@@ -209,7 +209,9 @@ impl<H: BatchHandler> Reader<H> {
         Self { handler, settings }
     }
 
-    /// Runs until `stop`.
+    /// Runs until `stop`. While a full batch is written, the consumer fetches and decodes
+    /// the next one ([`Self::write_while_fetching`]); the batches are still applied one
+    /// after the other, in log order.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::default();
         let Some((mut subscription, stored)) = self.start_with_backoff(&mut backoff, &stop).await
@@ -218,6 +220,7 @@ impl<H: BatchHandler> Reader<H> {
         };
         let name = self.handler.name();
         tracing::info!(reader = name, schema = %self.handler.schema(), "reading");
+        let dead_letters = subscription.dead_letters().clone();
         let mut positions = Positions::since(Utc::now());
         positions.extend(&stored);
         let mut measured: Option<Instant> = None;
@@ -225,46 +228,96 @@ impl<H: BatchHandler> Reader<H> {
         // Apache Kafka a transaction's commit marker takes an offset that no record fills,
         // so "end - next offset" alone would never reach 0.)
         let mut idle = false;
+        let mut fetched = None;
         loop {
             if measured.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
                 self.measure_lag(&subscription, &positions, idle);
                 measured = Some(Instant::now());
             }
             let mut stages = Stages::start();
-            let batch = tokio::select! {
-                () = stop.cancelled() => return,
-                batch = subscription.next_batch(self.settings.batch_max, POLL, Duration::ZERO) => batch,
+            let batch;
+            (subscription, batch) = self.next(fetched.take(), subscription, &stop).await;
+            let Some(batch) = batch else {
+                return;
             };
-            let batch = match batch {
-                Ok(batch) if batch.is_empty() => {
-                    idle = true;
-                    backoff = Backoff::default();
-                    continue;
-                }
-                Ok(batch) => {
-                    idle = false;
-                    stages.lap("consume");
-                    batch
-                }
-                Err(e) => {
-                    tracing::warn!(reader = name, error = %e, "cannot consume");
-                    if backoff.wait(&stop).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
+            idle = batch.is_empty();
+            if idle {
+                continue;
+            }
+            stages.lap("consume");
             let mut records = records_of(batch.delivered, batch.dead);
             let next_offsets = batch.next_offsets;
-            let applied = self
-                .apply_until_done(&subscription, &mut records, &next_offsets, stages, &stop)
+            let applied;
+            (subscription, fetched, applied) = self
+                .write_while_fetching(
+                    subscription,
+                    &dead_letters,
+                    (&mut records, &next_offsets),
+                    stages,
+                    &stop,
+                )
                 .await;
             if applied.is_err() {
                 return;
             }
-            backoff = Backoff::default();
             subscription.stored(&next_offsets);
             positions.advance(&next_offsets, &records);
+        }
+    }
+
+    /// The batch fetched while the last one was written, else a fresh one; a failed
+    /// fetch is retried after a backoff. `None` when stopped first.
+    async fn next(
+        &self,
+        mut fetched: Option<Fetched>,
+        mut subscription: Subscription<EventDocument>,
+        stop: &CancellationToken,
+    ) -> (Subscription<EventDocument>, Option<Batch<EventDocument>>) {
+        let mut backoff = Backoff::default();
+        loop {
+            if fetched.is_none() {
+                (subscription, fetched) =
+                    fetch(subscription, self.settings.batch_max, stop.clone()).await;
+            }
+            match fetched.take() {
+                None => return (subscription, None),
+                Some(Ok(batch)) => return (subscription, Some(batch)),
+                Some(Err(e)) => {
+                    tracing::warn!(reader = self.handler.name(), error = %e, "cannot consume");
+                    if backoff.wait(stop).await.is_err() {
+                        return (subscription, None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `records` like [`Self::apply_until_done`]. When they filled a batch (the
+    /// reader is behind), the next batch is fetched and decoded on another worker
+    /// meanwhile, so a catch-up spends its time writing; a reader that keeps up takes its
+    /// next records after the write, as they come. Returns the subscription, the batch
+    /// fetched meanwhile, and whether the write committed (`Err` when stopped first).
+    async fn write_while_fetching(
+        &self,
+        subscription: Subscription<EventDocument>,
+        dead_letters: &DeadLetters,
+        (records, next_offsets): (&mut Vec<Record>, &BTreeMap<TopicPartition, i64>),
+        stages: Stages,
+        stop: &CancellationToken,
+    ) -> (Subscription<EventDocument>, Option<Fetched>, Result<(), ()>) {
+        if records.len() < self.settings.batch_max {
+            let applied = self
+                .apply_until_done(dead_letters, records, next_offsets, stages, stop)
+                .await;
+            return (subscription, None, applied);
+        }
+        let fetching = tokio::spawn(fetch(subscription, self.settings.batch_max, stop.clone()));
+        let applied = self
+            .apply_until_done(dead_letters, records, next_offsets, stages, stop)
+            .await;
+        match fetching.await {
+            Ok((subscription, next)) => (subscription, next, applied),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 
@@ -272,7 +325,7 @@ impl<H: BatchHandler> Reader<H> {
     /// first.
     async fn apply_until_done(
         &self,
-        subscription: &Subscription<EventDocument>,
+        dead_letters: &DeadLetters,
         records: &mut Vec<Record>,
         next_offsets: &BTreeMap<TopicPartition, i64>,
         stages: Stages,
@@ -281,8 +334,8 @@ impl<H: BatchHandler> Reader<H> {
         let name = self.handler.name();
         let mut backoff = Backoff::default();
         let mut stages = Some(stages);
+        let dead_letters = Some(dead_letters);
         loop {
-            let dead_letters = Some(subscription.dead_letters());
             let stages = stages.take().unwrap_or_else(Stages::start);
             match apply(&self.handler, records, next_offsets, dead_letters, stages).await {
                 Ok(report) => {
@@ -344,6 +397,23 @@ impl<H: BatchHandler> Reader<H> {
         )?;
         Ok((subscription, stored))
     }
+}
+
+type Fetched = Result<Batch<EventDocument>, EventStoreError>;
+
+/// The next batch of at most `max` records (empty after [`POLL`] without records), and the
+/// subscription back; `None` when stopped first. It owns the subscription so that it can
+/// run as a task of its own while the previous batch is written.
+async fn fetch(
+    mut subscription: Subscription<EventDocument>,
+    max: usize,
+    stop: CancellationToken,
+) -> (Subscription<EventDocument>, Option<Fetched>) {
+    let batch = tokio::select! {
+        () = stop.cancelled() => None,
+        batch = subscription.next_batch(max, POLL, Duration::ZERO) => Some(batch),
+    };
+    (subscription, batch)
 }
 
 /// Where the reader is, in memory, for measuring lag.
