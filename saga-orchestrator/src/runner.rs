@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use event_store::reader::bookkeeping;
-use event_store::reader::{BatchHandler, Reader, ReaderSettings, Record, Schema, Stages, Written};
+use event_store::reader::{
+    BatchHandler, Reader, ReaderSettings, Record, Schema, Span, Stages, Written,
+};
 use event_store::subscription::DeadLetters;
 use event_store::{KafkaSettings, TopicNames};
 use schemas::{EventDocument, OrderId, TraceParent, UserId};
@@ -241,7 +243,7 @@ impl BatchHandler for Runner {
     fn write<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        records: &'a [Record],
+        (records, _span): (&'a [Record], Span<'a>),
         dead_letters: Option<&'a DeadLetters>,
         _stages: &'a mut Stages,
     ) -> impl Future<Output = Result<Written<usize>, crate::SagaError>> + Send + 'a {

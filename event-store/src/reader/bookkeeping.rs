@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use super::copy::CopyRows;
 use super::schema::Schema;
 use crate::subscription::{Offsets, TopicPartition};
 
@@ -225,6 +226,23 @@ pub async fn store_progress(
     .bind(times)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// The versions of aggregates no reader has applied anything of yet, in one COPY (an
+/// aggregate already in the table fails it: see [`super::copy::is_unique_violation`]).
+pub async fn copy_versions(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    versions: &HashMap<String, u64>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = CopyRows::new(schema.table("versions"), "aggregate_id, version");
+    for (key, version) in versions {
+        rows.row(2)
+            .text(key)
+            .int8(i64::try_from(*version).unwrap_or(i64::MAX));
+    }
+    rows.send(conn).await?;
     Ok(())
 }
 

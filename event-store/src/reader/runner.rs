@@ -60,10 +60,11 @@ pub trait BatchHandler: Send + Sync {
     /// another instance stored meanwhile (a rebalance in flight) are gone. Without
     /// `dead_letters` (a rebuild: the live reader sent them when it met the records)
     /// poison records are only set aside.
+    /// The batch comes with its [`Span`]: where it stands in its partitions.
     fn write<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        records: &'a [Record],
+        batch: (&'a [Record], Span<'a>),
         dead_letters: Option<&'a DeadLetters>,
         stages: &'a mut Stages,
     ) -> impl Future<Output = Result<Written<Self::Report>, Self::Error>> + Send + 'a;
@@ -74,6 +75,18 @@ pub trait BatchHandler: Send + Sync {
     /// Records waiting in the assigned partitions, and the age of the last record applied
     /// from the most delayed of them.
     fn lag(&self, events: u64, seconds: f64);
+
+    /// A poll found nothing: everything the reader can read is applied (called at every
+    /// such poll).
+    fn caught_up(&self) {}
+}
+
+/// Where a batch stands in its partitions: the next offsets stored before it, as its claim
+/// found them (another instance may have moved them), and the next offsets after it.
+#[derive(Clone, Copy, Debug)]
+pub struct Span<'a> {
+    pub before: &'a HashMap<TopicPartition, i64>,
+    pub after: &'a BTreeMap<TopicPartition, i64>,
 }
 
 /// What a handler wrote: the last version it took of each aggregate (stored with the
@@ -144,8 +157,12 @@ pub async fn write_batch<H: BatchHandler>(
             .is_none_or(|next| offset >= *next)
     });
     stages.lap("claim");
+    let span = Span {
+        before: &claimed,
+        after: next_offsets,
+    };
     let written = handler
-        .write(&mut *tx, records, dead_letters, stages)
+        .write(&mut *tx, (records, span), dead_letters, stages)
         .await?;
     bookkeeping::store_progress(
         &mut *tx,
@@ -242,6 +259,7 @@ impl<H: BatchHandler> Reader<H> {
             };
             idle = batch.is_empty();
             if idle {
+                self.handler.caught_up();
                 continue;
             }
             stages.lap("consume");

@@ -4,10 +4,12 @@
 //! [`event_store::reader`] (its schema, checkpoints, versions and parked records):
 //!
 //! - [`plan`]: the reader rule, parking and folding of one batch, without I/O;
+//! - [`fresh`]: which aggregates are new, known without a look-up during a catch-up;
 //! - [`runner`]: the reader's batch handler: load, plan, store rows + parked records;
 //! - [`operator`]: list, retry and skip parked records;
 //! - [`metrics`]: lag, batch sizes, apply rate, drops and parked records.
 
+pub mod fresh;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
@@ -19,6 +21,8 @@ use std::pin::Pin;
 
 use schemas::EventDocument;
 use sqlx::PgConnection;
+
+pub use event_store::reader::copy::CopyRows;
 
 pub use event_store::reader::Schema;
 
@@ -33,6 +37,8 @@ pub struct Applied<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// Its aggregate is new to the model (see [`fresh`]): its rows are COPYed in.
+    pub new: bool,
 }
 
 /// One read model: rows folded from the events of some services.
@@ -67,12 +73,21 @@ pub trait ReadModel: Send + Sync + 'static {
         keys: &'a [String],
     ) -> DbFuture<'a, HashMap<String, Self::Row>>;
 
-    /// Writes the rows a batch changed (and anything per event, for models that keep
-    /// events), in as few statements as possible.
+    /// Writes the rows a batch changed of aggregates the model may hold (upserts), and
+    /// what every applied event does besides (models that keep events store those of
+    /// aggregates that are not `new`), in as few statements as possible.
     fn store<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,
         rows: Vec<(String, Self::Row)>,
         applied: &'a [Applied<'a>],
     ) -> DbFuture<'a, ()>;
+
+    /// The rows of aggregates new to the model (models that keep events: the events of
+    /// `applied` that are `new`), to COPY into its table: nothing is there to update.
+    fn copy_new(
+        schema: &Schema,
+        rows: Vec<(String, Self::Row)>,
+        applied: &[Applied<'_>],
+    ) -> CopyRows;
 }

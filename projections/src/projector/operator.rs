@@ -202,6 +202,7 @@ async fn resume<M: ReadModel>(
                 topic: &record.topic,
                 partition: record.partition,
                 offset: record.offset,
+                new: false,
             })
             .collect();
         let rows = resumed

@@ -3,15 +3,16 @@
 //! what the projector wrote with the versions and next offsets in one Postgres
 //! transaction. Per batch the projector loads the rows and standing of the batch's
 //! aggregates, plans (the reader rule, parking, the fold), and stores rows and parked
-//! records.
+//! records. Aggregates known to be new ([`super::fresh`]: a catch-up or a rebuild from
+//! offset zero) skip the look-up, and their rows and versions go in through COPY.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use event_store::reader::bookkeeping;
+use event_store::reader::copy::is_unique_violation;
 use event_store::reader::runner::{self as reader, BatchHandler, Reader, ReaderSettings};
-use event_store::reader::{Record, Stages, Written};
+use event_store::reader::{Record, Span, Stages, Written, bookkeeping};
 use event_store::subscription::{DeadLetters, TopicPartition};
 use event_store::{EventStoreError, KafkaSettings, TopicNames};
 
@@ -20,6 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::fresh::{Fresh, Known};
 use super::metrics::{Lag, ProjectorMetrics};
 use super::plan::{self, Loaded, ParkReason};
 use super::{Applied, ReadModel, Schema};
@@ -42,6 +44,7 @@ pub struct Projector<M: ReadModel> {
     metrics: ProjectorMetrics,
     lag: Lag,
     progress: Arc<Notify>,
+    fresh: Mutex<Fresh>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -76,6 +79,7 @@ impl<M: ReadModel> Projector<M> {
             metrics,
             lag: Lag::default(),
             progress: Arc::new(Notify::new()),
+            fresh: Mutex::new(Fresh::default()),
             _model: PhantomData,
         }
     }
@@ -147,16 +151,18 @@ impl<M: ReadModel> Projector<M> {
     async fn write_batch(
         &self,
         tx: &mut PgConnection,
-        records: &[Record],
+        (records, span): (&[Record], Span<'_>),
         dead_letters: Option<&DeadLetters>,
         stages: &mut Stages,
     ) -> Result<Written<Stored>, ProjectionError> {
         let _projects = trace_spans::<M>(records);
-        let loaded = self.load(&mut *tx, records).await?;
+        let keys: Vec<Option<String>> = records.iter().map(key_of::<M>).collect();
+        let (known, new) = self.new_keys(records, &keys, span);
+        let loaded = self.load(&mut *tx, &keys, &new).await?;
         stages.lap("load");
         let plan = plan::plan(records, loaded, M::key, M::fold);
         set_aside::<M>(&plan, records, dead_letters).await?;
-        let applied = applied_of(&plan, records);
+        let applied = applied_of(&plan, (records, &keys), &new);
         let report = BatchReport {
             records: records.len(),
             applied: applied.len(),
@@ -165,18 +171,26 @@ impl<M: ReadModel> Projector<M> {
             parked: plan.parked.len(),
         };
         stages.lap("plan");
-        M::store(
+        let (new_rows, rows) = split(plan.rows, &new);
+        let (new_versions, versions) = split(plan.versions, &new);
+        M::store(&mut *tx, &self.schema, rows.into_iter().collect(), &applied).await?;
+        self.copy_new(
             &mut *tx,
-            &self.schema,
-            plan.rows.into_iter().collect(),
+            new_rows.into_iter().collect(),
             &applied,
+            &new_versions,
         )
         .await?;
         stages.lap("store");
+        self.fresh().wrote(
+            &known,
+            keys.iter().flatten().map(String::as_str),
+            span.after,
+        );
         let parked: Vec<&bookkeeping::Parked> = plan.parked.iter().map(|(_, _, p)| p).collect();
         bookkeeping::store_parked(&mut *tx, &self.schema, &parked).await?;
         Ok(Written {
-            versions: plan.versions,
+            versions,
             report: Stored {
                 report,
                 parked: plan.parked.iter().map(|(_, reason, _)| *reason).collect(),
@@ -184,19 +198,85 @@ impl<M: ReadModel> Projector<M> {
         })
     }
 
-    /// What the plan needs of the batch's aggregates: their versions, which are parked,
-    /// and their rows.
+    fn fresh(&self) -> MutexGuard<'_, Fresh> {
+        self.fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The keys of the batch that are new to the model, and the partitions whose new keys
+    /// are known.
+    fn new_keys(
+        &self,
+        records: &[Record],
+        keys: &[Option<String>],
+        span: Span<'_>,
+    ) -> (Known, HashSet<String>) {
+        let mut fresh = self.fresh();
+        let known = fresh.claim(span);
+        let new = records
+            .iter()
+            .zip(keys)
+            .filter_map(|(record, key)| {
+                let key = key.as_ref()?;
+                let (topic, partition, _) = record.position();
+                fresh
+                    .is_new(&known, &(topic.to_owned(), partition), key)
+                    .then(|| key.clone())
+            })
+            .collect();
+        (known, new)
+    }
+
+    /// COPYs the rows and versions of new aggregates. A key that was there after all
+    /// (rows written by hand, or a model whose aggregates span partitions) fails the
+    /// batch; the projector stops knowing new keys, and the retry looks every key up.
+    async fn copy_new(
+        &self,
+        tx: &mut PgConnection,
+        rows: Vec<(String, M::Row)>,
+        applied: &[Applied<'_>],
+        versions: &HashMap<String, u64>,
+    ) -> Result<(), sqlx::Error> {
+        let copied = async {
+            M::copy_new(&self.schema, rows, applied)
+                .send(&mut *tx)
+                .await?;
+            bookkeeping::copy_versions(&mut *tx, &self.schema, versions).await
+        }
+        .await;
+        if let Err(e) = &copied
+            && is_unique_violation(e)
+        {
+            tracing::warn!(read_model = M::NAME, error = %e, "a new aggregate was stored already; looking every aggregate up from now on");
+            self.fresh().forget();
+        }
+        copied
+    }
+
+    /// What the plan needs of the batch's aggregates that are not `new`: their versions,
+    /// which are parked, and their rows.
     async fn load(
         &self,
         tx: &mut PgConnection,
-        records: &[Record],
+        keys: &[Option<String>],
+        new: &HashSet<String>,
     ) -> Result<Loaded<M::Row>, sqlx::Error> {
-        let keys: Vec<String> = records
+        let keys: Vec<String> = keys
             .iter()
-            .filter_map(key_of::<M>)
+            .flatten()
+            .filter(|key| !new.contains(*key))
+            .cloned()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        if keys.is_empty() {
+            return Ok(Loaded {
+                versions: HashMap::new(),
+                rows: HashMap::new(),
+                parked: HashSet::new(),
+            });
+        }
         let (versions, parked) = bookkeeping::standing(&mut *tx, &self.schema, &keys).await?;
         Ok(Loaded {
             versions,
@@ -278,11 +358,11 @@ impl<M: ReadModel> BatchHandler for Projector<M> {
     fn write<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        records: &'a [Record],
+        batch: (&'a [Record], Span<'a>),
         dead_letters: Option<&'a DeadLetters>,
         stages: &'a mut Stages,
     ) -> impl Future<Output = Result<Written<Stored>, ProjectionError>> + Send + 'a {
-        self.write_batch(tx, records, dead_letters, stages)
+        self.write_batch(tx, batch, dead_letters, stages)
     }
 
     fn committed(&self, stored: &Stored, stages: &Stages) {
@@ -299,6 +379,25 @@ impl<M: ReadModel> BatchHandler for Projector<M> {
         self.metrics.lag_seconds.get_or_create(&labels).set(seconds);
         self.lag.set(events, seconds);
     }
+
+    fn caught_up(&self) {
+        let mut fresh = self.fresh();
+        if fresh.is_knowing() {
+            fresh.forget();
+            tracing::info!(
+                read_model = M::NAME,
+                "caught up: every aggregate is looked up from now on"
+            );
+        }
+    }
+}
+
+/// `map` split into the entries of `new` keys and the others.
+fn split<V>(
+    map: HashMap<String, V>,
+    new: &HashSet<String>,
+) -> (HashMap<String, V>, HashMap<String, V>) {
+    map.into_iter().partition(|(key, _)| new.contains(key))
 }
 
 /// Each event's hop into this read model, while the batch is written.
@@ -365,7 +464,11 @@ async fn set_aside<M: ReadModel>(
 }
 
 /// The events the plan applied, with where each was in the log.
-fn applied_of<'a, R>(plan: &plan::Plan<R>, records: &'a [Record]) -> Vec<Applied<'a>> {
+fn applied_of<'a, R>(
+    plan: &plan::Plan<R>,
+    (records, keys): (&'a [Record], &[Option<String>]),
+    new: &HashSet<String>,
+) -> Vec<Applied<'a>> {
     plan.applied
         .iter()
         .filter_map(|&index| match &records[index] {
@@ -380,6 +483,7 @@ fn applied_of<'a, R>(plan: &plan::Plan<R>, records: &'a [Record]) -> Vec<Applied
                 topic,
                 partition: *partition,
                 offset: *offset,
+                new: keys[index].as_ref().is_some_and(|key| new.contains(key)),
             }),
             Record::Undecodable { .. } => None,
         })

@@ -12,7 +12,10 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::stored_version;
-use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+use crate::projector::{Applied, CopyRows, DbFuture, ReadModel, Schema};
+
+/// The columns of an indexed event, in the order `store` and `copy_new` give them.
+const COLUMNS: &str = "aggregate_type, aggregate_id, version, event_type, event_id, topic, partition, \"offset\", occurred_at, correlation_id, causation_id, command_id";
 
 /// One indexed event.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
@@ -68,11 +71,8 @@ impl ReadModel for EventIndex {
         applied: &'a [Applied<'a>],
     ) -> DbFuture<'a, ()> {
         Box::pin(async move {
-            if applied.is_empty() {
-                return Ok(());
-            }
             let mut c = Columns::default();
-            for a in applied {
+            for a in applied.iter().filter(|a| !a.new) {
                 let d = a.document;
                 c.aggregate_type.push(d.aggregatetype.as_str());
                 c.aggregate_id.push(d.subject.as_str());
@@ -87,9 +87,11 @@ impl ReadModel for EventIndex {
                 c.causation_id.push(d.causationid);
                 c.command_id.push(d.commandid.as_uuid());
             }
+            if c.event_id.is_empty() {
+                return Ok(());
+            }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (aggregate_type, aggregate_id, version, event_type, event_id, topic, partition,
-                                 \"offset\", occurred_at, correlation_id, causation_id, command_id)
+                "INSERT INTO {} ({COLUMNS})
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::uuid[], $6::text[],
                                       $7::int[], $8::bigint[], $9::timestamptz[], $10::uuid[], $11::uuid[], $12::uuid[])
                  ON CONFLICT DO NOTHING",
@@ -111,6 +113,27 @@ impl ReadModel for EventIndex {
             .await?;
             Ok(())
         })
+    }
+
+    fn copy_new(schema: &Schema, _: Vec<(String, ())>, applied: &[Applied<'_>]) -> CopyRows {
+        let mut copy = CopyRows::new(schema.table("events"), COLUMNS);
+        for a in applied.iter().filter(|a| a.new) {
+            let d = a.document;
+            copy.row(12)
+                .text(&d.aggregatetype)
+                .text(&d.subject)
+                .int8(stored_version(d.aggregateversion))
+                .text(&d.event_type)
+                .uuid(d.id.as_uuid())
+                .text(a.topic)
+                .int4(a.partition)
+                .int8(a.offset)
+                .timestamptz(d.time)
+                .uuid(d.correlationid.as_uuid())
+                .uuid(d.causationid)
+                .uuid(d.commandid.as_uuid());
+        }
+        copy
     }
 }
 

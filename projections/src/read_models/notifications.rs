@@ -10,7 +10,10 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::{decode, load_by_id, out_of_order, stored_version, time_of};
-use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+use crate::projector::{Applied, CopyRows, DbFuture, ReadModel, Schema};
+
+/// The columns of a row, in the order `store` and `copy_new` give them.
+const COLUMNS: &str = "notification_id, order_id, user_id, kind, status, attempts, error, created_at, updated_at, version";
 
 /// A notification as the query API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -86,8 +89,7 @@ impl ReadModel for Notifications {
                 c.version.push(r.version);
             }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (notification_id, order_id, user_id, kind, status, attempts, error,
-                                 created_at, updated_at, version)
+                "INSERT INTO {} ({COLUMNS})
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int[],
                                       $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bigint[])
                  ON CONFLICT (notification_id) DO UPDATE SET status = EXCLUDED.status,
@@ -109,6 +111,28 @@ impl ReadModel for Notifications {
             .await?;
             Ok(())
         })
+    }
+
+    fn copy_new(
+        schema: &Schema,
+        rows: Vec<(String, NotificationRow)>,
+        _: &[Applied<'_>],
+    ) -> CopyRows {
+        let mut copy = CopyRows::new(schema.table("notifications"), COLUMNS);
+        for (_, r) in &rows {
+            copy.row(10)
+                .uuid(r.notification_id)
+                .uuid(r.order_id)
+                .uuid(r.user_id)
+                .text(&r.kind)
+                .text(&r.status)
+                .int4(r.attempts)
+                .optional_text(r.error.as_deref())
+                .timestamptz(r.created_at)
+                .timestamptz(r.updated_at)
+                .int8(r.version);
+        }
+        copy
     }
 }
 

@@ -10,7 +10,10 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
-use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+use crate::projector::{Applied, CopyRows, DbFuture, ReadModel, Schema};
+
+/// The columns of a row, in the order `store` and `copy_new` give them.
+const COLUMNS: &str = "order_id, user_id, status, currency, lines, total_cents, payment_id, reason, cancelled_by, placed_at, updated_at, version, timeline";
 
 /// One status the order went through.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -127,8 +130,7 @@ impl ReadModel for Orders {
                     .push(serde_json::to_value(&r.timeline).unwrap_or_default());
             }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (order_id, user_id, status, currency, lines, total_cents, payment_id, reason,
-                                 cancelled_by, placed_at, updated_at, version, timeline)
+                "INSERT INTO {} ({COLUMNS})
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
                                       $7::uuid[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
                                       $12::bigint[], $13::jsonb[])
@@ -154,6 +156,27 @@ impl ReadModel for Orders {
             .await?;
             Ok(())
         })
+    }
+
+    fn copy_new(schema: &Schema, rows: Vec<(String, OrderRow)>, _: &[Applied<'_>]) -> CopyRows {
+        let mut copy = CopyRows::new(schema.table("orders"), COLUMNS);
+        for (_, r) in &rows {
+            copy.row(13)
+                .uuid(r.order_id)
+                .uuid(r.user_id)
+                .text(&r.status)
+                .text(&r.currency)
+                .jsonb(&r.lines)
+                .int8(r.total_cents)
+                .optional_uuid(r.payment_id)
+                .optional_text(r.reason.as_deref())
+                .optional_text(r.cancelled_by.as_deref())
+                .timestamptz(r.placed_at)
+                .timestamptz(r.updated_at)
+                .int8(r.version)
+                .jsonb(&r.timeline);
+        }
+        copy
     }
 }
 

@@ -10,7 +10,10 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::{cents, decode, load_by_id, out_of_order, stored_version, time_of};
-use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+use crate::projector::{Applied, CopyRows, DbFuture, ReadModel, Schema};
+
+/// The columns of a row, in the order `store` and `copy_new` give them.
+const COLUMNS: &str = "payment_id, order_id, status, amount_cents, currency, provider_reference, decline_reason, refund_reason, refund_reference, created_at, updated_at, version";
 
 /// A payment as the query API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -90,8 +93,7 @@ impl ReadModel for Payments {
                 c.version.push(r.version);
             }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (payment_id, order_id, status, amount_cents, currency, provider_reference,
-                                 decline_reason, refund_reason, refund_reference, created_at, updated_at, version)
+                "INSERT INTO {} ({COLUMNS})
                  SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                                       $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
                                       $12::bigint[])
@@ -116,6 +118,26 @@ impl ReadModel for Payments {
             .await?;
             Ok(())
         })
+    }
+
+    fn copy_new(schema: &Schema, rows: Vec<(String, PaymentRow)>, _: &[Applied<'_>]) -> CopyRows {
+        let mut copy = CopyRows::new(schema.table("payments"), COLUMNS);
+        for (_, r) in &rows {
+            copy.row(12)
+                .uuid(r.payment_id)
+                .uuid(r.order_id)
+                .text(&r.status)
+                .int8(r.amount_cents)
+                .text(&r.currency)
+                .optional_text(r.provider_reference.as_deref())
+                .optional_text(r.decline_reason.as_deref())
+                .optional_text(r.refund_reason.as_deref())
+                .optional_text(r.refund_reference.as_deref())
+                .timestamptz(r.created_at)
+                .timestamptz(r.updated_at)
+                .int8(r.version);
+        }
+        copy
     }
 }
 

@@ -18,7 +18,11 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
 use super::{decode, load_by_id, out_of_order, stored_version, time_of};
-use crate::projector::{Applied, DbFuture, ReadModel, Schema};
+use crate::projector::{Applied, CopyRows, DbFuture, ReadModel, Schema};
+
+/// The columns of a row, in the order `store` and `copy_new` give them.
+const COLUMNS: &str =
+    "user_id, name, email, status, deactivation_reason, registered_at, updated_at, version";
 
 /// A user as the query API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -139,7 +143,7 @@ impl ReadModel for Users {
                 c.version.push(r.version);
             }
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (user_id, name, email, status, deactivation_reason, registered_at, updated_at, version)
+                "INSERT INTO {} ({COLUMNS})
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[], $8::bigint[])
                  ON CONFLICT (user_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
                    status = EXCLUDED.status, deactivation_reason = EXCLUDED.deactivation_reason,
@@ -158,6 +162,22 @@ impl ReadModel for Users {
             .await?;
             Ok(())
         })
+    }
+
+    fn copy_new(schema: &Schema, rows: Vec<(String, UserRow)>, _: &[Applied<'_>]) -> CopyRows {
+        let mut copy = CopyRows::new(schema.table("users"), COLUMNS);
+        for (_, r) in &rows {
+            copy.row(8)
+                .uuid(r.user_id)
+                .text(&r.name)
+                .text(&r.email)
+                .text(&r.status)
+                .optional_text(r.deactivation_reason.as_deref())
+                .timestamptz(r.registered_at)
+                .timestamptz(r.updated_at)
+                .int8(r.version);
+        }
+        copy
     }
 }
 
