@@ -14,13 +14,14 @@ type Labels = Vec<(&'static str, String)>;
 
 /// The `stage` labels of `projector_stage_seconds`, in the order a batch goes through
 /// them: waiting for records, then the batch transaction's stages.
-pub const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 9] = [
     "consume",
     "lock",
     "claim",
     "load",
     "plan",
     "store",
+    "copy",
     "bookkeeping",
     "commit",
 ];
@@ -36,8 +37,9 @@ pub struct ProjectorMetrics {
     /// Seconds per batch transaction.
     pub batch_seconds: Family<Labels, Histogram>,
     /// Seconds per stage: waiting for records (`consume`), then the batch transaction's
-    /// `lock`, `claim`, `load`, `plan`, `store` (the rows), `bookkeeping` (versions, parked,
-    /// checkpoints) and `commit`.
+    /// `lock`, `claim`, `load`, `plan`, `store` (the rows upserted), `copy` (rows and
+    /// versions of new aggregates), `bookkeeping` (versions, parked, checkpoints) and
+    /// `commit`.
     pub stage_seconds: Family<Labels, Histogram>,
     /// Events applied to the read model (its apply rate).
     pub applied: Family<Labels, Counter>,

@@ -66,6 +66,11 @@ pub trait ReadModel: Send + Sync + 'static {
     fn fold(row: Option<&Self::Row>, document: &EventDocument)
     -> Result<Option<Self::Row>, String>;
 
+    /// The last version of its aggregate a row has applied, for models whose rows keep it:
+    /// the reader rule reads it from the row, and the reader's versions table holds only
+    /// the aggregates whose last applied event left no row (see [`runner`]).
+    fn version_of(row: &Self::Row) -> u64;
+
     /// The stored rows of `keys` (absent keys have no row).
     fn load<'a>(
         conn: &'a mut PgConnection,

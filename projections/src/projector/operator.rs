@@ -97,12 +97,7 @@ pub async fn skip<M: ReadModel>(
     }
     let (head, _) = parked.remove(0);
     delete(&mut tx, schema, &[&head]).await?;
-    let keys = [aggregate.to_owned()];
-    let current = bookkeeping::versions(&mut tx, schema, &keys)
-        .await?
-        .get(aggregate)
-        .copied()
-        .unwrap_or(0);
+    let (current, _) = standing::<M>(&mut tx, schema, aggregate).await?;
     let following = parked
         .first()
         .and_then(|(p, _)| p.version)
@@ -173,6 +168,24 @@ async fn delete(
     Ok(())
 }
 
+/// The last applied version of `aggregate` (the greater of its row's and the versions
+/// table's: a row keeps its aggregate's version) and its row.
+async fn standing<M: ReadModel>(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    aggregate: &str,
+) -> Result<(u64, Option<M::Row>), sqlx::Error> {
+    let keys = [aggregate.to_owned()];
+    let stored = bookkeeping::versions(conn, schema, &keys)
+        .await?
+        .get(aggregate)
+        .copied()
+        .unwrap_or(0);
+    let row = M::load(conn, schema, &keys).await?.remove(aggregate);
+    let version = row.as_ref().map_or(0, M::version_of).max(stored);
+    Ok((version, row))
+}
+
 /// Applies `parked` (in log order) onto the stored state of `aggregate` until one fails.
 async fn resume<M: ReadModel>(
     conn: &mut PgConnection,
@@ -180,13 +193,7 @@ async fn resume<M: ReadModel>(
     aggregate: &str,
     parked: Vec<(ParkedRecord, Vec<u8>)>,
 ) -> Result<RetryReport, sqlx::Error> {
-    let keys = [aggregate.to_owned()];
-    let version = bookkeeping::versions(conn, schema, &keys)
-        .await?
-        .get(aggregate)
-        .copied()
-        .unwrap_or(0);
-    let row = M::load(conn, schema, &keys).await?.remove(aggregate);
+    let (version, row) = standing::<M>(conn, schema, aggregate).await?;
     let mut resumed = fold_parked::<M>(&parked, version, row);
     resumed.report.still_parked = parked.len() - resumed.done.len();
     if let Some(error) = &resumed.report.blocked_by {

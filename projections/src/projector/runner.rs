@@ -171,9 +171,10 @@ impl<M: ReadModel> Projector<M> {
             parked: plan.parked.len(),
         };
         stages.lap("plan");
+        let (new_versions, versions) = split(rowless::<M>(&plan), &new);
         let (new_rows, rows) = split(plan.rows, &new);
-        let (new_versions, versions) = split(plan.versions, &new);
         M::store(&mut *tx, &self.schema, rows.into_iter().collect(), &applied).await?;
+        stages.lap("store");
         self.copy_new(
             &mut *tx,
             new_rows.into_iter().collect(),
@@ -181,7 +182,7 @@ impl<M: ReadModel> Projector<M> {
             &new_versions,
         )
         .await?;
-        stages.lap("store");
+        stages.lap("copy");
         self.fresh().wrote(
             &known,
             keys.iter().flatten().map(String::as_str),
@@ -254,8 +255,9 @@ impl<M: ReadModel> Projector<M> {
         copied
     }
 
-    /// What the plan needs of the batch's aggregates that are not `new`: their versions,
-    /// which are parked, and their rows.
+    /// What the plan needs of the batch's aggregates that are not `new`: their versions
+    /// (the greater of the row's and the versions table's), which are parked, and their
+    /// rows.
     async fn load(
         &self,
         tx: &mut PgConnection,
@@ -277,10 +279,15 @@ impl<M: ReadModel> Projector<M> {
                 parked: HashSet::new(),
             });
         }
-        let (versions, parked) = bookkeeping::standing(&mut *tx, &self.schema, &keys).await?;
+        let (mut versions, parked) = bookkeeping::standing(&mut *tx, &self.schema, &keys).await?;
+        let rows = M::load(&mut *tx, &self.schema, &keys).await?;
+        for (key, row) in &rows {
+            let version = versions.entry(key.clone()).or_default();
+            *version = (*version).max(M::version_of(row));
+        }
         Ok(Loaded {
             versions,
-            rows: M::load(&mut *tx, &self.schema, &keys).await?,
+            rows,
             parked,
         })
     }
@@ -390,6 +397,16 @@ impl<M: ReadModel> BatchHandler for Projector<M> {
             );
         }
     }
+}
+
+/// The versions the plan moved that no stored row keeps (the aggregate's last applied
+/// event left no row, or left it as it was): these go to the reader's versions table.
+fn rowless<M: ReadModel>(plan: &plan::Plan<M::Row>) -> HashMap<String, u64> {
+    plan.versions
+        .iter()
+        .filter(|(key, version)| plan.rows.get(*key).map(M::version_of) != Some(**version))
+        .map(|(key, version)| (key.clone(), *version))
+        .collect()
 }
 
 /// `map` split into the entries of `new` keys and the others.

@@ -40,8 +40,8 @@ pub struct EventIndex;
 impl ReadModel for EventIndex {
     const NAME: &'static str = "event_index";
     const SERVICES: &'static [&'static str] = &schemas::catalog::SERVICES;
-    /// The engine's versions are all the index needs per aggregate.
-    type Row = ();
+    /// Per aggregate, the index needs only the last version it holds.
+    type Row = u64;
 
     fn migrator() -> sqlx::migrate::Migrator {
         sqlx::migrate!("./migrations/event_index")
@@ -52,22 +52,45 @@ impl ReadModel for EventIndex {
         format!("{}/{}", document.aggregatetype, document.subject)
     }
 
-    fn fold(_: Option<&()>, _: &EventDocument) -> Result<Option<()>, String> {
-        Ok(Some(()))
+    fn fold(_: Option<&u64>, document: &EventDocument) -> Result<Option<u64>, String> {
+        Ok(Some(document.aggregateversion))
     }
 
+    fn version_of(row: &u64) -> u64 {
+        *row
+    }
+
+    /// The last version indexed of each of `keys`, read from the events themselves.
     fn load<'a>(
-        _: &'a mut PgConnection,
-        _: &'a Schema,
-        _: &'a [String],
-    ) -> DbFuture<'a, HashMap<String, ()>> {
-        Box::pin(async move { Ok(HashMap::new()) })
+        conn: &'a mut PgConnection,
+        schema: &'a Schema,
+        keys: &'a [String],
+    ) -> DbFuture<'a, HashMap<String, u64>> {
+        Box::pin(async move {
+            let (types, ids): (Vec<&str>, Vec<&str>) =
+                keys.iter().filter_map(|key| key.split_once('/')).unzip();
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT e.aggregate_type, e.aggregate_id, max(e.version)
+                 FROM UNNEST($1::text[], $2::text[]) AS k(t, i)
+                 JOIN {} e ON e.aggregate_type = k.t AND e.aggregate_id = k.i
+                 GROUP BY 1, 2",
+                schema.table("events")
+            )))
+            .bind(types)
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(t, i, version)| (format!("{t}/{i}"), version.unsigned_abs()))
+                .collect())
+        })
     }
 
     fn store<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,
-        _rows: Vec<(String, ())>,
+        _rows: Vec<(String, u64)>,
         applied: &'a [Applied<'a>],
     ) -> DbFuture<'a, ()> {
         Box::pin(async move {
@@ -115,7 +138,7 @@ impl ReadModel for EventIndex {
         })
     }
 
-    fn copy_new(schema: &Schema, _: Vec<(String, ())>, applied: &[Applied<'_>]) -> CopyRows {
+    fn copy_new(schema: &Schema, _: Vec<(String, u64)>, applied: &[Applied<'_>]) -> CopyRows {
         let mut copy = CopyRows::new(schema.table("events"), COLUMNS);
         for a in applied.iter().filter(|a| a.new) {
             let d = a.document;

@@ -51,6 +51,9 @@ impl ReadModel for Notifications {
         fold_row(row, document).map(Some)
     }
 
+    fn version_of(row: &NotificationRow) -> u64 {
+        row.version.unsigned_abs()
+    }
     fn load<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,

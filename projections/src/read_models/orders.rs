@@ -87,6 +87,9 @@ impl ReadModel for Orders {
         fold_row(row, document).map(Some)
     }
 
+    fn version_of(row: &OrderRow) -> u64 {
+        row.version.unsigned_abs()
+    }
     fn load<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,

@@ -53,6 +53,9 @@ impl ReadModel for Payments {
         fold_row(row, document).map(Some)
     }
 
+    fn version_of(row: &PaymentRow) -> u64 {
+        row.version.unsigned_abs()
+    }
     fn load<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,

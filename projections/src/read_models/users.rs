@@ -102,6 +102,9 @@ impl ReadModel for Users {
         Ok(Some(row))
     }
 
+    fn version_of(row: &UserRow) -> u64 {
+        row.version.unsigned_abs()
+    }
     fn load<'a>(
         conn: &'a mut PgConnection,
         schema: &'a Schema,
