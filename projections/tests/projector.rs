@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{Log, cancelled, confirmed, event, eventually, fold_orders, placed, stored_orders};
 use event_store::KafkaSettings;
-use event_store::reader::{Schema, bookkeeping};
+use event_store::reader::{Record, Schema, bookkeeping};
 use projections::projector::metrics::ProjectorMetrics;
-use projections::projector::operator;
 use projections::projector::runner::{Projector, ProjectorConfig};
+use projections::projector::{ReadModel, operator};
 use projections::read_models::orders::Orders;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -253,7 +253,7 @@ async fn a_poison_event_parks_only_its_aggregate_until_an_operator_acts() -> any
 }
 
 #[tokio::test]
-async fn a_catch_up_copies_new_orders_in_and_a_replay_over_stored_rows_changes_nothing()
+async fn a_catch_up_copies_new_orders_in_and_a_replay_over_stored_rows_only_adds_the_new()
 -> anyhow::Result<()> {
     // Given orders placed, then some confirmed and some of those cancelled, read in
     // batches of 40: most batches mix orders new to the model with orders it has met
@@ -300,8 +300,8 @@ async fn a_catch_up_copies_new_orders_in_and_a_replay_over_stored_rows_changes_n
     }
     let running = start(&env, &log, &pool, 40);
     caught_up(&pool, &log).await?;
-    // Then the replay from offset zero finds the stored orders (COPY refuses them, and the
-    // batch is looked up instead): the old events are duplicates, the new ones apply
+    // Then the replay from offset zero looks the stored orders up (the model holds rows, so
+    // no aggregate passes for new): the old events are duplicates, the new ones apply
     assert_eq!(
         stored_orders(&pool, &table).await?,
         fold_orders(&documents(&log))
@@ -314,5 +314,53 @@ async fn a_catch_up_copies_new_orders_in_and_a_replay_over_stored_rows_changes_n
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
     running.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_aggregate_that_was_stored_already_fails_its_batch_once_and_is_looked_up_after()
+-> anyhow::Result<()> {
+    // Given an order stored by one projector from partition 0
+    let env = TestEnv::new().await;
+    let pool = env.pool().await;
+    let topics = event_store::TopicNames::new(&env.topic_prefix);
+    let schema = Schema::live("orders");
+    schema
+        .migrate(&pool.connect_options(), <Orders as ReadModel>::migrator())
+        .await?;
+    let projector = |pool: &sqlx::PgPool| {
+        let config = ProjectorConfig {
+            kafka: KafkaSettings::new(&env.brokers),
+            topics: topics.clone(),
+            batch_max: 500,
+        };
+        let metrics = ProjectorMetrics::register(&mut Registry::default());
+        Projector::<Orders>::new(pool.clone(), schema.clone(), config, metrics)
+    };
+    let order = OrderId::new();
+    let placed = event(1, placed(order, UserId::new()));
+    let topic = topics.events("orders");
+    let record = |partition: i32| Record::Decoded {
+        document: placed.clone(),
+        topic: topic.clone(),
+        partition,
+        offset: 0,
+    };
+    let next = |partition: i32| [((topic.clone(), partition), 1)].into();
+    projector(&pool)
+        .apply(None, &mut vec![record(0)], &next(0))
+        .await?;
+    // When another projector, knowing nothing stored in partition 1, meets it there
+    let other = projector(&pool);
+    let refused = other.apply(None, &mut vec![record(1)], &next(1)).await;
+    // Then its COPY is refused, and the batch, retried, looks the order up: a duplicate
+    let error = refused
+        .expect_err("the COPY meets the stored order")
+        .to_string();
+    assert!(error.contains("duplicate key"), "{error}");
+    let report = other.apply(None, &mut vec![record(1)], &next(1)).await?;
+    assert_eq!((report.applied, report.duplicates), (0, 1));
+    let rows = stored_orders(&pool, &schema.table("orders")).await?;
+    assert_eq!(rows, fold_orders([&placed]));
     Ok(())
 }

@@ -76,8 +76,8 @@ pub trait BatchHandler: Send + Sync {
     /// from the most delayed of them.
     fn lag(&self, events: u64, seconds: f64);
 
-    /// A poll found nothing: everything the reader can read is applied (called at every
-    /// such poll).
+    /// The reader keeps up: a poll found nothing, or less than a full batch (called at
+    /// every such poll, after the batch is applied).
     fn caught_up(&self) {}
 }
 
@@ -264,6 +264,7 @@ impl<H: BatchHandler> Reader<H> {
             }
             stages.lap("consume");
             let mut records = records_of(batch.delivered, batch.dead);
+            let keeping_up = records.len() < self.settings.batch_max;
             let next_offsets = batch.next_offsets;
             let applied;
             (subscription, fetched, applied) = self
@@ -277,6 +278,9 @@ impl<H: BatchHandler> Reader<H> {
                 .await;
             if applied.is_err() {
                 return;
+            }
+            if keeping_up {
+                self.handler.caught_up();
             }
             subscription.stored(&next_offsets);
             positions.advance(&next_offsets, &records);

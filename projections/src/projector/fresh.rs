@@ -10,8 +10,11 @@
 //! that partition is known no more. Keys are remembered as 64-bit hashes: two keys with
 //! one hash only make a new aggregate look met, which costs a look-up, never a wrong row.
 //!
-//! The knowledge ends once the reader has caught up (live batches are small, and keeping
-//! every key met would grow without end), or after [`KEYS_KEPT`] keys.
+//! A projector starts knowing only when its model holds nothing at all (no rows, versions,
+//! parked records or checkpoints past zero: see `Projector::prepare`), so checkpoints
+//! deleted under stored rows never pass for a fresh start. The knowledge ends once the
+//! reader keeps up (a batch less than full: keeping every key met would grow without
+//! end), or after [`KEYS_KEPT`] keys.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,8 +23,9 @@ use std::hash::{Hash, Hasher};
 use event_store::reader::Span;
 use event_store::subscription::TopicPartition;
 
-/// At most this many keys are remembered (about 16 bytes each).
-pub const KEYS_KEPT: usize = 4_000_000;
+/// At most this many keys are remembered (a hash set of `u64`: about 20 bytes each, so
+/// about 40 MB at most, for the catch-up only).
+pub const KEYS_KEPT: usize = 2_000_000;
 
 /// A projector's knowledge of the aggregates it alone has written.
 #[derive(Debug)]

@@ -47,6 +47,8 @@ pub trait ReadModel: Send + Sync + 'static {
     const NAME: &'static str;
     /// The services whose event topics the model reads.
     const SERVICES: &'static [&'static str];
+    /// The table its rows are in (the event index: its events).
+    const TABLE: &'static str;
     /// The state of one aggregate as the model keeps it.
     type Row: Clone + Send + Sync + std::fmt::Debug;
 

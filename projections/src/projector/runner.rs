@@ -17,7 +17,7 @@ use event_store::subscription::{DeadLetters, TopicPartition};
 use event_store::{EventStoreError, KafkaSettings, TopicNames};
 
 use crate::ProjectionError;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -199,6 +199,21 @@ impl<M: ReadModel> Projector<M> {
         })
     }
 
+    /// Whether the model holds any row, version, parked record or checkpoint past zero.
+    async fn holds_anything(&self) -> Result<bool, sqlx::Error> {
+        let table = |name| self.schema.table(name);
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM {}) OR EXISTS (SELECT 1 FROM {})
+                 OR EXISTS (SELECT 1 FROM {}) OR EXISTS (SELECT 1 FROM {} WHERE next_offset > 0)",
+            table(M::TABLE),
+            table("versions"),
+            table("parked"),
+            table("checkpoints"),
+        )))
+        .fetch_one(&self.pool)
+        .await
+    }
+
     fn fresh(&self) -> MutexGuard<'_, Fresh> {
         self.fresh
             .lock()
@@ -351,10 +366,15 @@ impl<M: ReadModel> BatchHandler for Projector<M> {
         &self.pool
     }
 
+    /// Migrates the schema; a model that holds anything already is not fresh: every
+    /// aggregate is looked up.
     async fn prepare(&self) -> Result<(), ProjectionError> {
         self.schema
             .migrate(&self.pool.connect_options(), M::migrator())
             .await?;
+        if self.holds_anything().await? {
+            self.fresh().forget();
+        }
         Ok(())
     }
 

@@ -40,6 +40,7 @@ pub struct EventIndex;
 impl ReadModel for EventIndex {
     const NAME: &'static str = "event_index";
     const SERVICES: &'static [&'static str] = &schemas::catalog::SERVICES;
+    const TABLE: &'static str = "events";
     /// Per aggregate, the index needs only the last version it holds.
     type Row = u64;
 

@@ -38,6 +38,7 @@ pub struct Notifications;
 impl ReadModel for Notifications {
     const NAME: &'static str = "notifications";
     const SERVICES: &'static [&'static str] = &["notifications"];
+    const TABLE: &'static str = "notifications";
     type Row = NotificationRow;
 
     fn migrator() -> sqlx::migrate::Migrator {

@@ -77,6 +77,7 @@ fn cancelled_by(by: CancelledBy) -> &'static str {
 impl ReadModel for Orders {
     const NAME: &'static str = "orders";
     const SERVICES: &'static [&'static str] = &["orders"];
+    const TABLE: &'static str = "orders";
     type Row = OrderRow;
 
     fn migrator() -> sqlx::migrate::Migrator {

@@ -40,6 +40,7 @@ pub struct Payments;
 impl ReadModel for Payments {
     const NAME: &'static str = "payments";
     const SERVICES: &'static [&'static str] = &["payments"];
+    const TABLE: &'static str = "payments";
     type Row = PaymentRow;
 
     fn migrator() -> sqlx::migrate::Migrator {

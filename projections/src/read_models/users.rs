@@ -47,6 +47,7 @@ pub struct Users;
 impl ReadModel for Users {
     const NAME: &'static str = "users";
     const SERVICES: &'static [&'static str] = &["users"];
+    const TABLE: &'static str = "users";
     type Row = UserRow;
 
     fn migrator() -> sqlx::migrate::Migrator {
