@@ -438,20 +438,23 @@ async fn build_to<M: ReadModel>(
     let mut records_read = 0u64;
     for topic in Projector::<M>::topics(&rebuild.topics) {
         let ranges = ranges_of(&topic, &from, targets);
-        let mut log = LogScan::open(&rebuild.kafka, &topic, &ranges)?;
-        while !log.is_done() {
-            let batch = log
-                .next_batch(rebuild.batch_max, std::time::Duration::from_millis(500))
-                .await?;
-            if batch.is_empty() {
+        let log = LogScan::open(&rebuild.kafka, &topic, &ranges)?;
+        // While one batch is written, the next is fetched and decoded in a task of its
+        // own (as the live reader does when behind); batches still apply in log order.
+        let mut fetching = (!log.is_done()).then(|| tokio::spawn(scan(log, rebuild.batch_max)));
+        while let Some(task) = fetching.take() {
+            let (log, scanned) = match task.await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            let (mut records, next_offsets) = scanned?;
+            if !log.is_done() {
+                fetching = Some(tokio::spawn(scan(log, rebuild.batch_max)));
+            }
+            if records.is_empty() {
                 continue;
             }
-            let read = batch.len() as u64;
-            let mut next_offsets = BTreeMap::new();
-            for record in &batch {
-                next_offsets.insert((record.topic.clone(), record.partition), record.offset + 1);
-            }
-            let mut records = batch.into_iter().map(record_of_scanned).collect();
+            let read = records.len() as u64;
             applier
                 .apply(projector, &mut records, &next_offsets)
                 .await?;
@@ -470,6 +473,26 @@ async fn build_to<M: ReadModel>(
             .await?;
     }
     Ok(records_read)
+}
+
+/// A batch of the scan, decoded, with the next offset of each partition it read.
+type Scanned = Result<(Vec<event_store::reader::Record>, Positions), EventStoreError>;
+
+/// The next batch of `log` (at most `max` records), and the scan back: it owns the scan
+/// so that it can run as a task of its own while the previous batch is written.
+async fn scan(mut log: LogScan, max: usize) -> (LogScan, Scanned) {
+    let batch = log
+        .next_batch(max, std::time::Duration::from_millis(500))
+        .await;
+    let scanned = batch.map(|batch| {
+        let mut next_offsets = BTreeMap::new();
+        for record in &batch {
+            next_offsets.insert((record.topic.clone(), record.partition), record.offset + 1);
+        }
+        let records = batch.into_iter().map(record_of_scanned).collect();
+        (records, next_offsets)
+    });
+    (log, scanned)
 }
 
 /// The offsets of `topic`'s partitions to read: from where the build stands to its
