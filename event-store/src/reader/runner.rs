@@ -76,8 +76,10 @@ pub trait BatchHandler: Send + Sync {
     /// from the most delayed of them.
     fn lag(&self, events: u64, seconds: f64);
 
-    /// The reader keeps up: a poll found nothing, or less than a full batch (called at
-    /// every such poll, after the batch is applied).
+    /// The reader keeps up: a poll found nothing, or a second batch in a row was less
+    /// than full (called at every such poll, after the batch is applied). One short batch
+    /// alone says little: the first poll of a start often finds the consumer's buffer
+    /// still filling.
     fn caught_up(&self) {}
 }
 
@@ -245,6 +247,8 @@ impl<H: BatchHandler> Reader<H> {
         // Apache Kafka a transaction's commit marker takes an offset that no record fills,
         // so "end - next offset" alone would never reach 0.)
         let mut idle = false;
+        // Batches in a row that were less than full.
+        let mut short = 0u32;
         let mut fetched = None;
         loop {
             if measured.is_none_or(|at| at.elapsed() >= LAG_INTERVAL) {
@@ -264,7 +268,11 @@ impl<H: BatchHandler> Reader<H> {
             }
             stages.lap("consume");
             let mut records = records_of(batch.delivered, batch.dead);
-            let keeping_up = records.len() < self.settings.batch_max;
+            short = if records.len() < self.settings.batch_max {
+                short.saturating_add(1)
+            } else {
+                0
+            };
             let next_offsets = batch.next_offsets;
             let applied;
             (subscription, fetched, applied) = self
@@ -279,7 +287,7 @@ impl<H: BatchHandler> Reader<H> {
             if applied.is_err() {
                 return;
             }
-            if keeping_up {
+            if short >= 2 {
                 self.handler.caught_up();
             }
             subscription.stored(&next_offsets);

@@ -13,8 +13,8 @@
 //! A projector starts knowing only when its model holds nothing at all (no rows, versions,
 //! parked records or checkpoints past zero: see `Projector::prepare`), so checkpoints
 //! deleted under stored rows never pass for a fresh start. The knowledge ends once the
-//! reader keeps up (a batch less than full: keeping every key met would grow without
-//! end), or after [`KEYS_KEPT`] keys.
+//! reader keeps up (two batches in a row less than full, or a poll with nothing: keeping
+//! every key met would grow without end), or after [`KEYS_KEPT`] keys.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
