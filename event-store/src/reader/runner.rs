@@ -91,8 +91,9 @@ pub struct Span<'a> {
     pub after: &'a BTreeMap<TopicPartition, i64>,
 }
 
-/// What a handler wrote: the last version it took of each aggregate (stored with the
-/// offsets, in the same transaction) and its report.
+/// What a handler wrote: the last version it took of each aggregate whose version it
+/// does not keep itself (stored with the offsets, in the same transaction; a projector's
+/// rows keep theirs) and its report.
 #[derive(Debug)]
 pub struct Written<R> {
     pub versions: HashMap<String, u64>,
